@@ -1,0 +1,293 @@
+"""The WaveSpeed prediction contract as code: values, parsing and the retry decision.
+
+No I/O lives here, so the worker's requests client and the triggerer's httpx client share one
+reading of the API and one answer to "is it safe to send this again?".
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_magi.exceptions import (
+    MagiAPIError,
+    MagiAuthError,
+    MagiPredictionFailedError,
+    MagiRejectedError,
+    MagiResponseError,
+)
+
+DEFAULT_BASE_URL = "https://api.wavespeed.ai"
+DEFAULT_MODEL = "wavespeed-ai/magi-1-24b"
+
+STATUS_COMPLETED = "completed"
+RUNNING_STATUSES = frozenset({"created", "processing"})
+# The documented "failed" plus the terminal failures the official SDK also knows.
+FAILED_STATUSES = frozenset({"failed", "cancelled", "timeout", "deleted"})
+TERMINAL_STATUSES = FAILED_STATUSES | {STATUS_COMPLETED}
+
+# Statuses a retry of the same request can change: rate limits and gateway/server hiccups.
+RETRYABLE_HTTP_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Statuses that prove the server did not start work for a POST, so resending cannot pay twice.
+SUBMIT_REJECTED_STATUSES = frozenset({429})
+
+_SNIPPET_BYTES = 200
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction as the API last reported it."""
+
+    id: str
+    model: str
+    status: str
+    outputs: tuple[str, ...] = ()
+    has_nsfw_contents: tuple[bool, ...] = ()
+    error: str = ""
+    created_at: str | None = None
+    inference_ms: int | None = None
+    result_url: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_completed(self) -> bool:
+        return self.status == STATUS_COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.status in FAILED_STATUSES
+
+    @property
+    def is_known_status(self) -> bool:
+        return self.status in TERMINAL_STATUSES or self.status in RUNNING_STATUSES
+
+    def to_result(self) -> dict[str, Any]:
+        """The JSON-serialisable dict that operators return and triggers carry in events."""
+        return {
+            "prediction_id": self.id,
+            "model": self.model,
+            "status": self.status,
+            "outputs": list(self.outputs),
+            "has_nsfw_contents": list(self.has_nsfw_contents),
+            "error": self.error,
+            "created_at": self.created_at,
+            "inference_ms": self.inference_ms,
+            "result_url": self.result_url,
+        }
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any]) -> Prediction:
+        """Inverse of :meth:`to_result`, for values that crossed XCom or a trigger event."""
+        return cls(
+            id=str(result["prediction_id"]),
+            model=str(result.get("model") or ""),
+            status=str(result["status"]),
+            outputs=tuple(result.get("outputs") or ()),
+            has_nsfw_contents=tuple(bool(v) for v in result.get("has_nsfw_contents") or ()),
+            error=str(result.get("error") or ""),
+            created_at=result.get("created_at"),
+            inference_ms=result.get("inference_ms"),
+            result_url=result.get("result_url"),
+        )
+
+
+@dataclass(frozen=True)
+class HTTPAnswer:
+    """What arrived from the server, independent of the client library that fetched it."""
+
+    status_code: int
+    content_type: str
+    body: bytes
+    retry_after: str | None = None
+    url: str = field(default="", repr=False)
+
+
+def describe_body(answer: HTTPAnswer) -> str:
+    """Say what arrived without echoing more than a short, printable head of the body."""
+    head = answer.body[:_SNIPPET_BYTES].decode("utf-8", errors="replace")
+    head = "".join(ch if ch.isprintable() else " " for ch in head).strip()
+    more = "…" if len(answer.body) > _SNIPPET_BYTES else ""
+    content_type = answer.content_type or "no content type"
+    return f"HTTP {answer.status_code}, {content_type}, {len(answer.body)} bytes: {head!r}{more}"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _load_envelope(answer: HTTPAnswer) -> Mapping[str, Any] | None:
+    try:
+        envelope = json.loads(answer.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return envelope if isinstance(envelope, dict) else None
+
+
+def raise_for_answer(
+    answer: HTTPAnswer,
+    *,
+    what: str,
+    conn_id: str,
+    prediction_id: str | None = None,
+) -> Mapping[str, Any]:
+    """Return the envelope's ``data`` for a successful answer; raise a typed error otherwise.
+
+    The HTTP status and the envelope's own ``code`` are both checked: WaveSpeed can answer HTTP 200
+    with an error code inside.
+    """
+    envelope = _load_envelope(answer)
+    api_message = ""
+    code = answer.status_code
+    if envelope is not None:
+        api_message = str(envelope.get("message") or "")
+        if 200 <= answer.status_code < 300 and isinstance(envelope.get("code"), int):
+            code = envelope["code"]
+
+    if 200 <= code < 300:
+        data = envelope.get("data") if envelope is not None else None
+        if not isinstance(data, dict):
+            raise MagiResponseError(
+                f"{what}: expected a JSON envelope with a 'data' object, got {describe_body(answer)}",
+                status_code=answer.status_code,
+                prediction_id=prediction_id,
+            )
+        return data
+
+    detail = api_message or describe_body(answer)
+    if envelope is not None and envelope.get("data") and isinstance(envelope["data"], dict):
+        detail = api_message or str(envelope["data"].get("error") or detail)
+    retry_after = parse_retry_after(answer.retry_after)
+    if code in (401, 403):
+        hint = (
+            f"check the API key (password) of Airflow connection '{conn_id}'"
+            if code == 401
+            else f"the key of connection '{conn_id}' lacks permission or balance for this request"
+        )
+        raise MagiAuthError(
+            f"{what} was refused with {code}: {detail} ({hint})",
+            status_code=code,
+            api_message=api_message,
+            prediction_id=prediction_id,
+        )
+    hints = {
+        400: "the request's inputs were rejected; fix them and run again",
+        404: "the prediction or model path does not exist (predictions are deleted after 7 days)",
+        413: "the upload is too large",
+        422: "the inputs did not match the model's schema; fix them and run again",
+        429: "rate limited by WaveSpeed",
+    }
+    hint = hints.get(code, "WaveSpeed answered with an error")
+    error_class = MagiRejectedError if code in hints and code != 429 else MagiAPIError
+    raise error_class(
+        f"{what} failed with {code}: {detail} ({hint})",
+        status_code=code,
+        api_message=api_message,
+        prediction_id=prediction_id,
+        retry_after=retry_after,
+    )
+
+
+def parse_prediction(data: Mapping[str, Any]) -> Prediction:
+    """Read a prediction strictly: a missing id or status, or wrongly typed fields, is an error."""
+    pred_id = data.get("id")
+    status = data.get("status")
+    if not isinstance(pred_id, str) or not pred_id:
+        raise MagiResponseError(f"prediction without an 'id' in the answer: {_short(data)}")
+    if not isinstance(status, str) or not status:
+        raise MagiResponseError(
+            f"prediction {pred_id} without a 'status' in the answer: {_short(data)}",
+            prediction_id=pred_id,
+        )
+    outputs = data.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(url, str) for url in outputs):
+        raise MagiResponseError(
+            f"prediction {pred_id}: 'outputs' is not a list of URLs: {_short(outputs)}",
+            prediction_id=pred_id,
+        )
+    nsfw = data.get("has_nsfw_contents") or []
+    if not isinstance(nsfw, list) or not all(isinstance(flag, bool) for flag in nsfw):
+        raise MagiResponseError(
+            f"prediction {pred_id}: 'has_nsfw_contents' is not a list of booleans: {_short(nsfw)}",
+            prediction_id=pred_id,
+        )
+    timings = data.get("timings") or {}
+    inference = timings.get("inference") if isinstance(timings, dict) else None
+    urls = data.get("urls") or {}
+    result_url = urls.get("get") if isinstance(urls, dict) else None
+    return Prediction(
+        id=pred_id,
+        model=str(data.get("model") or ""),
+        status=status,
+        outputs=tuple(outputs),
+        has_nsfw_contents=tuple(nsfw),
+        error=str(data.get("error") or ""),
+        created_at=data.get("created_at") if isinstance(data.get("created_at"), str) else None,
+        inference_ms=int(inference) if isinstance(inference, (int, float)) else None,
+        result_url=result_url if isinstance(result_url, str) else None,
+    )
+
+
+def is_retryable(method: str, error: BaseException) -> bool:
+    """The one rule for resending: GETs retry on transient failures, POSTs only on provable rejection.
+
+    A POST that may have reached the server (timeout, dropped connection, 5xx) is never resent:
+    that could start, and bill, a second generation.
+    """
+    if isinstance(error, MagiAPIError):
+        if error.http_status is None:
+            return False
+        allowed = RETRYABLE_HTTP_STATUSES if method == "GET" else SUBMIT_REJECTED_STATUSES
+        return error.http_status in allowed
+    if isinstance(error, ConnectFailure):
+        return True
+    if isinstance(error, ExchangeFailure):
+        return method == "GET"
+    return False
+
+
+class ConnectFailure(Exception):
+    """The connection could not be opened: the request was provably never sent."""
+
+
+class ExchangeFailure(Exception):
+    """The connection broke or timed out after the request may have been sent."""
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def final_result(prediction: Prediction) -> dict[str, Any]:
+    """The task's result for a terminal prediction, or the error that fails the task."""
+    if prediction.is_failed:
+        reason = prediction.error or "no error text from WaveSpeed"
+        raise MagiPredictionFailedError(
+            f"Prediction {prediction.id} {prediction.status}: {reason}", prediction_id=prediction.id
+        )
+    if not prediction.outputs:
+        raise MagiPredictionFailedError(
+            f"Prediction {prediction.id} completed without any outputs", prediction_id=prediction.id
+        )
+    return prediction.to_result()

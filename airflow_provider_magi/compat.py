@@ -1,0 +1,48 @@
+"""Every difference between Airflow 3.0 and the newest 3.x release, in one place.
+
+Imports go through ``airflow.providers.common.compat`` (Airflow's own shim package, a dependency of
+apache-airflow-core) so the rest of the provider never branches on the Airflow version.
+"""
+
+from __future__ import annotations
+
+from airflow.providers.common.compat.connection import get_async_connection
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    AirflowNotFoundException,
+    BaseHook,
+    BaseOperator,
+    BaseOperatorLink,
+    BaseSensorOperator,
+    TaskDeferred,
+    conf,
+    mask_secret,
+)
+
+try:  # Airflow 3.3+: the task state store survives retries (AIP-103).
+    from airflow.sdk import ResumableJobMixin
+
+    HAS_TASK_STATE_STORE = True
+except ImportError:  # Older Airflow 3: a stand-in that submits on every try.
+    from airflow.providers.common.compat._resumable_job_mixin import (  # type: ignore[assignment]
+        ResumableJobMixin,
+    )
+
+    HAS_TASK_STATE_STORE = False
+
+__all__ = [
+    "HAS_TASK_STATE_STORE",
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowNotFoundException",
+    "BaseHook",
+    "BaseOperator",
+    "BaseOperatorLink",
+    "BaseSensorOperator",
+    "ResumableJobMixin",
+    "TaskDeferred",
+    "conf",
+    "get_async_connection",
+    "mask_secret",
+]

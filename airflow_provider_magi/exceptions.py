@@ -1,0 +1,77 @@
+"""Errors the provider raises, each carrying the prediction id and the API's own message.
+
+Errors that a task retry cannot fix (bad input, a refused key, a failed generation, a submit that
+may already be billed) derive from ``AirflowFailException`` so Airflow does not retry them.
+"""
+
+from __future__ import annotations
+
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+
+class MagiError(AirflowException):
+    """Base of every error this provider raises."""
+
+    def __init__(self, message: str, *, prediction_id: str | None = None) -> None:
+        super().__init__(message)
+        self.prediction_id = prediction_id
+
+
+class MagiAPIError(MagiError):
+    """WaveSpeed answered with an error status, in the HTTP status line or the envelope's ``code``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        api_message: str = "",
+        prediction_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, prediction_id=prediction_id)
+        self.http_status = status_code
+        self.api_message = api_message
+        self.retry_after = retry_after
+
+
+class MagiRejectedError(MagiAPIError, AirflowFailException):
+    """400/404/413/422: the request itself is wrong; sending it again cannot help."""
+
+
+class MagiAuthError(MagiAPIError, AirflowFailException):
+    """401/403: the key is wrong or lacks permission or balance."""
+
+
+class MagiResponseError(MagiError):
+    """The server's answer was not the JSON envelope the contract promises."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, prediction_id: str | None = None
+    ) -> None:
+        super().__init__(message, prediction_id=prediction_id)
+        self.http_status = status_code
+
+
+class MagiTransportError(MagiError):
+    """The server could not be reached, or stopped answering, after the allowed retries."""
+
+
+class MagiSubmitUncertainError(MagiError, AirflowFailException):
+    """A submit may have been accepted but no prediction id came back; resending could pay twice."""
+
+
+class MagiInputError(MagiError, AirflowFailException, ValueError):
+    """An operator argument is invalid; raised before any request is sent."""
+
+
+class MagiPredictionFailedError(MagiError, AirflowFailException):
+    """The prediction reached a failed terminal status; its error text is in the message."""
+
+
+class MagiTimeoutError(MagiError, AirflowFailException):
+    """The prediction did not finish within the task's ``timeout``; it may still be running (and billed)."""
+
+
+class MagiDownloadError(MagiError):
+    """An output could not be downloaded whole; nothing was left at the destination."""

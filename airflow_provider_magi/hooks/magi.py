@@ -1,0 +1,434 @@
+"""MagiHook: the connection, the key and every HTTP call to WaveSpeed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import AsyncRetrying, Retrying
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
+
+from airflow_provider_magi.api import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MODEL,
+    ConnectFailure,
+    ExchangeFailure,
+    HTTPAnswer,
+    Prediction,
+    parse_prediction,
+    raise_for_answer,
+)
+from airflow_provider_magi.compat import (
+    AirflowNotFoundException,
+    BaseHook,
+    get_async_connection,
+    mask_secret,
+)
+from airflow_provider_magi.downloads import DownloadedFile, WritablePath, download
+from airflow_provider_magi.exceptions import (
+    MagiAPIError,
+    MagiAuthError,
+    MagiError,
+    MagiRejectedError,
+    MagiTimeoutError,
+)
+from airflow_provider_magi.retries import retry_policy, settle
+from airflow_provider_magi.waiting import Waiter
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+API_KEY_ENV = "WAVESPEED_API_KEY"
+_USER_AGENT = "airflow-provider-magi"
+# Used by test_connection: asking for a prediction that cannot exist proves the key without
+# starting (and paying for) a generation.
+_PROBE_PREDICTION_ID = "airflow-connection-test"
+_env_key_announced = False
+
+
+@dataclass(frozen=True)
+class MagiSettings:
+    """Everything a client needs from the connection; the key stays out of repr."""
+
+    conn_id: str
+    base_url: str
+    api_key: str = field(repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_retries: int = 5
+    max_retry_wait: float = 60.0
+
+    @classmethod
+    def from_connection(cls, conn: Connection, conn_id: str, extra: Mapping[str, Any]) -> MagiSettings:
+        host = (conn.host or "").strip()
+        if host and "://" not in host:
+            host = f"https://{host}"
+        if host and conn.port:
+            host = f"{host}:{conn.port}"
+        return cls(
+            conn_id=conn_id,
+            base_url=(host or DEFAULT_BASE_URL).rstrip("/"),
+            api_key=conn.password or "",
+            **_extras(extra, conn_id),
+        )
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", "User-Agent": _USER_AGENT}
+
+
+def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
+    casts = {
+        "connect_timeout": float,
+        "read_timeout": float,
+        "max_retries": int,
+        "max_retry_wait": float,
+    }
+    values: dict[str, Any] = {}
+    for name, cast in casts.items():
+        raw = extra.get(name)
+        if raw in (None, ""):
+            continue
+        try:
+            value = cast(raw)
+        except (TypeError, ValueError):
+            raise MagiError(f"Connection '{conn_id}': extra '{name}' must be a number, got {raw!r}") from None
+        if value < 0:
+            raise MagiError(f"Connection '{conn_id}': extra '{name}' must not be negative, got {raw!r}")
+        values[name] = value
+    return values
+
+
+def _settings_from_env(conn_id: str, log: Any) -> MagiSettings | None:
+    global _env_key_announced
+    key = os.environ.get(API_KEY_ENV)
+    if not key:
+        return None
+    if not _env_key_announced:
+        log.info("Connection '%s' not found; using the API key from $%s.", conn_id, API_KEY_ENV)
+        _env_key_announced = True
+    return MagiSettings(conn_id=conn_id, base_url=DEFAULT_BASE_URL, api_key=key)
+
+
+def _missing_connection(conn_id: str) -> MagiError:
+    return MagiError(
+        f"Airflow connection '{conn_id}' does not exist and ${API_KEY_ENV} is not set: create the "
+        "connection (conn type 'magi', API key as password) or export the key."
+    )
+
+
+class MagiHook(BaseHook):
+    """Talks to WaveSpeed's prediction API for MAGI-1 24B (or any model path on the same API).
+
+    :param magi_conn_id: Airflow connection of type ``magi``: API key as password, optional host
+        to override ``https://api.wavespeed.ai``, extras ``connect_timeout``, ``read_timeout``,
+        ``max_retries`` and ``max_retry_wait``.
+    """
+
+    conn_name_attr = "magi_conn_id"
+    default_conn_name = "magi_default"
+    conn_type = "magi"
+    hook_name = "WaveSpeed MAGI-1"
+
+    def __init__(self, magi_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.magi_conn_id = magi_conn_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(magi_conn_id={self.magi_conn_id!r})"
+
+    # ---------------------------------------------------------------- connection
+
+    @cached_property
+    def settings(self) -> MagiSettings:
+        try:
+            conn = self.get_connection(self.magi_conn_id)
+        except AirflowNotFoundException:
+            settings = _settings_from_env(self.magi_conn_id, self.log)
+            if settings is None:
+                raise _missing_connection(self.magi_conn_id) from None
+        else:
+            settings = MagiSettings.from_connection(conn, self.magi_conn_id, conn.extra_dejson)
+        return self._checked(settings)
+
+    async def aget_settings(self) -> MagiSettings:
+        """The triggerer's way to read the connection: no blocking call on the event loop."""
+        if "settings" in self.__dict__:
+            return self.settings
+        try:
+            conn = await get_async_connection(self.magi_conn_id, self)
+        except AirflowNotFoundException:
+            settings = _settings_from_env(self.magi_conn_id, self.log)
+            if settings is None:
+                raise _missing_connection(self.magi_conn_id) from None
+        else:
+            from airflow.providers.common.compat.connection import get_async_extra_dejson
+
+            extra = await get_async_extra_dejson(conn)
+            settings = MagiSettings.from_connection(conn, self.magi_conn_id, extra)
+        self.__dict__["settings"] = self._checked(settings)
+        return self.settings
+
+    def _checked(self, settings: MagiSettings) -> MagiSettings:
+        if not settings.api_key:
+            raise MagiAuthError(
+                f"Airflow connection '{self.magi_conn_id}' has no API key: put the WaveSpeed key "
+                "in the connection's password field."
+            )
+        mask_secret(settings.api_key)
+        return settings
+
+    # ---------------------------------------------------------------- sync client (worker)
+
+    @cached_property
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    @property
+    def is_local_server(self) -> bool:
+        """True when the connection points at plain http on loopback, i.e. a local test server."""
+        from airflow_provider_magi.downloads import is_loopback_http
+
+        return is_loopback_http(self.settings.base_url)
+
+    def result_url(self, prediction_id: str) -> str:
+        return self.settings.base_url + _result_path(prediction_id)
+
+    def create_prediction(self, inputs: Mapping[str, Any], model: str = DEFAULT_MODEL) -> Prediction:
+        """Submit one generation. Sent once; resent only after a provable rejection (429, no connect)."""
+        path = f"/api/v3/{_model_path(model)}"
+        data = self._call("POST", path, what=f"Submitting to {model}", json=dict(inputs))
+        return parse_prediction(data)
+
+    def get_prediction(self, prediction_id: str) -> Prediction:
+        data = self._call(
+            "GET",
+            _result_path(prediction_id),
+            what=f"Reading prediction {prediction_id}",
+            prediction_id=prediction_id,
+        )
+        return parse_prediction(data)
+
+    def wait_for_prediction(self, waiter: Waiter) -> Prediction:
+        """Poll in this process (a worker slot) until terminal; the trigger is the async twin."""
+        while True:
+            try:
+                prediction = self.get_prediction(waiter.prediction_id)
+            except (MagiAuthError, MagiRejectedError):
+                raise
+            except MagiError as error:
+                self.log.warning(
+                    "Prediction %s: poll failed, will poll again: %s", waiter.prediction_id, error
+                )
+            else:
+                waiter.observe(prediction, self.log)
+                if prediction.is_terminal:
+                    return prediction
+            delay = waiter.next_delay()
+            if delay is None:
+                raise MagiTimeoutError(waiter.timeout_message(), prediction_id=waiter.prediction_id)
+            time.sleep(delay)
+
+    def download_output(
+        self,
+        url: str,
+        target: WritablePath,
+        *,
+        checksum: bool = False,
+        allow_insecure_loopback: bool = False,
+        label: str = "",
+    ) -> DownloadedFile:
+        """Stream one output to ``target`` atomically. The API key is never sent to output hosts."""
+        settings = self.settings
+        return download(
+            self.session,
+            url,
+            target,
+            timeout=(settings.connect_timeout, settings.read_timeout),
+            max_attempts=settings.max_retries + 1,
+            checksum=checksum,
+            allow_insecure_loopback=allow_insecure_loopback,
+            label=label,
+        )
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Prove the key is accepted by reading a prediction that cannot exist: nothing is billed."""
+        try:
+            self.get_prediction(_PROBE_PREDICTION_ID)
+        except MagiAuthError as error:
+            return False, str(error)
+        except MagiAPIError as error:
+            if error.http_status == 404:
+                return True, f"WaveSpeed at {self.settings.base_url} accepted the API key."
+            return False, str(error)
+        except MagiError as error:
+            return False, str(error)
+        return True, f"WaveSpeed at {self.settings.base_url} accepted the API key."
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json: dict[str, Any] | None = None,
+        prediction_id: str | None = None,
+    ) -> Mapping[str, Any]:
+        settings = self.settings
+        url = settings.base_url + path
+
+        def attempt() -> Mapping[str, Any]:
+            answer = self._send(method, url, json=json)
+            return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
+
+        policy = retry_policy(
+            method,
+            max_retries=settings.max_retries,
+            max_wait=settings.max_retry_wait,
+            log=self.log,
+        )
+        try:
+            return Retrying(**policy)(attempt)
+        except (ConnectFailure, ExchangeFailure, MagiError) as error:
+            raise settle(method, error, what=what, base_url=settings.base_url) from None
+
+    def _send(self, method: str, url: str, *, json: dict[str, Any] | None) -> HTTPAnswer:
+        settings = self.settings
+        try:
+            response = self.session.request(
+                method,
+                url,
+                json=json,
+                headers=settings.auth_headers,
+                timeout=(settings.connect_timeout, settings.read_timeout),
+                allow_redirects=False,
+            )
+            body = response.content
+        except requests.ConnectTimeout as error:
+            raise ConnectFailure(f"connect timeout after {settings.connect_timeout}s") from error
+        except requests.ConnectionError as error:
+            if _never_sent(error):
+                raise ConnectFailure(_reason(error)) from error
+            raise ExchangeFailure(_reason(error)) from error
+        except requests.RequestException as error:
+            raise ExchangeFailure(_reason(error)) from error
+        return HTTPAnswer(
+            status_code=response.status_code,
+            content_type=response.headers.get("Content-Type", ""),
+            body=body,
+            retry_after=response.headers.get("Retry-After"),
+            url=url,
+        )
+
+    # ---------------------------------------------------------------- async client (triggerer)
+
+    async def aget_prediction(self, prediction_id: str) -> Prediction:
+        """Same rules and parser as :meth:`get_prediction`, on a client shared across triggers."""
+        settings = await self.aget_settings()
+        what = f"Reading prediction {prediction_id}"
+        url = settings.base_url + _result_path(prediction_id)
+        client = shared_async_client(settings)
+
+        async def attempt() -> Mapping[str, Any]:
+            answer = await _asend(client, "GET", url, settings)
+            return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
+
+        policy = retry_policy(
+            "GET",
+            max_retries=settings.max_retries,
+            max_wait=settings.max_retry_wait,
+            log=self.log,
+        )
+        try:
+            data: Mapping[str, Any] = await AsyncRetrying(**policy)(attempt)
+        except (ConnectFailure, ExchangeFailure, MagiError) as error:
+            raise settle("GET", error, what=what, base_url=settings.base_url) from None
+        return parse_prediction(data)
+
+
+async def _asend(client: httpx.AsyncClient, method: str, url: str, settings: MagiSettings) -> HTTPAnswer:
+    try:
+        response = await client.request(method, url, headers=settings.auth_headers)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+        raise ConnectFailure(_reason(error)) from error
+    except httpx.HTTPError as error:
+        raise ExchangeFailure(_reason(error)) from error
+    return HTTPAnswer(
+        status_code=response.status_code,
+        content_type=response.headers.get("Content-Type", ""),
+        body=response.content,
+        retry_after=response.headers.get("Retry-After"),
+        url=url,
+    )
+
+
+_ClientKey = tuple[str, str, float, float]
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ClientKey, httpx.AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+_async_clients_lock = threading.Lock()
+
+
+def shared_async_client(settings: MagiSettings) -> httpx.AsyncClient:
+    """One pooled client per event loop, base URL and key, so N triggers share a few connections.
+
+    The key is part of the cache key only so two connections with different keys never share
+    state; it is never sent on the client's defaults (each request carries its own header).
+    """
+    loop = asyncio.get_running_loop()
+    cache_key = (
+        settings.base_url,
+        settings.api_key,
+        settings.connect_timeout,
+        settings.read_timeout,
+    )
+    with _async_clients_lock:
+        clients = _async_clients.setdefault(loop, {})
+        client = clients.get(cache_key)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=None),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+                follow_redirects=False,
+            )
+            clients[cache_key] = client
+        return client
+
+
+def _model_path(model: str) -> str:
+    model = model.strip().strip("/")
+    if model.count("/") != 1 or not all(model.split("/")):
+        raise MagiError(f"model must look like 'owner/name' (for example {DEFAULT_MODEL!r}), got {model!r}")
+    return "/".join(quote(part, safe="") for part in model.split("/"))
+
+
+def _result_path(prediction_id: str) -> str:
+    if not isinstance(prediction_id, str) or not prediction_id.strip():
+        raise MagiError(f"prediction_id must be a non-empty string, got {prediction_id!r}")
+    return f"/api/v3/predictions/{quote(prediction_id.strip(), safe='')}/result"
+
+
+def _never_sent(error: requests.ConnectionError) -> bool:
+    reason = error.args[0] if error.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, (NewConnectionError, NameResolutionError))
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

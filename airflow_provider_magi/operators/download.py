@@ -1,0 +1,211 @@
+"""MagiDownloadOutputsOperator: land a prediction's videos where the next task or DAG needs them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow_provider_magi.compat import BaseOperator
+from airflow_provider_magi.exceptions import MagiError, MagiInputError, MagiPredictionFailedError
+from airflow_provider_magi.validation import check_prediction_id, shorten
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_magi.api import Prediction
+    from airflow_provider_magi.downloads import WritablePath
+    from airflow_provider_magi.hooks.magi import MagiHook
+
+NsfwPolicy = Literal["keep", "skip", "fail"]
+NSFW_POLICIES = ("keep", "skip", "fail")
+DEFAULT_FILENAME = "{dag_id}/{run_id}/{prediction_id}_{index}.mp4"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_FIELDS = ("dag_id", "task_id", "run_id", "map_index", "prediction_id", "index", "ds")
+
+
+def safe_segment(value: Any) -> str:
+    """A path segment that cannot climb out of the destination or carry control characters."""
+    text = _UNSAFE.sub("_", str(value)).strip("._")
+    return text or "_"
+
+
+def render_filename(pattern: str, values: Mapping[str, Any]) -> str:
+    """Fill ``pattern`` with sanitised values; the pattern's own slashes make directories."""
+    try:
+        rendered = pattern.format(**{key: safe_segment(value) for key, value in values.items()})
+    except (KeyError, IndexError, ValueError) as error:
+        raise MagiInputError(
+            f"Invalid filename: {shorten(pattern)} uses an unknown field ({error}). "
+            f"Fix: use only {{{'}, {'.join(_FIELDS)}}}"
+        ) from None
+    parts = [part for part in rendered.split("/") if part not in ("", ".")]
+    if not parts or any(part == ".." for part in parts):
+        raise MagiInputError(
+            f"Invalid filename: {shorten(pattern)} renders to {rendered!r}. "
+            "Fix: use a relative path without '..'"
+        )
+    return "/".join(parts)
+
+
+class MagiDownloadOutputsOperator(BaseOperator):
+    """Stream a completed prediction's outputs to a directory, atomically, and emit asset events.
+
+    The prediction is read again first, for fresh output URLs. Each file is written under a
+    temporary name and moved into place only when its byte count matches, so readers never see a
+    partial video.
+
+    :param prediction: A prediction id, or the result dict of ``MagiGenerateVideoOperator``.
+        Templated; usually ``"{{ ti.xcom_pull(task_ids='generate', key='prediction_id') }}"``.
+    :param destination: Directory: a local path, or an object-storage URL (``file://``,
+        ``s3://``, ``gs://``, ``memory://`` ...), or an ``ObjectStoragePath``. Templated.
+    :param filename: Pattern below ``destination``; fields ``{dag_id}``, ``{task_id}``,
+        ``{run_id}``, ``{map_index}``, ``{ds}``, ``{prediction_id}``, ``{index}``. Templated.
+    :param nsfw_policy: What a flagged output does: ``keep`` (warn), ``skip`` or ``fail``.
+    :param checksum: Also compute each file's SHA-256.
+    :param allow_insecure_loopback: Accept plain-http output URLs on a loopback host. Default
+        ``None``: only when the connection itself points at plain http on loopback (the bundled
+        local server). Other non-https URLs are always refused.
+    :param magi_conn_id: Airflow connection of type ``magi``.
+    """
+
+    template_fields: Sequence[str] = ("prediction", "destination", "filename")
+    ui_color = "#e8f0ff"
+
+    def __init__(
+        self,
+        *,
+        prediction: str | Mapping[str, Any],
+        destination: Any,
+        filename: str = DEFAULT_FILENAME,
+        nsfw_policy: NsfwPolicy = "keep",
+        checksum: bool = False,
+        allow_insecure_loopback: bool | None = None,
+        magi_conn_id: str = "magi_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if nsfw_policy not in NSFW_POLICIES:
+            raise ValueError(f"nsfw_policy must be one of {NSFW_POLICIES}, got {nsfw_policy!r}")
+        self.prediction = prediction
+        self.destination = destination
+        self.filename = filename
+        self.nsfw_policy = nsfw_policy
+        self.checksum = checksum
+        self.allow_insecure_loopback = allow_insecure_loopback
+        self.magi_conn_id = magi_conn_id
+
+    @cached_property
+    def hook(self) -> MagiHook:
+        from airflow_provider_magi.hooks.magi import MagiHook
+
+        return MagiHook(magi_conn_id=self.magi_conn_id)
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        prediction_id = check_prediction_id(self.prediction)
+        directory = destination_path(self.destination)
+        prediction = self.hook.get_prediction(prediction_id)
+        if not prediction.is_completed:
+            if prediction.is_failed:
+                raise MagiPredictionFailedError(
+                    f"Prediction {prediction_id} {prediction.status}: {prediction.error}",
+                    prediction_id=prediction_id,
+                )
+            raise MagiError(
+                f"Prediction {prediction_id} is {prediction.status}, not completed: wait for it "
+                "first (MagiGenerateVideoOperator or MagiPredictionSensor)",
+                prediction_id=prediction_id,
+            )
+        written = [
+            self._download(context, prediction, index, url, directory)
+            for index, url in enumerate(prediction.outputs)
+            if self._wanted(prediction, index)
+        ]
+        self._emit_asset_events(context, prediction, written)
+        return written
+
+    def _wanted(self, prediction: Prediction, index: int) -> bool:
+        flags = prediction.has_nsfw_contents
+        flagged = index < len(flags) and flags[index]
+        if not flagged:
+            return True
+        message = f"Prediction {prediction.id} output {index} is flagged NSFW"
+        if self.nsfw_policy == "fail":
+            raise MagiPredictionFailedError(f"{message} (nsfw_policy='fail')", prediction_id=prediction.id)
+        if self.nsfw_policy == "skip":
+            self.log.warning("%s: not downloaded (nsfw_policy='skip')", message)
+            return False
+        self.log.warning("%s: downloaded anyway (nsfw_policy='keep')", message)
+        return True
+
+    def _download(
+        self, context: Context, prediction: Prediction, index: int, url: str, directory: WritablePath
+    ) -> dict[str, Any]:
+        ti = context["ti"]
+        values = {
+            "dag_id": ti.dag_id,
+            "task_id": ti.task_id,
+            "run_id": ti.run_id,
+            "map_index": ti.map_index,
+            "ds": context.get("ds", ""),
+            "prediction_id": prediction.id,
+            "index": index,
+        }
+        target = directory / render_filename(self.filename, values)
+        allow_loopback = self.allow_insecure_loopback
+        if allow_loopback is None:
+            allow_loopback = self.hook.is_local_server
+        downloaded = self.hook.download_output(
+            url,
+            target,
+            checksum=self.checksum,
+            allow_insecure_loopback=allow_loopback,
+            label=f"Prediction {prediction.id} output {index}",
+        )
+        self.log.info("Wrote %s (%d bytes)", downloaded.path, downloaded.size)
+        flags = prediction.has_nsfw_contents
+        return {
+            **downloaded.to_dict(),
+            "index": index,
+            "prediction_id": prediction.id,
+            "nsfw": bool(index < len(flags) and flags[index]),
+        }
+
+    def _emit_asset_events(
+        self, context: Context, prediction: Prediction, written: list[dict[str, Any]]
+    ) -> None:
+        if not self.outlets:
+            return
+        extra: dict[str, Any] = {
+            "prediction_id": prediction.id,
+            "model": prediction.model,
+            "inference_ms": prediction.inference_ms,
+            "paths": [item["path"] for item in written],
+            "sizes": [item["size"] for item in written],
+        }
+        # The generate task's result dict carries what was asked for; a bare id does not.
+        if isinstance(self.prediction, Mapping):
+            inputs = self.prediction.get("inputs") or {}
+            extra.update({key: inputs[key] for key in ("prompt", "seed", "image") if key in inputs})
+        outlet_events = context["outlet_events"]
+        for outlet in self.outlets:
+            if type(outlet).__name__ == "Asset":
+                outlet_events[outlet].extra.update(extra)
+
+
+def destination_path(destination: Any) -> WritablePath:
+    """A directory to write into: ObjectStoragePath for URLs, pathlib.Path for plain paths."""
+    if hasattr(destination, "fs") or isinstance(destination, Path):
+        return destination
+    if not isinstance(destination, str) or not destination.strip():
+        raise MagiInputError(
+            f"Invalid destination: {shorten(destination)}. Fix: pass a directory path or a URL "
+            "such as 's3://bucket/videos' or 'file:///data/videos'"
+        )
+    if "://" in destination:
+        from airflow.sdk import ObjectStoragePath
+
+        return ObjectStoragePath(destination)
+    return Path(destination).expanduser()

@@ -1,0 +1,219 @@
+"""MagiGenerateVideoOperator: validate, submit once, remember the id, then wait (deferred or not)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_magi.api import DEFAULT_MODEL, Prediction, final_result
+from airflow_provider_magi.compat import HAS_TASK_STATE_STORE, BaseOperator, ResumableJobMixin, conf
+from airflow_provider_magi.exceptions import MagiRejectedError
+from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
+from airflow_provider_magi.validation import magi_inputs
+from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_magi.hooks.magi import MagiHook
+
+# What get_job_status reports for a stored id the API no longer knows (deleted after 7 days).
+STATUS_NOT_FOUND = "not_found"
+
+
+def _seconds(value: float | timedelta | None, name: str) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return seconds
+
+
+class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
+    """Generate a video with MAGI-1 24B on WaveSpeed.
+
+    Submits one prediction, pushes its id to XCom (key ``prediction_id``) at once, then waits for
+    it in the triggerer (``deferrable=True``) or in the worker. A task retry reattaches to the
+    prediction of the previous try instead of paying for a new one (Airflow 3.3+, task state
+    store); a prediction that failed or expired is submitted afresh.
+
+    :param prompt: What the video shows. Required. Templated.
+    :param image: URL of the first frame (http or https). Templated.
+    :param seed: -1 (random) to 2147483647; the text of an integer is accepted. Templated.
+    :param extra_inputs: Further model inputs, passed through as they are. Templated.
+    :param model: WaveSpeed model path, ``owner/name``.
+    :param magi_conn_id: Airflow connection of type ``magi``.
+    :param wait_for_completion: Wait for the video (returns the result dict) or return the
+        prediction id at once (wait later with ``MagiPredictionSensor``).
+    :param deferrable: Wait in the triggerer, freeing the worker slot. Default from
+        ``[operators] default_deferrable``.
+    :param poll_interval: Seconds between polls at first; polls spread out for long jobs.
+    :param timeout: Give up waiting after this long (seconds or timedelta). The prediction keeps
+        running on WaveSpeed (there is no cancel endpoint); the task fails without retrying.
+    """
+
+    template_fields: Sequence[str] = ("prompt", "image", "seed", "extra_inputs")
+    template_fields_renderers = {"extra_inputs": "json", "prompt": "py"}
+    operator_extra_links = (MagiPredictionLink(),)
+    external_id_key = "magi_prediction_id"
+    ui_color = "#f3e8ff"
+
+    def __init__(
+        self,
+        *,
+        prompt: str,
+        image: str | None = None,
+        seed: int | str | None = None,
+        extra_inputs: dict[str, Any] | None = None,
+        model: str = DEFAULT_MODEL,
+        magi_conn_id: str = "magi_default",
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = MAX_POLL_INTERVAL,
+        timeout: float | timedelta | None = timedelta(hours=2),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prompt = prompt
+        self.image = image
+        self.seed = seed
+        self.extra_inputs = extra_inputs
+        self.model = model
+        self.magi_conn_id = magi_conn_id
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = _seconds(poll_interval, "poll_interval") or DEFAULT_POLL_INTERVAL
+        self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
+        self.timeout = _seconds(timeout, "timeout")
+        self._announced: str | None = None
+        self._final: Prediction | None = None
+
+    @cached_property
+    def hook(self) -> MagiHook:
+        from airflow_provider_magi.hooks.magi import MagiHook
+
+        return MagiHook(magi_conn_id=self.magi_conn_id)
+
+    def execute(self, context: Context) -> Any:
+        self._inputs = magi_inputs(
+            prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
+        )
+        if not HAS_TASK_STATE_STORE and (context["ti"].try_number or 1) > 1:
+            self.log.warning(
+                "This Airflow has no task state store (3.3+): this retry submits a new, billed "
+                "prediction. Check the previous try's log for its prediction id."
+            )
+        return self.execute_resumable(context)
+
+    # ------------------------------------------------------------ ResumableJobMixin
+
+    def submit_job(self, context: Context) -> str:
+        prediction = self.hook.create_prediction(self._inputs, model=self.model)
+        self._announce(context, prediction.id, prediction.result_url, "Submitted")
+        return prediction.id
+
+    def get_job_status(self, external_id: Any, context: Context) -> str:
+        try:
+            prediction = self.hook.get_prediction(str(external_id))
+        except MagiRejectedError as error:
+            if error.http_status == 404:
+                return STATUS_NOT_FOUND
+            raise
+        if prediction.is_terminal:
+            self._final = prediction
+        return prediction.status
+
+    def is_job_active(self, status: str) -> bool:
+        # Unknown statuses count as running: never treat what we do not understand as done.
+        return status not in ("completed", "failed", "cancelled", "timeout", "deleted", STATUS_NOT_FOUND)
+
+    def is_job_succeeded(self, status: str) -> bool:
+        return status == "completed"
+
+    def poll_until_complete(self, external_id: Any, context: Context) -> Any:
+        prediction_id = str(external_id)
+        if self._announced != prediction_id:
+            self._announce(context, prediction_id, None, "Reattached to")
+        if not self.wait_for_completion:
+            return prediction_id
+        waiter = self._waiter(prediction_id)
+        if self.deferrable:
+            prediction = self.hook.get_prediction(prediction_id)
+            waiter.observe(prediction, self.log)
+            if not prediction.is_terminal:
+                self._defer(waiter)
+        else:
+            prediction = self.hook.wait_for_prediction(waiter)
+        self._final = prediction
+        return self.get_job_result(prediction_id, context)
+
+    def get_job_result(self, external_id: Any, context: Context) -> Any:
+        prediction_id = str(external_id)
+        if self._announced != prediction_id:
+            self._announce(context, prediction_id, None, "Reusing completed")
+        if not self.wait_for_completion:
+            return prediction_id
+        prediction = self._final or self.hook.get_prediction(prediction_id)
+        return self._result(final_result(prediction))
+
+    # ------------------------------------------------------------ deferral
+
+    def _waiter(self, prediction_id: str) -> Waiter:
+        deadline = time.time() + self.timeout if self.timeout else None
+        return Waiter(
+            prediction_id,
+            poll_interval=self.poll_interval,
+            max_poll_interval=self.max_poll_interval,
+            deadline=deadline,
+        )
+
+    def _defer(self, waiter: Waiter) -> None:
+        from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
+
+        self.defer(
+            trigger=MagiPredictionTrigger(
+                prediction_id=waiter.prediction_id,
+                magi_conn_id=self.magi_conn_id,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                deadline=waiter.deadline,
+                started_at=waiter.started_at,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        from airflow_provider_magi.triggers.magi import result_from_event
+
+        return self._result(result_from_event(event))
+
+    def _result(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Add what was asked for, so downstream tasks and asset events can say what a video is."""
+        result["inputs"] = magi_inputs(
+            prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
+        )
+        self.log.info(
+            "Prediction %s completed: %d output(s)", result["prediction_id"], len(result["outputs"])
+        )
+        return result
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _announce(self, context: Context, prediction_id: str, result_url: str | None, verb: str) -> None:
+        """Push the id to XCom before anything else can fail, so it is never lost."""
+        self._announced = prediction_id
+        url = remember_prediction(context, prediction_id, result_url, self.hook)
+        self.log.info("%s prediction %s; result at %s", verb, prediction_id, url)
+
+    def on_kill(self) -> None:
+        if self._announced:
+            self.log.warning(
+                "Task killed. WaveSpeed has no cancel endpoint: prediction %s keeps running and is "
+                "billed. A retry of this task reattaches to it where Airflow keeps task state (3.3+).",
+                self._announced,
+            )

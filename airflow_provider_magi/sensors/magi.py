@@ -1,0 +1,113 @@
+"""MagiPredictionSensor: wait for a prediction submitted by another task."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_magi.api import final_result
+from airflow_provider_magi.compat import BaseSensorOperator, conf
+from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
+from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, PokeReturnValue
+
+    from airflow_provider_magi.hooks.magi import MagiHook
+
+
+class MagiPredictionSensor(BaseSensorOperator):
+    """Succeeds when the prediction is ``completed`` and returns its result dict.
+
+    Fails (without retrying) when it ``failed`` or reached another failed terminal status, with
+    WaveSpeed's error text. Unknown statuses are treated as still running.
+
+    :param prediction_id: The id to wait for, usually
+        ``"{{ ti.xcom_pull(task_ids='submit', key='prediction_id') }}"`` or an XComArg. Templated.
+    :param magi_conn_id: Airflow connection of type ``magi``.
+    :param deferrable: Wait in the triggerer. Default from ``[operators] default_deferrable``.
+    :param poll_interval: Seconds between polls (also the poke interval).
+    """
+
+    template_fields: Sequence[str] = ("prediction_id",)
+    operator_extra_links = (MagiPredictionLink(),)
+    ui_color = "#f3e8ff"
+
+    def __init__(
+        self,
+        *,
+        prediction_id: str,
+        magi_conn_id: str = "magi_default",
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = MAX_POLL_INTERVAL,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("poke_interval", poll_interval)
+        super().__init__(**kwargs)
+        self.prediction_id = prediction_id
+        self.magi_conn_id = magi_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = float(poll_interval)
+        self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
+
+    @cached_property
+    def hook(self) -> MagiHook:
+        from airflow_provider_magi.hooks.magi import MagiHook
+
+        return MagiHook(magi_conn_id=self.magi_conn_id)
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        from airflow.providers.common.compat.sdk import PokeReturnValue
+
+        prediction = self.hook.get_prediction(self._prediction_id())
+        self.log.info("Prediction %s is %s", prediction.id, prediction.status)
+        if not prediction.is_terminal:
+            return False
+        return PokeReturnValue(is_done=True, xcom_value=final_result(prediction))
+
+    def execute(self, context: Context) -> Any:
+        prediction_id = self._prediction_id()
+        remember_prediction(context, prediction_id, None, self.hook)
+        if not self.deferrable:
+            return super().execute(context)
+        prediction = self.hook.get_prediction(prediction_id)
+        waiter = Waiter(
+            prediction_id,
+            poll_interval=self.poll_interval,
+            max_poll_interval=self.max_poll_interval,
+            deadline=time.time() + _timeout_seconds(self.timeout),
+        )
+        waiter.observe(prediction, self.log)
+        if prediction.is_terminal:
+            return final_result(prediction)
+        from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
+
+        self.defer(
+            trigger=MagiPredictionTrigger(
+                prediction_id=prediction_id,
+                magi_conn_id=self.magi_conn_id,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                deadline=waiter.deadline,
+                started_at=waiter.started_at,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        from airflow_provider_magi.triggers.magi import result_from_event
+
+        return result_from_event(event)
+
+    def _prediction_id(self) -> str:
+        from airflow_provider_magi.validation import check_prediction_id
+
+        return check_prediction_id(self.prediction_id)
+
+
+def _timeout_seconds(timeout: float | timedelta) -> float:
+    return timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)

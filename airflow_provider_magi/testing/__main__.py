@@ -1,0 +1,61 @@
+"""``python -m airflow_provider_magi.testing``: serve the local WaveSpeed API in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+from airflow_provider_magi.testing.faults import Fault
+from airflow_provider_magi.testing.server import LocalWaveSpeedServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_magi.testing",
+        description="WaveSpeed-compatible local server for MAGI-1 24B (loopback only).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    parser.add_argument("--api-key", default="local-test-key", help="the Bearer key clients must send")
+    parser.add_argument("--completion-seconds", type=float, default=3.0, help="time from submit to completed")
+    parser.add_argument("--output-bytes", type=int, default=None, help="size of each output video")
+    parser.add_argument(
+        "--faults", default="[]", help='JSON list of faults, e.g. \'[{"route": "result", "kind": "status"}]\''
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for probabilistic faults")
+    parser.add_argument("--port-file", default=None, help="write the bound port to this file when ready")
+    args = parser.parse_args(argv)
+
+    faults = [Fault.from_dict(item) for item in json.loads(args.faults)]
+    server = LocalWaveSpeedServer(
+        api_key=args.api_key,
+        completion_seconds=args.completion_seconds,
+        output_bytes=args.output_bytes,
+        faults=faults,
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+    )
+    asyncio.run(_serve_forever(server, args.port_file))
+    return 0
+
+
+async def _serve_forever(server: LocalWaveSpeedServer, port_file: str | None) -> None:
+    await server.serve()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"Local WaveSpeed server on {server.base_url} (API key: {server.api_key})", flush=True)
+    if port_file:
+        with open(port_file, "w") as handle:
+            handle.write(str(server._http.port))
+    await stop.wait()
+    await server._http.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

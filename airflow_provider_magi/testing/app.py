@@ -1,0 +1,341 @@
+"""The WaveSpeed prediction API as the local server plays it: routes, validation, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_provider_magi.testing.faults import Directives, Fault, FaultPlan, Route, parse_directives
+from airflow_provider_magi.testing.http import Request, Response
+from airflow_provider_magi.testing.video import aiter_video, video_size
+
+MAGI_MODEL = "wavespeed-ai/magi-1-24b"
+SEED_MIN, SEED_MAX = -1, 2147483647
+_MODEL_ROUTE = re.compile(r"^/api/v3/(?P<owner>[A-Za-z0-9._-]+)/(?P<name>[A-Za-z0-9._-]+)$")
+_RESULT_ROUTE = re.compile(r"^/api/v3/predictions/(?P<id>[^/]+)/result$")
+_OUTPUT_ROUTE = re.compile(r"^/outputs/(?P<id>[^/]+)/(?P<index>\d+)\.mp4$")
+_RANGE = re.compile(r"^bytes=(\d+)-$")
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server saw it (never the key itself: only whether auth was sent/valid)."""
+
+    method: str
+    route: str
+    path: str
+    status: int
+    sent_authorization: bool
+    prediction_id: str | None = None
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class StoredPrediction:
+    id: str
+    model: str
+    inputs: dict[str, Any]
+    directives: Directives
+    created_at: str
+    started: float
+    duration: float
+    completed_at: float | None = None
+
+    def status(self, now: float) -> str:
+        d = self.directives
+        if d.status:
+            return d.status
+        elapsed = now - self.started
+        if d.never_finish or elapsed < self.duration:
+            return "created" if elapsed < min(0.5, self.duration / 4) else "processing"
+        return "failed" if d.fail else "completed"
+
+
+@dataclass
+class ServerConfig:
+    api_key: str = "local-test-key"
+    completion_seconds: float = 3.0
+    output_bytes: int | None = None  # default: the sample video's own size
+    public_base_url: str = ""  # set once the port is known
+
+
+class WaveSpeedApp:
+    """Request handler for :class:`~airflow_provider_magi.testing.http.HTTPServer`."""
+
+    def __init__(self, config: ServerConfig, faults: FaultPlan | None = None) -> None:
+        self.config = config
+        self.faults = faults or FaultPlan()
+        self.predictions: dict[str, StoredPrediction] = {}
+        self._log: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ inspection (thread-safe)
+
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._log)
+
+    def count(self, route: str, *, status: int | None = None) -> int:
+        return sum(1 for r in self.requests() if r.route == route and (status is None or r.status == status))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._log.clear()
+            self.predictions.clear()
+        self.faults.replace([])
+
+    def complete_now(self, prediction_id: str) -> None:
+        """Make a running prediction finish on its next poll (for tests that measure latency)."""
+        prediction = self.predictions[prediction_id]
+        prediction.duration = max(0.0, time.monotonic() - prediction.started)
+
+    # ------------------------------------------------------------ dispatch
+
+    async def __call__(self, request: Request) -> Response:
+        route, handler, match = self._route(request)
+        prediction_id = match.group("id") if match is not None and "id" in match.groupdict() else None
+        response = await self._handle(request, route, handler, match)
+        with self._lock:
+            self._log.append(
+                RecordedRequest(
+                    method=request.method,
+                    route=route,
+                    path=request.path,
+                    status=0 if response.drop else response.status,
+                    sent_authorization="authorization" in request.headers,
+                    prediction_id=prediction_id or response.headers.get("x-prediction-id"),
+                )
+            )
+        return response
+
+    def _route(self, request: Request) -> tuple[str, Any, re.Match[str] | None]:
+        path = request.path
+        if request.method == "POST" and (m := _MODEL_ROUTE.match(path)):
+            return "submit", self._submit, m
+        if request.method == "GET" and (m := _RESULT_ROUTE.match(path)):
+            return "result", self._result, m
+        if request.method in ("GET", "HEAD") and (m := _OUTPUT_ROUTE.match(path)):
+            return "output", self._output, m
+        if path.startswith("/_testing/"):
+            return "admin", self._admin, None
+        return "unknown", None, None
+
+    async def _handle(self, request: Request, route: str, handler: Any, match: Any) -> Response:
+        if handler is None:
+            return envelope_error(404, f"No route for {request.method} {request.path}")
+        if route == "admin":
+            return self._admin(request)
+        if route in ("submit", "result") and not self._authorized(request):
+            return envelope_error(401, "Unauthorized: invalid or missing API key")
+        fault = self.faults.pick(route)  # type: ignore[arg-type]
+        if fault is not None:
+            early = await self._apply_fault(fault, route)
+            if early is not None:
+                return early
+        response: Response = await handler(request, match)
+        if fault is not None and fault.kind == "drop_after_accept" and route == "submit":
+            response.drop = True
+        if fault is not None and fault.kind == "truncate" and isinstance(response.content_length, int):
+            response.truncate_at = response.content_length // 2
+        return response
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self.config.api_key.encode()
+        )
+
+    async def _apply_fault(self, fault: Fault, route: Route | str) -> Response | None:
+        kind = fault.kind
+        if kind == "slow":
+            await asyncio.sleep(fault.delay)
+            return None
+        if kind == "drop":
+            return Response(status=0, drop=True)
+        if kind in ("drop_after_accept", "truncate"):
+            return None
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = _format_retry_after(fault.retry_after)
+        if kind == "rate_limit":
+            return envelope_error(429, "Too many requests: rate limit exceeded", headers)
+        if kind == "status":
+            return envelope_error(fault.status, f"Injected error {fault.status}", headers)
+        if kind == "html":
+            page = f"<html><body><h1>{fault.status} Bad Gateway</h1><p>nginx</p></body></html>"
+            return Response(
+                status=fault.status, body=page.encode(), headers={"Content-Type": "text/html", **headers}
+            )
+        if kind == "malformed_json":
+            return Response(status=200, body=b'{"code": 200, "data": {"id": ', headers=_JSON)
+        if kind == "envelope_error":
+            body = {"code": fault.status, "message": f"Injected envelope error {fault.status}", "data": None}
+            return Response(status=200, body=json.dumps(body).encode(), headers=_JSON)
+        raise AssertionError(f"unhandled fault kind {kind}")
+
+    # ------------------------------------------------------------ routes
+
+    async def _submit(self, request: Request, match: re.Match[str]) -> Response:
+        model = f"{match.group('owner')}/{match.group('name')}"
+        try:
+            inputs = json.loads(request.body or b"{}")
+        except ValueError:
+            return envelope_error(400, "Request body is not valid JSON")
+        if not isinstance(inputs, dict):
+            return envelope_error(400, "Request body must be a JSON object")
+        problem = validate_inputs(model, inputs)
+        if problem:
+            return envelope_error(400, problem)
+        directives = parse_directives(str(inputs.get("prompt", "")))
+        prediction = StoredPrediction(
+            id=uuid.uuid4().hex,
+            model=model,
+            inputs=inputs,
+            directives=directives,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            started=time.monotonic(),
+            duration=directives.duration
+            if directives.duration is not None
+            else self.config.completion_seconds,
+        )
+        with self._lock:
+            self.predictions[prediction.id] = prediction
+        response = envelope_ok(self._prediction_data(prediction))
+        response.headers["x-prediction-id"] = prediction.id
+        return response
+
+    async def _result(self, request: Request, match: re.Match[str]) -> Response:
+        prediction = self.predictions.get(match.group("id"))
+        if prediction is None:
+            return envelope_error(404, f"Prediction {match.group('id')} not found")
+        return envelope_ok(self._prediction_data(prediction))
+
+    async def _output(self, request: Request, match: re.Match[str]) -> Response:
+        prediction = self.predictions.get(match.group("id"))
+        index = int(match.group("index"))
+        if prediction is None or prediction.status(time.monotonic()) != "completed":
+            return Response(status=404, body=b"Not Found", headers={"Content-Type": "text/plain"})
+        if index >= prediction.directives.outputs:
+            return Response(status=404, body=b"Not Found", headers={"Content-Type": "text/plain"})
+        if prediction.directives.expire:
+            return Response(
+                status=403,
+                body=b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+                headers={"Content-Type": "application/xml"},
+            )
+        wanted = prediction.directives.size or self.config.output_bytes
+        total = video_size(wanted)
+        start = 0
+        status = 200
+        headers = {"Content-Type": "video/mp4", "Accept-Ranges": "bytes"}
+        range_match = _RANGE.match(request.headers.get("range", ""))
+        if range_match and int(range_match.group(1)) < total:
+            start = int(range_match.group(1))
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{total - 1}/{total}"
+        response = Response(
+            status=status, body=aiter_video(wanted, start), headers=headers, content_length=total - start
+        )
+        if prediction.directives.truncate and start == 0:
+            response.truncate_at = total // 2
+        return response
+
+    def _admin(self, request: Request) -> Response:
+        action = request.path.removeprefix("/_testing/")
+        if action == "requests" and request.method == "GET":
+            return json_response([r.to_dict() for r in self.requests()])
+        if action == "faults" and request.method == "GET":
+            return json_response(self.faults.snapshot())
+        if action == "faults" and request.method in ("PUT", "POST"):
+            try:
+                raw = json.loads(request.body or b"[]")
+                faults = [Fault.from_dict(item) for item in (raw if isinstance(raw, list) else [raw])]
+            except (ValueError, TypeError) as error:
+                return json_response({"error": str(error)}, status=400)
+            if request.method == "PUT":
+                self.faults.replace(faults)
+            else:
+                for fault in faults:
+                    self.faults.add(fault)
+            return json_response(self.faults.snapshot())
+        if action == "reset" and request.method == "POST":
+            self.reset()
+            return json_response({"reset": True})
+        if action == "complete" and request.method == "POST":
+            prediction_id = request.query.get("id", "")
+            if prediction_id not in self.predictions:
+                return json_response({"error": f"unknown prediction {prediction_id}"}, status=404)
+            self.complete_now(prediction_id)
+            return json_response({"completed": prediction_id})
+        return json_response({"error": f"unknown admin call {request.method} {request.path}"}, status=404)
+
+    def _prediction_data(self, prediction: StoredPrediction) -> dict[str, Any]:
+        now = time.monotonic()
+        status = prediction.status(now)
+        base = self.config.public_base_url
+        d = prediction.directives
+        completed = status == "completed"
+        outputs = [f"{base}/outputs/{prediction.id}/{i}.mp4" for i in range(d.outputs)] if completed else []
+        inference = int(prediction.duration * 1000) if status in ("completed", "failed") else 0
+        return {
+            "id": prediction.id,
+            "model": prediction.model,
+            "outputs": outputs,
+            "urls": {"get": f"{base}/api/v3/predictions/{prediction.id}/result"},
+            "has_nsfw_contents": [d.nsfw] * len(outputs),
+            "status": status,
+            "created_at": prediction.created_at,
+            "error": d.fail if status == "failed" and d.fail else "",
+            "timings": {"inference": inference},
+        }
+
+
+def validate_inputs(model: str, inputs: dict[str, Any]) -> str | None:
+    """The checks the real service makes for MAGI-1 24B; other models only need a JSON object."""
+    if model != MAGI_MODEL:
+        return None
+    prompt = inputs.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "prompt is required and must be a non-empty string"
+    image = inputs.get("image")
+    if image is not None and (not isinstance(image, str) or not re.match(r"^https?://", image)):
+        return "image must be a URL (http or https)"
+    seed = inputs.get("seed")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX
+    ):
+        return f"seed must be an integer between {SEED_MIN} and {SEED_MAX}"
+    return None
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(status=status, body=json.dumps(payload).encode(), headers=dict(_JSON))
+
+
+def envelope_ok(data: dict[str, Any]) -> Response:
+    return json_response({"code": 200, "message": "success", "data": data})
+
+
+def envelope_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = json_response({"code": status, "message": message, "data": None}, status=status)
+    response.headers.update(headers or {})
+    return response
+
+
+def _format_retry_after(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:.3f}"

@@ -1,0 +1,164 @@
+"""Fault injection for the local server: server-wide rules and per-prediction prompt directives.
+
+Server-wide rules (``Fault``) apply to a route for the next N matching requests, or at random.
+Per-prediction behaviour comes from directives in the prompt, e.g.
+``"a red fox [[fail: GPU out of memory]]"``, so a DAG can ask for a failing video without any
+server setup; the directives are stripped from nothing, since the prompt is only echoed back.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+Route = Literal["submit", "result", "output", "upload", "any"]
+FaultKind = Literal[
+    "status",  # answer with `status` (and Retry-After if set), envelope with the error
+    "drop",  # close the connection without answering; a submit is NOT accepted
+    "drop_after_accept",  # submit only: create the prediction, then close without answering
+    "slow",  # wait `delay` seconds, then answer normally
+    "malformed_json",  # HTTP 200 with a body that is not JSON
+    "html",  # `status` with an HTML error page, as a proxy would send
+    "envelope_error",  # HTTP 200 whose envelope has code `status`
+    "truncate",  # output only: promise the full length, send half, close
+    "rate_limit",  # 429 with Retry-After once more than `limit` requests arrive per `window` s
+]
+
+ROUTES = ("submit", "result", "output", "upload", "any")
+KINDS = (
+    "status",
+    "drop",
+    "drop_after_accept",
+    "slow",
+    "malformed_json",
+    "html",
+    "envelope_error",
+    "truncate",
+    "rate_limit",
+)
+
+
+@dataclass
+class Fault:
+    route: Route
+    kind: FaultKind
+    status: int = 503
+    retry_after: float | None = None
+    delay: float = 0.0
+    times: int | None = None  # apply to this many matching requests, then retire; None: forever
+    probability: float = 1.0
+    limit: int = 0  # rate_limit: requests allowed per window
+    window: float = 1.0
+    _hits: deque[float] = field(default_factory=deque, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise ValueError(f"fault route must be one of {ROUTES}, got {self.route!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"fault kind must be one of {KINDS}, got {self.kind!r}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Fault:
+        allowed = {f.name for f in fields(cls) if not f.name.startswith("_")}
+        unknown = set(raw) - allowed
+        if unknown:
+            raise ValueError(f"unknown fault fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return cls(**raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+class FaultPlan:
+    """The active server-wide faults; safe to change from another thread while serving."""
+
+    def __init__(self, faults: list[Fault] | None = None, seed: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = list(faults or [])
+        self._random = random.Random(seed)
+
+    def replace(self, faults: list[Fault]) -> None:
+        with self._lock:
+            self._faults = list(faults)
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [fault.to_dict() for fault in self._faults]
+
+    def pick(self, route: Route) -> Fault | None:
+        """The fault to apply to one request on ``route``, consuming one of its ``times``."""
+        now = time.monotonic()
+        with self._lock:
+            for fault in self._faults:
+                if fault.route not in (route, "any"):
+                    continue
+                if fault.kind == "rate_limit":
+                    if _over_rate(fault, now):
+                        return fault
+                    continue
+                if fault.probability < 1.0 and self._random.random() >= fault.probability:
+                    continue
+                if fault.times is not None:
+                    if fault.times <= 0:
+                        continue
+                    fault.times -= 1
+                return fault
+        return None
+
+
+def _over_rate(fault: Fault, now: float) -> bool:
+    hits = fault._hits
+    while hits and now - hits[0] >= fault.window:
+        hits.popleft()
+    if len(hits) >= fault.limit:
+        fault.retry_after = max(0.05, round(fault.window - (now - hits[0]), 3)) if hits else fault.window
+        return True
+    hits.append(now)
+    return False
+
+
+@dataclass(frozen=True)
+class Directives:
+    """What a prompt asks of its prediction on the local server."""
+
+    fail: str | None = None
+    never_finish: bool = False
+    nsfw: bool = False
+    duration: float | None = None
+    status: str | None = None  # report this (unknown) status forever
+    expire: bool = False  # outputs answer 403 Expired
+    truncate: bool = False  # outputs stop halfway
+    outputs: int = 1
+    size: int | None = None  # bytes per output video
+
+
+_DIRECTIVE = re.compile(r"\[\[\s*([a-z_]+)\s*(?::\s*([^\]]*?))?\s*\]\]")
+
+
+def parse_directives(prompt: str) -> Directives:
+    values: dict[str, Any] = {}
+    for name, arg in _DIRECTIVE.findall(prompt):
+        if name == "fail":
+            values["fail"] = arg or "The generation failed (local server, [[fail]] directive)."
+        elif name == "never":
+            values["never_finish"] = True
+        elif name in ("nsfw", "expire", "truncate"):
+            values[name] = True
+        elif name == "duration":
+            values["duration"] = float(arg)
+        elif name == "status":
+            values["status"] = arg or "mystery"
+        elif name == "outputs":
+            values["outputs"] = int(arg)
+        elif name == "size":
+            values["size"] = int(arg)
+    return Directives(**values)

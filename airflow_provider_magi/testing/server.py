@@ -1,0 +1,108 @@
+"""Run the local WaveSpeed server: in a background thread for tests, or in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import TracebackType
+from typing import Any
+
+from airflow_provider_magi.testing.app import RecordedRequest, ServerConfig, WaveSpeedApp
+from airflow_provider_magi.testing.faults import Fault, FaultPlan
+from airflow_provider_magi.testing.http import HTTPServer
+
+
+class LocalWaveSpeedServer:
+    """A WaveSpeed-compatible server on a loopback port, for tests and offline DAG runs.
+
+    >>> with LocalWaveSpeedServer(api_key="k", completion_seconds=1) as server:
+    ...     server.base_url  # doctest: +SKIP
+    'http://127.0.0.1:43817'
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "local-test-key",
+        completion_seconds: float = 3.0,
+        output_bytes: int | None = None,
+        faults: list[Fault] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.app = WaveSpeedApp(
+            ServerConfig(api_key=api_key, completion_seconds=completion_seconds, output_bytes=output_bytes),
+            FaultPlan(faults, seed=seed),
+        )
+        self._http = HTTPServer(self.app, host=host, port=port)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+
+    @property
+    def api_key(self) -> str:
+        return self.app.config.api_key
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._http.host}:{self._http.port}"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        return self.app.requests()
+
+    def count(self, route: str, *, status: int | None = None) -> int:
+        return self.app.count(route, status=status)
+
+    def set_faults(self, faults: list[Fault]) -> None:
+        self.app.faults.replace(faults)
+
+    def connection_uri_json(self, conn_type: str = "magi") -> dict[str, Any]:
+        """The connection as ``AIRFLOW_CONN_*`` JSON: point any DAG at this server."""
+        return {"conn_type": conn_type, "host": self.base_url, "password": self.api_key}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def serve(self) -> None:
+        await self._http.start()
+        self.app.config.public_base_url = self.base_url
+
+    def start(self) -> LocalWaveSpeedServer:
+        self._thread = threading.Thread(target=self._run, name="magi-local-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=30)
+        if self._startup_error is not None:
+            raise RuntimeError(f"local WaveSpeed server did not start: {self._startup_error}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            future = asyncio.run_coroutine_threadsafe(self._http.stop(), self._loop)
+            future.result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self.serve())
+        except BaseException as error:  # reported to start()
+            self._startup_error = error
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def __enter__(self) -> LocalWaveSpeedServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,84 @@
+"""The pace and bookkeeping of waiting for one prediction, shared by the trigger and the worker.
+
+The docs ask for no more than one poll every 5 s for video, and fewer for long jobs: polls start
+at ``poll_interval`` and spread out after two minutes, up to ``max_poll_interval``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_magi.api import Prediction
+
+DEFAULT_POLL_INTERVAL = 10.0
+MAX_POLL_INTERVAL = 60.0
+_BACKOFF_AFTER = 120.0  # seconds of waiting before polls start to spread out
+_BACKOFF_SPAN = 240.0  # each further span of this many seconds adds one poll_interval
+_JITTER = 0.1  # +-10% so triggers created together do not poll in lock-step
+
+
+def poll_delay(elapsed: float, poll_interval: float, max_interval: float = MAX_POLL_INTERVAL) -> float:
+    """Seconds until the next poll, before jitter."""
+    if elapsed <= _BACKOFF_AFTER:
+        return poll_interval
+    grown = poll_interval * (1.0 + (elapsed - _BACKOFF_AFTER) / _BACKOFF_SPAN)
+    return max(poll_interval, min(grown, max_interval))
+
+
+@dataclass
+class Waiter:
+    """Tracks one wait: logs each status change with the time spent, and says when to poll next."""
+
+    prediction_id: str
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    max_poll_interval: float = MAX_POLL_INTERVAL
+    deadline: float | None = None  # Unix time
+    started_at: float = field(default_factory=time.time)
+    last_status: str | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.started_at
+
+    def observe(self, prediction: Prediction, log: Any) -> None:
+        if prediction.status == self.last_status:
+            return
+        self.last_status = prediction.status
+        if prediction.is_terminal and prediction.inference_ms is not None:
+            log.info(
+                "Prediction %s is %s after %.0fs (inference %.1fs)",
+                prediction.id,
+                prediction.status,
+                self.elapsed,
+                prediction.inference_ms / 1000,
+            )
+        elif prediction.is_known_status:
+            log.info("Prediction %s is %s after %.0fs", prediction.id, prediction.status, self.elapsed)
+        else:
+            log.warning(
+                "Prediction %s reports unknown status %r after %.0fs; still waiting",
+                prediction.id,
+                prediction.status,
+                self.elapsed,
+            )
+
+    def next_delay(self) -> float | None:
+        """Seconds to sleep before the next poll, or None once the deadline has passed."""
+        delay = poll_delay(self.elapsed, self.poll_interval, self.max_poll_interval)
+        delay *= random.uniform(1 - _JITTER, 1 + _JITTER)
+        if self.deadline is None:
+            return delay
+        remaining = self.deadline - time.time()
+        if remaining <= 0:
+            return None
+        return min(delay, remaining)
+
+    def timeout_message(self) -> str:
+        return (
+            f"Prediction {self.prediction_id} did not finish within the timeout "
+            f"(last status: {self.last_status or 'unknown'}, waited {self.elapsed:.0f}s). "
+            "WaveSpeed has no cancel endpoint: it may still run and be billed."
+        )
