@@ -35,6 +35,7 @@ class RecordedRequest:
     status: int
     sent_authorization: bool
     prediction_id: str | None = None
+    client: str = ""  # ip:port, one per TCP connection
     at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +107,8 @@ class WaveSpeedApp:
         route, handler, match = self._route(request)
         prediction_id = match.group("id") if match is not None and "id" in match.groupdict() else None
         response = await self._handle(request, route, handler, match)
+        if route == "admin":  # the control plane is not part of what a test counts
+            return response
         with self._lock:
             self._log.append(
                 RecordedRequest(
@@ -115,6 +118,7 @@ class WaveSpeedApp:
                     status=0 if response.drop else response.status,
                     sent_authorization="authorization" in request.headers,
                     prediction_id=prediction_id or response.headers.get("x-prediction-id"),
+                    client=request.client,
                 )
             )
         return response

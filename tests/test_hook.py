@@ -1,0 +1,307 @@
+"""MagiHook against the local server over real loopback HTTP: every retry rule, counted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from airflow_provider_magi.exceptions import (
+    MagiAPIError,
+    MagiAuthError,
+    MagiError,
+    MagiRejectedError,
+    MagiResponseError,
+    MagiSubmitUncertainError,
+    MagiTransportError,
+)
+from airflow_provider_magi.hooks.magi import MagiHook
+from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
+from tests.conftest import CANARY_KEY, connection_json
+
+PROMPT = {"prompt": "a lighthouse in a storm"}
+
+
+@pytest.fixture
+def hook(magi_conn: LocalWaveSpeedServer) -> MagiHook:
+    return MagiHook()
+
+
+def test_create_and_read_a_prediction(hook: MagiHook, magi_conn: LocalWaveSpeedServer) -> None:
+    created = hook.create_prediction({**PROMPT, "seed": 7})
+    assert created.status == "created"
+    assert created.model == "wavespeed-ai/magi-1-24b"
+    assert created.result_url == f"{magi_conn.base_url}/api/v3/predictions/{created.id}/result"
+    magi_conn.app.complete_now(created.id)
+    done = hook.get_prediction(created.id)
+    assert done.is_completed
+    assert done.outputs == (f"{magi_conn.base_url}/outputs/{created.id}/0.mp4",)
+    assert magi_conn.app.predictions[created.id].inputs == {**PROMPT, "seed": 7}
+    assert magi_conn.count("submit") == 1
+
+
+def test_get_retries_5xx_then_succeeds(hook: MagiHook, magi_conn: LocalWaveSpeedServer) -> None:
+    prediction = hook.create_prediction(PROMPT)
+    magi_conn.set_faults([Fault(route="result", kind="status", status=503, times=2)])
+    assert hook.get_prediction(prediction.id).id == prediction.id
+    assert [r.status for r in magi_conn.requests if r.route == "result"] == [503, 503, 200]
+
+
+def test_get_honours_retry_after_on_429(hook: MagiHook, magi_conn: LocalWaveSpeedServer, caplog) -> None:
+    prediction = hook.create_prediction(PROMPT)
+    magi_conn.set_faults([Fault(route="result", kind="status", status=429, retry_after=0.05, times=1)])
+    with caplog.at_level("WARNING"):
+        hook.get_prediction(prediction.id)
+    assert magi_conn.count("result", status=429) == 1
+    assert magi_conn.count("result", status=200) == 1
+
+
+def test_get_retries_html_gateway_page_and_dropped_connection(
+    hook: MagiHook, magi_conn: LocalWaveSpeedServer
+) -> None:
+    prediction = hook.create_prediction(PROMPT)
+    magi_conn.set_faults(
+        [
+            Fault(route="result", kind="html", status=502, times=1),
+            Fault(route="result", kind="drop", times=1),
+        ]
+    )
+    assert hook.get_prediction(prediction.id).id == prediction.id
+    assert [r.status for r in magi_conn.requests if r.route == "result"] == [502, 0, 200]
+
+
+def test_get_gives_up_after_max_retries(hook: MagiHook, magi_conn: LocalWaveSpeedServer) -> None:
+    magi_conn.set_faults([Fault(route="result", kind="status", status=500)])
+    with pytest.raises(MagiAPIError, match="500"):
+        hook.get_prediction("abc")
+    assert magi_conn.count("result") == 4  # max_retries=3 in the test connection
+
+
+def test_post_is_resent_after_429(hook: MagiHook, magi_conn: LocalWaveSpeedServer) -> None:
+    magi_conn.set_faults([Fault(route="submit", kind="status", status=429, retry_after=0.05, times=2)])
+    hook.create_prediction(PROMPT)
+    assert [r.status for r in magi_conn.requests if r.route == "submit"] == [429, 429, 200]
+    assert len(magi_conn.app.predictions) == 1
+
+
+def test_post_is_never_resent_after_a_dropped_connection(
+    hook: MagiHook, magi_conn: LocalWaveSpeedServer
+) -> None:
+    magi_conn.set_faults([Fault(route="submit", kind="drop_after_accept", times=1)])
+    with pytest.raises(MagiSubmitUncertainError, match="not sent again"):
+        hook.create_prediction(PROMPT)
+    assert magi_conn.count("submit") == 1
+    assert len(magi_conn.app.predictions) == 1  # accepted once, billed once
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_post_is_not_resent_after_5xx(hook: MagiHook, magi_conn: LocalWaveSpeedServer, status: int) -> None:
+    magi_conn.set_faults([Fault(route="submit", kind="status", status=status, times=1)])
+    with pytest.raises(MagiSubmitUncertainError, match=str(status)):
+        hook.create_prediction(PROMPT)
+    assert magi_conn.count("submit") == 1
+
+
+def test_post_times_out_once_and_is_not_resent(magi_conn: LocalWaveSpeedServer, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(magi_conn, read_timeout=0.3))
+    magi_conn.set_faults([Fault(route="submit", kind="slow", delay=1.0, times=1)])
+    with pytest.raises(MagiSubmitUncertainError, match="may have accepted"):
+        MagiHook().create_prediction(PROMPT)
+    assert magi_conn.count("submit") <= 1  # the slow request may still be in flight
+
+
+def test_post_malformed_200_is_uncertain(hook: MagiHook, magi_conn: LocalWaveSpeedServer) -> None:
+    magi_conn.set_faults([Fault(route="submit", kind="malformed_json", times=1)])
+    with pytest.raises(MagiSubmitUncertainError, match="expected a JSON envelope"):
+        hook.create_prediction(PROMPT)
+    assert magi_conn.count("submit") == 1
+
+
+def test_get_malformed_200_fails_at_once(hook: MagiHook, magi_conn: LocalWaveSpeedServer) -> None:
+    magi_conn.set_faults([Fault(route="result", kind="malformed_json", times=1)])
+    with pytest.raises(MagiResponseError, match="expected a JSON envelope"):
+        hook.get_prediction("abc")
+    assert magi_conn.count("result") == 1
+
+
+def test_envelope_error_inside_http_200_is_retried_for_get(
+    hook: MagiHook, magi_conn: LocalWaveSpeedServer
+) -> None:
+    prediction = hook.create_prediction(PROMPT)
+    magi_conn.set_faults([Fault(route="result", kind="envelope_error", status=503, times=1)])
+    assert hook.get_prediction(prediction.id).id == prediction.id
+    assert magi_conn.count("result") == 2
+
+
+def test_connection_refused_is_retried_then_reported(monkeypatch) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conn = {
+        "conn_type": "magi",
+        "host": f"http://127.0.0.1:{port}",
+        "password": CANARY_KEY,
+        "extra": {"max_retries": 2, "max_retry_wait": 0.05},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", json.dumps(conn))
+    with pytest.raises(MagiTransportError, match="could not connect"):
+        MagiHook().create_prediction(PROMPT)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class", "text"),
+    [
+        (400, MagiRejectedError, "inputs were rejected"),
+        (401, MagiAuthError, "check the API key (password) of Airflow connection 'magi_default'"),
+        (403, MagiAuthError, "lacks permission or balance"),
+        (404, MagiRejectedError, "does not exist"),
+        (422, MagiRejectedError, "did not match the model's schema"),
+    ],
+)
+def test_non_retryable_statuses_fail_at_once(
+    hook: MagiHook, magi_conn: LocalWaveSpeedServer, status: int, error_class: type, text: str
+) -> None:
+    magi_conn.set_faults([Fault(route="any", kind="status", status=status)])
+    with pytest.raises(error_class) as caught:
+        hook.get_prediction("abc")
+    assert text in str(caught.value)
+    assert magi_conn.count("result") == 1
+    with pytest.raises(error_class):
+        hook.create_prediction(PROMPT)
+    assert magi_conn.count("submit") == 1
+
+
+def test_wrong_key_is_401_with_the_connection_named(magi_conn: LocalWaveSpeedServer, monkeypatch) -> None:
+    conn = {"conn_type": "magi", "host": magi_conn.base_url, "password": "wrong-key"}
+    monkeypatch.setenv("AIRFLOW_CONN_MY_MAGI", json.dumps(conn))
+    with pytest.raises(MagiAuthError, match="connection 'my_magi'"):
+        MagiHook("my_magi").create_prediction(PROMPT)
+    assert len(magi_conn.app.predictions) == 0
+
+
+def test_server_side_validation_message_reaches_the_user(hook: MagiHook) -> None:
+    with pytest.raises(MagiRejectedError, match="seed must be an integer"):
+        hook.create_prediction({"prompt": "x", "seed": 2**40})
+
+
+def test_test_connection(magi_conn: LocalWaveSpeedServer, monkeypatch) -> None:
+    ok, message = MagiHook().test_connection()
+    assert ok, message
+    assert "accepted the API key" in message
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT", json.dumps({**magi_conn.connection_uri_json(), "password": "nope"})
+    )
+    ok, message = MagiHook().test_connection()
+    assert not ok
+    assert "401" in message
+    assert len(magi_conn.app.predictions) == 0  # testing never starts a generation
+
+
+def test_missing_connection_uses_env_key(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("WAVESPEED_API_KEY", CANARY_KEY)
+    settings = MagiHook("magi_nonexistent").settings
+    assert settings.base_url == "https://api.wavespeed.ai"
+    assert settings.api_key == CANARY_KEY
+    assert CANARY_KEY not in repr(settings)
+
+
+def test_missing_connection_without_env_key_says_what_to_do(monkeypatch) -> None:
+    monkeypatch.delenv("WAVESPEED_API_KEY", raising=False)
+    with pytest.raises(MagiError, match="does not exist and \\$WAVESPEED_API_KEY is not set"):
+        MagiHook("magi_nonexistent").settings
+
+
+def test_connection_without_key_is_refused_before_any_request(magi_conn, monkeypatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT", json.dumps({"conn_type": "magi", "host": magi_conn.base_url})
+    )
+    with pytest.raises(MagiAuthError, match="has no API key"):
+        MagiHook().create_prediction(PROMPT)
+    assert magi_conn.requests == []
+
+
+def test_bad_extra_is_named(magi_conn, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(magi_conn, read_timeout="fast"))
+    with pytest.raises(MagiError, match="extra 'read_timeout' must be a number"):
+        MagiHook().settings
+
+
+def test_any_model_path_is_served(hook: MagiHook, magi_conn: LocalWaveSpeedServer) -> None:
+    prediction = hook.create_prediction({"prompt": "x"}, model="wavespeed-ai/other-model")
+    assert prediction.model == "wavespeed-ai/other-model"
+    with pytest.raises(MagiError, match="owner/name"):
+        hook.create_prediction(PROMPT, model="../../etc")
+
+
+def test_canary_key_never_in_logs_reprs_or_errors(
+    magi_conn: LocalWaveSpeedServer, monkeypatch, caplog, capsys
+) -> None:
+    caplog.set_level("DEBUG")
+    hook = MagiHook()
+    texts = [repr(hook), repr(hook.settings)]
+    magi_conn.set_faults(
+        [
+            Fault(route="result", kind="status", status=503, times=1),
+            Fault(route="submit", kind="drop_after_accept", times=1),
+        ]
+    )
+    for call in (lambda: hook.get_prediction("x"), lambda: hook.create_prediction(PROMPT)):
+        try:
+            call()
+        except Exception as error:  # noqa: BLE001 - every error text is inspected
+            texts += [str(error), repr(error)]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT",
+        json.dumps({**magi_conn.connection_uri_json(), "password": CANARY_KEY + "x"}),
+    )
+    try:
+        MagiHook().create_prediction(PROMPT)
+    except Exception as error:  # noqa: BLE001
+        texts += [str(error), repr(error)]
+    captured = capsys.readouterr()
+    texts += [caplog.text, captured.out, captured.err]
+    assert "Retrying in" in caplog.text + captured.out + captured.err  # the logs were captured
+    assert len(texts) > 6
+    for text in texts:
+        assert CANARY_KEY not in text
+
+
+def test_async_get_uses_the_same_rules(magi_conn: LocalWaveSpeedServer) -> None:
+    created = MagiHook().create_prediction(PROMPT)
+    magi_conn.set_faults(
+        [
+            Fault(route="result", kind="status", status=503, times=1),
+            Fault(route="result", kind="drop", times=1),
+        ]
+    )
+
+    async def read() -> str:
+        return (await MagiHook().aget_prediction(created.id)).status
+
+    assert asyncio.run(read()) in ("created", "processing", "completed")
+    assert [r.status for r in magi_conn.requests if r.route == "result"] == [503, 0, 200]
+
+
+def test_async_non_retryable_fails_at_once(magi_conn: LocalWaveSpeedServer) -> None:
+    magi_conn.set_faults([Fault(route="result", kind="status", status=401)])
+
+    async def read() -> None:
+        await MagiHook().aget_prediction("abc")
+
+    with pytest.raises(MagiAuthError):
+        asyncio.run(read())
+    assert magi_conn.count("result") == 1
+
+
+def test_async_client_is_shared_per_loop(magi_conn: LocalWaveSpeedServer) -> None:
+    from airflow_provider_magi.hooks.magi import shared_async_client
+
+    async def clients() -> tuple[object, object]:
+        first = shared_async_client(await MagiHook().aget_settings())
+        second = shared_async_client(await MagiHook().aget_settings())
+        return first, second
+
+    first, second = asyncio.run(clients())
+    assert first is second

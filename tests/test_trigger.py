@@ -1,0 +1,128 @@
+"""MagiPredictionTrigger run to each of its events against the local server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from airflow_provider_magi.exceptions import (
+    MagiPredictionFailedError,
+    MagiRejectedError,
+    MagiTimeoutError,
+)
+from airflow_provider_magi.hooks.magi import MagiHook
+from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
+from airflow_provider_magi.triggers.magi import MagiPredictionTrigger, result_from_event
+from tests.conftest import CANARY_KEY
+
+
+def submit(prompt: str) -> str:
+    return MagiHook().create_prediction({"prompt": prompt}).id
+
+
+def run_trigger(trigger: MagiPredictionTrigger) -> list[dict]:
+    async def collect() -> list[dict]:
+        return [event.payload async for event in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(collect(), timeout=30))
+
+
+def test_serialize_round_trip_carries_no_secret(magi_conn: LocalWaveSpeedServer) -> None:
+    trigger = MagiPredictionTrigger("p1", magi_conn_id="magi_default", poll_interval=5, deadline=123.0)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_magi.triggers.magi.MagiPredictionTrigger"
+    text = json.dumps(kwargs)
+    assert CANARY_KEY not in text
+    assert set(kwargs) == {
+        "prediction_id",
+        "magi_conn_id",
+        "poll_interval",
+        "deadline",
+        "max_poll_interval",
+        "started_at",
+    }
+    again = MagiPredictionTrigger(**json.loads(text))
+    assert again.serialize() == (classpath, kwargs)
+
+
+def test_success_event(magi_conn: LocalWaveSpeedServer) -> None:
+    prediction_id = submit("a comet [[duration: 0.3]]")
+    events = run_trigger(MagiPredictionTrigger(prediction_id, poll_interval=0.1))
+    assert len(events) == 1
+    assert events[0]["status"] == "success"
+    result = result_from_event(events[0])
+    assert result["prediction_id"] == prediction_id
+    assert result["outputs"] == [f"{magi_conn.base_url}/outputs/{prediction_id}/0.mp4"]
+
+
+def test_failed_event_carries_the_api_error(magi_conn: LocalWaveSpeedServer) -> None:
+    prediction_id = submit("x [[duration: 0.1]] [[fail: content policy violation]]")
+    (event,) = run_trigger(MagiPredictionTrigger(prediction_id, poll_interval=0.1))
+    assert event["status"] == "failed"
+    with pytest.raises(MagiPredictionFailedError, match=f"{prediction_id} failed: content policy violation"):
+        result_from_event(event)
+
+
+def test_timeout_event_for_a_never_finishing_prediction(magi_conn: LocalWaveSpeedServer) -> None:
+    prediction_id = submit("x [[never]]")
+    started = time.time()
+    (event,) = run_trigger(
+        MagiPredictionTrigger(prediction_id, poll_interval=0.1, deadline=time.time() + 0.6)
+    )
+    assert 0.5 <= time.time() - started < 5
+    assert event["status"] == "timeout"
+    with pytest.raises(MagiTimeoutError, match="may still run and be billed"):
+        result_from_event(event)
+
+
+def test_unknown_status_is_still_running_until_the_deadline(magi_conn: LocalWaveSpeedServer) -> None:
+    prediction_id = submit("x [[status: paused]]")
+    (event,) = run_trigger(
+        MagiPredictionTrigger(prediction_id, poll_interval=0.1, deadline=time.time() + 0.5)
+    )
+    assert event["status"] == "timeout"
+    assert "paused" in event["message"]
+
+
+def test_transient_errors_are_retried_inside_the_trigger(magi_conn: LocalWaveSpeedServer) -> None:
+    prediction_id = submit("x [[duration: 0.2]]")
+    # 6 failures outlast the hook's own 3 retries: the trigger keeps polling regardless.
+    magi_conn.set_faults([Fault(route="result", kind="status", status=503, times=6)])
+    (event,) = run_trigger(MagiPredictionTrigger(prediction_id, poll_interval=0.1))
+    assert event["status"] == "success"
+    assert magi_conn.count("result", status=503) == 6
+
+
+def test_error_event_for_a_deleted_prediction(magi_conn: LocalWaveSpeedServer) -> None:
+    (event,) = run_trigger(MagiPredictionTrigger("no-such-id", poll_interval=0.1))
+    assert event["status"] == "error" and event["fatal"]
+    assert "no-such-id" in event["message"]
+    with pytest.raises(MagiRejectedError):
+        result_from_event(event)
+
+
+def test_many_triggers_share_one_connection_pool(magi_conn: LocalWaveSpeedServer) -> None:
+    ids = [submit(f"clip {i} [[duration: 0.3]]") for i in range(50)]
+
+    async def run_all() -> list[list[dict]]:
+        async def one(prediction_id: str) -> list[dict]:
+            return [e.payload async for e in MagiPredictionTrigger(prediction_id, poll_interval=0.1).run()]
+
+        return await asyncio.gather(*(one(i) for i in ids))
+
+    results = asyncio.run(asyncio.wait_for(run_all(), timeout=30))
+    assert all(events[0]["status"] == "success" for events in results)
+    polls = [request for request in magi_conn.requests if request.route == "result"]
+    assert {request.path for request in polls} == {f"/api/v3/predictions/{i}/result" for i in ids}
+    connections = {request.client for request in polls}
+    # One pooled client for all 50 triggers: connections are reused, not opened per poll.
+    assert len(polls) >= 100
+    assert len(connections) <= 50
+
+
+def test_unexpected_event_is_an_error() -> None:
+    with pytest.raises(Exception, match="Unexpected event"):
+        result_from_event({"nope": 1})
