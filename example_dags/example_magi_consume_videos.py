@@ -24,7 +24,7 @@ with DAG(
         rows = []
         for event in triggering_asset_events[MAGI_VIDEOS]:
             extra = event.extra or {}
-            for path, size in zip(extra.get("paths", []), extra.get("sizes", [])):
+            for path, size in zip(extra.get("paths", []), extra.get("sizes", []), strict=True):
                 local = Path(path)
                 if local.is_absolute() and local.exists() and local.stat().st_size != size:
                     raise ValueError(f"{path} has {local.stat().st_size} bytes, expected {size}")

@@ -250,7 +250,7 @@ def test_canary_key_never_in_logs_reprs_or_errors(
     for call in (lambda: hook.get_prediction("x"), lambda: hook.create_prediction(PROMPT)):
         try:
             call()
-        except Exception as error:  # noqa: BLE001 - every error text is inspected
+        except Exception as error:
             texts += [str(error), repr(error)]
     monkeypatch.setenv(
         "AIRFLOW_CONN_MAGI_DEFAULT",
@@ -258,7 +258,7 @@ def test_canary_key_never_in_logs_reprs_or_errors(
     )
     try:
         MagiHook().create_prediction(PROMPT)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         texts += [str(error), repr(error)]
     captured = capsys.readouterr()
     texts += [caplog.text, captured.out, captured.err]

@@ -127,7 +127,7 @@ def test_expired_and_truncated_outputs(server: LocalWaveSpeedServer) -> None:
     truncated = submit(server, {"prompt": "x [[duration: 0]] [[truncate]]"}).json()["data"]["id"]
     assert requests.get(result(server, expired)["outputs"][0], timeout=5).status_code == 403
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        requests.get(result(server, truncated)["outputs"][0], timeout=5).content  # noqa: B018
+        requests.get(result(server, truncated)["outputs"][0], timeout=5).content
 
 
 def test_rate_limit_fault_sends_retry_after(server: LocalWaveSpeedServer) -> None:
