@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-# Airflow reads its configuration at import time: point it at a throw-away home first.
+# Airflow reads its configuration at import time: point it at a throw-away home first. Its DAG
+# folder holds only DAG files (dag.test() parses the whole folder): the examples and tests/dags.
+ROOT = Path(__file__).resolve().parent.parent
 _HOME = Path(tempfile.mkdtemp(prefix="magi-airflow-home-"))
+DAGS_FOLDER = _HOME / "dags"
+DAGS_FOLDER.mkdir()
+for _dag_file in [*(ROOT / "example_dags").glob("*.py"), *(ROOT / "tests" / "dags").glob("*.py")]:
+    shutil.copy(_dag_file, DAGS_FOLDER / _dag_file.name)
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_HOME),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parent.parent / "example_dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "MAGI_TEST_OUTPUT_DIR": str(_HOME / "videos"),
+        "MAGI_OUTPUT_DIR": str(_HOME / "videos"),
+        "MAGI_POLL_INTERVAL": "0.1",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME}/airflow.db",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
     }
 )
 os.environ.pop("WAVESPEED_API_KEY", None)
 os.environ.pop("AIRFLOW_CONN_MAGI_DEFAULT", None)
 
 from airflow_provider_magi.testing import LocalWaveSpeedServer  # noqa: E402
-
-CANARY_KEY = "canary-key-7f3a9c1e5b"
+from tests.helpers import CANARY_KEY, connection_json  # noqa: E402
 
 
 @pytest.fixture
@@ -45,16 +53,30 @@ def magi_conn(server: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch) -> 
     return server
 
 
-def connection_json(server: LocalWaveSpeedServer, **extra: object) -> str:
-    conn = server.connection_uri_json()
-    conn["extra"] = {"max_retries": 3, "max_retry_wait": 0.2, "read_timeout": 5, **extra}
-    return json.dumps(conn)
-
-
 @pytest.fixture(scope="session")
-def airflow_db() -> Path:
-    """A migrated SQLite metadata database, for tests that run DAGs with ``dag.test()``."""
+def dag_bag() -> Any:
+    """The test DAG folder, parsed, on a migrated SQLite metadata database (for ``dag.test()``)."""
     subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ
     )
-    return _HOME
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow < 3.1
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+
+    bag = DagBag(str(DAGS_FOLDER))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+@pytest.fixture
+def task_logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Any:
+    """Everything logged so far: Airflow's task logs go to stdout/stderr, others to logging."""
+    seen: list[str] = []
+
+    def read() -> str:
+        out, err = capfd.readouterr()
+        seen.extend([out, err])
+        return "".join(seen) + caplog.text
+
+    return read

@@ -19,7 +19,7 @@ from airflow_provider_magi.exceptions import (
 )
 from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
-from tests.conftest import CANARY_KEY, connection_json
+from tests.helpers import CANARY_KEY, connection_json
 
 PROMPT = {"prompt": "a lighthouse in a storm"}
 

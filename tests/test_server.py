@@ -16,7 +16,7 @@ import requests
 
 from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
 from airflow_provider_magi.testing.video import iter_video, sample_video
-from tests.conftest import CANARY_KEY
+from tests.helpers import CANARY_KEY
 
 AUTH = {"Authorization": f"Bearer {CANARY_KEY}"}
 SUBMIT = "/api/v3/wavespeed-ai/magi-1-24b"

@@ -16,7 +16,7 @@ from airflow_provider_magi.exceptions import (
 from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
 from airflow_provider_magi.triggers.magi import MagiPredictionTrigger, result_from_event
-from tests.conftest import CANARY_KEY
+from tests.helpers import CANARY_KEY
 
 
 def submit(prompt: str) -> str:

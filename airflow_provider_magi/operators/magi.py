@@ -91,6 +91,7 @@ class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
         self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
         self.timeout = _seconds(timeout, "timeout")
         self._announced: str | None = None
+        self.magi_prediction_id: str | None = None
         self._final: Prediction | None = None
 
     @cached_property
@@ -190,6 +191,8 @@ class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         from airflow_provider_magi.triggers.magi import result_from_event
 
+        if isinstance(event, dict):  # a resumed task is a fresh instance: the link needs the id
+            self.magi_prediction_id = event.get("prediction_id")
         return self._result(result_from_event(event))
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +210,7 @@ class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
     def _announce(self, context: Context, prediction_id: str, result_url: str | None, verb: str) -> None:
         """Push the id to XCom before anything else can fail, so it is never lost."""
         self._announced = prediction_id
-        url = remember_prediction(context, prediction_id, result_url, self.hook)
+        url = remember_prediction(self, context, prediction_id, result_url, self.hook)
         self.log.info("%s prediction %s; result at %s", verb, prediction_id, url)
 
     def on_kill(self) -> None:

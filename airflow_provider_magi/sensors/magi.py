@@ -51,6 +51,7 @@ class MagiPredictionSensor(BaseSensorOperator):
         self.prediction_id = prediction_id
         self.magi_conn_id = magi_conn_id
         self.deferrable = deferrable
+        self.magi_prediction_id: str | None = None
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
 
@@ -71,7 +72,7 @@ class MagiPredictionSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         prediction_id = self._prediction_id()
-        remember_prediction(context, prediction_id, None, self.hook)
+        remember_prediction(self, context, prediction_id, None, self.hook)
         if not self.deferrable:
             return super().execute(context)
         prediction = self.hook.get_prediction(prediction_id)
@@ -101,6 +102,8 @@ class MagiPredictionSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         from airflow_provider_magi.triggers.magi import result_from_event
 
+        if isinstance(event, dict):  # a resumed task is a fresh instance: the link needs the id
+            self.magi_prediction_id = event.get("prediction_id")
         return result_from_event(event)
 
     def _prediction_id(self) -> str:

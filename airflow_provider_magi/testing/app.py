@@ -277,6 +277,10 @@ class WaveSpeedApp:
         if action == "reset" and request.method == "POST":
             self.reset()
             return json_response({"reset": True})
+        if action == "forget" and request.method == "POST":
+            with self._lock:
+                forgotten = self.predictions.pop(request.query.get("id", ""), None)
+            return json_response({"forgotten": forgotten is not None})
         if action == "complete" and request.method == "POST":
             prediction_id = request.query.get("id", "")
             if prediction_id not in self.predictions:

@@ -1,0 +1,151 @@
+"""DAGs the operator tests run with ``dag.test()``; each isolates one behaviour."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from airflow.sdk import DAG, Asset
+
+from airflow_provider_magi.operators.download import MagiDownloadOutputsOperator
+from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
+from airflow_provider_magi.sensors.magi import MagiPredictionSensor
+
+OUTPUT_DIR = os.environ.get("MAGI_TEST_OUTPUT_DIR", "/tmp/magi-test-output")
+FAST = {"poll_interval": 0.1, "max_poll_interval": 0.2}
+START = datetime(2026, 1, 1)
+VIDEOS = Asset("magi_test_videos")
+
+
+class CrashOnceAfter(MagiGenerateVideoOperator):
+    """Dies on its first try at a chosen step, as a killed worker would; later tries run normally."""
+
+    def __init__(self, *, crash_in: str, forget_first: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.crash_in = crash_in
+        self.forget_first = forget_first
+
+    def _crash(self, step: str, context: Any, prediction_id: str) -> None:
+        if step == self.crash_in and context["ti"].try_number == 1:
+            if self.forget_first:  # the API deletes it (as after 7 days) before the retry
+                base = self.hook.settings.base_url
+                requests.post(f"{base}/_testing/forget", params={"id": prediction_id}, timeout=5)
+            raise RuntimeError(f"simulated worker crash in {step}")
+
+    def poll_until_complete(self, external_id: Any, context: Any) -> Any:
+        self._crash("poll", context, str(external_id))
+        return super().poll_until_complete(external_id, context)
+
+    def get_job_result(self, external_id: Any, context: Any) -> Any:
+        self._crash("result", context, str(external_id))
+        return super().get_job_result(external_id, context)
+
+
+def _dag(dag_id: str, **kwargs: Any) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=START, catchup=False, **kwargs)
+
+
+for deferrable in (True, False):
+    with _dag(f"magi_test_generate_{'deferrable' if deferrable else 'sync'}"):
+        generate = MagiGenerateVideoOperator(
+            task_id="generate",
+            prompt="a kite [[duration: 0.5]]",
+            seed="{{ 40 + 2 }}",
+            deferrable=deferrable,
+            **FAST,
+        )
+        MagiDownloadOutputsOperator(
+            task_id="download",
+            prediction=generate.output,
+            destination=OUTPUT_DIR,
+            outlets=[VIDEOS],
+            checksum=True,
+        )
+
+with _dag(
+    "magi_test_params",
+    params={"prompt": "x", "seed": None, "image": None, "extra_inputs": None},
+    render_template_as_native_obj=True,
+):
+    MagiGenerateVideoOperator(
+        task_id="generate",
+        prompt="{{ params.prompt }}",
+        seed="{{ params.seed if params.seed is not none else '' }}",
+        image="{{ params.image or '' }}",
+        extra_inputs="{{ params.extra_inputs }}",
+        retries=2,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+for crash_in in ("poll", "result"):
+    with _dag(f"magi_test_crash_in_{crash_in}"):
+        CrashOnceAfter(
+            task_id="generate",
+            prompt="a crane [[duration: 0.3]]",
+            crash_in=crash_in,
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+            # "result" waits in the worker, so try 1 always reaches get_job_result before crashing.
+            deferrable=crash_in == "poll",
+            **FAST,
+        )
+
+with _dag("magi_test_failed_then_resubmitted"):
+    CrashOnceAfter(
+        task_id="generate",
+        prompt="x [[duration: 0.1]] [[fail: safety filter]]",
+        crash_in="result",
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        deferrable=False,
+        **FAST,
+    )
+
+with _dag("magi_test_forgotten_then_resubmitted"):
+    CrashOnceAfter(
+        task_id="generate",
+        prompt="a moth [[duration: 0.2]]",
+        crash_in="poll",
+        forget_first=True,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        deferrable=True,
+        **FAST,
+    )
+
+for name, prompt, timeout in (
+    ("failed", "x [[duration: 0.1]] [[fail: GPU out of memory]]", 60),
+    ("never", "x [[never]]", 1),
+):
+    with _dag(f"magi_test_{name}"):
+        MagiGenerateVideoOperator(
+            task_id="generate",
+            prompt=prompt,
+            timeout=timeout,
+            retries=2,
+            retry_delay=timedelta(seconds=0),
+            **FAST,
+        )
+
+with _dag("magi_test_no_wait_then_sensor"):
+    submit = MagiGenerateVideoOperator(
+        task_id="submit", prompt="a bee [[duration: 0.4]]", wait_for_completion=False
+    )
+    wait_deferred = MagiPredictionSensor(
+        task_id="wait_deferred", prediction_id=submit.output, deferrable=True, **FAST
+    )
+    wait_poke = MagiPredictionSensor(
+        task_id="wait_poke",
+        prediction_id="{{ ti.xcom_pull(task_ids='submit', key='prediction_id') }}",
+        **FAST,
+    )
+    submit >> [wait_deferred, wait_poke]
+
+with _dag("magi_test_sensor_failed"):
+    submit = MagiGenerateVideoOperator(
+        task_id="submit", prompt="x [[duration: 0.1]] [[fail: bad frame]]", wait_for_completion=False
+    )
+    MagiPredictionSensor(task_id="wait", prediction_id=submit.output, deferrable=True, retries=2, **FAST)

@@ -1,0 +1,44 @@
+"""Helpers shared by the tests (no side effects: conftest.py owns the environment)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from airflow_provider_magi.testing import LocalWaveSpeedServer
+
+CANARY_KEY = "canary-key-7f3a9c1e5b"
+
+
+def connection_json(server: LocalWaveSpeedServer, **extra: object) -> str:
+    """``magi`` connection JSON for the local server, with fast retries for tests."""
+    conn: dict[str, Any] = server.connection_uri_json()
+    conn["extra"] = {"max_retries": 3, "max_retry_wait": 0.2, "read_timeout": 5, **extra}
+    return json.dumps(conn)
+
+
+def run_dag(dag_bag: Any, dag_id: str, **conf: Any) -> Any:
+    """Run one DAG to its end in this process; return the DagRun."""
+    return dag_bag.get_dag(dag_id).test(run_conf=conf or None)
+
+
+def task_instance(dag_run: Any, task_id: str, map_index: int = -1) -> Any:
+    return dag_run.get_task_instance(task_id, map_index=map_index)
+
+
+def xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == key,
+                XComModel.map_index == map_index,
+            )
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
