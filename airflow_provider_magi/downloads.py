@@ -19,8 +19,8 @@ import requests
 
 from airflow_provider_magi.exceptions import MagiDownloadError
 
-CHUNK_BYTES = 1024 * 1024
-_RANGE_START = "bytes {}-"
+CHUNK_BYTES = 256 * 1024
+_RANGE_START = "bytes={}-"
 
 
 # A ``pathlib.Path`` or an Airflow ``ObjectStoragePath``: both offer parent, name, open, rename,
@@ -121,8 +121,9 @@ def _fetch(
                         )
                     if response.status_code not in (200, 206):
                         raise _Transient(f"HTTP {response.status_code}")
-                    if written and response.status_code == 200:
-                        # The server ignored Range: start over from byte 0.
+                    resumed_at = f"bytes {written}-"
+                    if written and not response.headers.get("Content-Range", "").startswith(resumed_at):
+                        # The server ignored Range (or answered another one): start over from 0.
                         handle.close()
                         handle = temporary.open("wb")
                         written = 0

@@ -6,8 +6,10 @@ import os
 from datetime import datetime, timedelta
 from typing import Any
 
+import fsspec
 import requests
 from airflow.sdk import DAG, Asset
+from airflow.sdk.io import attach
 
 from airflow_provider_magi.operators.download import MagiDownloadOutputsOperator
 from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
@@ -17,6 +19,8 @@ OUTPUT_DIR = os.environ.get("MAGI_TEST_OUTPUT_DIR", "/tmp/magi-test-output")
 FAST = {"poll_interval": 0.1, "max_poll_interval": 0.2}
 START = datetime(2026, 1, 1)
 VIDEOS = Asset("magi_test_videos")
+# An offline object store for the download tests: fsspec's in-memory filesystem as memory://.
+attach(protocol="memory", fs=fsspec.filesystem("memory"))
 
 
 class CrashOnceAfter(MagiGenerateVideoOperator):
@@ -149,3 +153,32 @@ with _dag("magi_test_sensor_failed"):
         task_id="submit", prompt="x [[duration: 0.1]] [[fail: bad frame]]", wait_for_completion=False
     )
     MagiPredictionSensor(task_id="wait", prediction_id=submit.output, deferrable=True, retries=2, **FAST)
+
+for policy in ("keep", "skip", "fail"):
+    with _dag(f"magi_test_nsfw_{policy}"):
+        generate = MagiGenerateVideoOperator(
+            task_id="generate", prompt="x [[duration: 0.1]] [[nsfw]] [[outputs: 2]]", **FAST
+        )
+        MagiDownloadOutputsOperator(
+            task_id="download",
+            prediction=generate.output,
+            destination=OUTPUT_DIR,
+            nsfw_policy=policy,
+            retries=1,
+        )
+
+with _dag("magi_test_expired_outputs"):
+    generate = MagiGenerateVideoOperator(task_id="generate", prompt="x [[duration: 0.1]] [[expire]]", **FAST)
+    MagiDownloadOutputsOperator(task_id="download", prediction=generate.output, destination=OUTPUT_DIR)
+
+with _dag("magi_test_download_to_memory"):
+    generate = MagiGenerateVideoOperator(
+        task_id="generate", prompt="x [[duration: 0.1]] [[outputs: 2]]", **FAST
+    )
+    MagiDownloadOutputsOperator(
+        task_id="download",
+        prediction=generate.output,
+        destination="memory://magi-videos/{{ ds }}",
+        filename="{prediction_id}/{index}.mp4",
+        outlets=[VIDEOS],
+    )
