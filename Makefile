@@ -1,18 +1,30 @@
 # The two commands a new user needs: `make demo` and `make test`. Both start from nothing but
-# Python: they create .venv and install the project into it.
+# Python: they create virtualenvs and install the project into them.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The oldest supported Airflow line, with the pins it needs (see ci/constraints-airflow-3.0.txt).
+VENV_OLDEST ?= .venv-airflow-3.0
+BIN_OLDEST := $(VENV_OLDEST)/bin
+PIP_QUIET := --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP_OLDEST := $(VENV_OLDEST)/.installed-$(shell cat pyproject.toml ci/constraints-airflow-3.0.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit install clean
+.PHONY: demo test lint typecheck unit unit-oldest install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install $(PIP_QUIET) --upgrade pip
+	$(BIN)/python -m pip install $(PIP_QUIET) -e ".[dev]"
 	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+$(STAMP_OLDEST): pyproject.toml ci/constraints-airflow-3.0.txt
+	@test -x $(BIN_OLDEST)/python || $(PYTHON) -m venv $(VENV_OLDEST)
+	$(BIN_OLDEST)/python -m pip install $(PIP_QUIET) --upgrade pip
+	$(BIN_OLDEST)/python -m pip install $(PIP_QUIET) -c ci/constraints-airflow-3.0.txt -e ".[test]"
+	@rm -f $(VENV_OLDEST)/.installed-*
 	@touch $@
 
 install: $(STAMP)
@@ -21,8 +33,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-## Lint, type-check and run the whole test suite.
-test: lint typecheck unit
+## Lint, type-check, and the whole test suite on the newest Airflow and on Airflow 3.0.
+test: lint typecheck unit unit-oldest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,5 +46,8 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+unit-oldest: $(STAMP_OLDEST)
+	$(BIN_OLDEST)/python -m pytest -q -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) .airflow-demo demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_OLDEST) .airflow-demo demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 
 
 def get_provider_info() -> dict[str, Any]:
+    from airflow_provider_magi.connection_form import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+
     return {
         "package-name": "airflow-provider-magi",
         "name": "WaveSpeed MAGI-1",
@@ -52,28 +54,8 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_provider_magi.hooks.magi.MagiHook",
                 "hook-name": "WaveSpeed MAGI-1",
                 "connection-type": "magi",
-                "conn-fields": {
-                    "connect_timeout": {
-                        "label": "Connect timeout (s)",
-                        "schema": {"type": ["number", "null"], "default": 10},
-                    },
-                    "read_timeout": {
-                        "label": "Read timeout (s)",
-                        "schema": {"type": ["number", "null"], "default": 60},
-                    },
-                    "max_retries": {
-                        "label": "Retries for transient errors",
-                        "schema": {"type": ["integer", "null"], "default": 5},
-                    },
-                },
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "login", "port", "extra"],
-                    "relabeling": {"password": "API key", "host": "Base URL"},
-                    "placeholders": {
-                        "password": "WaveSpeed API key (WAVESPEED_API_KEY)",
-                        "host": "https://api.wavespeed.ai (leave empty for the real API)",
-                    },
-                },
+                "conn-fields": CONN_FIELDS,
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
             }
         ],
         "extra-links": ["airflow_provider_magi.links.MagiPredictionLink"],

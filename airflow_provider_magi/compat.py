@@ -6,6 +6,7 @@ apache-airflow-core) so the rest of the provider never branches on the Airflow v
 
 from __future__ import annotations
 
+from airflow import __version__ as AIRFLOW_VERSION
 from airflow.providers.common.compat.connection import get_async_connection
 from airflow.providers.common.compat.sdk import (
     AirflowException,
@@ -19,6 +20,11 @@ from airflow.providers.common.compat.sdk import (
     conf,
     mask_secret,
 )
+from packaging.version import Version
+
+_AIRFLOW_BASE_VERSION = Version(Version(AIRFLOW_VERSION).base_version)
+# 3.2 reads the connection form from provider info ("conn-fields"); older ones ask the hook.
+AIRFLOW_V_3_2_PLUS = Version("3.2.0") <= _AIRFLOW_BASE_VERSION
 
 try:  # Airflow 3.3+: the task state store survives retries (AIP-103).
     from airflow.sdk import ResumableJobMixin
@@ -32,6 +38,7 @@ except ImportError:  # Older Airflow 3: a stand-in that submits on every try.
     HAS_TASK_STATE_STORE = False
 
 __all__ = [
+    "AIRFLOW_V_3_2_PLUS",
     "HAS_TASK_STATE_STORE",
     "AirflowException",
     "AirflowFailException",

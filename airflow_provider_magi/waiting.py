@@ -47,7 +47,15 @@ class Waiter:
         if prediction.status == self.last_status:
             return
         self.last_status = prediction.status
-        if prediction.is_terminal and prediction.inference_ms is not None:
+        if prediction.is_failed:
+            log.error(
+                "Prediction %s %s: %s (after %.0fs)",
+                prediction.id,
+                prediction.status,
+                prediction.error or "no error text from WaveSpeed",
+                self.elapsed,
+            )
+        elif prediction.is_terminal and prediction.inference_ms is not None:
             log.info(
                 "Prediction %s is %s after %.0fs (inference %.1fs)",
                 prediction.id,

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,10 @@ def magi_conn(server: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.fixture(scope="session")
 def dag_bag() -> Any:
     """The test DAG folder, parsed, on a migrated SQLite metadata database (for ``dag.test()``)."""
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ
-    )
+    for command in (["db", "migrate"], ["dags", "reserialize"]):  # reserialize registers the assets
+        subprocess.run(
+            [sys.executable, "-m", "airflow", *command], check=True, capture_output=True, env=os.environ
+        )
     try:
         from airflow.dag_processing.dagbag import DagBag
     except ImportError:  # Airflow < 3.1
@@ -73,10 +75,23 @@ def dag_bag() -> Any:
 def task_logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Any:
     """Everything logged so far: Airflow's task logs go to stdout/stderr, others to logging."""
     seen: list[str] = []
+    started = time.time()
 
     def read() -> str:
         out, err = capfd.readouterr()
         seen.extend([out, err])
-        return "".join(seen) + caplog.text
+        # Some Airflow versions write dag.test() task logs to files under $AIRFLOW_HOME/logs.
+        files = [
+            path.read_text(errors="replace")
+            for path in (_HOME / "logs").rglob("*.log")
+            if path.stat().st_mtime >= started
+        ]
+        return "".join(seen) + caplog.text + "".join(files)
 
     return read
+
+
+def pytest_report_header() -> str:
+    from airflow import __version__
+
+    return f"apache-airflow {__version__}"

@@ -10,6 +10,18 @@ from airflow_provider_magi.testing import LocalWaveSpeedServer
 CANARY_KEY = "canary-key-7f3a9c1e5b"
 
 
+def _airflow_logs_task_exceptions_in_dag_test() -> bool:
+    from airflow import __version__
+    from packaging.version import Version
+
+    return Version(Version(__version__).base_version) >= Version("3.1.0")
+
+
+# Airflow 3.0's dag.test() does not log a failed task's exception anywhere a test can read it;
+# checks of an exception's text in the logs apply from 3.1 on (our own log lines always apply).
+DAG_TEST_LOGS_EXCEPTIONS = _airflow_logs_task_exceptions_in_dag_test()
+
+
 def connection_json(server: LocalWaveSpeedServer, **extra: object) -> str:
     """``magi`` connection JSON for the local server, with fast retries for tests."""
     conn: dict[str, Any] = server.connection_uri_json()

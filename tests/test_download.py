@@ -14,7 +14,7 @@ from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.operators.download import destination_path, render_filename
 from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
 from airflow_provider_magi.testing.video import iter_video
-from tests.helpers import run_dag, task_instance, xcom
+from tests.helpers import DAG_TEST_LOGS_EXCEPTIONS, run_dag, task_instance, xcom
 
 
 def completed_output(server: LocalWaveSpeedServer, directives: str = "") -> str:
@@ -128,7 +128,7 @@ def test_filenames_are_sanitised() -> None:
 
 def test_destination_forms(tmp_path: Path) -> None:
     assert destination_path(str(tmp_path)) == tmp_path
-    assert str(destination_path("memory://bucket/videos")) == "memory://bucket/videos"
+    assert str(destination_path(f"file://{tmp_path}/videos")) == f"file://{tmp_path}/videos"
     with pytest.raises(MagiInputError, match="Invalid destination"):
         destination_path("")
 
@@ -146,7 +146,7 @@ def test_nsfw_policies(
     assert all(item["nsfw"] for item in written)
     assert magi_conn.count("output") == files
     if policy == "fail":
-        assert "is flagged NSFW (nsfw_policy='fail')" in task_logs()
+        assert not DAG_TEST_LOGS_EXCEPTIONS or "is flagged NSFW (nsfw_policy='fail')" in task_logs()
         assert task_instance(dag_run, "download").try_number == 1  # not retried despite retries=1
 
 
@@ -156,7 +156,9 @@ def test_expired_outputs_fail_the_download_naming_the_prediction(
     dag_run = run_dag(dag_bag, "magi_test_expired_outputs")
     assert dag_run.state == "failed"
     (prediction_id,) = magi_conn.app.predictions
-    assert f"Prediction {prediction_id} output 0: the output URL answered 403" in task_logs()
+    assert magi_conn.count("output") == 1
+    if DAG_TEST_LOGS_EXCEPTIONS:
+        assert f"Prediction {prediction_id} output 0: the output URL answered 403" in task_logs()
 
 
 def test_download_to_object_storage_with_asset_event(dag_bag, magi_conn: LocalWaveSpeedServer) -> None:

@@ -105,7 +105,7 @@ def test_error_event_for_a_deleted_prediction(magi_conn: LocalWaveSpeedServer) -
 
 
 def test_many_triggers_share_one_connection_pool(magi_conn: LocalWaveSpeedServer) -> None:
-    ids = [submit(f"clip {i} [[duration: 0.3]]") for i in range(50)]
+    ids = [submit(f"clip {i} [[duration: 1.5]]") for i in range(50)]
 
     async def run_all() -> list[list[dict]]:
         async def one(prediction_id: str) -> list[dict]:
@@ -118,8 +118,9 @@ def test_many_triggers_share_one_connection_pool(magi_conn: LocalWaveSpeedServer
     polls = [request for request in magi_conn.requests if request.route == "result"]
     assert {request.path for request in polls} == {f"/api/v3/predictions/{i}/result" for i in ids}
     connections = {request.client for request in polls}
-    # One pooled client for all 50 triggers: connections are reused, not opened per poll.
-    assert len(polls) >= 100
+    # One pooled client for all 50 triggers: connections are reused, not opened per poll, and
+    # never more than the pool's 64 however many triggers wait.
+    assert len(polls) >= 2 * len(ids)
     assert len(connections) <= 50
 
 

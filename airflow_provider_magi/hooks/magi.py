@@ -97,7 +97,8 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
     }
     values: dict[str, Any] = {}
     for name, cast in casts.items():
-        raw = extra.get(name)
+        # Older connection forms stored fields as extra__<conn_type>__<name>.
+        raw = extra.get(name, extra.get(f"extra__magi__{name}"))
         if raw in (None, ""):
             continue
         try:
@@ -144,6 +145,17 @@ class MagiHook(BaseHook):
     def __init__(self, magi_conn_id: str = default_conn_name) -> None:
         super().__init__()
         self.magi_conn_id = magi_conn_id
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The connection form for Airflow < 3.2; newer releases read provider info instead."""
+        from airflow_provider_magi import connection_form as form
+
+        return {
+            "hidden_fields": form.HIDDEN_FIELDS_WITHOUT_CONN_FIELDS,
+            "relabeling": form.RELABELING,
+            "placeholders": {**form.PLACEHOLDERS, "extra": form.EXTRA_PLACEHOLDER},
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(magi_conn_id={self.magi_conn_id!r})"
@@ -241,6 +253,7 @@ class MagiHook(BaseHook):
                     return prediction
             delay = waiter.next_delay()
             if delay is None:
+                self.log.error("%s", waiter.timeout_message())
                 raise MagiTimeoutError(waiter.timeout_message(), prediction_id=waiter.prediction_id)
             time.sleep(delay)
 

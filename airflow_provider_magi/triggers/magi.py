@@ -89,6 +89,7 @@ class MagiPredictionTrigger(BaseTrigger):
                     return
             delay = waiter.next_delay()
             if delay is None:
+                self.log.error("%s", waiter.timeout_message())
                 yield self._event(EVENT_TIMEOUT, waiter.timeout_message())
                 return
             await asyncio.sleep(delay)

@@ -1,0 +1,42 @@
+"""The connection form, in one place: provider info declares it (Airflow 3.2+), the hook's
+classmethod serves older releases. Plain data, so get_provider_info stays cheap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONN_FIELDS: dict[str, Any] = {
+    "connect_timeout": {
+        "label": "Connect timeout (s)",
+        "schema": {"type": ["number", "null"], "default": 10},
+    },
+    "read_timeout": {
+        "label": "Read timeout (s)",
+        "schema": {"type": ["number", "null"], "default": 60},
+    },
+    "max_retries": {
+        "label": "Retries for transient errors",
+        "schema": {"type": ["integer", "null"], "default": 5},
+    },
+    "max_retry_wait": {
+        "label": "Longest wait between retries (s)",
+        "schema": {"type": ["number", "null"], "default": 60},
+    },
+}
+
+RELABELING = {"password": "API key", "host": "Base URL"}
+PLACEHOLDERS = {
+    "password": "WaveSpeed API key (WAVESPEED_API_KEY)",
+    "host": "https://api.wavespeed.ai (leave empty for the real API)",
+}
+# The extras above have their own fields where Airflow renders conn-fields (3.2+), so the raw
+# Extra box is hidden there; older forms keep it, as the only way to set them.
+HIDDEN_FIELDS = ["schema", "login", "port", "extra"]
+HIDDEN_FIELDS_WITHOUT_CONN_FIELDS = ["schema", "login", "port"]
+EXTRA_PLACEHOLDER = '{"connect_timeout": 10, "read_timeout": 60, "max_retries": 5, "max_retry_wait": 60}'
+
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": HIDDEN_FIELDS,
+    "relabeling": RELABELING,
+    "placeholders": PLACEHOLDERS,
+}
