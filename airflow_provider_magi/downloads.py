@@ -19,7 +19,7 @@ import requests
 
 from airflow_provider_magi.exceptions import MagiDownloadError
 
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 1024 * 1024
 _RANGE_START = "bytes={}-"
 
 
