@@ -11,6 +11,8 @@ import sys
 from airflow_provider_magi.testing.faults import Fault
 from airflow_provider_magi.testing.server import LocalWaveSpeedServer
 
+DEFAULT_API_KEY = "local-test-key"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -19,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
-    parser.add_argument("--api-key", default="local-test-key", help="the Bearer key clients must send")
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the Bearer key clients must send")
     parser.add_argument("--completion-seconds", type=float, default=3.0, help="time from submit to completed")
     parser.add_argument("--output-bytes", type=int, default=None, help="size of each output video")
     parser.add_argument(
@@ -49,7 +51,9 @@ async def _serve_forever(server: LocalWaveSpeedServer, port_file: str | None) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"Local WaveSpeed server on {server.base_url} (API key: {server.api_key})", flush=True)
+    # Echo the key only when it is the well-known default: a key of your own stays out of logs.
+    shown = server.api_key if server.api_key == DEFAULT_API_KEY else "the one given with --api-key"
+    print(f"Local WaveSpeed server on {server.base_url} (API key: {shown})", flush=True)
     if port_file:
         with open(port_file, "w") as handle:
             handle.write(str(server._http.port))

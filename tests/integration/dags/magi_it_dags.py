@@ -1,0 +1,64 @@
+"""DAGs for the full-stack scenarios: each isolates one fault the deployment must survive."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_provider_magi.operators.download import MagiDownloadOutputsOperator
+from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
+
+OUTPUT_DIR = os.environ.get("MAGI_OUTPUT_DIR", "/tmp/magi-it-videos")
+BATCH = int(os.environ.get("MAGI_IT_BATCH", "200"))
+FAST = {"poll_interval": 1.0, "max_poll_interval": 2.0}
+START = datetime(2026, 1, 1)
+
+
+def _dag(dag_id: str) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=START, catchup=False, max_active_tasks=256)
+
+
+with _dag("magi_it_wait_many"):
+    MagiGenerateVideoOperator.partial(task_id="generate", deferrable=True, **FAST).expand(
+        prompt=[f"clip {i} [[duration: 30]]" for i in range(20)]
+    )
+
+with _dag("magi_it_worker_crash"):
+    MagiGenerateVideoOperator(
+        task_id="generate",
+        prompt="a long take [[duration: 20]]",
+        deferrable=False,
+        retries=1,
+        retry_delay=timedelta(seconds=1),
+        **FAST,
+    )
+
+with _dag("magi_it_batch"):
+    generate = MagiGenerateVideoOperator.partial(
+        task_id="generate", deferrable=True, retries=2, retry_delay=timedelta(seconds=1), **FAST
+    ).expand(prompt=[f"batch clip {i} [[duration: 5]]" for i in range(BATCH)])
+    MagiDownloadOutputsOperator.partial(
+        task_id="download",
+        destination=OUTPUT_DIR,
+        filename="batch/{map_index}_{prediction_id}.mp4",
+        retries=2,
+    ).expand(prediction=generate.output)
+
+for name, prompt, conn_id, timeout in (
+    ("failed", "x [[duration: 1]] [[fail: GPU out of memory]]", "magi_default", 600),
+    ("bad_key", "x", "magi_bad_key", 600),
+    ("timeout", "x [[never]]", "magi_default", 8),
+):
+    with _dag(f"magi_it_{name}"):
+        MagiGenerateVideoOperator(
+            task_id="generate",
+            prompt=prompt,
+            magi_conn_id=conn_id,
+            timeout=timeout,
+            deferrable=True,
+            retries=2,
+            retry_delay=timedelta(seconds=1),
+            **FAST,
+        )
