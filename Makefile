@@ -11,7 +11,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STAMP_OLDEST := $(VENV_OLDEST)/.installed-$(shell cat pyproject.toml ci/constraints-airflow-3.0.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit unit-oldest install clean
+.PHONY: demo test lint typecheck unit unit-oldest bench install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ unit: $(STAMP)
 # The full-stack integration stage runs on the newest Airflow only (in `unit`).
 unit-oldest: $(STAMP_OLDEST)
 	$(BIN_OLDEST)/python -m pytest -q -p no:cacheprovider --ignore=tests/integration
+
+## Benchmarks (not part of `make test`): print tables and append them to bench/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/python bench/download.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) .airflow-demo demo-output .pytest_cache .mypy_cache .ruff_cache
