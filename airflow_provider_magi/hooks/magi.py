@@ -340,13 +340,7 @@ class MagiHook(BaseHook):
             raise ExchangeFailure(_reason(error)) from error
         except requests.RequestException as error:
             raise ExchangeFailure(_reason(error)) from error
-        return HTTPAnswer(
-            status_code=response.status_code,
-            content_type=response.headers.get("Content-Type", ""),
-            body=body,
-            retry_after=response.headers.get("Retry-After"),
-            url=url,
-        )
+        return _answer(response, body, url)
 
     # ---------------------------------------------------------------- async client (triggerer)
 
@@ -381,10 +375,15 @@ async def _asend(client: httpx.AsyncClient, method: str, url: str, settings: Mag
         raise ConnectFailure(_reason(error)) from error
     except httpx.HTTPError as error:
         raise ExchangeFailure(_reason(error)) from error
+    return _answer(response, response.content, url)
+
+
+def _answer(response: requests.Response | httpx.Response, body: bytes, url: str) -> HTTPAnswer:
+    """What either client received, in the one shape the parser reads."""
     return HTTPAnswer(
         status_code=response.status_code,
         content_type=response.headers.get("Content-Type", ""),
-        body=response.content,
+        body=body,
         retry_after=response.headers.get("Retry-After"),
         url=url,
     )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_provider_magi.compat import BaseOperator
 from airflow_provider_magi.exceptions import MagiError, MagiInputError, MagiPredictionFailedError
+from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.validation import check_prediction_id, shorten
 
 if TYPE_CHECKING:
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_magi.api import Prediction
     from airflow_provider_magi.downloads import WritablePath
-    from airflow_provider_magi.hooks.magi import MagiHook
 
 NsfwPolicy = Literal["keep", "skip", "fail"]
 NSFW_POLICIES = ("keep", "skip", "fail")
@@ -50,7 +49,7 @@ def render_filename(pattern: str, values: Mapping[str, Any]) -> str:
     return "/".join(parts)
 
 
-class MagiDownloadOutputsOperator(BaseOperator):
+class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
     """Stream a completed prediction's outputs to a directory, atomically, and emit asset events.
 
     The prediction is read again first, for fresh output URLs. Each file is written under a
@@ -96,12 +95,6 @@ class MagiDownloadOutputsOperator(BaseOperator):
         self.checksum = checksum
         self.allow_insecure_loopback = allow_insecure_loopback
         self.magi_conn_id = magi_conn_id
-
-    @cached_property
-    def hook(self) -> MagiHook:
-        from airflow_provider_magi.hooks.magi import MagiHook
-
-        return MagiHook(magi_conn_id=self.magi_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         prediction_id = check_prediction_id(self.prediction)

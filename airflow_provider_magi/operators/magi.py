@@ -5,20 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi.api import DEFAULT_MODEL, Prediction, final_result
 from airflow_provider_magi.compat import HAS_TASK_STATE_STORE, BaseOperator, ResumableJobMixin, conf
 from airflow_provider_magi.exceptions import MagiRejectedError
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
+from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.validation import magi_inputs
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_magi.hooks.magi import MagiHook
 
 # What get_job_status reports for a stored id the API no longer knows (deleted after 7 days).
 STATUS_NOT_FOUND = "not_found"
@@ -33,7 +32,7 @@ def _seconds(value: float | timedelta | None, name: str) -> float | None:
     return seconds
 
 
-class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
+class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
     """Generate a video with MAGI-1 24B on WaveSpeed.
 
     Submits one prediction, pushes its id to XCom (key ``prediction_id``) at once, then waits for
@@ -91,14 +90,7 @@ class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
         self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
         self.timeout = _seconds(timeout, "timeout")
         self._announced: str | None = None
-        self.magi_prediction_id: str | None = None
         self._final: Prediction | None = None
-
-    @cached_property
-    def hook(self) -> MagiHook:
-        from airflow_provider_magi.hooks.magi import MagiHook
-
-        return MagiHook(magi_conn_id=self.magi_conn_id)
 
     def execute(self, context: Context) -> Any:
         self._inputs = magi_inputs(
@@ -138,8 +130,7 @@ class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
 
     def poll_until_complete(self, external_id: Any, context: Context) -> Any:
         prediction_id = str(external_id)
-        if self._announced != prediction_id:
-            self._announce(context, prediction_id, None, "Reattached to")
+        self._announce(context, prediction_id, None, "Reattached to")
         if not self.wait_for_completion:
             return prediction_id
         waiter = self._waiter(prediction_id)
@@ -147,7 +138,7 @@ class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
             prediction = self.hook.get_prediction(prediction_id)
             waiter.observe(prediction, self.log)
             if not prediction.is_terminal:
-                self._defer(waiter)
+                self.defer_to_trigger(waiter)
         else:
             prediction = self.hook.wait_for_prediction(waiter)
         self._final = prediction
@@ -155,8 +146,7 @@ class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
 
     def get_job_result(self, external_id: Any, context: Context) -> Any:
         prediction_id = str(external_id)
-        if self._announced != prediction_id:
-            self._announce(context, prediction_id, None, "Reusing completed")
+        self._announce(context, prediction_id, None, "Reusing completed")
         if not self.wait_for_completion:
             return prediction_id
         prediction = self._final or self.hook.get_prediction(prediction_id)
@@ -173,27 +163,8 @@ class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
             deadline=deadline,
         )
 
-    def _defer(self, waiter: Waiter) -> None:
-        from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
-
-        self.defer(
-            trigger=MagiPredictionTrigger(
-                prediction_id=waiter.prediction_id,
-                magi_conn_id=self.magi_conn_id,
-                poll_interval=self.poll_interval,
-                max_poll_interval=self.max_poll_interval,
-                deadline=waiter.deadline,
-                started_at=waiter.started_at,
-            ),
-            method_name="execute_complete",
-        )
-
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        from airflow_provider_magi.triggers.magi import result_from_event
-
-        if isinstance(event, dict):  # a resumed task is a fresh instance: the link needs the id
-            self.magi_prediction_id = event.get("prediction_id")
-        return self._result(result_from_event(event))
+        return self._result(self.result_from_trigger(event))
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""
@@ -208,7 +179,9 @@ class MagiGenerateVideoOperator(ResumableJobMixin, BaseOperator):
     # ------------------------------------------------------------ bookkeeping
 
     def _announce(self, context: Context, prediction_id: str, result_url: str | None, verb: str) -> None:
-        """Push the id to XCom before anything else can fail, so it is never lost."""
+        """Push the id to XCom before anything else can fail, so it is never lost (once per id)."""
+        if self._announced == prediction_id:
+            return
         self._announced = prediction_id
         url = remember_prediction(self, context, prediction_id, result_url, self.hook)
         self.log.info("%s prediction %s; result at %s", verb, prediction_id, url)

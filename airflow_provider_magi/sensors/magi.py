@@ -5,21 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi.api import final_result
 from airflow_provider_magi.compat import BaseSensorOperator, conf
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
+from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, PokeReturnValue
 
-    from airflow_provider_magi.hooks.magi import MagiHook
 
-
-class MagiPredictionSensor(BaseSensorOperator):
+class MagiPredictionSensor(MagiTaskMixin, BaseSensorOperator):
     """Succeeds when the prediction is ``completed`` and returns its result dict.
 
     Fails (without retrying) when it ``failed`` or reached another failed terminal status, with
@@ -51,15 +49,8 @@ class MagiPredictionSensor(BaseSensorOperator):
         self.prediction_id = prediction_id
         self.magi_conn_id = magi_conn_id
         self.deferrable = deferrable
-        self.magi_prediction_id: str | None = None
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
-
-    @cached_property
-    def hook(self) -> MagiHook:
-        from airflow_provider_magi.hooks.magi import MagiHook
-
-        return MagiHook(magi_conn_id=self.magi_conn_id)
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         from airflow.providers.common.compat.sdk import PokeReturnValue
@@ -85,26 +76,10 @@ class MagiPredictionSensor(BaseSensorOperator):
         waiter.observe(prediction, self.log)
         if prediction.is_terminal:
             return final_result(prediction)
-        from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
-
-        self.defer(
-            trigger=MagiPredictionTrigger(
-                prediction_id=prediction_id,
-                magi_conn_id=self.magi_conn_id,
-                poll_interval=self.poll_interval,
-                max_poll_interval=self.max_poll_interval,
-                deadline=waiter.deadline,
-                started_at=waiter.started_at,
-            ),
-            method_name="execute_complete",
-        )
+        self.defer_to_trigger(waiter)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        from airflow_provider_magi.triggers.magi import result_from_event
-
-        if isinstance(event, dict):  # a resumed task is a fresh instance: the link needs the id
-            self.magi_prediction_id = event.get("prediction_id")
-        return result_from_event(event)
+        return self.result_from_trigger(event)
 
     def _prediction_id(self) -> str:
         from airflow_provider_magi.validation import check_prediction_id

@@ -49,6 +49,18 @@ class MagiPredictionTrigger(BaseTrigger):
         self.max_poll_interval = float(max_poll_interval)
         self.started_at = started_at if started_at is not None else time.time()
 
+    @classmethod
+    def for_waiter(cls, waiter: Waiter, magi_conn_id: str) -> MagiPredictionTrigger:
+        """Carry on a wait that started in the worker: same pace, deadline and start time."""
+        return cls(
+            prediction_id=waiter.prediction_id,
+            magi_conn_id=magi_conn_id,
+            poll_interval=waiter.poll_interval,
+            max_poll_interval=waiter.max_poll_interval,
+            deadline=waiter.deadline,
+            started_at=waiter.started_at,
+        )
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
