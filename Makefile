@@ -11,7 +11,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STAMP_OLDEST := $(VENV_OLDEST)/.installed-$(shell cat pyproject.toml ci/constraints-airflow-3.0.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit unit-oldest bench install clean
+.PHONY: demo test lint typecheck unit unit-oldest package bench install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ demo: $(STAMP)
 
 ## Lint, type-check, the whole suite on the newest Airflow (with the full-stack stage), and
 ## the unit and DAG tests again on Airflow 3.0.
-test: lint typecheck unit unit-oldest
+test: lint typecheck package unit unit-oldest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -43,6 +43,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+## Build, twine-check, and install the wheel alone into a clean virtualenv.
+package: $(STAMP)
+	PYTHON_BIN=$(BIN)/python bash ci/check_package.sh
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q

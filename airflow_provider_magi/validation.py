@@ -124,3 +124,14 @@ def check_prediction_id(value: Any) -> str:
             "pass the id the submitting task pushed to XCom (key 'prediction_id')",
         )
     return value.strip()
+
+
+def check_webhook_url(url: Any) -> str | None:
+    if url is None or url == "":
+        return None
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme != "https" or not parts.netloc:
+        raise _invalid(
+            "webhook_url", "is not an https URL", url, "pass the https address of your webhook receiver"
+        )
+    return str(url)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import requests
@@ -221,9 +221,16 @@ class MagiHook(BaseHook):
     def result_url(self, prediction_id: str) -> str:
         return self.settings.base_url + _result_path(prediction_id)
 
-    def create_prediction(self, inputs: Mapping[str, Any], model: str = DEFAULT_MODEL) -> Prediction:
-        """Submit one generation. Sent once; resent only after a provable rejection (429, no connect)."""
+    def create_prediction(
+        self, inputs: Mapping[str, Any], model: str = DEFAULT_MODEL, *, webhook_url: str | None = None
+    ) -> Prediction:
+        """Submit one generation. Sent once; resent only after a provable rejection (429, no connect).
+
+        :param webhook_url: WaveSpeed calls it on ``completed`` and ``failed`` (``?webhook=``).
+        """
         path = f"/api/v3/{_model_path(model)}"
+        if webhook_url:
+            path += "?" + urlencode({"webhook": webhook_url})
         data = self._call("POST", path, what=f"Submitting to {model}", json=dict(inputs))
         return parse_prediction(data)
 

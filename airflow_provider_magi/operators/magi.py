@@ -12,7 +12,7 @@ from airflow_provider_magi.compat import HAS_TASK_STATE_STORE, BaseOperator, Res
 from airflow_provider_magi.exceptions import MagiRejectedError
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
-from airflow_provider_magi.validation import magi_inputs
+from airflow_provider_magi.validation import check_webhook_url, magi_inputs
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
 
 if TYPE_CHECKING:
@@ -51,11 +51,13 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
     :param deferrable: Wait in the triggerer, freeing the worker slot. Default from
         ``[operators] default_deferrable``.
     :param poll_interval: Seconds between polls at first; polls spread out for long jobs.
+    :param webhook_url: https address WaveSpeed calls on ``completed``/``failed`` (your own
+        receiver; verify calls with :func:`airflow_provider_magi.webhooks.verify_webhook`). Templated.
     :param timeout: Give up waiting after this long (seconds or timedelta). The prediction keeps
         running on WaveSpeed (there is no cancel endpoint); the task fails without retrying.
     """
 
-    template_fields: Sequence[str] = ("prompt", "image", "seed", "extra_inputs")
+    template_fields: Sequence[str] = ("prompt", "image", "seed", "extra_inputs", "webhook_url")
     template_fields_renderers = {"extra_inputs": "json", "prompt": "py"}
     operator_extra_links = (MagiPredictionLink(),)
     external_id_key = "magi_prediction_id"
@@ -75,9 +77,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         max_poll_interval: float = MAX_POLL_INTERVAL,
         timeout: float | timedelta | None = timedelta(hours=2),
+        webhook_url: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.webhook_url = webhook_url
         self.prompt = prompt
         self.image = image
         self.seed = seed
@@ -96,6 +100,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
         )
+        self._webhook_url = check_webhook_url(self.webhook_url)
         if not HAS_TASK_STATE_STORE and (context["ti"].try_number or 1) > 1:
             self.log.warning(
                 "This Airflow has no task state store (3.3+): this retry submits a new, billed "
@@ -106,7 +111,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
     # ------------------------------------------------------------ ResumableJobMixin
 
     def submit_job(self, context: Context) -> str:
-        prediction = self.hook.create_prediction(self._inputs, model=self.model)
+        prediction = self.hook.create_prediction(
+            self._inputs, model=self.model, webhook_url=self._webhook_url
+        )
         self._announce(context, prediction.id, prediction.result_url, "Submitted")
         return prediction.id
 

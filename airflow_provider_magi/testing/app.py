@@ -51,6 +51,7 @@ class StoredPrediction:
     created_at: str
     started: float
     duration: float
+    webhook: str | None = None
     completed_at: float | None = None
 
     def status(self, now: float) -> str:
@@ -213,6 +214,7 @@ class WaveSpeedApp:
             duration=directives.duration
             if directives.duration is not None
             else self.config.completion_seconds,
+            webhook=request.query.get("webhook"),  # recorded, never called: it may not be loopback
         )
         with self._lock:
             self.predictions[prediction.id] = prediction

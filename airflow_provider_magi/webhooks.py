@@ -1,0 +1,73 @@
+"""Verifying WaveSpeed webhook calls, for users who run their own receiver.
+
+WaveSpeed signs each call: headers ``webhook-id``, ``webhook-timestamp`` (Unix seconds) and
+``webhook-signature: v3,<hex>``, the hex being HMAC-SHA256 over ``"{id}.{timestamp}.{raw body}"``
+keyed with the secret from ``GET /api/v3/webhook/secret`` minus its ``whsec_`` prefix (used as
+text, not base64-decoded). Calls older than five minutes are refused, so a captured call cannot
+be replayed later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from airflow_provider_magi.exceptions import MagiError
+
+DEFAULT_TOLERANCE_SECONDS = 300
+_SIGNATURE_VERSION = "v3"
+
+
+class MagiWebhookError(MagiError):
+    """The call is not a genuine, fresh WaveSpeed webhook."""
+
+
+def sign_webhook(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header WaveSpeed would send (also used by the local server)."""
+    key = secret.removeprefix("whsec_").encode()
+    message = f"{webhook_id}.{timestamp}.".encode() + body
+    return f"{_SIGNATURE_VERSION},{hmac.new(key, message, hashlib.sha256).hexdigest()}"
+
+
+def verify_webhook(
+    headers: Mapping[str, str],
+    body: bytes,
+    secret: str,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Return the prediction the webhook carries, or raise ``MagiWebhookError`` saying why not.
+
+    :param headers: The request's headers (any case).
+    :param body: The raw request body, exactly as received (not re-serialised JSON).
+    :param secret: Your webhook secret, with or without its ``whsec_`` prefix.
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    missing = [
+        name for name in ("webhook-id", "webhook-timestamp", "webhook-signature") if not lowered.get(name)
+    ]
+    if missing:
+        raise MagiWebhookError(f"webhook call without {', '.join(missing)} header(s)")
+    try:
+        timestamp = int(lowered["webhook-timestamp"])
+    except ValueError:
+        raise MagiWebhookError("webhook-timestamp is not Unix seconds") from None
+    age = (time.time() if now is None else now) - timestamp
+    if abs(age) > tolerance:
+        raise MagiWebhookError(f"webhook call is {age:.0f}s old, outside the {tolerance:.0f}s tolerance")
+    expected = sign_webhook(secret, lowered["webhook-id"], timestamp, body)
+    offered = [part.strip() for part in lowered["webhook-signature"].split(" ")]
+    if not any(hmac.compare_digest(expected, candidate) for candidate in offered):
+        raise MagiWebhookError("webhook signature does not match: wrong secret or altered body")
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise MagiWebhookError("webhook body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise MagiWebhookError("webhook body is not a JSON object")
+    return payload

@@ -1,0 +1,71 @@
+"""Webhook pass-through and the signature helper."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_magi.exceptions import MagiInputError
+from airflow_provider_magi.hooks.magi import MagiHook
+from airflow_provider_magi.testing import LocalWaveSpeedServer
+from airflow_provider_magi.validation import check_webhook_url
+from airflow_provider_magi.webhooks import MagiWebhookError, sign_webhook, verify_webhook
+
+SECRET = "whsec_5f2b8c0e9a7d4e1f"
+BODY = json.dumps({"id": "p1", "status": "completed", "outputs": ["https://cdn.example/p1.mp4"]}).encode()
+NOW = 1_800_000_000
+
+
+def headers(body: bytes = BODY, timestamp: int = NOW, secret: str = SECRET) -> dict[str, str]:
+    return {
+        "Webhook-Id": "msg_1",
+        "Webhook-Timestamp": str(timestamp),
+        "Webhook-Signature": sign_webhook(secret, "msg_1", timestamp, body),
+    }
+
+
+def test_genuine_call_is_accepted() -> None:
+    assert verify_webhook(headers(), BODY, SECRET, now=NOW + 10)["status"] == "completed"
+    assert verify_webhook(headers(), BODY, SECRET.removeprefix("whsec_"), now=NOW)["id"] == "p1"
+
+
+def test_signature_is_the_documented_hmac() -> None:
+    import hashlib
+    import hmac
+
+    expected = hmac.new(b"5f2b8c0e9a7d4e1f", b"msg_1.1800000000." + BODY, hashlib.sha256).hexdigest()
+    assert sign_webhook(SECRET, "msg_1", NOW, BODY) == f"v3,{expected}"
+
+
+@pytest.mark.parametrize(
+    ("call", "reason"),
+    [
+        (lambda: verify_webhook(headers(), BODY + b" ", SECRET, now=NOW), "does not match"),
+        (lambda: verify_webhook(headers(secret="whsec_other"), BODY, SECRET, now=NOW), "does not match"),
+        (lambda: verify_webhook(headers(), BODY, SECRET, now=NOW + 301), "outside the 300s tolerance"),
+        (lambda: verify_webhook({"Webhook-Id": "x"}, BODY, SECRET, now=NOW), "without webhook-timestamp"),
+        (
+            lambda: verify_webhook({**headers(), "Webhook-Timestamp": "soon"}, BODY, SECRET, now=NOW),
+            "Unix seconds",
+        ),
+    ],
+)
+def test_forged_or_stale_calls_are_refused(call, reason: str) -> None:
+    with pytest.raises(MagiWebhookError, match=reason):
+        call()
+
+
+def test_webhook_url_is_sent_as_a_query_parameter(magi_conn: LocalWaveSpeedServer) -> None:
+    prediction = MagiHook().create_prediction(
+        {"prompt": "x"}, webhook_url="https://hooks.example/magi?team=a"
+    )
+    assert magi_conn.app.predictions[prediction.id].webhook == "https://hooks.example/magi?team=a"
+    assert magi_conn.app.predictions[prediction.id].inputs == {"prompt": "x"}  # not in the body
+
+
+def test_webhook_url_must_be_https() -> None:
+    assert check_webhook_url(None) is None
+    assert check_webhook_url("https://hooks.example/x") == "https://hooks.example/x"
+    with pytest.raises(MagiInputError, match="Invalid webhook_url: is not an https URL"):
+        check_webhook_url("http://hooks.example/x")
