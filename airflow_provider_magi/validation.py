@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_magi.exceptions import MagiInputError
 
+MAX_IMAGE_BYTES = 20 * 2**20  # WaveSpeed's documented image upload limit
 SEED_MIN = -1
 SEED_MAX = 2147483647
 NAMED_INPUTS = ("prompt", "image", "seed")
@@ -33,22 +37,65 @@ def check_prompt(prompt: Any) -> str:
     return prompt
 
 
-def check_image(image: Any) -> str | None:
+@dataclass(frozen=True)
+class LocalImage:
+    """A first frame to upload before submitting: a local path or an ObjectStoragePath."""
+
+    path: Any
+    size: int
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+_IMAGE_FIX = "pass an http(s) URL, a local file path, or an ObjectStoragePath of the first-frame image"
+
+
+def check_image(image: Any) -> str | LocalImage | None:
+    """A URL is passed on; a path or object-storage location is checked now and uploaded later."""
     if image is None or image == "":
         return None
+    if hasattr(image, "fs"):  # ObjectStoragePath
+        return _local_image(image)
+    if isinstance(image, os.PathLike):
+        return _local_image(Path(image))
     if not isinstance(image, str):
+        raise _invalid("image", f"must be a URL or a path, not {type(image).__name__}", image, _IMAGE_FIX)
+    text = image.strip()
+    parts = urlsplit(text)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return text
+    if parts.scheme in ("http", "https", "ftp", "data"):
+        raise _invalid("image", "is not an http(s) URL", image, _IMAGE_FIX)
+    if not parts.scheme:
+        return _local_image(Path(text).expanduser())
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        return _local_image(ObjectStoragePath(text))
+    except (ValueError, TypeError) as error:
         raise _invalid(
-            "image", f"must be a URL string, not {type(image).__name__}", image, "pass an http(s) URL"
-        )
-    parts = urlsplit(image.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+            "image", f"is not a storage location Airflow knows ({error})", image, _IMAGE_FIX
+        ) from None
+
+
+def _local_image(path: Any) -> LocalImage:
+    try:
+        is_file = path.is_file()
+        stat = path.stat() if is_file else None
+        size = int(stat.st_size if hasattr(stat, "st_size") else stat["size"]) if stat is not None else 0
+    except (OSError, KeyError, TypeError):
+        is_file, size = False, 0
+    if not is_file:
+        raise _invalid("image", "does not exist or is not a file", str(path), _IMAGE_FIX)
+    if size > MAX_IMAGE_BYTES:
         raise _invalid(
             "image",
-            "is not an http(s) URL",
-            image,
-            "pass the URL of the first-frame image, e.g. 'https://example.com/frame.png'",
+            f"is {size / 2**20:.1f} MiB, over the {MAX_IMAGE_BYTES // 2**20} MiB upload limit",
+            str(path),
+            "resize or compress the first frame",
         )
-    return image.strip()
+    return LocalImage(path=path, size=size)
 
 
 def check_seed(seed: Any) -> int | None:

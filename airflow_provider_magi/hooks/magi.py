@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import os
 import threading
 import time
@@ -41,6 +42,7 @@ from airflow_provider_magi.exceptions import (
     MagiAuthError,
     MagiError,
     MagiRejectedError,
+    MagiResponseError,
     MagiTimeoutError,
 )
 from airflow_provider_magi.retries import retry_policy, settle
@@ -234,6 +236,28 @@ class MagiHook(BaseHook):
         data = self._call("POST", path, what=f"Submitting to {model}", json=dict(inputs))
         return parse_prediction(data)
 
+    def upload_media(self, source: WritablePath) -> str:
+        """Upload a local first frame; return the URL WaveSpeed serves it at.
+
+        An upload starts nothing billable, so unlike a submit it is safely resent on failure.
+        """
+        name = getattr(source, "name", None) or "image"
+        with source.open("rb") as handle:
+            content = handle.read()
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        data = self._call(
+            "POST",
+            "/api/v3/media/upload/binary",
+            what=f"Uploading {name}",
+            files={"file": (name, content, content_type)},
+            resend_safe=True,
+        )
+        url = data.get("download_url")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise MagiResponseError(f"Uploading {name}: the answer has no download_url: {dict(data)!r}"[:300])
+        self.log.info("Uploaded %s (%d bytes) as %s", name, len(content), url)
+        return url
+
     def get_prediction(self, prediction_id: str) -> Prediction:
         data = self._call(
             "GET",
@@ -307,17 +331,21 @@ class MagiHook(BaseHook):
         *,
         what: str,
         json: dict[str, Any] | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
         prediction_id: str | None = None,
+        resend_safe: bool = False,
     ) -> Mapping[str, Any]:
         settings = self.settings
         url = settings.base_url + path
+        # The retry rules key on whether resending can start a second generation, not on the verb.
+        rule = "GET" if method == "GET" or resend_safe else method
 
         def attempt() -> Mapping[str, Any]:
-            answer = self._send(method, url, json=json)
+            answer = self._send(method, url, json=json, files=files)
             return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
 
         policy = retry_policy(
-            method,
+            rule,
             max_retries=settings.max_retries,
             max_wait=settings.max_retry_wait,
             log=self.log,
@@ -325,15 +353,23 @@ class MagiHook(BaseHook):
         try:
             return Retrying(**policy)(attempt)
         except (ConnectFailure, ExchangeFailure, MagiError) as error:
-            raise settle(method, error, what=what, base_url=settings.base_url) from None
+            raise settle(rule, error, what=what, base_url=settings.base_url) from None
 
-    def _send(self, method: str, url: str, *, json: dict[str, Any] | None) -> HTTPAnswer:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: dict[str, Any] | None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+    ) -> HTTPAnswer:
         settings = self.settings
         try:
             response = self.session.request(
                 method,
                 url,
                 json=json,
+                files=files,
                 headers=settings.auth_headers,
                 timeout=(settings.connect_timeout, settings.read_timeout),
                 allow_redirects=False,

@@ -12,7 +12,7 @@ from airflow_provider_magi.compat import HAS_TASK_STATE_STORE, BaseOperator, Res
 from airflow_provider_magi.exceptions import MagiRejectedError
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
-from airflow_provider_magi.validation import check_webhook_url, magi_inputs
+from airflow_provider_magi.validation import LocalImage, check_webhook_url, magi_inputs
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
 
 if TYPE_CHECKING:
@@ -41,7 +41,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
     store); a prediction that failed or expired is submitted afresh.
 
     :param prompt: What the video shows. Required. Templated.
-    :param image: URL of the first frame (http or https). Templated.
+    :param image: The first frame: an http(s) URL, or a local path / object-storage URL /
+        ``ObjectStoragePath`` (up to 20 MiB), uploaded through WaveSpeed's media upload first.
+        Templated.
     :param seed: -1 (random) to 2147483647; the text of an integer is accepted. Templated.
     :param extra_inputs: Further model inputs, passed through as they are. Templated.
     :param model: WaveSpeed model path, ``owner/name``.
@@ -111,6 +113,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
     # ------------------------------------------------------------ ResumableJobMixin
 
     def submit_job(self, context: Context) -> str:
+        image = self._inputs.get("image")
+        if isinstance(image, LocalImage):  # validated in execute; uploaded only when submitting
+            self._inputs["image"] = self.hook.upload_media(image.path)
         prediction = self.hook.create_prediction(
             self._inputs, model=self.model, webhook_url=self._webhook_url
         )
@@ -175,9 +180,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""
-        result["inputs"] = magi_inputs(
+        inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
         )
+        result["inputs"] = {key: str(v) if isinstance(v, LocalImage) else v for key, v in inputs.items()}
         self.log.info(
             "Prediction %s completed: %d output(s)", result["prediction_id"], len(result["outputs"])
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import hmac
 import json
 import re
@@ -11,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from email.parser import BytesParser
 from typing import Any
 
 from airflow_provider_magi.testing.faults import Directives, Fault, FaultPlan, Route, parse_directives
@@ -22,6 +24,9 @@ SEED_MIN, SEED_MAX = -1, 2147483647
 _MODEL_ROUTE = re.compile(r"^/api/v3/(?P<owner>[A-Za-z0-9._-]+)/(?P<name>[A-Za-z0-9._-]+)$")
 _RESULT_ROUTE = re.compile(r"^/api/v3/predictions/(?P<id>[^/]+)/result$")
 _OUTPUT_ROUTE = re.compile(r"^/outputs/(?P<id>[^/]+)/(?P<index>\d+)\.mp4$")
+_UPLOAD_ROUTE = "/api/v3/media/upload/binary"
+_MEDIA_ROUTE = re.compile(r"^/media/(?P<id>[0-9a-f]+)/(?P<name>[^/]+)$")
+MAX_UPLOAD_BYTES = 20 * 2**20
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
 
@@ -79,6 +84,7 @@ class WaveSpeedApp:
         self.config = config
         self.faults = faults or FaultPlan()
         self.predictions: dict[str, StoredPrediction] = {}
+        self.media: dict[str, tuple[str, bytes, str]] = {}  # id -> (filename, bytes, content type)
         self._log: list[RecordedRequest] = []
         self._lock = threading.Lock()
 
@@ -126,6 +132,10 @@ class WaveSpeedApp:
 
     def _route(self, request: Request) -> tuple[str, Any, re.Match[str] | None]:
         path = request.path
+        if request.method == "POST" and path == _UPLOAD_ROUTE:
+            return "upload", self._upload, None
+        if request.method == "GET" and (m := _MEDIA_ROUTE.match(path)):
+            return "media", self._media, m
         if request.method == "POST" and (m := _MODEL_ROUTE.match(path)):
             return "submit", self._submit, m
         if request.method == "GET" and (m := _RESULT_ROUTE.match(path)):
@@ -141,7 +151,7 @@ class WaveSpeedApp:
             return envelope_error(404, f"No route for {request.method} {request.path}")
         if route == "admin":
             return self._admin(request)
-        if route in ("submit", "result") and not self._authorized(request):
+        if route in ("submit", "result", "upload") and not self._authorized(request):
             return envelope_error(401, "Unauthorized: invalid or missing API key")
         fault = self.faults.pick(route)  # type: ignore[arg-type]
         if fault is not None:
@@ -221,6 +231,33 @@ class WaveSpeedApp:
         response = envelope_ok(self._prediction_data(prediction))
         response.headers["x-prediction-id"] = prediction.id
         return response
+
+    async def _upload(self, request: Request, match: None) -> Response:
+        """``multipart/form-data`` with a ``file`` field, as WaveSpeed's binary media upload takes."""
+        if len(request.body) > MAX_UPLOAD_BYTES:
+            return envelope_error(413, f"File too large: the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
+        part = _multipart_file(request.headers.get("content-type", ""), request.body)
+        if part is None:
+            return envelope_error(400, "Expected multipart/form-data with a 'file' field")
+        filename, content, content_type = part
+        media_id = uuid.uuid4().hex
+        safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename) or "upload"
+        with self._lock:
+            self.media[media_id] = (safe_name, content, content_type)
+        return envelope_ok(
+            {
+                "type": content_type.split("/")[0],
+                "download_url": f"{self.config.public_base_url}/media/{media_id}/{safe_name}",
+                "filename": safe_name,
+                "size": len(content),
+            }
+        )
+
+    async def _media(self, request: Request, match: re.Match[str]) -> Response:
+        stored = self.media.get(match.group("id"))
+        if stored is None:
+            return Response(status=404, body=b"Not Found", headers={"Content-Type": "text/plain"})
+        return Response(status=200, body=stored[1], headers={"Content-Type": stored[2]})
 
     async def _result(self, request: Request, match: re.Match[str]) -> Response:
         prediction = self.predictions.get(match.group("id"))
@@ -310,6 +347,21 @@ class WaveSpeedApp:
             "error": d.fail if status == "failed" and d.fail else "",
             "timings": {"inference": inference},
         }
+
+
+def _multipart_file(content_type: str, body: bytes) -> tuple[str, bytes, str] | None:
+    """The ``file`` field of a multipart body: (filename, bytes, content type), or None."""
+    if not content_type.startswith("multipart/form-data"):
+        return None
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "file":
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                return part.get_filename() or "upload", payload, part.get_content_type()
+    return None
 
 
 def validate_inputs(model: str, inputs: dict[str, Any]) -> str | None:
