@@ -22,6 +22,10 @@ CONN_FIELDS: dict[str, Any] = {
         "label": "Longest wait between retries (s)",
         "schema": {"type": ["number", "null"], "default": 60},
     },
+    "max_polls_per_second": {
+        "label": "Polls per second per triggerer (all waiting tasks)",
+        "schema": {"type": ["number", "null"], "default": 20},
+    },
 }
 
 RELABELING = {"password": "API key", "host": "Base URL"}
@@ -33,7 +37,7 @@ PLACEHOLDERS = {
 # Extra box is hidden there; older forms keep it, as the only way to set them.
 HIDDEN_FIELDS = ["schema", "login", "port", "extra"]
 HIDDEN_FIELDS_WITHOUT_CONN_FIELDS = ["schema", "login", "port"]
-EXTRA_PLACEHOLDER = '{"connect_timeout": 10, "read_timeout": 60, "max_retries": 5, "max_retry_wait": 60}'
+EXTRA_PLACEHOLDER = '{"read_timeout": 60, "max_retries": 5, "max_retry_wait": 60, "max_polls_per_second": 20}'
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": HIDDEN_FIELDS,

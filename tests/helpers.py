@@ -25,7 +25,13 @@ DAG_TEST_LOGS_EXCEPTIONS = _airflow_logs_task_exceptions_in_dag_test()
 def connection_json(server: LocalWaveSpeedServer, **extra: object) -> str:
     """``magi`` connection JSON for the local server, with fast retries for tests."""
     conn: dict[str, Any] = server.connection_uri_json()
-    conn["extra"] = {"max_retries": 3, "max_retry_wait": 0.2, "read_timeout": 5, **extra}
+    conn["extra"] = {
+        "max_retries": 3,
+        "max_retry_wait": 0.2,
+        "read_timeout": 5,
+        "max_polls_per_second": 1000,  # tests poll every 0.1 s; test_trigger checks the budget itself
+        **extra,
+    }
     return json.dumps(conn)
 
 

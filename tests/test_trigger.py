@@ -127,3 +127,29 @@ def test_many_triggers_share_one_connection_pool(magi_conn: LocalWaveSpeedServer
 def test_unexpected_event_is_an_error() -> None:
     with pytest.raises(Exception, match="Unexpected event"):
         result_from_event({"nope": 1})
+
+
+def test_triggers_sharing_a_key_stay_within_its_poll_budget(
+    magi_conn: LocalWaveSpeedServer, monkeypatch
+) -> None:
+    from tests.helpers import connection_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(magi_conn, max_polls_per_second=10))
+    ids = [submit(f"clip {i} [[duration: 2]]") for i in range(30)]
+
+    async def run_all() -> list[list[dict]]:
+        async def one(prediction_id: str) -> list[dict]:
+            return [e.payload async for e in MagiPredictionTrigger(prediction_id, poll_interval=0.1).run()]
+
+        return await asyncio.gather(*(one(i) for i in ids))
+
+    results = asyncio.run(asyncio.wait_for(run_all(), timeout=60))
+    assert all(events[0]["status"] == "success" for events in results)
+    polls = sorted(r.at for r in magi_conn.requests if r.route == "result")
+    # 30 triggers asking for 10 polls/s each would send ~300/s; the shared budget allows 10/s
+    # after a first burst of 10.
+    span = polls[-1] - polls[0]
+    assert len(polls) >= 30
+    assert len(polls) <= 10 + 10 * span + 2
+    busiest_second = max(sum(1 for t in polls if start <= t < start + 1) for start in polls)
+    assert busiest_second <= 21

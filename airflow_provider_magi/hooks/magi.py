@@ -45,6 +45,7 @@ from airflow_provider_magi.exceptions import (
     MagiResponseError,
     MagiTimeoutError,
 )
+from airflow_provider_magi.pacing import PollBudget
 from airflow_provider_magi.retries import retry_policy, settle
 from airflow_provider_magi.waiting import Waiter
 
@@ -70,6 +71,7 @@ class MagiSettings:
     read_timeout: float = 60.0
     max_retries: int = 5
     max_retry_wait: float = 60.0
+    max_polls_per_second: float = 20.0  # shared by all triggers using this key in one triggerer
 
     @classmethod
     def from_connection(cls, conn: Connection, conn_id: str, extra: Mapping[str, Any]) -> MagiSettings:
@@ -96,6 +98,7 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
         "read_timeout": float,
         "max_retries": int,
         "max_retry_wait": float,
+        "max_polls_per_second": float,
     }
     values: dict[str, Any] = {}
     for name, cast in casts.items():
@@ -107,8 +110,8 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
             value = cast(raw)
         except (TypeError, ValueError):
             raise MagiError(f"Connection '{conn_id}': extra '{name}' must be a number, got {raw!r}") from None
-        if value < 0:
-            raise MagiError(f"Connection '{conn_id}': extra '{name}' must not be negative, got {raw!r}")
+        if value < 0 or (value == 0 and name == "max_polls_per_second"):
+            raise MagiError(f"Connection '{conn_id}': extra '{name}' is out of range, got {raw!r}")
         values[name] = value
     return values
 
@@ -392,10 +395,11 @@ class MagiHook(BaseHook):
         settings = await self.aget_settings()
         what = f"Reading prediction {prediction_id}"
         url = settings.base_url + _result_path(prediction_id)
-        client = shared_async_client(settings)
+        shared = shared_async_client(settings)
 
         async def attempt() -> Mapping[str, Any]:
-            answer = await _asend(client, "GET", url, settings)
+            await shared.budget.acquire()
+            answer = await _asend(shared.client, "GET", url, settings)
             return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
 
         policy = retry_policy(
@@ -432,18 +436,27 @@ def _answer(response: requests.Response | httpx.Response, body: bytes, url: str)
     )
 
 
-_ClientKey = tuple[str, str, float, float]
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ClientKey, httpx.AsyncClient]] = (
+@dataclass
+class SharedAsync:
+    """What all triggers of one key share in a triggerer: the connection pool and the poll budget."""
+
+    client: httpx.AsyncClient
+    budget: PollBudget
+
+
+_ClientKey = tuple[str, str, float, float, float]
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ClientKey, SharedAsync]] = (
     weakref.WeakKeyDictionary()
 )
 _async_clients_lock = threading.Lock()
 
 
-def shared_async_client(settings: MagiSettings) -> httpx.AsyncClient:
-    """One pooled client per event loop, base URL and key, so N triggers share a few connections.
+def shared_async_client(settings: MagiSettings) -> SharedAsync:
+    """One pooled client and poll budget per event loop, base URL and key.
 
-    The key is part of the cache key only so two connections with different keys never share
-    state; it is never sent on the client's defaults (each request carries its own header).
+    N triggers share a few connections and one request budget. The key is part of the cache key
+    only so two connections with different keys never share state; it is never set on the
+    client's defaults (each request carries its own header).
     """
     loop = asyncio.get_running_loop()
     cache_key = (
@@ -451,18 +464,19 @@ def shared_async_client(settings: MagiSettings) -> httpx.AsyncClient:
         settings.api_key,
         settings.connect_timeout,
         settings.read_timeout,
+        settings.max_polls_per_second,
     )
     with _async_clients_lock:
-        clients = _async_clients.setdefault(loop, {})
-        client = clients.get(cache_key)
-        if client is None or client.is_closed:
+        registry = _async_clients.setdefault(loop, {})
+        shared = registry.get(cache_key)
+        if shared is None or shared.client.is_closed:
             client = httpx.AsyncClient(
                 timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=None),
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
                 follow_redirects=False,
             )
-            clients[cache_key] = client
-        return client
+            shared = registry[cache_key] = SharedAsync(client, PollBudget(settings.max_polls_per_second))
+        return shared
 
 
 def _model_path(model: str) -> str:
