@@ -10,7 +10,7 @@ import email.utils
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_magi.exceptions import (
@@ -106,7 +106,6 @@ class HTTPAnswer:
     content_type: str
     body: bytes
     retry_after: str | None = None
-    url: str = field(default="", repr=False)
 
 
 def describe_body(answer: HTTPAnswer) -> str:

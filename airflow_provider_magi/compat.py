@@ -16,7 +16,6 @@ from airflow.providers.common.compat.sdk import (
     BaseOperator,
     BaseOperatorLink,
     BaseSensorOperator,
-    TaskDeferred,
     conf,
     mask_secret,
 )
@@ -48,7 +47,6 @@ __all__ = [
     "BaseOperatorLink",
     "BaseSensorOperator",
     "ResumableJobMixin",
-    "TaskDeferred",
     "conf",
     "get_async_connection",
     "mask_secret",

@@ -6,7 +6,7 @@ may already be billed) derive from ``AirflowFailException`` so Airflow does not 
 
 from __future__ import annotations
 
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+from airflow_provider_magi.compat import AirflowException, AirflowFailException
 
 
 class MagiError(AirflowException):

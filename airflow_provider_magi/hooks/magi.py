@@ -386,7 +386,7 @@ class MagiHook(BaseHook):
             raise ExchangeFailure(_reason(error)) from error
         except requests.RequestException as error:
             raise ExchangeFailure(_reason(error)) from error
-        return _answer(response, body, url)
+        return _answer(response, body)
 
     # ---------------------------------------------------------------- async client (triggerer)
 
@@ -422,17 +422,16 @@ async def _asend(client: httpx.AsyncClient, method: str, url: str, settings: Mag
         raise ConnectFailure(_reason(error)) from error
     except httpx.HTTPError as error:
         raise ExchangeFailure(_reason(error)) from error
-    return _answer(response, response.content, url)
+    return _answer(response, response.content)
 
 
-def _answer(response: requests.Response | httpx.Response, body: bytes, url: str) -> HTTPAnswer:
+def _answer(response: requests.Response | httpx.Response, body: bytes) -> HTTPAnswer:
     """What either client received, in the one shape the parser reads."""
     return HTTPAnswer(
         status_code=response.status_code,
         content_type=response.headers.get("Content-Type", ""),
         body=body,
         retry_after=response.headers.get("Retry-After"),
-        url=url,
     )
 
 

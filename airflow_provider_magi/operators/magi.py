@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_magi.api import DEFAULT_MODEL, Prediction, final_result
+from airflow_provider_magi.api import (
+    DEFAULT_MODEL,
+    STATUS_COMPLETED,
+    TERMINAL_STATUSES,
+    Prediction,
+    final_result,
+)
 from airflow_provider_magi.compat import HAS_TASK_STATE_STORE, BaseOperator, ResumableJobMixin, conf
 from airflow_provider_magi.exceptions import MagiRejectedError
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
@@ -60,7 +67,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
     """
 
     template_fields: Sequence[str] = ("prompt", "image", "seed", "extra_inputs", "webhook_url")
-    template_fields_renderers = {"extra_inputs": "json", "prompt": "py"}
+    template_fields_renderers = {"extra_inputs": "json"}
     operator_extra_links = (MagiPredictionLink(),)
     external_id_key = "magi_prediction_id"
     ui_color = "#f3e8ff"
@@ -69,7 +76,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         self,
         *,
         prompt: str,
-        image: str | None = None,
+        image: str | os.PathLike[str] | None = None,
         seed: int | str | None = None,
         extra_inputs: dict[str, Any] | None = None,
         model: str = DEFAULT_MODEL,
@@ -83,7 +90,6 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.webhook_url = webhook_url
         self.prompt = prompt
         self.image = image
         self.seed = seed
@@ -95,6 +101,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         self.poll_interval = _seconds(poll_interval, "poll_interval") or DEFAULT_POLL_INTERVAL
         self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
         self.timeout = _seconds(timeout, "timeout")
+        self.webhook_url = webhook_url
         self._announced: str | None = None
         self._final: Prediction | None = None
 
@@ -135,10 +142,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
 
     def is_job_active(self, status: str) -> bool:
         # Unknown statuses count as running: never treat what we do not understand as done.
-        return status not in ("completed", "failed", "cancelled", "timeout", "deleted", STATUS_NOT_FOUND)
+        return status not in TERMINAL_STATUSES and status != STATUS_NOT_FOUND
 
     def is_job_succeeded(self, status: str) -> bool:
-        return status == "completed"
+        return status == STATUS_COMPLETED
 
     def poll_until_complete(self, external_id: Any, context: Context) -> Any:
         prediction_id = str(external_id)

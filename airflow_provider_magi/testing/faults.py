@@ -3,7 +3,7 @@
 Server-wide rules (``Fault``) apply to a route for the next N matching requests, or at random.
 Per-prediction behaviour comes from directives in the prompt, e.g.
 ``"a red fox [[fail: GPU out of memory]]"``, so a DAG can ask for a failing video without any
-server setup; the directives are stripped from nothing, since the prompt is only echoed back.
+server setup or access to the server process.
 """
 
 from __future__ import annotations
