@@ -58,6 +58,7 @@ unit-oldest: $(STAMP_OLDEST)
 ## Benchmarks (not part of `make test`): print tables and append them to bench/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python bench/download.py
+	$(BIN)/python bench/triggerer.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) .airflow-demo demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,184 @@
+"""Triggerer scale: N MagiPredictionTriggers in one event loop, as a triggerer runs them.
+
+The local server runs in its own process (its CPU is not counted); predictions take a random
+--min-duration..--max-duration seconds. For each N the provider's triggers (one shared pooled
+client and poll budget per key) are compared with the naive way (a new HTTP client per poll).
+Reported: TCP connections opened, requests per prediction against the ideal (duration / poll
+interval), CPU seconds per 1,000 predictions, event-loop lag, and the delay from the moment the
+server marks a prediction completed to the trigger's event (p50/p95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+# One status line per prediction per change would swamp the table (and cost CPU we measure).
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import report, table
+
+from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
+
+API_KEY = "bench-key"
+
+
+def start_server(port_file: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_magi.testing", "--port", "0", "--api-key", API_KEY,
+         "--port-file", str(port_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(200):
+        if port_file.exists() and port_file.read_text():
+            return process
+        time.sleep(0.05)
+    raise RuntimeError("local server did not start")
+
+
+def submit(base: str, count: int, low: float, high: float) -> dict[str, float]:
+    """Create ``count`` predictions; return id -> Unix time the server will call it completed."""
+    done_at: dict[str, float] = {}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        for _ in range(count):
+            duration = random.uniform(low, high)
+            data = client.post(
+                "/api/v3/wavespeed-ai/magi-1-24b", json={"prompt": f"x [[duration: {duration}]]"}
+            )
+            body = data.json()["data"]
+            created = datetime.fromisoformat(body["created_at"].replace("Z", "+00:00")).timestamp()
+            done_at[body["id"]] = created + duration
+    return done_at
+
+
+async def lag_monitor(samples: list[float], stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        before = loop.time()
+        await asyncio.sleep(0.1)
+        samples.append(loop.time() - before - 0.1)
+
+
+async def provider_wait(prediction_id: str, poll: float) -> float:
+    async for _event in MagiPredictionTrigger(
+        prediction_id, poll_interval=poll, max_poll_interval=poll
+    ).run():
+        return time.time()
+    raise AssertionError("trigger ended without an event")
+
+
+async def naive_wait(base: str, prediction_id: str, poll: float) -> float:
+    """What most providers' triggers do: a fresh client (and TCP connection) for every poll."""
+    while True:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+            answer = await client.get(f"{base}/api/v3/predictions/{prediction_id}/result")
+        if answer.json()["data"]["status"] in ("completed", "failed"):
+            return time.time()
+        await asyncio.sleep(poll)
+
+
+async def run(
+    mode: str, base: str, done_at: dict[str, float], poll: float
+) -> tuple[list[float], list[float]]:
+    stop = asyncio.Event()
+    lags: list[float] = []
+    monitor = asyncio.create_task(lag_monitor(lags, stop))
+    if mode == "provider":
+        waits = [provider_wait(pid, poll) for pid in done_at]
+    else:
+        waits = [naive_wait(base, pid, poll) for pid in done_at]
+    finished = await asyncio.gather(*waits)
+    stop.set()
+    await monitor
+    delays = [end - done_at[pid] for pid, end in zip(done_at, finished, strict=True)]
+    return delays, lags
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1000,5000")
+    parser.add_argument(
+        "--naive-sizes", default="1000", help="naive opens a connection per poll: keep it small"
+    )
+    parser.add_argument("--poll-interval", type=float, default=10.0)
+    parser.add_argument("--min-duration", type=float, default=60.0)
+    parser.add_argument("--max-duration", type=float, default=120.0)
+    parser.add_argument(
+        "--polls-per-second", type=float, default=1000.0, help="the shared budget for the run"
+    )
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        server = start_server(port_file)
+        base = f"http://127.0.0.1:{port_file.read_text()}"
+        conn = {"conn_type": "magi", "host": base, "password": API_KEY,
+                "extra": {"max_polls_per_second": args.polls_per_second}}  # fmt: skip
+        os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = json.dumps(conn)
+        try:
+            plans = [("provider", int(n)) for n in args.sizes.split(",")]
+            plans += [("naive", int(n)) for n in args.naive_sizes.split(",") if n]
+            for mode, size in plans:
+                httpx.post(f"{base}/_testing/reset", timeout=30)
+                done_at = submit(base, size, args.min_duration, args.max_duration)
+                cpu_before = cpu_seconds()
+                delays, lags = asyncio.run(run(mode, base, done_at, args.poll_interval))
+                cpu = cpu_seconds() - cpu_before
+                seen = httpx.get(f"{base}/_testing/requests", timeout=60).json()
+                polls = [r for r in seen if r["route"] == "result"]
+                # One poll at the start, then one per interval until done.
+                ideal = 1 + (args.min_duration + args.max_duration) / 2 / args.poll_interval
+                rows.append(
+                    [
+                        mode,
+                        size,
+                        len({r["client"] for r in polls}),
+                        f"{len(polls) / size:.1f} (ideal ~{ideal:.1f})",
+                        f"{cpu / size * 1000:.1f}",
+                        f"{pct(lags, 50) * 1000:.1f} / {max(lags) * 1000:.0f}",
+                        f"{pct(delays, 50):.2f} / {pct(delays, 95):.2f}",
+                    ]
+                )
+                print(rows[-1], flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    notes = (
+        f"Predictions take {args.min_duration:.0f}-{args.max_duration:.0f} s (uniform); poll interval "
+        f"{args.poll_interval:.0f} s; shared budget {args.polls_per_second:.0f} polls/s. The local server "
+        "runs in its own process. A worker-slot-per-prediction wait would hold N worker slots for the "
+        "whole duration; deferred triggers hold none."
+    )
+    headers = [
+        "mode", "predictions", "TCP connections", "polls per prediction", "CPU s per 1,000",
+        "loop lag p50 / max (ms)", "completion to event p50 / p95 (s)",
+    ]  # fmt: skip
+    report("Triggerer scale", table(headers, rows), notes)
+
+
+if __name__ == "__main__":
+    main()
