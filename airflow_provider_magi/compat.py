@@ -7,7 +7,7 @@ apache-airflow-core) so the rest of the provider never branches on the Airflow v
 from __future__ import annotations
 
 from airflow import __version__ as AIRFLOW_VERSION
-from airflow.providers.common.compat.connection import get_async_connection
+from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowFailException,
@@ -49,5 +49,6 @@ __all__ = [
     "ResumableJobMixin",
     "conf",
     "get_async_connection",
+    "get_async_extra_dejson",
     "mask_secret",
 ]

@@ -37,8 +37,9 @@ hook = manager.hooks["magi"]
 assert hook is not None and hook.hook_name == "WaveSpeed MAGI-1", hook
 behaviour = manager.field_behaviours.get("magi")
 assert behaviour and behaviour["relabeling"]["password"] == "API key", behaviour
+from airflow_provider_magi.connection_form import CONN_FIELDS
 widgets = sorted(k for k in manager.connection_form_widgets if k.startswith("extra__magi__"))
-assert len(widgets) == 4, widgets
+assert widgets == sorted(f"extra__magi__{name}" for name in CONN_FIELDS), widgets
 try:
     from airflow.dag_processing.dagbag import DagBag
 except ImportError:

@@ -34,6 +34,7 @@ from airflow_provider_magi.compat import (
     AirflowNotFoundException,
     BaseHook,
     get_async_connection,
+    get_async_extra_dejson,
     mask_secret,
 )
 from airflow_provider_magi.downloads import DownloadedFile, WritablePath, download
@@ -190,8 +191,6 @@ class MagiHook(BaseHook):
             if settings is None:
                 raise _missing_connection(self.magi_conn_id) from None
         else:
-            from airflow.providers.common.compat.connection import get_async_extra_dejson
-
             extra = await get_async_extra_dejson(conn)
             settings = MagiSettings.from_connection(conn, self.magi_conn_id, extra)
         self.__dict__["settings"] = self._checked(settings)
