@@ -85,10 +85,13 @@ async def provider_wait(prediction_id: str, poll: float) -> float:
 async def naive_wait(base: str, prediction_id: str, poll: float) -> float:
     """What most providers' triggers do: a fresh client (and TCP connection) for every poll."""
     while True:
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
-            answer = await client.get(f"{base}/api/v3/predictions/{prediction_id}/result")
-        if answer.json()["data"]["status"] in ("completed", "failed"):
-            return time.time()
+        try:
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+                answer = await client.get(f"{base}/api/v3/predictions/{prediction_id}/result")
+            if answer.json()["data"]["status"] in ("completed", "failed"):
+                return time.time()
+        except httpx.HTTPError:
+            pass  # as a naive trigger would: try again next interval
         await asyncio.sleep(poll)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -22,6 +24,13 @@ from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
 from tests.helpers import CANARY_KEY, connection_json
 
 PROMPT = {"prompt": "a lighthouse in a storm"}
+
+
+def wait_until(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -109,7 +118,11 @@ def test_post_times_out_once_and_is_not_resent(magi_conn: LocalWaveSpeedServer, 
     magi_conn.set_faults([Fault(route="submit", kind="slow", delay=1.0, times=1)])
     with pytest.raises(MagiSubmitUncertainError, match="may have accepted"):
         MagiHook().create_prediction(PROMPT)
-    assert magi_conn.count("submit") <= 1  # the slow request may still be in flight
+    # The slow request is still being answered; once it is, the server has seen exactly one.
+    wait_until(lambda: magi_conn.count("submit") >= 1, timeout=5)
+    time.sleep(0.2)
+    assert magi_conn.count("submit") == 1
+    assert len(magi_conn.app.predictions) == 1
 
 
 def test_post_malformed_200_is_uncertain(hook: MagiHook, magi_conn: LocalWaveSpeedServer) -> None:
@@ -305,3 +318,38 @@ def test_async_client_is_shared_per_loop(magi_conn: LocalWaveSpeedServer) -> Non
 
     first, second = asyncio.run(clients())
     assert first is second
+
+
+def test_triggers_in_one_loop_share_one_connection_lookup(
+    magi_conn: LocalWaveSpeedServer, monkeypatch
+) -> None:
+    import airflow_provider_magi.hooks.magi as hook_module
+
+    calls = []
+    real_lookup = hook_module.get_async_connection
+
+    async def counting_lookup(*args, **kwargs):
+        calls.append(args[0])
+        return await real_lookup(*args, **kwargs)
+
+    monkeypatch.setattr(hook_module, "get_async_connection", counting_lookup)
+
+    async def many() -> set[str]:
+        settings = await asyncio.gather(*(MagiHook().aget_settings() for _ in range(200)))
+        return {s.base_url for s in settings}
+
+    assert asyncio.run(many()) == {magi_conn.base_url}
+    assert calls == ["magi_default"]
+
+
+def test_a_failed_connection_lookup_is_not_cached(monkeypatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_MAGI_DEFAULT", raising=False)
+    monkeypatch.delenv("WAVESPEED_API_KEY", raising=False)
+
+    async def twice() -> str:
+        with pytest.raises(MagiError, match="does not exist"):
+            await MagiHook().aget_settings()
+        monkeypatch.setenv("WAVESPEED_API_KEY", CANARY_KEY)
+        return (await MagiHook().aget_settings()).base_url
+
+    assert asyncio.run(twice()) == "https://api.wavespeed.ai"

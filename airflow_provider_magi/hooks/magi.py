@@ -58,6 +58,8 @@ _USER_AGENT = "airflow-provider-magi"
 # Used by test_connection: asking for a prediction that cannot exist proves the key without
 # starting (and paying for) a generation.
 _PROBE_PREDICTION_ID = "airflow-connection-test"
+# How long triggers in one triggerer reuse a connection lookup (a rotated key is seen after this).
+SETTINGS_TTL = 60.0
 _env_key_announced = False
 
 
@@ -181,9 +183,30 @@ class MagiHook(BaseHook):
         return self._checked(settings)
 
     async def aget_settings(self) -> MagiSettings:
-        """The triggerer's way to read the connection: no blocking call on the event loop."""
+        """The triggerer's way to read the connection: no blocking call on the event loop.
+
+        Thousands of triggers start together after a triggerer restart; they share one lookup
+        per connection id for ``SETTINGS_TTL`` seconds instead of each asking Airflow for it
+        (measured with 5,000 triggers: the lookups alone stalled the loop for minutes).
+        """
         if "settings" in self.__dict__:
             return self.settings
+        loop = asyncio.get_running_loop()
+        cache = _async_settings.setdefault(loop, {})
+        entry = cache.get(self.magi_conn_id)
+        if entry is None or entry[0] < loop.time():
+            entry = (loop.time() + SETTINGS_TTL, loop.create_task(self._alookup_settings()))
+            cache[self.magi_conn_id] = entry
+        try:
+            settings = await asyncio.shield(entry[1])
+        except Exception:
+            if cache.get(self.magi_conn_id) is entry:  # let the next caller try again
+                del cache[self.magi_conn_id]
+            raise
+        self.__dict__["settings"] = settings
+        return settings
+
+    async def _alookup_settings(self) -> MagiSettings:
         try:
             conn = await get_async_connection(self.magi_conn_id, self)
         except AirflowNotFoundException:
@@ -193,8 +216,7 @@ class MagiHook(BaseHook):
         else:
             extra = await get_async_extra_dejson(conn)
             settings = MagiSettings.from_connection(conn, self.magi_conn_id, extra)
-        self.__dict__["settings"] = self._checked(settings)
-        return self.settings
+        return self._checked(settings)
 
     def _checked(self, settings: MagiSettings) -> MagiSettings:
         if not settings.api_key:
@@ -441,6 +463,10 @@ class SharedAsync:
     client: httpx.AsyncClient
     budget: PollBudget
 
+
+_async_settings: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Task[MagiSettings]]]
+] = weakref.WeakKeyDictionary()
 
 _ClientKey = tuple[str, str, float, float, float]
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ClientKey, SharedAsync]] = (
