@@ -126,6 +126,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         prediction = self.hook.create_prediction(
             self._inputs, model=self.model, webhook_url=self._webhook_url
         )
+        # Persist the id first thing: the mixin stores it only after this returns, and every call
+        # in between (XCom, logs) would widen the window in which a killed worker loses it.
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(self.external_id_key, prediction.id)
         self._announce(context, prediction.id, prediction.result_url, "Submitted")
         return prediction.id
 
