@@ -208,7 +208,10 @@ def test_test_connection(magi_conn: LocalWaveSpeedServer, monkeypatch) -> None:
     )
     ok, message = MagiHook().test_connection()
     assert not ok
-    assert "401" in message
+    assert message == (
+        f"WaveSpeed at {magi_conn.base_url} refused the API key: 401 Unauthorized: invalid or missing "
+        "API key. Fix: check the API key."
+    )
     assert len(magi_conn.app.predictions) == 0  # testing never starts a generation
 
 

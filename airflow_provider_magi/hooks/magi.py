@@ -335,18 +335,26 @@ class MagiHook(BaseHook):
         )
 
     def test_connection(self) -> tuple[bool, str]:
-        """Prove the key is accepted by reading a prediction that cannot exist: nothing is billed."""
+        """Prove the key is accepted by reading a prediction that cannot exist: nothing is billed.
+
+        The messages speak to someone at the connection form: Airflow tests a copy of the
+        connection under a random id, so they name neither that id nor the probe prediction.
+        """
+        where = f"WaveSpeed at {self.settings.base_url}"
         try:
             self.get_prediction(_PROBE_PREDICTION_ID)
         except MagiAuthError as error:
-            return False, str(error)
+            fix = (
+                "check the API key" if error.http_status == 401 else "check the key's permissions and balance"
+            )
+            return False, f"{where} refused the API key: {_api_detail(error)}. Fix: {fix}."
         except MagiAPIError as error:
             if error.http_status == 404:
-                return True, f"WaveSpeed at {self.settings.base_url} accepted the API key."
-            return False, str(error)
+                return True, f"{where} accepted the API key."
+            return False, f"{where} answered {error.http_status}: {_api_detail(error)}."
         except MagiError as error:
-            return False, str(error)
-        return True, f"WaveSpeed at {self.settings.base_url} accepted the API key."
+            return False, f"{where} could not be tested: {error}"
+        return True, f"{where} accepted the API key."
 
     def _call(
         self,
@@ -525,3 +533,7 @@ def _never_sent(error: requests.ConnectionError) -> bool:
 
 def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _api_detail(error: MagiAPIError) -> str:
+    return f"{error.http_status} {error.api_message}".strip() if error.api_message else str(error.http_status)
