@@ -35,9 +35,9 @@ def connection_json(server: LocalWaveSpeedServer, **extra: object) -> str:
     return json.dumps(conn)
 
 
-def run_dag(dag_bag: Any, dag_id: str, **conf: Any) -> Any:
+def run_dag(dag_bag: Any, dag_id: str, logical_date: Any = None, **conf: Any) -> Any:
     """Run one DAG to its end in this process; return the DagRun."""
-    return dag_bag.get_dag(dag_id).test(run_conf=conf or None)
+    return dag_bag.get_dag(dag_id).test(logical_date=logical_date, run_conf=conf or None)
 
 
 def task_instance(dag_run: Any, task_id: str, map_index: int = -1) -> Any:

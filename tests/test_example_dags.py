@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import av
@@ -11,7 +12,7 @@ import pytest
 
 from airflow_provider_magi.testing import LocalWaveSpeedServer
 from tests.conftest import ROOT
-from tests.helpers import run_dag, xcom
+from tests.helpers import run_dag, task_instance, xcom
 
 EXAMPLES = sorted((ROOT / "example_dags").glob("*.py"))
 
@@ -45,6 +46,16 @@ def test_text_to_video(dag_bag, magi_conn: LocalWaveSpeedServer) -> None:
     (written,) = xcom(dag_run, "download")
     assert plays(written["path"])
     assert magi_conn.count("submit") == 1
+
+
+def test_daily_prompt_and_file_carry_the_run_date(dag_bag, magi_conn: LocalWaveSpeedServer) -> None:
+    dag_run = run_dag(dag_bag, "example_magi_daily", logical_date=datetime(2026, 11, 27, tzinfo=timezone.utc))
+    assert dag_run.state == "success"
+    (prediction,) = magi_conn.app.predictions.values()
+    assert prediction.inputs["prompt"].startswith("Morning over a harbour town on 2026-11-27:")
+    (written,) = xcom(dag_run, "download")
+    assert written["path"].endswith("/daily/2026-11-27.mp4") and plays(written["path"])
+    assert task_instance(dag_run, "generate").pool == "magi"
 
 
 def test_image_to_video(dag_bag, magi_conn: LocalWaveSpeedServer) -> None:
