@@ -9,9 +9,11 @@ VENV_OLDEST ?= .venv-airflow-3.0
 BIN_OLDEST := $(VENV_OLDEST)/bin
 PIP_QUIET := --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Debian's Chromium for the browser tests (tests/ui); apt needs root, or sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP_OLDEST := $(VENV_OLDEST)/.installed-$(shell cat pyproject.toml ci/constraints-airflow-3.0.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit unit-oldest package bench install clean
+.PHONY: demo test lint typecheck unit unit-oldest package bench install clean browser screenshots
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +35,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-## Lint, type-check, the whole suite on the newest Airflow (with the full-stack stage), and
-## the unit and DAG tests again on Airflow 3.0.
+## Lint, type-check, the whole suite on the newest Airflow (with the full-stack and browser
+## stages), and the unit and DAG tests again on Airflow 3.0.
 test: lint typecheck package unit unit-oldest
 
 lint: $(STAMP)
@@ -48,12 +50,22 @@ typecheck: $(STAMP)
 package: $(STAMP)
 	PYTHON_BIN=$(BIN)/python bash ci/check_package.sh
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+## Debian's chromium for tests/ui (skipped without it, failed without it under CI=true).
+browser:
+	@command -v chromium >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+		|| { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } \
+		|| echo "warning: could not install chromium; the browser tests will be skipped"
+
+## Retake the README's pictures (docs/images) from a real api-server in headless Chromium.
+screenshots: $(STAMP) browser
+	MAGI_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/ui
 
 # The full-stack integration stage runs on the newest Airflow only (in `unit`).
 unit-oldest: $(STAMP_OLDEST)
-	$(BIN_OLDEST)/python -m pytest -q -p no:cacheprovider --ignore=tests/integration
+	$(BIN_OLDEST)/python -m pytest -q -p no:cacheprovider --ignore=tests/integration --ignore=tests/ui
 
 ## Benchmarks (not part of `make test`): print tables and append them to bench/RESULTS.md.
 bench: $(STAMP)

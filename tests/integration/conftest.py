@@ -15,7 +15,7 @@ CANARY = "canary-it-key-4d1b7e9a"
 RESULTS: list[tuple[str, str, float]] = []
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down before tests/ui starts its own deployment
 def stack() -> Iterator[AirflowStack]:
     dag_files = [
         ROOT / "example_dags" / "example_magi_text_to_video.py",

@@ -52,7 +52,14 @@ class AirflowStack:
 
     COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "worker")
 
-    def __init__(self, dag_files: Iterable[Path], *, api_key: str, worker_concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        dag_files: Iterable[Path],
+        *,
+        api_key: str,
+        worker_concurrency: int = 8,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="magi-it-home-"))
         self.dags = self.home / "dags"
         self.dags.mkdir()
@@ -65,6 +72,7 @@ class AirflowStack:
         self.server_port = free_port()
         self.api_key = api_key
         self.worker_concurrency = worker_concurrency
+        self.extra_env = dict(extra_env or {})
         self.jwt_secret = secrets.token_hex(16)  # one for every component, or tokens do not verify
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.server: subprocess.Popen[bytes] | None = None
@@ -115,6 +123,7 @@ class AirflowStack:
                 "MAGI_POLL_INTERVAL": "1",
             }
         )
+        env.update(self.extra_env)
         return env
 
     # ------------------------------------------------------------ lifecycle
