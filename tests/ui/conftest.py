@@ -82,6 +82,10 @@ def browser(ui_stack: AirflowStack) -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, ui_stack: AirflowStack) -> Iterator[Any]:
+    from playwright.sync_api import expect
+
+    # Generous waits: the UI loads its translations lazily, and this machine is shared.
+    expect.set_options(timeout=30_000)
     context = browser.new_context(viewport={"width": 1280, "height": 720}, base_url=ui_stack.api)
     context.set_default_timeout(30_000)
     try:
