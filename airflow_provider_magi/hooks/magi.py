@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import requests
+from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from requests.adapters import HTTPAdapter
 from tenacity import AsyncRetrying, Retrying
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
@@ -30,13 +31,7 @@ from airflow_provider_magi.api import (
     parse_prediction,
     raise_for_answer,
 )
-from airflow_provider_magi.compat import (
-    AirflowNotFoundException,
-    BaseHook,
-    get_async_connection,
-    get_async_extra_dejson,
-    mask_secret,
-)
+from airflow_provider_magi.compat import AirflowNotFoundException, BaseHook, mask_secret
 from airflow_provider_magi.downloads import DownloadedFile, WritablePath, download
 from airflow_provider_magi.exceptions import (
     MagiAPIError,
@@ -428,8 +423,21 @@ class MagiHook(BaseHook):
 
         async def attempt() -> Mapping[str, Any]:
             await shared.budget.acquire()
-            answer = await _asend(shared.client, "GET", url, settings)
-            return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
+            async with shared.gate:
+                answer = await _asend(shared.client, "GET", url, settings)
+            rate_limited = False
+            try:
+                return raise_for_answer(
+                    answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id
+                )
+            except MagiAPIError as error:
+                rate_limited = error.http_status == 429
+                if rate_limited:  # every trigger on this key holds off, not just this one
+                    shared.budget.throttled(error.retry_after)
+                raise
+            finally:
+                if not rate_limited:
+                    shared.budget.accepted()
 
         policy = retry_policy(
             "GET",
@@ -464,12 +472,22 @@ def _answer(response: requests.Response | httpx.Response, body: bytes) -> HTTPAn
     )
 
 
+# Connections to WaveSpeed per key per triggerer, however many triggers wait.
+MAX_ASYNC_CONNECTIONS = 64
+
+
 @dataclass
 class SharedAsync:
-    """What all triggers of one key share in a triggerer: the connection pool and the poll budget."""
+    """What all triggers of one key share in a triggerer: the connection pool and the poll budget.
+
+    ``gate`` lets no more requests into the client than it has connections: httpx's pool scans
+    its whole wait queue on every change, so 5,000 triggers queued inside it stalled the event
+    loop for minutes (bench/triggerer.py); waiting on a semaphore costs O(1) per request.
+    """
 
     client: httpx.AsyncClient
     budget: PollBudget
+    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_ASYNC_CONNECTIONS))
 
 
 _async_settings: weakref.WeakKeyDictionary[
@@ -504,7 +522,9 @@ def shared_async_client(settings: MagiSettings) -> SharedAsync:
         if shared is None or shared.client.is_closed:
             client = httpx.AsyncClient(
                 timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=None),
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+                limits=httpx.Limits(
+                    max_connections=MAX_ASYNC_CONNECTIONS, max_keepalive_connections=MAX_ASYNC_CONNECTIONS
+                ),
                 follow_redirects=False,
             )
             shared = registry[cache_key] = SharedAsync(client, PollBudget(settings.max_polls_per_second))
