@@ -6,7 +6,6 @@ reading of the API and one answer to "is it safe to send this again?".
 
 from __future__ import annotations
 
-import email.utils
 import json
 import time
 from collections.abc import Mapping
@@ -126,6 +125,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # rare (HTTP-date form), and costly to import at DAG parse time
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

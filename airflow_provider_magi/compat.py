@@ -7,7 +7,6 @@ apache-airflow-core) so the rest of the provider never branches on the Airflow v
 from __future__ import annotations
 
 from airflow import __version__ as AIRFLOW_VERSION
-from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowFailException,
@@ -48,7 +47,5 @@ __all__ = [
     "BaseSensorOperator",
     "ResumableJobMixin",
     "conf",
-    "get_async_connection",
-    "get_async_extra_dejson",
     "mask_secret",
 ]
