@@ -37,7 +37,10 @@ def connection_json(server: LocalWaveSpeedServer, **extra: object) -> str:
 
 def run_dag(dag_bag: Any, dag_id: str, logical_date: Any = None, **conf: Any) -> Any:
     """Run one DAG to its end in this process; return the DagRun."""
-    return dag_bag.get_dag(dag_id).test(logical_date=logical_date, run_conf=conf or None)
+    dag = dag_bag.get_dag(dag_id)
+    if logical_date is None:  # Airflow's default: a run dated now (None would mean no date at all)
+        return dag.test(run_conf=conf or None)
+    return dag.test(logical_date=logical_date, run_conf=conf or None)
 
 
 def task_instance(dag_run: Any, task_id: str, map_index: int = -1) -> Any:

@@ -88,7 +88,8 @@ for crash_in in ("poll", "result"):
     with _dag(f"magi_test_crash_in_{crash_in}"):
         CrashOnceAfter(
             task_id="generate",
-            prompt="a crane [[duration: 0.3]]",
+            # "poll": still running when the retry starts (dag.test may take ~10 s to retry).
+            prompt=f"a crane [[duration: {20 if crash_in == 'poll' else 0.3}]]",
             crash_in=crash_in,
             retries=1,
             retry_delay=timedelta(seconds=0),
