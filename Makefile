@@ -71,6 +71,9 @@ unit-oldest: $(STAMP_OLDEST)
 bench: $(STAMP)
 	$(BIN)/python bench/download.py
 	$(BIN)/python bench/triggerer.py
+	$(BIN)/python bench/request_budget.py
+	$(BIN)/python bench/import_cost.py
+	$(BIN)/python bench/end_to_end.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) .airflow-demo demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -88,16 +88,32 @@ async def naive_wait(base: str, prediction_id: str, poll: float) -> float:
         try:
             async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
                 answer = await client.get(f"{base}/api/v3/predictions/{prediction_id}/result")
-            if answer.json()["data"]["status"] in ("completed", "failed"):
+            if answer.status_code == 200 and answer.json()["data"]["status"] in ("completed", "failed"):
                 return time.time()
         except httpx.HTTPError:
             pass  # as a naive trigger would: try again next interval
         await asyncio.sleep(poll)
 
 
+def sync_wait(prediction_id: str, poll: float) -> float:
+    """A worker slot per prediction: the operator's non-deferrable wait, one thread standing in for
+    each worker process (a real slot also holds a whole Python process, ~150 MB RSS here)."""
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from airflow_provider_magi.waiting import Waiter
+
+    MagiHook().wait_for_prediction(Waiter(prediction_id, poll_interval=poll, max_poll_interval=poll))
+    return time.time()
+
+
 async def run(
     mode: str, base: str, done_at: dict[str, float], poll: float
 ) -> tuple[list[float], list[float]]:
+    if mode == "sync":
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(done_at)) as pool:
+            finished = list(pool.map(lambda pid: sync_wait(pid, poll), done_at))
+        return [end - done_at[pid] for pid, end in zip(done_at, finished, strict=True)], [0.0]
     stop = asyncio.Event()
     lags: list[float] = []
     monitor = asyncio.create_task(lag_monitor(lags, stop))
@@ -127,9 +143,10 @@ def main() -> None:
     parser.add_argument(
         "--naive-sizes", default="1000", help="naive opens a connection per poll: keep it small"
     )
+    parser.add_argument("--sync-sizes", default="200", help="one thread per waiting prediction")
     parser.add_argument("--poll-interval", type=float, default=10.0)
     parser.add_argument("--min-duration", type=float, default=60.0)
-    parser.add_argument("--max-duration", type=float, default=120.0)
+    parser.add_argument("--max-duration", type=float, default=90.0)
     parser.add_argument(
         "--polls-per-second", type=float, default=1000.0, help="the shared budget for the run"
     )
@@ -145,6 +162,7 @@ def main() -> None:
         try:
             plans = [("provider", int(n)) for n in args.sizes.split(",")]
             plans += [("naive", int(n)) for n in args.naive_sizes.split(",") if n]
+            plans += [("sync", int(n)) for n in args.sync_sizes.split(",") if n]
             for mode, size in plans:
                 httpx.post(f"{base}/_testing/reset", timeout=30)
                 done_at = submit(base, size, args.min_duration, args.max_duration)
@@ -162,7 +180,8 @@ def main() -> None:
                         len({r["client"] for r in polls}),
                         f"{len(polls) / size:.1f} (ideal ~{ideal:.1f})",
                         f"{cpu / size * 1000:.1f}",
-                        f"{pct(lags, 50) * 1000:.1f} / {max(lags) * 1000:.0f}",
+                        "-" if mode == "sync" else f"{pct(lags, 50) * 1000:.1f} / {max(lags) * 1000:.0f}",
+                        size if mode == "sync" else 0,
                         f"{pct(delays, 50):.2f} / {pct(delays, 95):.2f}",
                     ]
                 )
@@ -173,12 +192,13 @@ def main() -> None:
     notes = (
         f"Predictions take {args.min_duration:.0f}-{args.max_duration:.0f} s (uniform); poll interval "
         f"{args.poll_interval:.0f} s; shared budget {args.polls_per_second:.0f} polls/s. The local server "
-        "runs in its own process. A worker-slot-per-prediction wait would hold N worker slots for the "
-        "whole duration; deferred triggers hold none."
+        "runs in its own process. sync = the operator's worker wait (deferrable=False), one thread per "
+        "prediction standing in for a worker slot each: it holds N slots for the whole duration; "
+        "deferred triggers hold none."
     )
     headers = [
         "mode", "predictions", "TCP connections", "polls per prediction", "CPU s per 1,000",
-        "loop lag p50 / max (ms)", "completion to event p50 / p95 (s)",
+        "loop lag p50 / max (ms)", "worker slots held", "completion to event p50 / p95 (s)",
     ]  # fmt: skip
     report("Triggerer scale", table(headers, rows), notes)
 
