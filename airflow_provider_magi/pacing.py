@@ -3,10 +3,10 @@
 Thousands of deferred predictions each polling every 10 s would be hundreds of requests a second;
 WaveSpeed limits by key, so the triggerer spends a per-key budget instead and polls queue for it.
 
-The configured rate is a ceiling, not a promise: the first 429 shows where WaveSpeed's limit
-really is. The budget then stops every poll until ``Retry-After`` has passed (not only the one
-that was refused), drops its rate to just under what WaveSpeed accepted in the last second, and
-creeps back towards the ceiling while no 429 comes.
+The configured rate is a ceiling, not a promise: a 429 shows where WaveSpeed's limit really is.
+The budget then stops every poll until ``Retry-After`` has passed (not only the one that was
+refused); when the hold ends it counts what WaveSpeed accepted around the refusal, runs at 90% of
+that, and grows back by 10% a minute while no 429 comes.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import asyncio
 from collections import deque
 
 _SAFETY = 0.9  # run at this share of the rate WaveSpeed was seen to accept
-_RECOVER_AFTER = 30.0  # seconds without a 429 before the rate grows again
-_RECOVER_STEP = 0.1  # share of the ceiling added per quiet period
+_RECOVER_AFTER = 60.0  # seconds without a 429 before the rate grows again
+_RECOVER_STEP = 0.1  # grow by this share of the current rate per quiet period (gently: the
+# ceiling may be far above the real limit, and each overshoot costs a burst of 429s)
 _MIN_RATE = 0.2  # polls per second: never stop polling altogether
 
 
 class PollBudget:
-    """A token bucket on the event loop's clock that backs off on 429s.
+    """Evenly spaced polls on the event loop's clock, backing off on 429s.
 
     Single-threaded on one loop, so no lock is needed.
     """
@@ -35,46 +36,64 @@ class PollBudget:
         self._held_until = 0.0
         self._last_change = 0.0
         self._accepted: deque[float] = deque()  # loop times of answers that were not 429
+        # The 429 episode being held: when its first 429 came and the window it implies.
+        self._episode: tuple[float, float] | None = None
+        self._generation = 0  # bumped whenever slots already handed out become wrong
 
     @property
     def interval(self) -> float:
         return 1.0 / self.rate
 
     async def acquire(self) -> None:
-        """Wait for this poll's slot; a 429 seen while waiting moves the slot past the hold."""
+        """Wait for this poll's slot. A 429, or the end of a hold, while waiting invalidates the
+        slot: the poll takes a new one at the new pace instead of firing at the old one."""
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            self._recover(now)
-            burst = max(1.0, self.rate)
-            # Unused budget accrues, but never more than one burst's worth, and none across a hold.
-            self._next_slot = max(self._next_slot, now - (burst - 1) * self.interval, self._held_until)
+            self._settle(now)
+            generation = self._generation
+            # Evenly spaced, with no unused budget saved up: a saved-up burst is exactly what
+            # tips a rate that is just under WaveSpeed's limit over it.
+            self._next_slot = max(self._next_slot, now, self._held_until)
             slot = self._next_slot
             self._next_slot += self.interval
             if slot > now:
                 await asyncio.sleep(slot - now)
-            if loop.time() >= self._held_until:
+            now = loop.time()
+            self._settle(now)
+            if generation == self._generation and now >= self._held_until:
                 return
 
     def accepted(self) -> None:
         """An answer that was not a 429: evidence of what WaveSpeed lets through."""
         now = asyncio.get_running_loop().time()
         self._accepted.append(now)
-        while self._accepted and now - self._accepted[0] > 1.0:
+        keep_from = (self._episode[0] if self._episode else now) - 1.0
+        while self._accepted and self._accepted[0] < keep_from:
             self._accepted.popleft()
 
     def throttled(self, retry_after: float | None) -> None:
-        """A 429: hold every poll until ``retry_after`` and slow to what was accepted."""
+        """A 429: hold every poll until ``retry_after``; the first of an episode starts a count."""
         now = asyncio.get_running_loop().time()
-        while self._accepted and now - self._accepted[0] > 1.0:
-            self._accepted.popleft()
-        seen = len(self._accepted)
-        lower = _SAFETY * seen if seen else self.rate / 2
-        self.rate = max(_MIN_RATE, min(self.rate, lower))
-        self._held_until = max(self._held_until, now + (retry_after if retry_after else 1.0))
-        self._last_change = now
+        window = retry_after if retry_after else 1.0
+        if self._episode is None:
+            self._episode = (now, window)
+        if now + window > self._held_until:
+            self._held_until = now + window
+            self._generation += 1
 
-    def _recover(self, now: float) -> None:
-        if self.rate < self.ceiling and now - self._last_change >= _RECOVER_AFTER:
-            self.rate = min(self.ceiling, self.rate + _RECOVER_STEP * self.ceiling)
+    def _settle(self, now: float) -> None:
+        """After a hold, slow to what was accepted around it; otherwise recover while quiet."""
+        if self._episode is not None and now >= self._held_until:
+            started, window = self._episode
+            seen = sum(1 for at in self._accepted if at >= started - 1.0)
+            # The server let ``seen`` through in about one of its windows (Retry-After's span).
+            lower = _SAFETY * seen / max(1.0, window) if seen else self.rate / 2
+            self.rate = max(_MIN_RATE, min(self.rate, lower))
+            self._episode = None
+            self._last_change = now
+            self._next_slot = now  # slots handed out at the old pace are void (see _generation)
+            self._generation += 1
+        elif self.rate < self.ceiling and now - self._last_change >= _RECOVER_AFTER:
+            self.rate = min(self.ceiling, self.rate * (1 + _RECOVER_STEP))
             self._last_change = now

@@ -15,16 +15,15 @@ def test_rejects_a_non_positive_rate() -> None:
         PollBudget(0)
 
 
-def test_paces_after_one_burst() -> None:
+def test_paces_evenly() -> None:
     async def main() -> float:
         budget = PollBudget(20)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for _ in range(30):  # a burst of 20, then 10 more at 20/s
-            await budget.acquire()
+        await asyncio.gather(*(budget.acquire() for _ in range(31)))  # 30 gaps of 50 ms
         return loop.time() - start
 
-    assert 0.45 <= asyncio.run(main()) < 2.0
+    assert 1.5 <= asyncio.run(main()) < 3.0
 
 
 def test_a_429_holds_every_waiting_poll_and_slows_to_what_was_accepted() -> None:
@@ -66,6 +65,8 @@ def test_without_evidence_a_429_halves_the_rate_and_it_recovers_when_quiet(monke
     async def main() -> list[float]:
         budget = PollBudget(10)
         budget.throttled(retry_after=0.01)
+        await asyncio.sleep(0.02)
+        await budget.acquire()  # the hold is over: the rate settles
         rates = [budget.rate]
         await asyncio.sleep(0.25)
         await budget.acquire()
@@ -74,4 +75,37 @@ def test_without_evidence_a_429_halves_the_rate_and_it_recovers_when_quiet(monke
 
     halved, recovered = asyncio.run(main())
     assert halved == 5
-    assert recovered == 6  # one step of 10% of the ceiling per quiet period
+    assert recovered == pytest.approx(5.5)  # 10% more per quiet period
+
+
+def test_a_burst_of_429s_is_one_episode_counted_when_the_hold_ends() -> None:
+    """300 polls at once against a limit of 50: the first 429 comes back before most of the 50
+    accepted answers; the rate must follow all 50, not the few seen when the first 429 came."""
+
+    async def main() -> float:
+        budget = PollBudget(1000)
+        for _ in range(5):
+            budget.accepted()
+        budget.throttled(retry_after=0.2)
+        for _ in range(45):
+            budget.accepted()
+        for _ in range(250):
+            budget.throttled(retry_after=0.2)
+        await budget.acquire()
+        return budget.rate
+
+    assert asyncio.run(main()) == pytest.approx(45)
+
+
+def test_a_long_window_sets_a_rate_per_second() -> None:
+    async def main() -> float:
+        budget = PollBudget(1000)
+        for _ in range(60):  # the server's 60 a minute, then a 429 asking for the rest of the minute
+            budget.accepted()
+        budget.throttled(retry_after=0.5)
+        budget._episode = (budget._episode[0], 60.0)  # type: ignore[index]  # as if Retry-After: 60
+        budget._held_until = asyncio.get_running_loop().time() + 0.5
+        await budget.acquire()
+        return budget.rate
+
+    assert asyncio.run(main()) == pytest.approx(0.9)

@@ -19,6 +19,18 @@ from airflow_provider_magi.triggers.magi import MagiPredictionTrigger, result_fr
 from tests.helpers import CANARY_KEY
 
 
+def run_all(ids: list[str], timeout: float) -> list[list[dict]]:
+    """Run one trigger per prediction in one event loop, as a triggerer does; their events."""
+
+    async def one(prediction_id: str) -> list[dict]:
+        return [e.payload async for e in MagiPredictionTrigger(prediction_id, poll_interval=0.1).run()]
+
+    async def gather() -> list[list[dict]]:
+        return await asyncio.gather(*(one(i) for i in ids))
+
+    return asyncio.run(asyncio.wait_for(gather(), timeout=timeout))
+
+
 def submit(prompt: str) -> str:
     return MagiHook().create_prediction({"prompt": prompt}).id
 
@@ -108,13 +120,7 @@ def test_many_triggers_share_one_connection_pool(magi_conn: LocalWaveSpeedServer
     # Long enough that every trigger polls more than once however slowly the 50 submits go.
     ids = [submit(f"clip {i} [[duration: 3]]") for i in range(50)]
 
-    async def run_all() -> list[list[dict]]:
-        async def one(prediction_id: str) -> list[dict]:
-            return [e.payload async for e in MagiPredictionTrigger(prediction_id, poll_interval=0.1).run()]
-
-        return await asyncio.gather(*(one(i) for i in ids))
-
-    results = asyncio.run(asyncio.wait_for(run_all(), timeout=30))
+    results = run_all(ids, timeout=30)
     assert all(events[0]["status"] == "success" for events in results)
     polls = [request for request in magi_conn.requests if request.route == "result"]
     assert {request.path for request in polls} == {f"/api/v3/predictions/{i}/result" for i in ids}
@@ -138,14 +144,8 @@ def test_triggers_sharing_a_key_stay_within_its_poll_budget(
     monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(magi_conn, max_polls_per_second=10))
     ids = [submit(f"clip {i} [[duration: 2]]") for i in range(30)]
 
-    async def run_all() -> list[list[dict]]:
-        async def one(prediction_id: str) -> list[dict]:
-            return [e.payload async for e in MagiPredictionTrigger(prediction_id, poll_interval=0.1).run()]
-
-        return await asyncio.gather(*(one(i) for i in ids))
-
     started = time.monotonic()
-    results = asyncio.run(asyncio.wait_for(run_all(), timeout=60))
+    results = run_all(ids, timeout=60)
     elapsed = time.monotonic() - started
     assert all(events[0]["status"] == "success" for events in results)
     polls = [r for r in magi_conn.requests if r.route == "result"]
@@ -167,13 +167,7 @@ def test_after_the_first_429_triggers_sharing_a_key_stay_under_the_servers_limit
     ids = [submit(f"clip {i} [[duration: 3]]") for i in range(30)]
     magi_conn.set_faults([Fault(route="result", kind="rate_limit", limit=20, window=1.0)])
 
-    async def run_all() -> list[list[dict]]:
-        async def one(prediction_id: str) -> list[dict]:
-            return [e.payload async for e in MagiPredictionTrigger(prediction_id, poll_interval=0.1).run()]
-
-        return await asyncio.gather(*(one(i) for i in ids))
-
-    results = asyncio.run(asyncio.wait_for(run_all(), timeout=60))
+    results = run_all(ids, timeout=60)
     assert all(events[0]["status"] == "success" for events in results)
     polls = [r for r in magi_conn.requests if r.route == "result"]
     refused = [r for r in polls if r.status == 429]

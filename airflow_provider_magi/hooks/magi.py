@@ -422,8 +422,10 @@ class MagiHook(BaseHook):
         shared = shared_async_client(settings)
 
         async def attempt() -> Mapping[str, Any]:
-            await shared.budget.acquire()
+            # Inside the gate, so a poll is sent the moment the budget grants it: granted polls
+            # queued behind the gate would all go out after a 429 had asked everyone to wait.
             async with shared.gate:
+                await shared.budget.acquire()
                 answer = await _asend(shared.client, "GET", url, settings)
             rate_limited = False
             try:
