@@ -172,6 +172,6 @@ def test_after_the_first_429_triggers_sharing_a_key_stay_under_the_servers_limit
     polls = [r for r in magi_conn.requests if r.route == "result"]
     refused = [r for r in polls if r.status == 429]
     # Measured: without the budget's back-off, 191 of 276 polls were refused; with it, the first
-    # burst's overflow (10 of 30) and then nothing (10 of 90).
+    # burst's overflow (10 of 30) and then nothing (10 of 92).
     assert len(polls) - len(refused) >= 30
     assert len(refused) <= 30, f"{len(refused)} of {len(polls)} polls refused"
