@@ -7,6 +7,7 @@ testing enabled for these tests only. ``MAGI_SCREENSHOTS`` names a folder for th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -100,3 +101,16 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def record_api_answers(page: Any) -> list[str]:
+    """Every answer the browser gets from the api-server from now on, to hunt the key in."""
+    seen: list[str] = []
+
+    def keep(response: Any) -> None:
+        if "/api/" in response.url or "/ui/" in response.url:
+            with contextlib.suppress(Exception):  # a redirect has no body to read
+                seen.append(str(response.text()))
+
+    page.on("response", keep)
+    return seen

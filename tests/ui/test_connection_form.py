@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.integration.stack import AirflowStack
-from tests.ui.conftest import CANARY
+from tests.ui.conftest import CANARY, record_api_answers
 
 pytestmark = pytest.mark.integration
 
@@ -97,8 +97,7 @@ def test_saved_connection_tests_green_and_a_wrong_key_red(page: Any, ui_stack: A
     from playwright.sync_api import expect
 
     submits_before = sum(r["route"] == "submit" for r in ui_stack.server_requests())
-    seen: list[str] = []
-    page.on("response", lambda response: seen.append(_body(response)) if "/api/" in response.url else None)
+    seen = record_api_answers(page)
     save_connection(page, "magi_ui", ui_stack.wavespeed, CANARY)
     save_connection(page, "magi_ui_wrong_key", ui_stack.wavespeed, WRONG_KEY)
     work_around_port_zero_if_needed(page, ui_stack, "magi_ui")
@@ -124,10 +123,3 @@ def test_saved_connection_tests_green_and_a_wrong_key_red(page: Any, ui_stack: A
 
 def row(page: Any, conn_id: str) -> Any:
     return page.get_by_role("row").filter(has=page.get_by_role("cell", name=conn_id, exact=True))
-
-
-def _body(response: Any) -> str:
-    try:
-        return str(response.text())
-    except Exception:  # a redirect or a streamed body has none to read
-        return ""

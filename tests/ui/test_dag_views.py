@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -10,24 +9,12 @@ from typing import Any
 import pytest
 
 from tests.integration.stack import AirflowStack
-from tests.ui.conftest import CANARY, POOL
+from tests.ui.conftest import CANARY, POOL, record_api_answers
 
 pytestmark = pytest.mark.integration
 
 TEXT_TO_VIDEO = "example_magi_text_to_video"
 DAILY = "example_magi_daily"
-
-
-def record_api_answers(page: Any) -> list[str]:
-    seen: list[str] = []
-
-    def keep(response: Any) -> None:
-        if "/api/" in response.url or "/ui/" in response.url:
-            with contextlib.suppress(Exception):  # a redirect has no body to read
-                seen.append(str(response.text()))
-
-    page.on("response", keep)
-    return seen
 
 
 def test_task_page_links_the_prediction_and_logs_its_progress(
