@@ -7,6 +7,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,3 +51,28 @@ def report(title: str, body: str, notes: str = "") -> None:
     print(section)
     with RESULTS.open("a") as handle:
         handle.write(section)
+
+
+def start_local_server(port_file: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The project's local WaveSpeed server in its own process (its CPU is not the bench's);
+    returns the process and its base URL once it listens."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_magi.testing",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        if port_file.exists() and port_file.read_text():
+            return process, f"http://127.0.0.1:{port_file.read_text()}"
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("local server did not start")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median, report, table
+from _common import median, report, start_local_server, table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "example_magi_text_to_video"
@@ -51,22 +51,9 @@ def main() -> None:
     dags.mkdir()
     shutil.copy(ROOT / "example_dags" / f"{DEMO}.py", dags)
     (dags / "bench_twins.py").write_text(TWINS)
-    port_file = home / "port"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_magi.testing", "--port", "0", "--port-file", str(port_file),
-         "--completion-seconds", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server, base = start_local_server(home / "port", "--completion-seconds", "0")
     try:
-        for _ in range(200):
-            if port_file.exists() and port_file.read_text():
-                break
-            time.sleep(0.05)
-        conn = {
-            "conn_type": "magi",
-            "host": f"http://127.0.0.1:{port_file.read_text()}",
-            "password": "local-test-key",
-        }
+        conn = {"conn_type": "magi", "host": base, "password": "local-test-key"}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MAGI_"))}
         env.update({
             "AIRFLOW_HOME": str(home),

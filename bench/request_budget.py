@@ -24,8 +24,8 @@ import httpx
 # Each 429 retried is logged at warning level; the table counts them instead.
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "ERROR"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, table
-from triggerer import API_KEY, naive_wait, pct, provider_wait, start_server, submit
+from _common import report, start_local_server, table
+from triggerer import API_KEY, naive_wait, pct, provider_wait, submit
 
 
 async def wait_all(mode: str, base: str, done_at: dict[str, float], poll: float) -> list[float]:
@@ -53,8 +53,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
-        server = start_server(port_file)
-        base = f"http://127.0.0.1:{port_file.read_text()}"
+        server, base = start_local_server(port_file, "--api-key", API_KEY)
         try:
             for label, budget in modes:
                 conn = {"conn_type": "magi", "host": base, "password": API_KEY,

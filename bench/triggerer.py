@@ -17,7 +17,6 @@ import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,25 +28,11 @@ import httpx
 # One status line per prediction per change would swamp the table (and cost CPU we measure).
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, table
+from _common import report, start_local_server, table
 
 from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
 
 API_KEY = "bench-key"
-
-
-def start_server(port_file: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_magi.testing", "--port", "0", "--api-key", API_KEY,
-         "--port-file", str(port_file)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(200):
-        if port_file.exists() and port_file.read_text():
-            return process
-        time.sleep(0.05)
-    raise RuntimeError("local server did not start")
 
 
 def submit(base: str, count: int, low: float, high: float) -> dict[str, float]:
@@ -154,8 +139,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
-        server = start_server(port_file)
-        base = f"http://127.0.0.1:{port_file.read_text()}"
+        server, base = start_local_server(port_file, "--api-key", API_KEY)
         conn = {"conn_type": "magi", "host": base, "password": API_KEY,
                 "extra": {"max_polls_per_second": args.polls_per_second}}  # fmt: skip
         os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = json.dumps(conn)
