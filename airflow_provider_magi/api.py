@@ -7,6 +7,7 @@ reading of the API and one answer to "is it safe to send this again?".
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,6 +108,19 @@ class HTTPAnswer:
     retry_after: str | None = None
 
 
+REDACTED = "***"
+
+
+def redact(text: bytes, secret: str) -> bytes:
+    """``text`` with every plain or JSON-escaped copy of ``secret`` replaced (a server that echoes
+    the Authorization header must not put the key into our errors, logs or events)."""
+    if not secret:
+        return text
+    for form in {secret, json.dumps(secret)[1:-1]}:
+        text = text.replace(form.encode("utf-8"), REDACTED.encode())
+    return text
+
+
 def describe_body(answer: HTTPAnswer) -> str:
     """Say what arrived without echoing more than a short, printable head of the body."""
     head = answer.body[:_SNIPPET_BYTES].decode("utf-8", errors="replace")
@@ -122,9 +136,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "inf", "nan" and "1e999" are not waits anyone can honour
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     import email.utils  # rare (HTTP-date form), and costly to import at DAG parse time
 
     try:
@@ -136,10 +152,31 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+class _NonFinite:
+    """Stands in for NaN, Infinity or 1e999 in an answer: no field accepts it, so the parser names
+    the field instead of Python raising OverflowError far from the cause."""
+
+    def __repr__(self) -> str:
+        return "<non-finite number>"
+
+
+NON_FINITE = _NonFinite()
+
+
+def _finite_float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else NON_FINITE
+
+
+def load_json(body: bytes | str) -> Any:
+    """``json.loads`` that never yields NaN or infinity (see :class:`_NonFinite`)."""
+    return json.loads(body, parse_constant=lambda _: NON_FINITE, parse_float=_finite_float)
+
+
 def _load_envelope(answer: HTTPAnswer) -> Mapping[str, Any] | None:
     try:
-        envelope = json.loads(answer.body)
-    except (ValueError, UnicodeDecodeError):
+        envelope = load_json(answer.body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return envelope if isinstance(envelope, dict) else None
 
@@ -210,10 +247,10 @@ def raise_for_answer(
 
 def parse_prediction(data: Mapping[str, Any]) -> Prediction:
     """Read a prediction strictly: a missing id or status, or wrongly typed fields, is an error."""
-    pred_id = data.get("id")
-    status = data.get("status")
-    if not isinstance(pred_id, str) or not pred_id:
+    pred_id = prediction_id_of(data)
+    if pred_id is None:
         raise MagiResponseError(f"prediction without an 'id' in the answer: {_short(data)}")
+    status = data.get("status")
     if not isinstance(status, str) or not status:
         raise MagiResponseError(
             f"prediction {pred_id} without a 'status' in the answer: {_short(data)}",
@@ -233,19 +270,61 @@ def parse_prediction(data: Mapping[str, Any]) -> Prediction:
         )
     timings = data.get("timings") or {}
     inference = timings.get("inference") if isinstance(timings, dict) else None
+    if inference is not None and not _is_duration_ms(inference):
+        raise MagiResponseError(
+            f"prediction {pred_id}: 'timings.inference' is not a number of milliseconds: {_short(inference)}",
+            prediction_id=pred_id,
+        )
     urls = data.get("urls") or {}
     result_url = urls.get("get") if isinstance(urls, dict) else None
     return Prediction(
         id=pred_id,
-        model=str(data.get("model") or ""),
+        model=_text(data.get("model")),
         status=status,
         outputs=tuple(outputs),
         has_nsfw_contents=tuple(nsfw),
-        error=str(data.get("error") or ""),
+        error=_text(data.get("error")),
         created_at=data.get("created_at") if isinstance(data.get("created_at"), str) else None,
-        inference_ms=int(inference) if isinstance(inference, (int, float)) else None,
+        inference_ms=int(inference) if inference is not None else None,
         result_url=result_url if isinstance(result_url, str) else None,
     )
+
+
+def prediction_id_of(data: Mapping[str, Any]) -> str | None:
+    """The answer's prediction id, if it carries a usable one (whatever else is wrong with it)."""
+    pred_id = data.get("id")
+    return pred_id if isinstance(pred_id, str) and pred_id.strip() else None
+
+
+def parse_submitted(data: Mapping[str, Any], model: str) -> tuple[Prediction, str | None]:
+    """Read a submit's answer; once it names an id, nothing else in it may lose that id.
+
+    Returns the prediction and, when other fields were malformed, what was wrong with them (the
+    caller logs it and carries on with the id: raising would let a retry pay for a second video).
+    """
+    try:
+        return parse_prediction(data), None
+    except MagiResponseError as error:
+        pred_id = prediction_id_of(data)
+        if pred_id is None:
+            raise
+        return Prediction(id=pred_id, model=model, status="created"), str(error)
+
+
+# Longer than any real generation, short enough that dividing by 1000 stays a float.
+_MAX_DURATION_MS = 10**12
+
+
+def _is_duration_ms(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return 0 <= value <= _MAX_DURATION_MS  # int vs int: no float conversion to overflow
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def is_retryable(method: str, error: BaseException) -> bool:

@@ -1,26 +1,40 @@
 """Streaming an output video to a local path or an ObjectStoragePath, atomically.
 
-The bytes go to a hidden temporary name beside the target and are moved into place only after
-the byte count matches Content-Length, so a reader never sees half a video. Output URLs live on
-another host: requests to them never carry the API key.
+The bytes go to a hidden temporary name beside the target and are moved into place only once
+their size is proven: by Content-Length, by the total in Content-Range, or by the framing of a
+chunked body. A resume asks for the rest of the *same* object (``If-Range``) and checks the
+total it is told. Every hop of a redirect passes the same output-URL rule as the first URL.
+Output URLs live on another host: requests to them never carry the API key, and bodies are
+taken as they are sent (``Accept-Encoding: identity``), never decompressed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin
 
 import requests
+import urllib3.exceptions
 
 from airflow_provider_magi.exceptions import MagiDownloadError
+from airflow_provider_magi.output_urls import check_output_url, is_loopback_http
+
+__all__ = ["DownloadedFile", "WritablePath", "check_output_url", "download", "is_loopback_http"]
 
 CHUNK_BYTES = 1024 * 1024
-_RANGE_START = "bytes={}-"
+MAX_REDIRECTS = 5
+# A video larger than this is not an output of any model we serve; a body without a length is
+# never allowed to fill the disk.
+MAX_OUTPUT_BYTES = 8 * 2**30
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
+# Content types that are plainly an error page or a message, not a video.
+_NOT_VIDEO_TYPES = ("text/", "application/json", "application/xml", "application/xhtml")
 
 
 # A ``pathlib.Path`` or an Airflow ``ObjectStoragePath``: both offer parent, name, open, rename,
@@ -36,35 +50,6 @@ class DownloadedFile:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
-
-
-def check_output_url(url: str, *, allow_insecure_loopback: bool) -> None:
-    """Accept https, and plain http only to a loopback host when explicitly allowed."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        if allow_insecure_loopback:
-            return
-        raise MagiDownloadError(
-            f"output URL {url!r} is plain http: allowed only for a loopback server with "
-            "allow_insecure_loopback=True (the local WaveSpeed server)"
-        )
-    raise MagiDownloadError(f"output URL {url!r} is not an https URL; refusing to download it")
-
-
-def is_loopback_http(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme == "http" and bool(parts.hostname) and _is_loopback(parts.hostname or "")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def download(
@@ -86,8 +71,9 @@ def download(
     what = label or url
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
+    transfer = _Transfer(session, url, temporary, timeout, checksum, what, allow_insecure_loopback)
     try:
-        size, digest = _fetch(session, url, temporary, timeout, max_attempts, checksum, what)
+        size, digest = transfer.run(max_attempts)
         temporary.rename(target)
     except BaseException:
         _remove_quietly(temporary)
@@ -95,70 +81,209 @@ def download(
     return DownloadedFile(path=str(target), size=size, sha256=digest)
 
 
-def _fetch(
+class _Transient(Exception):
+    """A broken, short or unproven transfer worth resuming."""
+
+
+class _Transfer:
+    """One output's bytes, across the attempts it takes to get all of them."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        temporary: WritablePath,
+        timeout: tuple[float, float],
+        checksum: bool,
+        what: str,
+        allow_insecure_loopback: bool,
+    ) -> None:
+        self.session = session
+        self.url = url
+        self.temporary = temporary
+        self.timeout = timeout
+        self.checksum = checksum
+        self.what = what
+        self.allow_insecure_loopback = allow_insecure_loopback
+        self.handle: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Throw away what was written: the next attempt starts from byte 0."""
+        if self.handle is not None:
+            self.handle.close()
+        self.handle = self.temporary.open("wb")
+        self.written = 0
+        self.total: int | None = None  # proven size of the object
+        self.validator: str | None = None  # ETag or Last-Modified, for If-Range
+        self.hasher = hashlib.sha256() if self.checksum else None
+
+    def run(self, max_attempts: int) -> tuple[int, str | None]:
+        try:
+            for attempt in range(1, max_attempts + 1):
+                try:
+                    if self._attempt():
+                        return self.written, self.hasher.hexdigest() if self.hasher else None
+                    raise _Transient(f"got {self.written} of {self._total_text()} bytes")
+                except (_Transient, requests.RequestException, urllib3.exceptions.HTTPError) as error:
+                    if attempt == max_attempts:
+                        raise MagiDownloadError(
+                            f"{self.what}: download incomplete after {attempt} attempts "
+                            f"({self.written} of {self._total_text()} bytes): {error}"
+                        ) from None
+                    time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
+        finally:
+            self.handle.close()
+        raise AssertionError("unreachable")
+
+    def _total_text(self) -> str:
+        return str(self.total) if self.total is not None else "?"
+
+    def _attempt(self) -> bool:
+        """One request; True once the whole object is proven to be in the file."""
+        headers = {"Accept-Encoding": "identity"}
+        if self.written:
+            headers["Range"] = f"bytes={self.written}-"
+            if self.validator:
+                headers["If-Range"] = self.validator
+        with _open_checked(
+            self.session, self.url, headers, self.timeout, self.allow_insecure_loopback
+        ) as resp:
+            framed = self._accept(resp)
+            if framed is None:  # 416: the object is already whole, or changed
+                return self.total == self.written
+            for chunk in resp.raw.stream(CHUNK_BYTES, decode_content=False):
+                self._write(chunk)
+        if self.total is not None:
+            if self.written > self.total:
+                self._reset()
+                raise _Transient("the server sent more bytes than the object's size")
+            return self.written == self.total
+        # No length was announced: only a chunked body's own framing proves it ended whole
+        # (a cut one raises). A close-delimited body may have been cut anywhere: ask again for
+        # the bytes after it, which a whole object answers with 416.
+        return framed
+
+    def _accept(self, response: requests.Response) -> bool | None:
+        """Check the answer before reading its body. Returns whether a chunked framing will prove
+        the end, or None for a 416 (nothing to read)."""
+        status = response.status_code
+        if status in (401, 403, 404, 410):
+            raise MagiDownloadError(
+                f"{self.what}: the output URL answered {status} ({response.reason}); output URLs "
+                "expire, download them in the run that produced them"
+            )
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise MagiDownloadError(
+                f"{self.what}: the output was sent {encoding}-encoded though identity was asked for; "
+                "it is not decompressed (a video gains nothing from it, and a bomb could fill the disk)"
+            )
+        if status == 416 and self.written:
+            unsatisfied = _UNSATISFIED_RANGE.match(response.headers.get("Content-Range", ""))
+            if unsatisfied and int(unsatisfied.group(1)) == self.written:
+                self.total = self.written
+                return None
+            self._reset()
+            raise _Transient("the object changed size since the transfer began")
+        if status == 200:
+            if self.written:  # Range ignored, or If-Range said the object changed: start over
+                self._reset()
+            self._check_is_video(response)
+            self.total = _content_length(response)
+            if self.total == 0:
+                raise MagiDownloadError(f"{self.what}: the output URL answered an empty body, not a video")
+            self.validator = _validator(response)
+            return "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+        if status == 206 and self.written:
+            self._accept_partial(response)
+            return False
+        raise _Transient(f"HTTP {status}")
+
+    def _accept_partial(self, response: requests.Response) -> None:
+        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", "").strip())
+        if match is None:
+            self._reset()
+            raise _Transient("a partial answer without a usable Content-Range")
+        start, end, total = (int(group) for group in match.groups())
+        etag = response.headers.get("ETag")
+        changed = (
+            start != self.written
+            or end < start
+            or end >= total
+            or (self.total is not None and total != self.total)
+            or (
+                etag is not None
+                and self.validator is not None
+                and self.validator.startswith('"')
+                and etag != self.validator
+            )
+        )
+        if changed:
+            self._reset()
+            raise _Transient(
+                f"the resumed answer (bytes {start}-{end}/{total}) is not the rest of the same object"
+            )
+        self.total = total
+
+    def _check_is_video(self, response: requests.Response) -> None:
+        content_type = response.headers.get("Content-Type", "").strip().lower()
+        if content_type.startswith(_NOT_VIDEO_TYPES):
+            raise MagiDownloadError(
+                f"{self.what}: the output URL answered {content_type!r}, not a video "
+                "(an error page from the CDN?); nothing was saved"
+            )
+
+    def _write(self, chunk: bytes) -> None:
+        if self.written == 0 and chunk.lstrip()[:1] == b"<":
+            raise MagiDownloadError(
+                f"{self.what}: the output URL answered an HTML or XML document, not a video; "
+                "nothing was saved"
+            )
+        if self.written + len(chunk) > MAX_OUTPUT_BYTES:
+            raise MagiDownloadError(f"{self.what}: the output is larger than {MAX_OUTPUT_BYTES // 2**30} GiB")
+        self.handle.write(chunk)
+        self.written += len(chunk)
+        if self.hasher is not None:
+            self.hasher.update(chunk)
+
+
+def _open_checked(
     session: requests.Session,
     url: str,
-    temporary: WritablePath,
+    headers: dict[str, str],
     timeout: tuple[float, float],
-    max_attempts: int,
-    checksum: bool,
-    what: str,
-) -> tuple[int, str | None]:
-    written = 0
-    expected: int | None = None
-    hasher = hashlib.sha256() if checksum else None
-    handle = temporary.open("wb")
-    try:
-        for attempt in range(1, max_attempts + 1):
-            headers = {"Range": _RANGE_START.format(written)} if written else {}
-            try:
-                with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
-                    if response.status_code in (401, 403, 404, 410):
-                        raise MagiDownloadError(
-                            f"{what}: the output URL answered {response.status_code} "
-                            f"({response.reason}); output URLs expire, download them in the run "
-                            "that produced them"
-                        )
-                    if response.status_code not in (200, 206):
-                        raise _Transient(f"HTTP {response.status_code}")
-                    resumed_at = f"bytes {written}-"
-                    if written and not response.headers.get("Content-Range", "").startswith(resumed_at):
-                        # The server ignored Range (or answered another one): start over from 0.
-                        handle.close()
-                        handle = temporary.open("wb")
-                        written = 0
-                        hasher = hashlib.sha256() if checksum else None
-                    expected = _expected_total(response, written, expected)
-                    for chunk in response.iter_content(CHUNK_BYTES):
-                        handle.write(chunk)
-                        written += len(chunk)
-                        if hasher is not None:
-                            hasher.update(chunk)
-                if expected is not None and written != expected:
-                    raise _Transient(f"got {written} of {expected} bytes")
-                handle.close()
-                return written, hasher.hexdigest() if hasher else None
-            except (_Transient, requests.RequestException) as error:
-                if attempt == max_attempts:
-                    raise MagiDownloadError(
-                        f"{what}: download incomplete after {attempt} attempts "
-                        f"({written} of {expected if expected is not None else '?'} bytes): {error}"
-                    ) from None
-                time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
-    finally:
-        handle.close()
-    raise AssertionError("unreachable")
+    allow_insecure_loopback: bool,
+) -> requests.Response:
+    """GET ``url``, following redirects by hand so every hop passes the output-URL rule."""
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        check_output_url(current, allow_insecure_loopback=allow_insecure_loopback)
+        prepared = session.prepare_request(requests.Request("GET", current, headers=headers))
+        if prepared.url != current:  # what the connection will really use
+            check_output_url(str(prepared.url), allow_insecure_loopback=allow_insecure_loopback)
+        settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
+        settings["stream"] = True
+        response = session.send(prepared, allow_redirects=False, timeout=timeout, **settings)
+        if not response.is_redirect:
+            return response
+        location = response.headers.get("Location", "")
+        response.close()
+        current = urljoin(current, location)
+    raise MagiDownloadError(f"output URL {url!r} redirected more than {MAX_REDIRECTS} times")
 
 
-def _expected_total(response: requests.Response, written: int, known: int | None) -> int | None:
-    length = response.headers.get("Content-Length")
-    if length is None or not length.isdigit():
-        return known
-    return written + int(length) if response.status_code == 206 else int(length)
+def _content_length(response: requests.Response) -> int | None:
+    length = response.headers.get("Content-Length", "").strip()
+    return int(length) if length.isdigit() else None
 
 
-class _Transient(Exception):
-    """A broken or short transfer worth resuming."""
+def _validator(response: requests.Response) -> str | None:
+    """What If-Range can name: a strong ETag, else Last-Modified."""
+    etag = response.headers.get("ETag", "").strip()
+    if etag.startswith('"'):
+        return etag
+    return response.headers.get("Last-Modified") or None
 
 
 def _remove_quietly(path: WritablePath) -> None:

@@ -6,7 +6,7 @@ may already be billed) derive from ``AirflowFailException`` so Airflow does not 
 
 from __future__ import annotations
 
-from airflow_provider_magi.compat import AirflowException, AirflowFailException
+from airflow_provider_magi.compat import AirflowException, AirflowFailException, AirflowTaskTimeout
 
 
 class MagiError(AirflowException):
@@ -71,6 +71,11 @@ class MagiPredictionFailedError(MagiError, AirflowFailException):
 
 class MagiTimeoutError(MagiError, AirflowFailException):
     """The prediction did not finish within the task's ``timeout``; it may still be running (and billed)."""
+
+
+class MagiExecutionTimeoutError(MagiError, AirflowTaskTimeout):
+    """The task's ``execution_timeout`` ran out while it waited; Airflow's retries apply, as they do to
+    any task that exceeds ``execution_timeout`` (on 3.3+ a retry reattaches to the prediction)."""
 
 
 class MagiDownloadError(MagiError):

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow.sdk import Context
+
     from airflow_provider_magi.hooks.magi import MagiHook
     from airflow_provider_magi.waiting import Waiter
+
+# Airflow's own deferral timeout is a backstop behind the trigger's deadline (for a triggerer
+# that is down when it passes); the trigger's own timeout event, with its clearer message, comes
+# first.
+DEFER_TIMEOUT_GRACE = timedelta(seconds=60)
+
+
+def execution_deadline(operator: Any, context: Context) -> float | None:
+    """When this try's ``execution_timeout`` runs out (Unix time), or None without one.
+
+    Airflow enforces ``execution_timeout`` only while the task runs in a worker, not while it is
+    deferred, so a wait in the triggerer has to carry it itself.
+    """
+    limit = getattr(operator, "execution_timeout", None)
+    if not limit:
+        return None
+    start = getattr(context.get("ti"), "start_date", None)
+    started = start.timestamp() if start is not None else time.time()
+    return started + limit.total_seconds()
 
 
 class MagiTaskMixin:
@@ -22,13 +45,22 @@ class MagiTaskMixin:
 
         return MagiHook(magi_conn_id=self.magi_conn_id)
 
-    def defer_to_trigger(self, waiter: Waiter) -> None:
-        """Hand the wait to the triggerer (raises TaskDeferred), keeping pace, deadline and start."""
-        from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
+    def defer_to_trigger(self, waiter: Waiter, context: Context) -> None:
+        """Hand the wait to the triggerer (raises TaskDeferred), keeping pace, deadline and start.
 
+        The deadline is the sooner of the wait's own and what is left of ``execution_timeout``.
+        """
+        from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
+        from airflow_provider_magi.waiting import DEADLINE_EXECUTION_TIMEOUT
+
+        waiter.cap_deadline(execution_deadline(self, context), DEADLINE_EXECUTION_TIMEOUT)
+        timeout = None
+        if waiter.deadline is not None:
+            timeout = timedelta(seconds=max(0.0, waiter.deadline - time.time())) + DEFER_TIMEOUT_GRACE
         self.defer(  # type: ignore[attr-defined]  # BaseOperator.defer, on the class this mixes into
             trigger=MagiPredictionTrigger.for_waiter(waiter, self.magi_conn_id),
             method_name="execute_complete",
+            timeout=timeout,
         )
 
     def result_from_trigger(self, event: dict[str, Any] | None) -> dict[str, Any]:

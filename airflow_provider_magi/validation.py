@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,27 +41,125 @@ def check_prompt(prompt: Any) -> str:
 
 
 @dataclass(frozen=True)
+class ImageFile:
+    """A first frame read and checked: what the upload sends."""
+
+    name: str
+    content: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
 class LocalImage:
-    """A first frame to upload before submitting: a local path or an ObjectStoragePath."""
+    """A first frame to upload before submitting: a local path or an ObjectStoragePath.
+
+    Nothing is read when it is made: the file is read (and checked) only when a prediction is
+    about to be submitted, so a retry that reattaches to a paid prediction never needs it again.
+    """
 
     path: Any
-    size: int
 
     def __str__(self) -> str:
         return str(self.path)
 
+    def read(self) -> ImageFile:
+        """The file's bytes, if it is a regular file holding an image WaveSpeed accepts.
+
+        Refused, naming the field and the fix: anything that is not a regular file (a directory,
+        a FIFO, a device), anything under /proc, /sys or /dev (``/proc/self/environ`` reports 0
+        bytes and holds the worker's secrets), more than the upload limit, and any bytes that are
+        not a PNG, JPEG, WebP or GIF image (so ``/etc/passwd`` or a symlinked key file is never
+        sent anywhere).
+        """
+        local = _local_filesystem_path(self.path)
+        content = _read_local(local) if local is not None else _read_object(self.path)
+        if len(content) > MAX_IMAGE_BYTES:
+            raise _invalid(
+                "image",
+                f"is over the {MAX_IMAGE_BYTES // 2**20} MiB upload limit",
+                str(self.path),
+                "resize or compress the first frame",
+            )
+        content_type = sniff_image_type(content)
+        if content_type is None:
+            raise _invalid(
+                "image",
+                "is not a PNG, JPEG, WebP or GIF image",
+                str(self.path),
+                "pass the first frame as a PNG, JPEG, WebP or GIF file, or as an https URL",
+            )
+        name = getattr(self.path, "name", "") or "image"
+        return ImageFile(name=name, content=content, content_type=content_type)
+
 
 _IMAGE_FIX = "pass an http(s) URL, a local file path, or an ObjectStoragePath of the first-frame image"
+# Kernel and device filesystems: files there are not images, and some hold secrets.
+_PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def sniff_image_type(content: bytes) -> str | None:
+    """The image type the bytes really are (never the file name's word for it), or None."""
+    if content.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if content.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
+        return "image/webp"
+    if content[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None
+
+
+def _local_filesystem_path(path: Any) -> str | None:
+    """The local path behind a Path, or behind an ObjectStoragePath on the local filesystem."""
+    if isinstance(path, (str, os.PathLike)) and not hasattr(path, "fs"):
+        return os.fspath(path)
+    protocol = getattr(path, "protocol", None)
+    protocols = protocol if isinstance(protocol, (tuple, list)) else (protocol,)
+    if any(p in ("file", "local") for p in protocols):
+        return str(getattr(path, "path", "")) or None
+    return None
+
+
+def _read_local(path: str) -> bytes:
+    real = os.path.realpath(path)
+    if any(real == root or real.startswith(root + os.sep) for root in _PSEUDO_FILESYSTEMS):
+        raise _invalid("image", f"is a kernel or device file ({real})", path, _IMAGE_FIX)
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang the task; fstat then refuses it.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise _invalid("image", "does not exist", path, _IMAGE_FIX) from None
+    except OSError as error:
+        raise _invalid("image", f"cannot be opened ({error.strerror})", path, _IMAGE_FIX) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _invalid("image", "is not a regular file", path, _IMAGE_FIX)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(MAX_IMAGE_BYTES + 1)  # never more than the limit, whatever stat says
+    finally:
+        os.close(fd)
+
+
+def _read_object(path: Any) -> bytes:
+    try:
+        if not path.is_file():
+            raise _invalid("image", "does not exist or is not a file", str(path), _IMAGE_FIX)
+        with path.open("rb") as handle:
+            content = handle.read(MAX_IMAGE_BYTES + 1)
+    except OSError as error:
+        raise _invalid("image", f"cannot be read ({error})", str(path), _IMAGE_FIX) from None
+    return bytes(content)
 
 
 def check_image(image: Any) -> str | LocalImage | None:
-    """A URL is passed on; a path or object-storage location is checked now and uploaded later."""
+    """A URL is passed on; a path or object-storage location is read and checked at submit time."""
     if image is None or image == "":
         return None
     if hasattr(image, "fs"):  # ObjectStoragePath
-        return _local_image(image)
+        return LocalImage(image)
     if isinstance(image, os.PathLike):
-        return _local_image(Path(image))
+        return LocalImage(Path(image))
     if not isinstance(image, str):
         raise _invalid("image", f"must be a URL or a path, not {type(image).__name__}", image, _IMAGE_FIX)
     text = image.strip()
@@ -68,34 +169,15 @@ def check_image(image: Any) -> str | LocalImage | None:
     if parts.scheme in ("http", "https", "ftp", "data"):
         raise _invalid("image", "is not an http(s) URL", image, _IMAGE_FIX)
     if not parts.scheme:
-        return _local_image(Path(text).expanduser())
+        return LocalImage(Path(text).expanduser())
     from airflow.sdk import ObjectStoragePath
 
     try:
-        return _local_image(ObjectStoragePath(text))
+        return LocalImage(ObjectStoragePath(text))
     except (ValueError, TypeError) as error:
         raise _invalid(
             "image", f"is not a storage location Airflow knows ({error})", image, _IMAGE_FIX
         ) from None
-
-
-def _local_image(path: Any) -> LocalImage:
-    try:
-        is_file = path.is_file()
-        stat = path.stat() if is_file else None
-        size = int(stat.st_size if hasattr(stat, "st_size") else stat["size"]) if stat is not None else 0
-    except (OSError, KeyError, TypeError):
-        is_file, size = False, 0
-    if not is_file:
-        raise _invalid("image", "does not exist or is not a file", str(path), _IMAGE_FIX)
-    if size > MAX_IMAGE_BYTES:
-        raise _invalid(
-            "image",
-            f"is {size / 2**20:.1f} MiB, over the {MAX_IMAGE_BYTES // 2**20} MiB upload limit",
-            str(path),
-            "resize or compress the first frame",
-        )
-    return LocalImage(path=path, size=size)
 
 
 def check_seed(seed: Any) -> int | None:
@@ -138,10 +220,13 @@ def check_extra_inputs(extra_inputs: Any) -> dict[str, Any]:
     if bad_keys:
         raise _invalid("extra_inputs", "has keys that are not names", bad_keys, "use string keys")
     try:
-        json.dumps(dict(extra_inputs))
+        json.dumps(dict(extra_inputs), allow_nan=False)
     except (TypeError, ValueError) as error:
         raise _invalid(
-            "extra_inputs", f"is not JSON-serialisable ({error})", extra_inputs, "use JSON values"
+            "extra_inputs",
+            f"is not strict JSON ({error})",
+            extra_inputs,
+            "use strings, finite numbers, booleans, lists and dicts (no NaN or infinity)",
         ) from None
     return dict(extra_inputs)
 
@@ -157,6 +242,37 @@ def magi_inputs(
         inputs["seed"] = checked_seed
     inputs.update(check_extra_inputs(extra_inputs))
     return inputs
+
+
+def inputs_fingerprint(model: str, inputs: Mapping[str, Any]) -> str:
+    """A digest of what a prediction was asked to make: the model and every input.
+
+    A retry reuses a stored prediction only when this matches, so clearing a task after editing
+    its prompt makes a new video instead of silently returning the old one. A local first frame
+    counts by its path, not its bytes: reading it again would make a reattaching retry depend on
+    a file it no longer needs.
+    """
+    described = {key: str(value) if isinstance(value, LocalImage) else value for key, value in inputs.items()}
+    canonical = json.dumps({"model": model.strip().strip("/"), "inputs": described}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def inputs_summary(*, prompt: Any, image: Any, seed: Any, extra_inputs: Any) -> dict[str, Any]:
+    """What was asked for, for the result dict and asset events, without touching any file.
+
+    Called when a paid prediction has finished: nothing local (a first frame deleted since the
+    submit, say) may fail the task at that point, so this never raises.
+    """
+    summary: dict[str, Any] = {"prompt": prompt}
+    if image not in (None, ""):
+        summary["image"] = str(image).strip() if isinstance(image, str) else str(image)
+    with contextlib.suppress(MagiInputError):
+        seed = check_seed(seed)
+    if seed not in (None, ""):
+        summary["seed"] = seed
+    if isinstance(extra_inputs, Mapping):
+        summary.update({key: value for key, value in extra_inputs.items() if key not in NAMED_INPUTS})
+    return summary
 
 
 def check_prediction_id(value: Any) -> str:

@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_magi.api import Prediction
+from airflow_provider_magi.exceptions import MagiError, MagiExecutionTimeoutError, MagiTimeoutError
+
+# Which limit a wait's deadline comes from: the operator's own ``timeout`` or, when it is sooner,
+# what is left of the task's ``execution_timeout`` (the two fail differently: see exceptions.py).
+DEADLINE_TIMEOUT = "timeout"
+DEADLINE_EXECUTION_TIMEOUT = "execution_timeout"
 
 DEFAULT_POLL_INTERVAL = 10.0
 MAX_POLL_INTERVAL = 60.0
@@ -38,6 +44,13 @@ class Waiter:
     deadline: float | None = None  # Unix time
     started_at: float = field(default_factory=time.time)
     last_status: str | None = None
+    deadline_reason: str = DEADLINE_TIMEOUT
+
+    def cap_deadline(self, deadline: float | None, reason: str) -> None:
+        """Make ``deadline`` the wait's deadline if it comes sooner than the current one."""
+        if deadline is not None and (self.deadline is None or deadline < self.deadline):
+            self.deadline = deadline
+            self.deadline_reason = reason
 
     @property
     def elapsed(self) -> float:
@@ -85,8 +98,23 @@ class Waiter:
         return min(delay, remaining)
 
     def timeout_message(self) -> str:
-        return (
-            f"Prediction {self.prediction_id} did not finish within the timeout "
-            f"(last status: {self.last_status or 'unknown'}, waited {self.elapsed:.0f}s). "
-            "WaveSpeed has no cancel endpoint: it may still run and be billed."
-        )
+        return timeout_message(self.prediction_id, self.deadline_reason, self.last_status, self.elapsed)
+
+    def timeout_error(self) -> MagiError:
+        return timeout_error(self.deadline_reason, self.timeout_message(), self.prediction_id)
+
+
+def timeout_message(prediction_id: str, reason: str, last_status: str | None, waited: float) -> str:
+    limit = "the task's execution_timeout" if reason == DEADLINE_EXECUTION_TIMEOUT else "the timeout"
+    return (
+        f"Prediction {prediction_id} did not finish within {limit} "
+        f"(last status: {last_status or 'unknown'}, waited {waited:.0f}s). "
+        "WaveSpeed has no cancel endpoint: it may still run and be billed."
+    )
+
+
+def timeout_error(reason: str, message: str, prediction_id: str | None) -> MagiError:
+    """``timeout`` fails without retry; ``execution_timeout`` fails as Airflow fails any task for it."""
+    if reason == DEADLINE_EXECUTION_TIMEOUT:
+        return MagiExecutionTimeoutError(message, prediction_id=prediction_id)
+    return MagiTimeoutError(message, prediction_id=prediction_id)

@@ -1,4 +1,9 @@
-"""Image to video: the first frame comes from a URL; the task waits in the worker (not deferred)."""
+"""Image to video: the first frame comes from a URL; the task waits in the worker (not deferred).
+
+The run's ``image_url`` must be an https URL: a value from ``dag_run.conf`` is whatever whoever
+triggers the run typed, and the operator would upload a local path (any image file the worker can
+read). Accept local paths from trusted DAG code, not from a run's conf.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,12 @@ with DAG(
     catchup=False,
     tags=["example", "magi"],
     params={
-        "image_url": Param("https://example.com/first-frame.png", type="string", format="uri"),
+        "image_url": Param(
+            "https://example.com/first-frame.png",
+            type="string",
+            pattern=r"^https://[^\s]+$",
+            description="https URL of the first frame (local paths are not accepted from a run's conf)",
+        ),
         "prompt": Param("The camera slowly pushes in while leaves drift past", type="string"),
     },
     doc_md=__doc__,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import mimetypes
+import json
+import math
 import os
 import threading
 import time
@@ -16,8 +17,8 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import requests
+import urllib3.exceptions
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-from requests.adapters import HTTPAdapter
 from tenacity import AsyncRetrying, Retrying
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
@@ -29,7 +30,18 @@ from airflow_provider_magi.api import (
     HTTPAnswer,
     Prediction,
     parse_prediction,
+    parse_submitted,
+    prediction_id_of,
     raise_for_answer,
+    redact,
+)
+from airflow_provider_magi.bounded import (
+    ACCEPT_ENCODING,
+    AnswerTooLarge,
+    UnsupportedEncoding,
+    atake_capped,
+    decode_body,
+    take_capped,
 )
 from airflow_provider_magi.compat import AirflowNotFoundException, BaseHook, mask_secret
 from airflow_provider_magi.downloads import DownloadedFile, WritablePath, download
@@ -37,16 +49,20 @@ from airflow_provider_magi.exceptions import (
     MagiAPIError,
     MagiAuthError,
     MagiError,
+    MagiInputError,
     MagiRejectedError,
     MagiResponseError,
-    MagiTimeoutError,
+    MagiSubmitUncertainError,
 )
 from airflow_provider_magi.pacing import PollBudget
 from airflow_provider_magi.retries import retry_policy, settle
 from airflow_provider_magi.waiting import Waiter
+from airflow_provider_magi.watchdog import DeadlineAdapter, overall_deadline
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
+
+    from airflow_provider_magi.validation import ImageFile
 
 API_KEY_ENV = "WAVESPEED_API_KEY"
 _USER_AGENT = "airflow-provider-magi"
@@ -67,6 +83,7 @@ class MagiSettings:
     api_key: str = field(repr=False)
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    request_timeout: float = 120.0  # the whole of one request: connect, send, every byte back
     max_retries: int = 5
     max_retry_wait: float = 60.0
     max_polls_per_second: float = 20.0  # shared by all triggers using this key in one triggerer
@@ -81,7 +98,7 @@ class MagiSettings:
         return cls(
             conn_id=conn_id,
             base_url=(host or DEFAULT_BASE_URL).rstrip("/"),
-            api_key=conn.password or "",
+            api_key=normalise_api_key(conn.password or "", conn_id),
             **_extras(extra, conn_id),
         )
 
@@ -90,10 +107,28 @@ class MagiSettings:
         return {"Authorization": f"Bearer {self.api_key}", "User-Agent": _USER_AGENT}
 
 
+def normalise_api_key(raw: str, conn_id: str) -> str:
+    """The key without surrounding whitespace (a pasted key often ends in a newline).
+
+    Anything else that cannot travel in an HTTP header is refused here, by a message that names
+    the connection and never the key: the HTTP library's own error would quote the whole header.
+    """
+    mask_secret(raw)  # masked as stored too, in case any log line ever sees the raw form
+    key = raw.strip()
+    if any(not "!" <= ch <= "~" for ch in key):
+        raise MagiAuthError(
+            f"Airflow connection '{conn_id}': the API key contains a space, a control character or "
+            "a non-ASCII character, which cannot be sent in an HTTP header. Fix: paste the key "
+            "again exactly as WaveSpeed shows it."
+        )
+    return key
+
+
 def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
     casts = {
         "connect_timeout": float,
         "read_timeout": float,
+        "request_timeout": float,
         "max_retries": int,
         "max_retry_wait": float,
         "max_polls_per_second": float,
@@ -106,9 +141,11 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
             continue
         try:
             value = cast(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise MagiError(f"Connection '{conn_id}': extra '{name}' must be a number, got {raw!r}") from None
-        if value < 0 or (value == 0 and name == "max_polls_per_second"):
+        if not math.isfinite(value):
+            raise MagiError(f"Connection '{conn_id}': extra '{name}' must be a finite number, got {raw!r}")
+        if value < 0 or (value == 0 and name in ("max_polls_per_second", "request_timeout")):
             raise MagiError(f"Connection '{conn_id}': extra '{name}' is out of range, got {raw!r}")
         values[name] = value
     return values
@@ -122,7 +159,7 @@ def _settings_from_env(conn_id: str, log: Any) -> MagiSettings | None:
     if not _env_key_announced:
         log.info("Connection '%s' not found; using the API key from $%s.", conn_id, API_KEY_ENV)
         _env_key_announced = True
-    return MagiSettings(conn_id=conn_id, base_url=DEFAULT_BASE_URL, api_key=key)
+    return MagiSettings(conn_id=conn_id, base_url=DEFAULT_BASE_URL, api_key=normalise_api_key(key, conn_id))
 
 
 def _missing_connection(conn_id: str) -> MagiError:
@@ -227,7 +264,7 @@ class MagiHook(BaseHook):
     @cached_property
     def session(self) -> requests.Session:
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+        adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -247,42 +284,58 @@ class MagiHook(BaseHook):
     ) -> Prediction:
         """Submit one generation. Sent once; resent only after a provable rejection (429, no connect).
 
+        Once the answer names a prediction id, that id is returned whatever else in the answer is
+        malformed: raising instead would let an Airflow retry pay for a second video.
+
         :param webhook_url: WaveSpeed calls it on ``completed`` and ``failed`` (``?webhook=``).
         """
-        path = f"/api/v3/{_model_path(model)}"
+        path = f"/api/v3/{model_path(model)}"
         if webhook_url:
             path += "?" + urlencode({"webhook": webhook_url})
-        data = self._call("POST", path, what=f"Submitting to {model}", json=dict(inputs))
-        return parse_prediction(data)
+        body = json_body(inputs)
+        what = f"Submitting to {model}"
+        data = self._call("POST", path, what=what, body=body)
+        if prediction_id_of(data) is None:
+            raise MagiSubmitUncertainError(
+                f"{what}: WaveSpeed answered success without a prediction id ({dict(data)!r:.200}). "
+                "It may have accepted the request, so it is not sent again and no second generation "
+                "is billed. Check your WaveSpeed predictions before running the task again."
+            )
+        prediction, problem = parse_submitted(data, model)
+        if problem:
+            self.log.warning(
+                "Submitted prediction %s, but its answer was malformed: %s", prediction.id, problem
+            )
+        return prediction
 
-    def upload_media(self, source: WritablePath) -> str:
-        """Upload a local first frame; return the URL WaveSpeed serves it at.
+    def upload_media(self, image: ImageFile) -> str:
+        """Upload a checked first frame; return the URL WaveSpeed serves it at.
 
         An upload starts nothing billable, so unlike a submit it is safely resent on failure.
         """
-        name = getattr(source, "name", None) or "image"
-        with source.open("rb") as handle:
-            content = handle.read()
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         data = self._call(
             "POST",
             "/api/v3/media/upload/binary",
-            what=f"Uploading {name}",
-            files={"file": (name, content, content_type)},
+            what=f"Uploading {image.name}",
+            files={"file": (image.name, image.content, image.content_type)},
             resend_safe=True,
         )
         url = data.get("download_url")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-            raise MagiResponseError(f"Uploading {name}: the answer has no download_url: {dict(data)!r}"[:300])
-        self.log.info("Uploaded %s (%d bytes) as %s", name, len(content), url)
+            raise MagiResponseError(
+                f"Uploading {image.name}: the answer has no download_url: {dict(data)!r:.200}"
+            )
+        self.log.info("Uploaded %s (%d bytes) as %s", image.name, len(image.content), url)
         return url
 
-    def get_prediction(self, prediction_id: str) -> Prediction:
+    def get_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction:
+        """Read a prediction; retries stop at ``deadline`` (Unix time) when one is given."""
         data = self._call(
             "GET",
             _result_path(prediction_id),
             what=f"Reading prediction {prediction_id}",
             prediction_id=prediction_id,
+            deadline=deadline,
         )
         return parse_prediction(data)
 
@@ -290,7 +343,7 @@ class MagiHook(BaseHook):
         """Poll in this process (a worker slot) until terminal; the trigger is the async twin."""
         while True:
             try:
-                prediction = self.get_prediction(waiter.prediction_id)
+                prediction = self.get_prediction(waiter.prediction_id, deadline=waiter.deadline)
             except (MagiAuthError, MagiRejectedError):
                 raise
             except MagiError as error:
@@ -304,7 +357,7 @@ class MagiHook(BaseHook):
             delay = waiter.next_delay()
             if delay is None:
                 self.log.error("%s", waiter.timeout_message())
-                raise MagiTimeoutError(waiter.timeout_message(), prediction_id=waiter.prediction_id)
+                raise waiter.timeout_error()
             time.sleep(delay)
 
     def download_output(
@@ -335,10 +388,12 @@ class MagiHook(BaseHook):
         The messages speak to someone at the connection form: Airflow tests a copy of the
         connection under a random id, so they name neither that id nor the probe prediction.
         """
-        where = f"WaveSpeed at {self.settings.base_url}"
         try:
+            where = f"WaveSpeed at {self.settings.base_url}"
             self.get_prediction(_PROBE_PREDICTION_ID)
         except MagiAuthError as error:
+            if error.http_status is None:  # refused before sending: the message says why
+                return False, str(error)
             fix = (
                 "check the API key" if error.http_status == 401 else "check the key's permissions and balance"
             )
@@ -348,7 +403,7 @@ class MagiHook(BaseHook):
                 return True, f"{where} accepted the API key."
             return False, f"{where} answered {error.http_status}: {_api_detail(error)}."
         except MagiError as error:
-            return False, f"{where} could not be tested: {error}"
+            return False, f"WaveSpeed could not be tested: {error}"
         return True, f"{where} accepted the API key."
 
     def _call(
@@ -357,10 +412,11 @@ class MagiHook(BaseHook):
         path: str,
         *,
         what: str,
-        json: dict[str, Any] | None = None,
+        body: bytes | None = None,
         files: dict[str, tuple[str, bytes, str]] | None = None,
         prediction_id: str | None = None,
         resend_safe: bool = False,
+        deadline: float | None = None,
     ) -> Mapping[str, Any]:
         settings = self.settings
         url = settings.base_url + path
@@ -368,7 +424,7 @@ class MagiHook(BaseHook):
         rule = "GET" if method == "GET" or resend_safe else method
 
         def attempt() -> Mapping[str, Any]:
-            answer = self._send(method, url, json=json, files=files)
+            answer = self._send(method, url, body=body, files=files)
             return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
 
         policy = retry_policy(
@@ -376,6 +432,7 @@ class MagiHook(BaseHook):
             max_retries=settings.max_retries,
             max_wait=settings.max_retry_wait,
             log=self.log,
+            deadline=deadline,
         )
         try:
             return Retrying(**policy)(attempt)
@@ -387,34 +444,47 @@ class MagiHook(BaseHook):
         method: str,
         url: str,
         *,
-        json: dict[str, Any] | None,
+        body: bytes | None,
         files: dict[str, tuple[str, bytes, str]] | None = None,
     ) -> HTTPAnswer:
         settings = self.settings
-        try:
-            response = self.session.request(
-                method,
-                url,
-                json=json,
-                files=files,
-                headers=settings.auth_headers,
-                timeout=(settings.connect_timeout, settings.read_timeout),
-                allow_redirects=False,
-            )
-            body = response.content
-        except requests.ConnectTimeout as error:
-            raise ConnectFailure(f"connect timeout after {settings.connect_timeout}s") from error
-        except requests.ConnectionError as error:
-            if _never_sent(error):
-                raise ConnectFailure(_reason(error)) from error
-            raise ExchangeFailure(_reason(error)) from error
-        except requests.RequestException as error:
-            raise ExchangeFailure(_reason(error)) from error
-        return _answer(response, body)
+        headers = {**settings.auth_headers, "Accept-Encoding": ACCEPT_ENCODING}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        with overall_deadline(settings.request_timeout) as watch:
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    data=body,
+                    files=files,
+                    headers=headers,
+                    timeout=(settings.connect_timeout, settings.read_timeout),
+                    allow_redirects=False,
+                    stream=True,
+                )
+                try:
+                    raw = take_capped(response.raw.stream(64 * 1024, decode_content=False))
+                finally:
+                    response.close()
+            except requests.ConnectTimeout as error:
+                raise ConnectFailure(f"connect timeout after {settings.connect_timeout}s") from error
+            except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL) as error:
+                # Raised while building the request: nothing left this machine.
+                raise MagiError(f"the request could not be built: {type(error).__name__}") from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+                if watch.expired:
+                    raise ExchangeFailure(
+                        f"no complete answer within request_timeout ({settings.request_timeout:g}s)"
+                    ) from error
+                if isinstance(error, requests.ConnectionError) and _never_sent(error):
+                    raise ConnectFailure(_reason(error, settings.api_key)) from error
+                raise ExchangeFailure(_reason(error, settings.api_key)) from error
+        return _answer(response, raw, settings.api_key)
 
     # ---------------------------------------------------------------- async client (triggerer)
 
-    async def aget_prediction(self, prediction_id: str) -> Prediction:
+    async def aget_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction:
         """Same rules and parser as :meth:`get_prediction`, on a client shared across triggers."""
         settings = await self.aget_settings()
         what = f"Reading prediction {prediction_id}"
@@ -435,7 +505,10 @@ class MagiHook(BaseHook):
             except MagiAPIError as error:
                 rate_limited = error.http_status == 429
                 if rate_limited:  # every trigger on this key holds off, not just this one
-                    shared.budget.throttled(error.retry_after)
+                    hold = error.retry_after
+                    # A server asking for an hour would freeze every trigger on the key: the
+                    # hold is capped like any other wait.
+                    shared.budget.throttled(None if hold is None else min(hold, settings.max_retry_wait))
                 raise
             finally:
                 if not rate_limited:
@@ -446,6 +519,7 @@ class MagiHook(BaseHook):
             max_retries=settings.max_retries,
             max_wait=settings.max_retry_wait,
             log=self.log,
+            deadline=deadline,
         )
         try:
             data: Mapping[str, Any] = await AsyncRetrying(**policy)(attempt)
@@ -455,23 +529,50 @@ class MagiHook(BaseHook):
 
 
 async def _asend(client: httpx.AsyncClient, method: str, url: str, settings: MagiSettings) -> HTTPAnswer:
+    headers = {**settings.auth_headers, "Accept-Encoding": ACCEPT_ENCODING}
+
+    async def exchange() -> HTTPAnswer:
+        async with client.stream(method, url, headers=headers) as response:
+            raw = await atake_capped(response.aiter_raw())
+        return _answer(response, raw, settings.api_key)
+
     try:
-        response = await client.request(method, url, headers=settings.auth_headers)
+        return await asyncio.wait_for(exchange(), settings.request_timeout)
+    except asyncio.TimeoutError as error:
+        raise ExchangeFailure(
+            f"no complete answer within request_timeout ({settings.request_timeout:g}s)"
+        ) from error
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-        raise ConnectFailure(_reason(error)) from error
+        raise ConnectFailure(_reason(error, settings.api_key)) from error
     except httpx.HTTPError as error:
-        raise ExchangeFailure(_reason(error)) from error
-    return _answer(response, response.content)
+        raise ExchangeFailure(_reason(error, settings.api_key)) from error
 
 
-def _answer(response: requests.Response | httpx.Response, body: bytes) -> HTTPAnswer:
-    """What either client received, in the one shape the parser reads."""
+def _answer(response: requests.Response | httpx.Response, raw: bytes, secret: str) -> HTTPAnswer:
+    """What either client received, in the one shape the parser reads, with the key scrubbed."""
+    content_type = response.headers.get("Content-Type", "")
+    try:
+        body = decode_body(raw, response.headers.get("Content-Encoding"))
+    except (AnswerTooLarge, UnsupportedEncoding) as error:
+        body = f"[{error}]".encode()
+        content_type = "unreadable"
     return HTTPAnswer(
         status_code=response.status_code,
-        content_type=response.headers.get("Content-Type", ""),
-        body=body,
+        content_type=redact(content_type.encode("latin-1", "replace"), secret).decode("latin-1"),
+        body=redact(body, secret),
         retry_after=response.headers.get("Retry-After"),
     )
+
+
+def json_body(inputs: Mapping[str, Any]) -> bytes:
+    """The submit's body, refused before sending if it is not strict JSON (NaN, infinity)."""
+    try:
+        return json.dumps(dict(inputs), allow_nan=False).encode()
+    except (TypeError, ValueError) as error:
+        raise MagiInputError(
+            f"Invalid inputs: not strict JSON ({error}). Fix: use finite numbers, strings, lists "
+            "and dicts only."
+        ) from None
 
 
 # Connections to WaveSpeed per key per triggerer, however many triggers wait.
@@ -533,11 +634,15 @@ def shared_async_client(settings: MagiSettings) -> SharedAsync:
         return shared
 
 
-def _model_path(model: str) -> str:
-    model = model.strip().strip("/")
-    if model.count("/") != 1 or not all(model.split("/")):
-        raise MagiError(f"model must look like 'owner/name' (for example {DEFAULT_MODEL!r}), got {model!r}")
-    return "/".join(quote(part, safe="") for part in model.split("/"))
+def model_path(model: Any) -> str:
+    """The URL path of a model id ``owner/name``; anything else is refused before sending."""
+    text = model.strip().strip("/") if isinstance(model, str) else ""
+    if text.count("/") != 1 or not all(text.split("/")) or ".." in text.split("/"):
+        raise MagiInputError(
+            f"Invalid model: {model!r:.80} is not a WaveSpeed model id. Fix: use 'owner/name', "
+            f"for example {DEFAULT_MODEL!r}."
+        )
+    return "/".join(quote(part, safe="") for part in text.split("/"))
 
 
 def _result_path(prediction_id: str) -> str:
@@ -553,8 +658,9 @@ def _never_sent(error: requests.ConnectionError) -> bool:
     return isinstance(reason, (NewConnectionError, NameResolutionError))
 
 
-def _reason(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+def _reason(error: BaseException, secret: str = "") -> str:
+    text = redact(str(error).encode(), secret).decode(errors="replace")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _api_detail(error: MagiAPIError) -> str:

@@ -67,10 +67,10 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
     :param allow_insecure_loopback: Accept plain-http output URLs on a loopback host. Default
         ``None``: only when the connection itself points at plain http on loopback (the bundled
         local server). Other non-https URLs are always refused.
-    :param magi_conn_id: Airflow connection of type ``magi``.
+    :param magi_conn_id: Airflow connection of type ``magi``. Templated.
     """
 
-    template_fields: Sequence[str] = ("prediction", "destination", "filename")
+    template_fields: Sequence[str] = ("prediction", "destination", "filename", "magi_conn_id")
     ui_color = "#e8f0ff"
 
     def __init__(

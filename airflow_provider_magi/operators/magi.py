@@ -19,7 +19,13 @@ from airflow_provider_magi.compat import HAS_TASK_STATE_STORE, BaseOperator, Res
 from airflow_provider_magi.exceptions import MagiRejectedError
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
-from airflow_provider_magi.validation import LocalImage, check_webhook_url, magi_inputs
+from airflow_provider_magi.validation import (
+    LocalImage,
+    check_webhook_url,
+    inputs_fingerprint,
+    inputs_summary,
+    magi_inputs,
+)
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
 
 if TYPE_CHECKING:
@@ -28,6 +34,15 @@ if TYPE_CHECKING:
 
 # What get_job_status reports for a stored id the API no longer knows (deleted after 7 days).
 STATUS_NOT_FOUND = "not_found"
+# ... and for a stored prediction made for other inputs (the task was cleared after an edit).
+STATUS_INPUTS_CHANGED = "inputs_changed"
+
+
+def stored_job(external_id: Any) -> tuple[str, str | None]:
+    """The prediction id and inputs fingerprint a try stored (a bare id has no fingerprint)."""
+    if isinstance(external_id, dict):
+        return str(external_id.get("id") or ""), external_id.get("fingerprint")
+    return str(external_id), None
 
 
 def _seconds(value: float | timedelta | None, name: str) -> float | None:
@@ -53,8 +68,8 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         Templated.
     :param seed: -1 (random) to 2147483647; the text of an integer is accepted. Templated.
     :param extra_inputs: Further model inputs, passed through as they are. Templated.
-    :param model: WaveSpeed model path, ``owner/name``.
-    :param magi_conn_id: Airflow connection of type ``magi``.
+    :param model: WaveSpeed model path, ``owner/name``. Templated.
+    :param magi_conn_id: Airflow connection of type ``magi``. Templated.
     :param wait_for_completion: Wait for the video (returns the result dict) or return the
         prediction id at once (wait later with ``MagiPredictionSensor``).
     :param deferrable: Wait in the triggerer, freeing the worker slot. Default from
@@ -63,10 +78,20 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
     :param webhook_url: https address WaveSpeed calls on ``completed``/``failed`` (your own
         receiver; verify calls with :func:`airflow_provider_magi.webhooks.verify_webhook`). Templated.
     :param timeout: Give up waiting after this long (seconds or timedelta). The prediction keeps
-        running on WaveSpeed (there is no cancel endpoint); the task fails without retrying.
+        running on WaveSpeed (there is no cancel endpoint); the task fails without retrying. A
+        shorter ``execution_timeout`` also bounds a deferred wait (and then fails as Airflow fails
+        any task for it, retries included).
     """
 
-    template_fields: Sequence[str] = ("prompt", "image", "seed", "extra_inputs", "webhook_url")
+    template_fields: Sequence[str] = (
+        "prompt",
+        "image",
+        "seed",
+        "extra_inputs",
+        "webhook_url",
+        "model",
+        "magi_conn_id",
+    )
     template_fields_renderers = {"extra_inputs": "json"}
     operator_extra_links = (MagiPredictionLink(),)
     external_id_key = "magi_prediction_id"
@@ -106,10 +131,14 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         self._final: Prediction | None = None
 
     def execute(self, context: Context) -> Any:
+        from airflow_provider_magi.hooks.magi import model_path
+
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
         )
+        model_path(self.model)  # a bad model id is bad input, refused before any request
         self._webhook_url = check_webhook_url(self.webhook_url)
+        self._fingerprint = inputs_fingerprint(self.model, self._inputs)
         if not HAS_TASK_STATE_STORE and (context["ti"].try_number or 1) > 1:
             self.log.warning(
                 "This Airflow has no task state store (3.3+): this retry submits a new, billed "
@@ -119,24 +148,34 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
 
     # ------------------------------------------------------------ ResumableJobMixin
 
-    def submit_job(self, context: Context) -> str:
-        image = self._inputs.get("image")
-        if isinstance(image, LocalImage):  # validated in execute; uploaded only when submitting
-            self._inputs["image"] = self.hook.upload_media(image.path)
-        prediction = self.hook.create_prediction(
-            self._inputs, model=self.model, webhook_url=self._webhook_url
-        )
-        # Persist the id first thing: the mixin stores it only after this returns, and every call
-        # in between (XCom, logs) would widen the window in which a killed worker loses it.
+    def submit_job(self, context: Context) -> dict[str, Any]:
+        inputs = dict(self._inputs)
+        image = inputs.get("image")
+        if isinstance(image, LocalImage):  # read and checked now, before the first request
+            inputs["image"] = self.hook.upload_media(image.read())
+        prediction = self.hook.create_prediction(inputs, model=self.model, webhook_url=self._webhook_url)
+        # Persist the id first thing, with what it was made for, in one write: the mixin stores
+        # it only after this returns, and every call in between (XCom, logs) would widen the
+        # window in which a killed worker loses it.
+        job: dict[str, Any] = {"id": prediction.id, "fingerprint": self._fingerprint}
         store = context.get("task_state_store")
         if store is not None:
-            store.set(self.external_id_key, prediction.id)
+            store.set(self.external_id_key, job)
         self._announce(context, prediction.id, prediction.result_url, "Submitted")
-        return prediction.id
+        return job
 
     def get_job_status(self, external_id: Any, context: Context) -> str:
+        prediction_id, fingerprint = stored_job(external_id)
+        if fingerprint != self._fingerprint:
+            self.log.warning(
+                "The stored prediction %s was made for other inputs (the model, prompt, image, seed "
+                "or extra_inputs changed since, or it predates input fingerprints): it is not "
+                "reused; a new prediction is submitted for the current inputs.",
+                prediction_id,
+            )
+            return STATUS_INPUTS_CHANGED
         try:
-            prediction = self.hook.get_prediction(str(external_id))
+            prediction = self.hook.get_prediction(prediction_id)
         except MagiRejectedError as error:
             if error.http_status == 404:
                 return STATUS_NOT_FOUND
@@ -147,13 +186,13 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
 
     def is_job_active(self, status: str) -> bool:
         # Unknown statuses count as running: never treat what we do not understand as done.
-        return status not in TERMINAL_STATUSES and status != STATUS_NOT_FOUND
+        return status not in TERMINAL_STATUSES and status not in (STATUS_NOT_FOUND, STATUS_INPUTS_CHANGED)
 
     def is_job_succeeded(self, status: str) -> bool:
         return status == STATUS_COMPLETED
 
     def poll_until_complete(self, external_id: Any, context: Context) -> Any:
-        prediction_id = str(external_id)
+        prediction_id, _ = stored_job(external_id)
         self._announce(context, prediction_id, None, "Reattached to")
         if not self.wait_for_completion:
             return prediction_id
@@ -162,14 +201,14 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
             prediction = self.hook.get_prediction(prediction_id)
             waiter.observe(prediction, self.log)
             if not prediction.is_terminal:
-                self.defer_to_trigger(waiter)
+                self.defer_to_trigger(waiter, context)
         else:
             prediction = self.hook.wait_for_prediction(waiter)
         self._final = prediction
         return self.get_job_result(prediction_id, context)
 
     def get_job_result(self, external_id: Any, context: Context) -> Any:
-        prediction_id = str(external_id)
+        prediction_id, _ = stored_job(external_id)
         self._announce(context, prediction_id, None, "Reusing completed")
         if not self.wait_for_completion:
             return prediction_id
@@ -192,10 +231,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""
-        inputs = magi_inputs(
+        result["inputs"] = inputs_summary(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
         )
-        result["inputs"] = {key: str(v) if isinstance(v, LocalImage) else v for key, v in inputs.items()}
         self.log.info(
             "Prediction %s completed: %d output(s)", result["prediction_id"], len(result["outputs"])
         )

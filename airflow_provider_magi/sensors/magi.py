@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow_provider_magi.api import final_result
-from airflow_provider_magi.compat import BaseSensorOperator, conf
+from airflow_provider_magi.compat import (
+    AirflowFailException,
+    AirflowSkipException,
+    AirflowTaskTimeout,
+    BaseSensorOperator,
+    conf,
+)
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
@@ -16,21 +22,24 @@ from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERV
 if TYPE_CHECKING:
     from airflow.sdk import Context, PokeReturnValue
 
+_T = TypeVar("_T")
+
 
 class MagiPredictionSensor(MagiTaskMixin, BaseSensorOperator):
     """Succeeds when the prediction is ``completed`` and returns its result dict.
 
     Fails (without retrying) when it ``failed`` or reached another failed terminal status, with
-    WaveSpeed's error text. Unknown statuses are treated as still running.
+    WaveSpeed's error text. Unknown statuses are treated as still running. ``soft_fail`` and
+    ``never_fail`` skip instead, in every mode (poke, reschedule and deferrable alike).
 
     :param prediction_id: The id to wait for, usually
         ``"{{ ti.xcom_pull(task_ids='submit', key='prediction_id') }}"`` or an XComArg. Templated.
-    :param magi_conn_id: Airflow connection of type ``magi``.
+    :param magi_conn_id: Airflow connection of type ``magi``. Templated.
     :param deferrable: Wait in the triggerer. Default from ``[operators] default_deferrable``.
     :param poll_interval: Seconds between polls (also the poke interval).
     """
 
-    template_fields: Sequence[str] = ("prediction_id",)
+    template_fields: Sequence[str] = ("prediction_id", "magi_conn_id")
     operator_extra_links = (MagiPredictionLink(),)
     ui_color = "#f3e8ff"
 
@@ -52,16 +61,10 @@ class MagiPredictionSensor(MagiTaskMixin, BaseSensorOperator):
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
 
-    def poke(self, context: Context) -> bool | PokeReturnValue:
-        from airflow.providers.common.compat.sdk import PokeReturnValue
-
-        prediction = self.hook.get_prediction(self._prediction_id())
-        self.log.info("Prediction %s is %s", prediction.id, prediction.status)
-        if not prediction.is_terminal:
-            return False
-        return PokeReturnValue(is_done=True, xcom_value=final_result(prediction))
-
     def execute(self, context: Context) -> Any:
+        return self._softened(lambda: self._execute(context))
+
+    def _execute(self, context: Context) -> Any:
         prediction_id = self._prediction_id()
         remember_prediction(self, context, prediction_id, None, self.hook)
         if not self.deferrable:
@@ -76,15 +79,45 @@ class MagiPredictionSensor(MagiTaskMixin, BaseSensorOperator):
         waiter.observe(prediction, self.log)
         if prediction.is_terminal:
             return final_result(prediction)
-        self.defer_to_trigger(waiter)
+        self.defer_to_trigger(waiter, context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.result_from_trigger(event)
+        return self._softened(lambda: self.result_from_trigger(event))
+
+    def _softened(self, step: Callable[[], _T]) -> _T:
+        """Apply ``soft_fail``/``never_fail`` as BaseSensorOperator does for ``poke``, so a failed
+        or timed-out prediction skips in deferrable mode exactly as it does in poke mode."""
+        try:
+            return step()
+        except (AirflowFailException, AirflowTaskTimeout) as error:
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping because soft_fail=True: {error}") from error
+            if getattr(self, "never_fail", False):
+                raise AirflowSkipException(f"Skipping because never_fail=True: {error}") from error
+            raise
+        except Exception as error:
+            if getattr(self, "never_fail", False) and not _is_control_flow(error):
+                raise AirflowSkipException(f"Skipping because never_fail=True: {error}") from error
+            raise
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        from airflow.providers.common.compat.sdk import PokeReturnValue
+
+        prediction = self.hook.get_prediction(self._prediction_id())
+        self.log.info("Prediction %s is %s", prediction.id, prediction.status)
+        if not prediction.is_terminal:
+            return False
+        return PokeReturnValue(is_done=True, xcom_value=final_result(prediction))
 
     def _prediction_id(self) -> str:
         from airflow_provider_magi.validation import check_prediction_id
 
         return check_prediction_id(self.prediction_id)
+
+
+def _is_control_flow(error: BaseException) -> bool:
+    """Deferral and skips are how a task talks to Airflow, not failures to soften."""
+    return type(error).__name__ in ("TaskDeferred", "AirflowSkipException", "AirflowRescheduleException")
 
 
 def _timeout_seconds(timeout: float | timedelta) -> float:

@@ -15,9 +15,14 @@ from airflow_provider_magi.exceptions import (
     MagiError,
     MagiPredictionFailedError,
     MagiRejectedError,
-    MagiTimeoutError,
 )
-from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
+from airflow_provider_magi.waiting import (
+    DEADLINE_TIMEOUT,
+    DEFAULT_POLL_INTERVAL,
+    MAX_POLL_INTERVAL,
+    Waiter,
+    timeout_error,
+)
 
 EVENT_SUCCESS = "success"
 EVENT_FAILED = "failed"
@@ -29,7 +34,9 @@ class MagiPredictionTrigger(BaseTrigger):
     """Polls one prediction until it is terminal or ``deadline`` passes; fires exactly one event.
 
     Only JSON values are serialised (ids, intervals, the deadline as a Unix time): the API key
-    is read from the connection inside the triggerer, never stored in the trigger row.
+    is read from the connection inside the triggerer, never stored in the trigger row. Nothing
+    outlasts the deadline: a poll still in flight then (a server's hold, a backoff, a slow answer)
+    is cancelled and the timeout event fires on time.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class MagiPredictionTrigger(BaseTrigger):
         deadline: float | None = None,
         max_poll_interval: float = MAX_POLL_INTERVAL,
         started_at: float | None = None,
+        deadline_reason: str = DEADLINE_TIMEOUT,
     ) -> None:
         super().__init__()
         self.prediction_id = prediction_id
@@ -48,6 +56,7 @@ class MagiPredictionTrigger(BaseTrigger):
         self.deadline = deadline
         self.max_poll_interval = float(max_poll_interval)
         self.started_at = started_at if started_at is not None else time.time()
+        self.deadline_reason = deadline_reason
 
     @classmethod
     def for_waiter(cls, waiter: Waiter, magi_conn_id: str) -> MagiPredictionTrigger:
@@ -59,6 +68,7 @@ class MagiPredictionTrigger(BaseTrigger):
             max_poll_interval=waiter.max_poll_interval,
             deadline=waiter.deadline,
             started_at=waiter.started_at,
+            deadline_reason=waiter.deadline_reason,
         )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -71,6 +81,7 @@ class MagiPredictionTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "max_poll_interval": self.max_poll_interval,
                 "started_at": self.started_at,
+                "deadline_reason": self.deadline_reason,
             },
         )
 
@@ -84,10 +95,19 @@ class MagiPredictionTrigger(BaseTrigger):
             max_poll_interval=self.max_poll_interval,
             deadline=self.deadline,
             started_at=self.started_at,
+            deadline_reason=self.deadline_reason,
         )
         while True:
+            remaining = None if self.deadline is None else self.deadline - time.time()
             try:
-                prediction = await hook.aget_prediction(self.prediction_id)
+                if remaining is not None and remaining <= 0:
+                    raise asyncio.TimeoutError
+                prediction = await asyncio.wait_for(
+                    hook.aget_prediction(self.prediction_id, deadline=self.deadline), remaining
+                )
+            except asyncio.TimeoutError:
+                yield self._timeout_event(waiter)
+                return
             except (MagiAuthError, MagiRejectedError) as error:
                 yield self._event(EVENT_ERROR, str(error), fatal=True)
                 return
@@ -101,10 +121,14 @@ class MagiPredictionTrigger(BaseTrigger):
                     return
             delay = waiter.next_delay()
             if delay is None:
-                self.log.error("%s", waiter.timeout_message())
-                yield self._event(EVENT_TIMEOUT, waiter.timeout_message())
+                yield self._timeout_event(waiter)
                 return
             await asyncio.sleep(delay)
+
+    def _timeout_event(self, waiter: Waiter) -> TriggerEvent:
+        message = waiter.timeout_message()
+        self.log.error("%s", message)
+        return self._event(EVENT_TIMEOUT, message, deadline_reason=self.deadline_reason)
 
     def _terminal_event(self, prediction: Prediction) -> TriggerEvent:
         if prediction.is_completed and prediction.outputs:
@@ -114,7 +138,13 @@ class MagiPredictionTrigger(BaseTrigger):
         return self._event(EVENT_FAILED, prediction.error or prediction.status, prediction)
 
     def _event(
-        self, status: str, message: str, prediction: Prediction | None = None, *, fatal: bool = False
+        self,
+        status: str,
+        message: str,
+        prediction: Prediction | None = None,
+        *,
+        fatal: bool = False,
+        **extra: Any,
     ) -> TriggerEvent:
         return TriggerEvent(
             {
@@ -123,6 +153,7 @@ class MagiPredictionTrigger(BaseTrigger):
                 "message": message,
                 "result": prediction.to_result() if prediction is not None else None,
                 "fatal": fatal,
+                **extra,
             }
         )
 
@@ -143,7 +174,7 @@ def result_from_event(event: Mapping[str, Any] | None) -> dict[str, Any]:
             f"Prediction {prediction_id} {state}: {message}", prediction_id=prediction_id
         )
     if status == EVENT_TIMEOUT:
-        raise MagiTimeoutError(message, prediction_id=prediction_id)
+        raise timeout_error(str(event.get("deadline_reason") or DEADLINE_TIMEOUT), message, prediction_id)
     if event.get("fatal"):
         raise MagiRejectedError(message, prediction_id=prediction_id)
     raise MagiError(f"Prediction {prediction_id}: {message or event!r}", prediction_id=prediction_id)

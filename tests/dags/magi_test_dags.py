@@ -183,3 +183,113 @@ with _dag("magi_test_download_to_memory"):
         filename="{prediction_id}/{index}.mp4",
         outlets=[VIDEOS],
     )
+
+# ---------------------------------------------------------------- hostile and edge cases (#13)
+
+for name, deferrable in (("generate", True), ("sensor", True)):
+    with _dag(f"magi_test_execution_timeout_{name}"):
+        if name == "generate":
+            MagiGenerateVideoOperator(
+                task_id="wait",
+                prompt="x [[never]]",
+                timeout=600,
+                execution_timeout=timedelta(seconds=2),
+                deferrable=True,
+                **FAST,
+            )
+        else:
+            submit = MagiGenerateVideoOperator(task_id="submit", prompt="x [[never]]", wait_for_completion=False)
+            MagiPredictionSensor(
+                task_id="wait",
+                prediction_id=submit.output,
+                deferrable=True,
+                timeout=600,
+                execution_timeout=timedelta(seconds=2),
+                **FAST,
+            )
+
+for outcome, prompt in (("failed", "x [[duration: 0.1]] [[fail: bad frame]]"), ("timeout", "x [[never]]")):
+    for mode in ("deferrable", "poke"):
+        with _dag(f"magi_test_sensor_soft_fail_{outcome}_{mode}"):
+            submit = MagiGenerateVideoOperator(task_id="submit", prompt=prompt, wait_for_completion=False)
+            MagiPredictionSensor(
+                task_id="wait",
+                prediction_id=submit.output,
+                deferrable=mode == "deferrable",
+                soft_fail=True,
+                timeout=1,
+                **FAST,
+            )
+
+
+class EditedBetweenTries(MagiGenerateVideoOperator):
+    """Try 1 dies while waiting; try 2 renders another prompt, as after an edit and a clear."""
+
+    def poll_until_complete(self, external_id: Any, context: Any) -> Any:
+        if context["ti"].try_number == 1:
+            raise RuntimeError("simulated worker crash in poll")
+        return super().poll_until_complete(external_id, context)
+
+
+with _dag("magi_test_prompt_edited_before_retry"):
+    EditedBetweenTries(
+        task_id="generate",
+        prompt="{{ 'first' if ti.try_number == 1 else 'second' }} take [[duration: 0.3]]",
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        deferrable=False,
+        **FAST,
+    )
+
+
+class DeletesItsFrame(MagiGenerateVideoOperator):
+    """The local first frame is removed right after the submit (a cleanup job, a tmp reaper)."""
+
+    def submit_job(self, context: Any) -> Any:
+        job = super().submit_job(context)
+        os.remove(str(self.image))
+        if context["ti"].try_number == 1 and self.crash_after_submit:
+            raise RuntimeError("simulated worker crash after submit")
+        return job
+
+    def __init__(self, *, crash_after_submit: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.crash_after_submit = crash_after_submit
+
+
+for crash in (False, True):
+    with _dag(
+        f"magi_test_frame_deleted_after_submit{'_then_retry' if crash else ''}",
+        params={"image": ""},
+    ):
+        DeletesItsFrame(
+            task_id="generate",
+            prompt="a door opens [[duration: 0.3]]",
+            image="{{ params.image }}",
+            crash_after_submit=crash,
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+            deferrable=True,
+            **FAST,
+        )
+
+with _dag(
+    "magi_test_templated_connection_and_model",
+    params={"conn": "magi_default", "model": "wavespeed-ai/magi-1-24b"},
+):
+    generate = MagiGenerateVideoOperator(
+        task_id="generate",
+        prompt="x [[duration: 0.1]]",
+        magi_conn_id="{{ params.conn }}",
+        model="{{ params.model }}",
+        wait_for_completion=False,
+    )
+    wait = MagiPredictionSensor(
+        task_id="wait", prediction_id=generate.output, magi_conn_id="{{ params.conn }}", **FAST
+    )
+    MagiDownloadOutputsOperator(
+        task_id="download",
+        prediction=wait.output,
+        destination=OUTPUT_DIR,
+        magi_conn_id="{{ params.conn }}",
+    )
