@@ -14,6 +14,10 @@ CONN_FIELDS: dict[str, Any] = {
         "label": "Read timeout (s)",
         "schema": {"type": ["number", "null"], "default": 60},
     },
+    "request_timeout": {
+        "label": "Whole-request timeout (s)",
+        "schema": {"type": ["number", "null"], "default": 120},
+    },
     "max_retries": {
         "label": "Retries for transient errors",
         "schema": {"type": ["integer", "null"], "default": 5},
@@ -37,7 +41,10 @@ PLACEHOLDERS = {
 # Extra box is hidden there; older forms keep it, as the only way to set them.
 HIDDEN_FIELDS = ["schema", "login", "port", "extra"]
 HIDDEN_FIELDS_WITHOUT_CONN_FIELDS = ["schema", "login", "port"]
-EXTRA_PLACEHOLDER = '{"read_timeout": 60, "max_retries": 5, "max_retry_wait": 60, "max_polls_per_second": 20}'
+EXTRA_PLACEHOLDER = (
+    '{"read_timeout": 60, "request_timeout": 120, "max_retries": 5, "max_retry_wait": 60, '
+    '"max_polls_per_second": 20}'
+)
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": HIDDEN_FIELDS,

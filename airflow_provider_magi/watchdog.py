@@ -27,26 +27,28 @@ class Watch:
 
     def __init__(self) -> None:
         self.expired = False
-        self._connection: Any = None
+        self._socket: socket.socket | None = None
         self._lock = threading.Lock()
 
     def attach(self, connection: Any) -> None:
+        # The socket itself is kept: http.client drops the connection's reference to it once the
+        # headers say "Connection: close", while the body is still being read from it.
+        sock = getattr(connection, "sock", None)
+        if sock is None:  # still connecting: connect() reports again when it has one
+            return
         with self._lock:
-            self._connection = connection
+            self._socket = sock
             if self.expired:
-                _cut(connection)
+                _cut(sock)
 
     def expire(self) -> None:
         with self._lock:
             self.expired = True
-            if self._connection is not None:
-                _cut(self._connection)
+            if self._socket is not None:
+                _cut(self._socket)
 
 
-def _cut(connection: Any) -> None:
-    sock = getattr(connection, "sock", None)
-    if sock is None:  # still connecting: attach() cuts it once connect() returns
-        return
+def _cut(sock: socket.socket) -> None:
     with suppress(OSError):  # already closed
         sock.shutdown(socket.SHUT_RDWR)
 

@@ -22,7 +22,7 @@ from airflow_provider_magi.exceptions import MagiError
 
 DEFAULT_TOLERANCE_SECONDS = 300
 _SIGNATURE_VERSION = "v3"
-_UNIX_SECONDS = re.compile(r"^\d{1,12}$")  # up to year 33658: any longer is not a timestamp
+_UNIX_SECONDS = re.compile(r"^[0-9]{1,12}$")  # up to year 33658: any longer is not a timestamp
 
 
 class MagiWebhookError(MagiError):
@@ -79,7 +79,8 @@ def verify_webhook(
     message = f"{lowered['webhook-id']}.{timestamp}.".encode() + bytes(body)
     expected = f"{_SIGNATURE_VERSION},{hmac.new(signing_key, message, hashlib.sha256).hexdigest()}"
     offered = [part.strip() for part in lowered["webhook-signature"].split(" ")]
-    if not any(hmac.compare_digest(expected, candidate) for candidate in offered):
+    # Compared as bytes: compare_digest refuses non-ASCII text, and a header may carry anything.
+    if not any(hmac.compare_digest(expected.encode(), candidate.encode()) for candidate in offered):
         raise MagiWebhookError("webhook signature does not match: wrong secret or altered body")
     try:
         payload = json.loads(body)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -44,7 +44,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def report(title: str, body: str, notes: str = "") -> None:
     """Print the table and append it, dated and with the machine's facts, to RESULTS.md."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = f"\n## {title} ({stamp})\n\n{machine()}\n\n{body}\n"
     if notes:
         section += f"\n{notes}\n"

@@ -27,8 +27,13 @@ PY
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check "$wheel"
 export AIRFLOW_HOME="$work/home" AIRFLOW__CORE__LOAD_EXAMPLES=False
-"$work/venv/bin/airflow" providers list -o plain | grep -q "^airflow-provider-magi" \
-  || { echo "airflow providers list does not show airflow-provider-magi"; exit 1; }
+# Captured first, then searched: `... | grep -q` under pipefail fails whenever grep exits before
+# the writer has finished (SIGPIPE), which made this check fail by timing alone.
+providers="$("$work/venv/bin/airflow" providers list -o plain)"
+case "$providers" in
+  *$'\n'airflow-provider-magi*|airflow-provider-magi*) ;;
+  *) echo "airflow providers list does not show airflow-provider-magi"; exit 1 ;;
+esac
 "$work/venv/bin/python" - example_dags <<'PY'
 import sys
 from airflow.providers_manager import ProvidersManager

@@ -72,9 +72,7 @@ class HostileServer:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                seen = Seen(
-                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
-                )
+                seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 outer.seen.append(seen)
                 answer = outer.respond(seen)
                 parts = [answer] if isinstance(answer, bytes) else answer

@@ -76,7 +76,8 @@ def test_existing_file_is_replaced_only_when_the_new_one_is_whole(
 ) -> None:
     target = tmp_path / "v.mp4"
     target.write_bytes(b"previous video")
-    url = completed_output(magi_conn, "[[truncate]]")
+    url = completed_output(magi_conn)
+    magi_conn.set_faults([Fault(route="output", kind="truncate")])  # every answer breaks off
     with pytest.raises(MagiDownloadError):
         MagiHook().download_output(url, target, allow_insecure_loopback=True)
     assert target.read_bytes() == b"previous video"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import av
@@ -49,7 +49,7 @@ def test_text_to_video(dag_bag, magi_conn: LocalWaveSpeedServer) -> None:
 
 
 def test_daily_prompt_and_file_carry_the_run_date(dag_bag, magi_conn: LocalWaveSpeedServer) -> None:
-    dag_run = run_dag(dag_bag, "example_magi_daily", logical_date=datetime(2026, 11, 27, tzinfo=timezone.utc))
+    dag_run = run_dag(dag_bag, "example_magi_daily", logical_date=datetime(2026, 11, 27, tzinfo=UTC))
     assert dag_run.state == "success"
     (prediction,) = magi_conn.app.predictions.values()
     assert prediction.inputs["prompt"].startswith("Morning over a harbour town on 2026-11-27:")

@@ -191,9 +191,9 @@ def test_non_finite_numbers_in_an_answer_are_a_response_error(
     with HostileServer(respond) as server:
         conn = {"conn_type": "magi", "host": server.base_url, "password": CANARY_KEY}
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", json.dumps(conn))
-        with pytest.raises(MagiResponseError, match="'timings.inference' is not a number of milliseconds"):
+        with pytest.raises(MagiResponseError, match=r"'timings\.inference' is not a number of milliseconds"):
             MagiHook().get_prediction("p1")
-        with pytest.raises(MagiResponseError, match="timings.inference"):
+        with pytest.raises(MagiResponseError, match=r"timings\.inference"):
             asyncio.run(MagiHook().aget_prediction("p1"))
         # In a trigger the same answer is a failed poll, not an exception out of run().
         events = asyncio.run(_collect(MagiPredictionTrigger("p1", poll_interval=0.1, deadline=_soon())))
@@ -204,5 +204,3 @@ def _soon() -> float:
     import time
 
     return time.time() + 0.5
-
-

@@ -53,7 +53,9 @@ def api_with_a_malformed_submit_answer(malformed_field: str) -> HostileServer:
     return HostileServer(respond)
 
 
-@pytest.mark.parametrize("malformed", list(MALFORMED_SUBMIT_ANSWERS.values()), ids=list(MALFORMED_SUBMIT_ANSWERS))
+@pytest.mark.parametrize(
+    "malformed", list(MALFORMED_SUBMIT_ANSWERS.values()), ids=list(MALFORMED_SUBMIT_ANSWERS)
+)
 def test_an_id_in_a_malformed_submit_answer_is_kept(monkeypatch: pytest.MonkeyPatch, malformed: str) -> None:
     with api_with_a_malformed_submit_answer(malformed) as server:
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
@@ -62,15 +64,15 @@ def test_an_id_in_a_malformed_submit_answer_is_kept(monkeypatch: pytest.MonkeyPa
     assert [seen.method for seen in server.seen] == ["POST"]
 
 
-@pytest.mark.parametrize("malformed", ['"has_nsfw_contents": ["false"]', '"timings": {"inference": Infinity}'])
+@pytest.mark.parametrize(
+    "malformed", ['"has_nsfw_contents": ["false"]', '"timings": {"inference": Infinity}']
+)
 def test_a_retry_after_a_malformed_submit_answer_does_not_pay_again(
     dag_bag, monkeypatch: pytest.MonkeyPatch, malformed: str
 ) -> None:
     with api_with_a_malformed_submit_answer(malformed) as server:
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
-        dag_run = run_dag(
-            dag_bag, "magi_test_params", prompt="x", seed=None, image=None, extra_inputs=None
-        )
+        dag_run = run_dag(dag_bag, "magi_test_params", prompt="x", seed=None, image=None, extra_inputs=None)
     assert dag_run.state == "success"
     assert sum(seen.method == "POST" for seen in server.seen) == 1
     assert xcom(dag_run, "generate")["prediction_id"] == "paid-1"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -76,7 +76,7 @@ def test_deferral_carries_what_is_left_of_execution_timeout() -> None:
     operator = MagiGenerateVideoOperator(
         task_id="t", prompt="x", timeout=3600, execution_timeout=timedelta(seconds=30), deferrable=True
     )
-    context = {"ti": SimpleNamespace(start_date=datetime.now(timezone.utc) - timedelta(seconds=10))}
+    context = {"ti": SimpleNamespace(start_date=datetime.now(UTC) - timedelta(seconds=10))}
     with pytest.raises(TaskDeferred) as deferred:
         operator.defer_to_trigger(operator._waiter("p1"), context)  # type: ignore[arg-type]
     trigger = deferred.value.trigger

@@ -55,6 +55,7 @@ def test_serialize_round_trip_carries_no_secret(magi_conn: LocalWaveSpeedServer)
         "deadline",
         "max_poll_interval",
         "started_at",
+        "deadline_reason",
     }
     again = MagiPredictionTrigger(**json.loads(text))
     assert again.serialize() == (classpath, kwargs)

@@ -10,7 +10,7 @@ import requests
 from airflow_provider_magi.exceptions import MagiInputError
 from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
-from airflow_provider_magi.validation import LocalImage, check_image
+from airflow_provider_magi.validation import ImageFile, LocalImage, check_image
 from tests.helpers import run_dag
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
@@ -23,8 +23,14 @@ def frame(tmp_path: Path) -> Path:
     return path
 
 
+def read(frame: Path) -> ImageFile:
+    image = check_image(frame)
+    assert isinstance(image, LocalImage)
+    return image.read()
+
+
 def test_upload_returns_a_url_serving_the_same_bytes(magi_conn: LocalWaveSpeedServer, frame: Path) -> None:
-    url = MagiHook().upload_media(frame)
+    url = MagiHook().upload_media(read(frame))
     assert url.startswith(f"{magi_conn.base_url}/media/") and url.endswith("/first_frame.png")
     assert requests.get(url, timeout=5).content == PNG
     (stored,) = magi_conn.app.media.values()
@@ -35,24 +41,24 @@ def test_upload_is_resent_after_5xx_because_nothing_is_billed(
     magi_conn: LocalWaveSpeedServer, frame: Path
 ) -> None:
     magi_conn.set_faults([Fault(route="upload", kind="status", status=503, times=1)])
-    MagiHook().upload_media(frame)
+    MagiHook().upload_media(read(frame))
     assert [r.status for r in magi_conn.requests if r.route == "upload"] == [503, 200]
 
 
 def test_local_paths_are_checked_before_anything_is_sent(frame: Path, tmp_path: Path) -> None:
-    checked = check_image(str(frame))
-    assert isinstance(checked, LocalImage) and checked.size == len(PNG)
-    assert isinstance(check_image(frame), LocalImage)
+    assert read(frame).content == PNG
+    assert isinstance(check_image(str(frame)), LocalImage)
     assert check_image("https://example.com/f.png") == "https://example.com/f.png"
-    with pytest.raises(MagiInputError, match="Invalid image: does not exist or is not a file"):
-        check_image(str(tmp_path / "missing.png"))
-    with pytest.raises(MagiInputError, match="does not exist or is not a file"):
-        check_image(str(tmp_path))
+    with pytest.raises(MagiInputError, match="Invalid image: does not exist"):
+        read(tmp_path / "missing.png")
+    with pytest.raises(MagiInputError, match="is not a regular file"):
+        read(tmp_path)
     big = tmp_path / "huge.png"
     with big.open("wb") as handle:
+        handle.write(PNG)
         handle.truncate(21 * 2**20)
-    with pytest.raises(MagiInputError, match=r"is 21\.0 MiB, over the 20 MiB upload limit.*Fix: resize"):
-        check_image(str(big))
+    with pytest.raises(MagiInputError, match=r"over the 20 MiB upload limit.*Fix: resize"):
+        read(big)
     with pytest.raises(MagiInputError, match="is not an http\\(s\\) URL"):
         check_image("ftp://example.com/f.png")
 
@@ -63,7 +69,7 @@ def test_object_storage_path_is_accepted(frame: Path) -> None:
     checked = check_image(f"file://{frame}")
     assert isinstance(checked, LocalImage)
     assert isinstance(checked.path, ObjectStoragePath)
-    assert checked.size == len(PNG)
+    assert checked.read().content == PNG
 
 
 def test_operator_uploads_then_submits_the_url(dag_bag, magi_conn: LocalWaveSpeedServer, frame: Path) -> None:

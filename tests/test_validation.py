@@ -39,12 +39,11 @@ def test_valid_inputs_build_the_request_body() -> None:
         ),
         ({"prompt": "x", "seed": 2**31}, "Invalid seed: is out of range"),
         ({"prompt": "x", "image": "ftp://x/y.png"}, "Invalid image: is not an http(s) URL"),
-        ({"prompt": "x", "image": "/no/such/frame.png"}, "Invalid image: does not exist or is not a file"),
         ({"prompt": "x", "image": "http:/frame.png"}, "Invalid image: is not an http(s) URL"),
         ({"prompt": "x", "image": ["https://x"]}, "Invalid image: must be a URL or a path, not list"),
         ({"prompt": "x", "extra_inputs": "720p"}, "Invalid extra_inputs: must be a dict, not str"),
         ({"prompt": "x", "extra_inputs": {"prompt": "y"}}, "repeats the named parameter(s) prompt"),
-        ({"prompt": "x", "extra_inputs": {"when": object()}}, "is not JSON-serialisable"),
+        ({"prompt": "x", "extra_inputs": {"when": object()}}, "is not strict JSON"),
     ],
 )
 def test_each_error_names_field_value_and_fix(kwargs: dict, expected: str) -> None:

@@ -69,3 +69,47 @@ def test_webhook_url_must_be_https() -> None:
     assert check_webhook_url("https://hooks.example/x") == "https://hooks.example/x"
     with pytest.raises(MagiInputError, match="Invalid webhook_url: is not an https URL"):
         check_webhook_url("http://hooks.example/x")
+
+
+# ---------------------------------------------------------------- #13 item 13: hostile calls
+
+
+def forged_with_empty_secret(secret: str) -> dict[str, str]:
+    """What an attacker signs when the receiver's secret is empty: an HMAC with an empty key."""
+    import hashlib
+    import hmac
+
+    digest = hmac.new(b"", b"msg_1.1800000000." + BODY, hashlib.sha256).hexdigest()
+    return {"Webhook-Id": "msg_1", "Webhook-Timestamp": str(NOW), "Webhook-Signature": f"v3,{digest}"}
+
+
+@pytest.mark.parametrize("secret", ["", "whsec_", "   ", "whsec_  "])
+def test_an_empty_secret_is_refused_not_used(secret: str) -> None:
+    with pytest.raises(MagiWebhookError, match="secret is empty"):
+        verify_webhook(forged_with_empty_secret(secret), BODY, secret, now=NOW)
+    with pytest.raises(MagiWebhookError, match="secret is empty"):
+        sign_webhook(secret, "msg_1", NOW, BODY)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"Webhook-Timestamp": "9" * 400}, "Unix seconds"),
+        ({"Webhook-Timestamp": "-5"}, "Unix seconds"),
+        ({"Webhook-Timestamp": "1e9"}, "Unix seconds"),
+        ({"Webhook-Timestamp": "١٨٠٠٠٠٠٠٠٠"}, "Unix seconds"),  # digits, but not ASCII ones
+        ({"Webhook-Signature": 42}, "header of type int"),
+    ],
+)
+def test_malformed_headers_raise_the_webhook_error(changes: dict, reason: str) -> None:
+    with pytest.raises(MagiWebhookError, match=reason):
+        verify_webhook({**headers(), **changes}, BODY, SECRET, now=NOW)
+
+
+def test_headers_and_body_as_bytes_are_read_as_a_server_gives_them() -> None:
+    raw = {key.encode(): value.encode() for key, value in headers().items()}
+    assert verify_webhook(raw, BODY, SECRET, now=NOW)["id"] == "p1"
+    with pytest.raises(MagiWebhookError, match="raw request body as bytes"):
+        verify_webhook(headers(), BODY.decode(), SECRET, now=NOW)  # type: ignore[arg-type]
+    with pytest.raises(MagiWebhookError, match="does not match"):
+        verify_webhook({**raw, b"Webhook-Signature": b"v3,\xff\xfe"}, BODY, SECRET, now=NOW)

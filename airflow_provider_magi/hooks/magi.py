@@ -464,7 +464,11 @@ class MagiHook(BaseHook):
                     stream=True,
                 )
                 try:
-                    raw = take_capped(response.raw.stream(64 * 1024, decode_content=False))
+                    raw: bytes | AnswerTooLarge = take_capped(
+                        response.raw.stream(64 * 1024, decode_content=False)
+                    )
+                except AnswerTooLarge as error:
+                    raw = error
                 finally:
                     response.close()
             except requests.ConnectTimeout as error:
@@ -533,12 +537,15 @@ async def _asend(client: httpx.AsyncClient, method: str, url: str, settings: Mag
 
     async def exchange() -> HTTPAnswer:
         async with client.stream(method, url, headers=headers) as response:
-            raw = await atake_capped(response.aiter_raw())
+            try:
+                raw: bytes | AnswerTooLarge = await atake_capped(response.aiter_raw())
+            except AnswerTooLarge as error:
+                raw = error
         return _answer(response, raw, settings.api_key)
 
     try:
         return await asyncio.wait_for(exchange(), settings.request_timeout)
-    except asyncio.TimeoutError as error:
+    except TimeoutError as error:
         raise ExchangeFailure(
             f"no complete answer within request_timeout ({settings.request_timeout:g}s)"
         ) from error
@@ -548,10 +555,18 @@ async def _asend(client: httpx.AsyncClient, method: str, url: str, settings: Mag
         raise ExchangeFailure(_reason(error, settings.api_key)) from error
 
 
-def _answer(response: requests.Response | httpx.Response, raw: bytes, secret: str) -> HTTPAnswer:
-    """What either client received, in the one shape the parser reads, with the key scrubbed."""
+def _answer(
+    response: requests.Response | httpx.Response, raw: bytes | AnswerTooLarge, secret: str
+) -> HTTPAnswer:
+    """What either client received, in the one shape the parser reads, with the key scrubbed.
+
+    An answer over the size cap (as sent, or once decompressed) becomes a short note in place of
+    its body, so the parser reports it like any other answer that is not the envelope.
+    """
     content_type = response.headers.get("Content-Type", "")
     try:
+        if isinstance(raw, AnswerTooLarge):
+            raise raw
         body = decode_body(raw, response.headers.get("Content-Encoding"))
     except (AnswerTooLarge, UnsupportedEncoding) as error:
         body = f"[{error}]".encode()

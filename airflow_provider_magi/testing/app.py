@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.parser import BytesParser
 from typing import Any
 
@@ -219,7 +219,7 @@ class WaveSpeedApp:
             model=model,
             inputs=inputs,
             directives=directives,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             started=time.monotonic(),
             duration=directives.duration
             if directives.duration is not None

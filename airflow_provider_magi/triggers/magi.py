@@ -101,11 +101,11 @@ class MagiPredictionTrigger(BaseTrigger):
             remaining = None if self.deadline is None else self.deadline - time.time()
             try:
                 if remaining is not None and remaining <= 0:
-                    raise asyncio.TimeoutError
+                    raise TimeoutError
                 prediction = await asyncio.wait_for(
                     hook.aget_prediction(self.prediction_id, deadline=self.deadline), remaining
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 yield self._timeout_event(waiter)
                 return
             except (MagiAuthError, MagiRejectedError) as error:

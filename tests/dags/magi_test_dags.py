@@ -12,7 +12,7 @@ from airflow.sdk import DAG, Asset
 from airflow.sdk.io import attach
 
 from airflow_provider_magi.operators.download import MagiDownloadOutputsOperator
-from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
+from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator, stored_job
 from airflow_provider_magi.sensors.magi import MagiPredictionSensor
 
 OUTPUT_DIR = os.environ.get("MAGI_TEST_OUTPUT_DIR", "/tmp/magi-test-output")
@@ -39,11 +39,11 @@ class CrashOnceAfter(MagiGenerateVideoOperator):
             raise RuntimeError(f"simulated worker crash in {step}")
 
     def poll_until_complete(self, external_id: Any, context: Any) -> Any:
-        self._crash("poll", context, str(external_id))
+        self._crash("poll", context, stored_job(external_id)[0])
         return super().poll_until_complete(external_id, context)
 
     def get_job_result(self, external_id: Any, context: Any) -> Any:
-        self._crash("result", context, str(external_id))
+        self._crash("result", context, stored_job(external_id)[0])
         return super().get_job_result(external_id, context)
 
 
@@ -186,7 +186,7 @@ with _dag("magi_test_download_to_memory"):
 
 # ---------------------------------------------------------------- hostile and edge cases (#13)
 
-for name, deferrable in (("generate", True), ("sensor", True)):
+for name in ("generate", "sensor"):
     with _dag(f"magi_test_execution_timeout_{name}"):
         if name == "generate":
             MagiGenerateVideoOperator(
@@ -198,7 +198,9 @@ for name, deferrable in (("generate", True), ("sensor", True)):
                 **FAST,
             )
         else:
-            submit = MagiGenerateVideoOperator(task_id="submit", prompt="x [[never]]", wait_for_completion=False)
+            submit = MagiGenerateVideoOperator(
+                task_id="submit", prompt="x [[never]]", wait_for_completion=False
+            )
             MagiPredictionSensor(
                 task_id="wait",
                 prediction_id=submit.output,
