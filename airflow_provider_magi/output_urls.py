@@ -23,6 +23,9 @@ from airflow_provider_magi.exceptions import MagiDownloadError
 _METADATA_ADDRESSES = frozenset(
     {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
 )
+# Name resolution, looked up at call time so tests can keep it on this machine.
+resolve = socket.getaddrinfo
+
 _METADATA_NAMES = frozenset(
     {"metadata", "metadata.google.internal", "metadata.goog", "metadata.azure.com", "instance-data"}
 )
@@ -85,14 +88,26 @@ def _single_host(url: str) -> str:
 def _refuse_forbidden(url: str, host: str) -> None:
     if host.rstrip(".") in _METADATA_NAMES:
         raise MagiDownloadError(f"output URL {url!r}: {host} is a cloud metadata service; refusing it")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return
-    if _is_forbidden_address(address):
+    address = _literal_address(host)
+    if address is not None and _is_forbidden_address(address):
         raise MagiDownloadError(
             f"output URL {url!r}: {host} is a link-local, metadata or unroutable address; refusing it"
         )
+
+
+def _literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host written as a number means, in every form the C library accepts
+    (``2852039166``, ``0xa9fea9fe``, ``0251.0376.0251.0376`` are all 169.254.169.254)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host and all(ch in "0123456789abcdefx." for ch in host) and host[0].isdigit():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def _is_forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -110,7 +125,7 @@ def _is_forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address
 def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Every address ``host`` resolves to (numeric shorthands such as 2852039166 included)."""
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        infos = resolve(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
         return []  # the request itself will fail to connect and say so
     found = []

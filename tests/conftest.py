@@ -40,6 +40,22 @@ from airflow_provider_magi.testing import LocalWaveSpeedServer  # noqa: E402
 from tests.helpers import CANARY_KEY, connection_json  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def no_dns_beyond_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output-URL check resolves host names; here it may resolve only local ones, so no test
+    sends a DNS query to this machine's (non-loopback) resolver."""
+    import socket
+
+    from airflow_provider_magi import output_urls
+
+    def local_only(host: str, *args: Any, **kwargs: Any) -> Any:
+        local = host in ("localhost", socket.gethostname()) or host.replace(".", "").isdigit()
+        assert local, f"a test resolved {host!r}: that would query a resolver off this machine"
+        return socket.getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(output_urls, "resolve", local_only)
+
+
 @pytest.fixture
 def server() -> Iterator[LocalWaveSpeedServer]:
     """A fresh local server whose predictions complete after 0.5 s, keyed with the canary."""

@@ -44,7 +44,9 @@ def fetch(url: str, target: Path, **kwargs: object) -> object:
         "https://[fd00:ec2::254]/latest/meta-data/",  # AWS metadata over IPv6
         "https://100.100.100.200/latest/meta-data/",  # Alibaba Cloud metadata
         "https://metadata.google.internal/computeMetadata/v1/",
-        "https://2852039166/latest/",  # 169.254.169.254 written as one number: resolved, refused
+        "https://2852039166/latest/",  # 169.254.169.254 written as one number
+        "https://0xa9fea9fe/latest/",  # ... in hex
+        "https://0251.0376.0251.0376/latest/",  # ... in octal
         "https://0.0.0.0/v.mp4",
         "http://a\\@127.0.0.1/v.mp4",  # urllib and urllib3 disagree on the host
         "http://127.0.0.1\\@cdn.example/v.mp4",
@@ -56,6 +58,22 @@ def fetch(url: str, target: Path, **kwargs: object) -> object:
 def test_forbidden_output_urls_are_refused_without_a_request(url: str) -> None:
     with pytest.raises(MagiDownloadError, match=r"refus|not an https|whitespace"):
         check_output_url(url, allow_insecure_loopback=True)
+
+
+def test_a_name_that_resolves_to_a_metadata_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from airflow_provider_magi import output_urls
+
+    def rebinding_dns(host: str, *args: object, **kwargs: object) -> list:
+        assert host == "cdn.attacker.example"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", 0))]
+
+    monkeypatch.setattr(output_urls, "resolve", rebinding_dns)
+    with pytest.raises(MagiDownloadError, match=r"resolves to 169\.254\.169\.254"):
+        check_output_url("https://cdn.attacker.example/v.mp4", allow_insecure_loopback=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")  # the proxy resolves, not us
+    check_output_url("https://cdn.attacker.example/v.mp4", allow_insecure_loopback=False)
 
 
 @pytest.mark.parametrize(
