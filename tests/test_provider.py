@@ -68,6 +68,7 @@ def test_airflow_knows_the_connection_type_and_form() -> None:
         "extra__magi__connect_timeout",
         "extra__magi__read_timeout",
         "extra__magi__request_timeout",
+        "extra__magi__download_timeout",
         "extra__magi__max_retries",
         "extra__magi__max_retry_wait",
         "extra__magi__max_polls_per_second",

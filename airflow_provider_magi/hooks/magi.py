@@ -84,6 +84,7 @@ class MagiSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     request_timeout: float = 120.0  # the whole of one request: connect, send, every byte back
+    download_timeout: float = 1800.0  # one attempt of one output download (the next one resumes)
     max_retries: int = 5
     max_retry_wait: float = 60.0
     max_polls_per_second: float = 20.0  # shared by all triggers using this key in one triggerer
@@ -129,6 +130,7 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
         "connect_timeout": float,
         "read_timeout": float,
         "request_timeout": float,
+        "download_timeout": float,
         "max_retries": int,
         "max_retry_wait": float,
         "max_polls_per_second": float,
@@ -145,7 +147,9 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
             raise MagiError(f"Connection '{conn_id}': extra '{name}' must be a number, got {raw!r}") from None
         if not math.isfinite(value):
             raise MagiError(f"Connection '{conn_id}': extra '{name}' must be a finite number, got {raw!r}")
-        if value < 0 or (value == 0 and name in ("max_polls_per_second", "request_timeout")):
+        if value < 0 or (
+            value == 0 and name in ("max_polls_per_second", "request_timeout", "download_timeout")
+        ):
             raise MagiError(f"Connection '{conn_id}': extra '{name}' is out of range, got {raw!r}")
         values[name] = value
     return values
@@ -380,6 +384,7 @@ class MagiHook(BaseHook):
             checksum=checksum,
             allow_insecure_loopback=allow_insecure_loopback,
             label=label,
+            attempt_timeout=settings.download_timeout,
         )
 
     def test_connection(self) -> tuple[bool, str]:
