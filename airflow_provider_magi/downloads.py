@@ -119,7 +119,7 @@ class _Transfer:
         """Throw away what was written: the next attempt starts from byte 0."""
         if self.handle is not None:
             self.handle.close()
-        self.handle = self.temporary.open("wb")
+        self.handle = _open_untracked(self.temporary)
         self.written = 0
         self.total: int | None = None  # proven size of the object
         self.validator: str | None = None  # ETag or Last-Modified, for If-Range
@@ -266,6 +266,15 @@ class _Transfer:
         self.written += len(chunk)
         if self.hasher is not None:
             self.hasher.update(chunk)
+
+
+def _open_untracked(path: WritablePath) -> Any:
+    """Open the temporary file past ObjectStoragePath's lineage tracking: Airflow's hook lineage
+    collector must see the final file (the hook reports it), never the ``.part`` name."""
+    fs = getattr(path, "fs", None)
+    if fs is not None:
+        return fs.open(path.path, "wb")
+    return path.open("wb")
 
 
 def _open_checked(

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_magi import metrics
 from airflow_provider_magi.api import Prediction
 from airflow_provider_magi.exceptions import MagiError, MagiExecutionTimeoutError, MagiTimeoutError
 
@@ -45,6 +46,7 @@ class Waiter:
     started_at: float = field(default_factory=time.time)
     last_status: str | None = None
     deadline_reason: str = DEADLINE_TIMEOUT
+    conn_id: str | None = None  # tags the metrics
 
     def cap_deadline(self, deadline: float | None, reason: str) -> None:
         """Make ``deadline`` the wait's deadline if it comes sooner than the current one."""
@@ -60,6 +62,11 @@ class Waiter:
         if prediction.status == self.last_status:
             return
         self.last_status = prediction.status
+        if prediction.is_terminal:
+            outcome = "completed" if prediction.is_completed else "failed"
+            model = prediction.model or None
+            metrics.incr(f"predictions.{outcome}", model=model, conn_id=self.conn_id)
+            metrics.timing("submit_to_terminal", self.elapsed, model=model, conn_id=self.conn_id)
         if prediction.is_failed:
             log.error(
                 "Prediction %s %s: %s (after %.0fs)",
@@ -99,6 +106,9 @@ class Waiter:
 
     def timeout_message(self) -> str:
         return timeout_message(self.prediction_id, self.deadline_reason, self.last_status, self.elapsed)
+
+    def count_timeout(self) -> None:
+        metrics.incr("predictions.timed_out", conn_id=self.conn_id)
 
     def timeout_error(self) -> MagiError:
         return timeout_error(self.deadline_reason, self.timeout_message(), self.prediction_id)

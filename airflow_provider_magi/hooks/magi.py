@@ -22,6 +22,7 @@ from airflow.providers.common.compat.connection import get_async_connection, get
 from tenacity import AsyncRetrying, Retrying
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
+from airflow_provider_magi import metrics
 from airflow_provider_magi.api import (
     DEFAULT_BASE_URL,
     DEFAULT_MODEL,
@@ -298,13 +299,19 @@ class MagiHook(BaseHook):
             path += "?" + urlencode({"webhook": webhook_url})
         body = json_body(inputs)
         what = f"Submitting to {model}"
-        data = self._call("POST", path, what=what, body=body)
+        try:
+            data = self._call("POST", path, what=what, body=body)
+        except MagiSubmitUncertainError:
+            metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
+            raise
         if prediction_id_of(data) is None:
+            metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
             raise MagiSubmitUncertainError(
                 f"{what}: WaveSpeed answered success without a prediction id ({dict(data)!r:.200}). "
                 "It may have accepted the request, so it is not sent again and no second generation "
                 "is billed. Check your WaveSpeed predictions before running the task again."
             )
+        metrics.incr("submits", model=model, conn_id=self.magi_conn_id)
         prediction, problem = parse_submitted(data, model)
         if problem:
             self.log.warning(
@@ -330,6 +337,7 @@ class MagiHook(BaseHook):
                 f"Uploading {image.name}: the answer has no download_url: {dict(data)!r:.200}"
             )
         self.log.info("Uploaded %s (%d bytes) as %s", image.name, len(image.content), url)
+        metrics.incr("upload.bytes", len(image.content), conn_id=self.magi_conn_id)
         return url
 
     def get_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction:
@@ -340,6 +348,7 @@ class MagiHook(BaseHook):
             what=f"Reading prediction {prediction_id}",
             prediction_id=prediction_id,
             deadline=deadline,
+            is_poll=True,
         )
         return parse_prediction(data)
 
@@ -361,6 +370,7 @@ class MagiHook(BaseHook):
             delay = waiter.next_delay()
             if delay is None:
                 self.log.error("%s", waiter.timeout_message())
+                waiter.count_timeout()
                 raise waiter.timeout_error()
             time.sleep(delay)
 
@@ -375,7 +385,8 @@ class MagiHook(BaseHook):
     ) -> DownloadedFile:
         """Stream one output to ``target`` atomically. The API key is never sent to output hosts."""
         settings = self.settings
-        return download(
+        started = time.monotonic()
+        downloaded = download(
             self.session,
             url,
             target,
@@ -386,6 +397,21 @@ class MagiHook(BaseHook):
             label=label,
             attempt_timeout=settings.download_timeout,
         )
+        metrics.incr("download.bytes", downloaded.size, conn_id=self.magi_conn_id)
+        metrics.timing("download.time", time.monotonic() - started, conn_id=self.magi_conn_id)
+        self._report_output(target)
+        return downloaded
+
+    def _report_output(self, target: WritablePath) -> None:
+        """Tell Airflow's hook lineage collector about the final file (the temporary one is never
+        reported: it is written past the tracking wrapper)."""
+        uri = str(target) if hasattr(target, "fs") else f"file://{os.path.abspath(os.fspath(target))}"
+        try:
+            from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
+
+            get_hook_lineage_collector().add_output_asset(context=self, uri=uri)
+        except Exception:  # lineage must never fail a download that succeeded
+            self.log.debug("Could not report %s to the hook lineage collector", uri, exc_info=True)
 
     def test_connection(self) -> tuple[bool, str]:
         """Prove the key is accepted by reading a prediction that cannot exist: nothing is billed.
@@ -422,6 +448,7 @@ class MagiHook(BaseHook):
         prediction_id: str | None = None,
         resend_safe: bool = False,
         deadline: float | None = None,
+        is_poll: bool = False,
     ) -> Mapping[str, Any]:
         settings = self.settings
         url = settings.base_url + path
@@ -430,6 +457,8 @@ class MagiHook(BaseHook):
 
         def attempt() -> Mapping[str, Any]:
             answer = self._send(method, url, body=body, files=files)
+            if is_poll:
+                _count_poll(answer, settings.conn_id)
             return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
 
         policy = retry_policy(
@@ -506,6 +535,7 @@ class MagiHook(BaseHook):
             async with shared.gate:
                 await shared.budget.acquire()
                 answer = await _asend(shared.client, "GET", url, settings)
+            _count_poll(answer, settings.conn_id)
             rate_limited = False
             try:
                 return raise_for_answer(
@@ -582,6 +612,12 @@ def _answer(
         body=redact(body, secret),
         retry_after=response.headers.get("Retry-After"),
     )
+
+
+def _count_poll(answer: HTTPAnswer, conn_id: str) -> None:
+    metrics.incr("polls", conn_id=conn_id)
+    if answer.status_code == 429:
+        metrics.incr("polls.throttled", conn_id=conn_id)
 
 
 def json_body(inputs: Mapping[str, Any]) -> bytes:

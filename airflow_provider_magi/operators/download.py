@@ -95,9 +95,12 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         self.checksum = checksum
         self.allow_insecure_loopback = allow_insecure_loopback
         self.magi_conn_id = magi_conn_id
+        self._lineage_urls: list[str] = []
+        self._lineage_paths: list[Any] = []
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         prediction_id = check_prediction_id(self.prediction)
+        self.magi_prediction_id = prediction_id
         directory = destination_path(self.destination)
         prediction = self.hook.get_prediction(prediction_id)
         if not prediction.is_completed:
@@ -147,6 +150,7 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             "index": index,
         }
         target = directory / render_filename(self.filename, values)
+        self._lineage_urls.append(url)
         allow_loopback = self.allow_insecure_loopback
         if allow_loopback is None:
             allow_loopback = self.hook.is_local_server
@@ -158,6 +162,7 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             label=f"Prediction {prediction.id} output {index}",
         )
         self.log.info("Wrote %s (%d bytes)", downloaded.path, downloaded.size)
+        self._lineage_paths.append(target)
         flags = prediction.has_nsfw_contents
         return {
             **downloaded.to_dict(),
@@ -186,6 +191,22 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         for outlet in self.outlets:
             if type(outlet).__name__ == "Asset":
                 outlet_events[outlet].extra.update(extra)
+
+    # OpenLineage (provider optional): the output URLs in, the final files out.
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self._lineage()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self._lineage()
+
+    def _lineage(self) -> Any:
+        from airflow_provider_magi.lineage import download_lineage
+
+        return download_lineage(
+            prediction_id=self.magi_prediction_id,
+            output_urls=self._lineage_urls,
+            written_paths=self._lineage_paths,
+        )
 
 
 def destination_path(destination: Any) -> WritablePath:

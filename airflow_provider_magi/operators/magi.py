@@ -129,6 +129,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         self.webhook_url = webhook_url
         self._announced: str | None = None
         self._final: Prediction | None = None
+        self._lineage_result: dict[str, Any] | None = None
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path
@@ -224,6 +225,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
             poll_interval=self.poll_interval,
             max_poll_interval=self.max_poll_interval,
             deadline=deadline,
+            conn_id=self.magi_conn_id,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -234,6 +236,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         result["inputs"] = inputs_summary(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
         )
+        self._lineage_result = result
         self.log.info(
             "Prediction %s completed: %d output(s)", result["prediction_id"], len(result["outputs"])
         )
@@ -248,6 +251,26 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         self._announced = prediction_id
         url = remember_prediction(self, context, prediction_id, result_url, self.hook)
         self.log.info("%s prediction %s; result at %s", verb, prediction_id, url)
+
+    # ------------------------------------------------------------ OpenLineage (provider optional)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self._lineage()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self._lineage()  # the OpenLineage listener adds the error itself
+
+    def _lineage(self) -> Any:
+        from airflow_provider_magi.lineage import generate_lineage
+
+        return generate_lineage(
+            prediction_id=self.magi_prediction_id,
+            model=self.model,
+            prompt=self.prompt,
+            seed=self.seed,
+            image=self.image,
+            result=self._lineage_result,
+        )
 
     def on_kill(self) -> None:
         if self._announced:

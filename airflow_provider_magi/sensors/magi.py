@@ -75,6 +75,7 @@ class MagiPredictionSensor(MagiTaskMixin, BaseSensorOperator):
             poll_interval=self.poll_interval,
             max_poll_interval=self.max_poll_interval,
             deadline=time.time() + _timeout_seconds(self.timeout),
+            conn_id=self.magi_conn_id,
         )
         waiter.observe(prediction, self.log)
         if prediction.is_terminal:

@@ -96,6 +96,7 @@ class MagiPredictionTrigger(BaseTrigger):
             deadline=self.deadline,
             started_at=self.started_at,
             deadline_reason=self.deadline_reason,
+            conn_id=self.magi_conn_id,
         )
         while True:
             remaining = None if self.deadline is None else self.deadline - time.time()
@@ -128,6 +129,7 @@ class MagiPredictionTrigger(BaseTrigger):
     def _timeout_event(self, waiter: Waiter) -> TriggerEvent:
         message = waiter.timeout_message()
         self.log.error("%s", message)
+        waiter.count_timeout()
         return self._event(EVENT_TIMEOUT, message, deadline_reason=self.deadline_reason)
 
     def _terminal_event(self, prediction: Prediction) -> TriggerEvent:
