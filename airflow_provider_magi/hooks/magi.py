@@ -322,22 +322,61 @@ class MagiHook(BaseHook):
     def upload_media(self, image: ImageFile) -> str:
         """Upload a checked first frame; return the URL WaveSpeed serves it at.
 
-        An upload starts nothing billable, so unlike a submit it is safely resent on failure.
+        Two steps, as WaveSpeed's SDK does it (see uploads.py); the older multipart endpoint only
+        when the two-step one answers 404. An upload starts nothing billable, so unlike a submit
+        it is safely resent on failure.
         """
+        from airflow_provider_magi import uploads
+
+        what = f"Uploading {image.name}"
+        ticket_request = {
+            "filename": image.name,
+            "size": len(image.content),
+            "content_type": image.content_type,
+        }
+        try:
+            data = self._call(
+                "POST", uploads.TICKET_PATH, what=what, body=json_body(ticket_request), resend_safe=True
+            )
+        except MagiRejectedError as error:
+            if error.http_status != 404:
+                raise
+            self.log.info(
+                "%s: the two-step upload is not served here (404); using the multipart upload", what
+            )
+            url = self._upload_multipart(image, what)
+        else:
+            ticket = uploads.parse_ticket(data, what)
+            settings = self.settings
+            uploads.put_bytes(
+                self.session,
+                ticket,
+                image.content,
+                what=what,
+                timeout=(settings.connect_timeout, settings.read_timeout),
+                request_timeout=settings.request_timeout,
+                max_attempts=settings.max_retries + 1,
+                allow_insecure_loopback=self.is_local_server,
+            )
+            url = ticket.download_url
+        self.log.info("Uploaded %s (%d bytes) as %s", image.name, len(image.content), url)
+        metrics.incr("upload.bytes", len(image.content), conn_id=self.magi_conn_id)
+        return url
+
+    def _upload_multipart(self, image: ImageFile, what: str) -> str:
+        """The older one-step upload (multipart field ``file``)."""
+        from airflow_provider_magi.uploads import LEGACY_PATH
+
         data = self._call(
             "POST",
-            "/api/v3/media/upload/binary",
-            what=f"Uploading {image.name}",
+            LEGACY_PATH,
+            what=what,
             files={"file": (image.name, image.content, image.content_type)},
             resend_safe=True,
         )
         url = data.get("download_url")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-            raise MagiResponseError(
-                f"Uploading {image.name}: the answer has no download_url: {dict(data)!r:.200}"
-            )
-        self.log.info("Uploaded %s (%d bytes) as %s", image.name, len(image.content), url)
-        metrics.incr("upload.bytes", len(image.content), conn_id=self.magi_conn_id)
+            raise MagiResponseError(f"{what}: the answer has no download_url: {dict(data)!r:.200}")
         return url
 
     def get_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction:

@@ -24,7 +24,11 @@ SEED_MIN, SEED_MAX = -1, 2147483647
 _MODEL_ROUTE = re.compile(r"^/api/v3/(?P<owner>[A-Za-z0-9._-]+)/(?P<name>[A-Za-z0-9._-]+)$")
 _RESULT_ROUTE = re.compile(r"^/api/v3/predictions/(?P<id>[^/]+)/result$")
 _OUTPUT_ROUTE = re.compile(r"^/outputs/(?P<id>[^/]+)/(?P<index>\d+)\.mp4$")
-_UPLOAD_ROUTE = "/api/v3/media/upload/binary"
+_UPLOAD_ROUTE = "/api/v3/media/upload/binary"  # the older multipart form
+_UPLOAD_TICKET_ROUTE = "/api/v3/media/uploads"  # the two-step form the official SDK uses
+_UPLOAD_PUT_ROUTE = re.compile(r"^/uploads/(?P<ticket>[0-9a-f]{32})$")
+MAX_MEDIA_BYTES = 200 * 2**20  # the SDK's cap for any upload; images keep MAX_UPLOAD_BYTES
+_MEDIA_TYPES = ("image/", "video/", "audio/")
 _MEDIA_ROUTE = re.compile(r"^/media/(?P<id>[0-9a-f]+)/(?P<name>[^/]+)$")
 MAX_UPLOAD_BYTES = 20 * 2**20
 _RANGE = re.compile(r"^bytes=(\d+)-$")
@@ -85,6 +89,7 @@ class WaveSpeedApp:
         self.faults = faults or FaultPlan()
         self.predictions: dict[str, StoredPrediction] = {}
         self.media: dict[str, tuple[str, bytes, str]] = {}  # id -> (filename, bytes, content type)
+        self.upload_tickets: dict[str, tuple[str, int, str]] = {}  # ticket -> (filename, size, type)
         self._log: list[RecordedRequest] = []
         self._lock = threading.Lock()
 
@@ -134,6 +139,10 @@ class WaveSpeedApp:
         path = request.path
         if request.method == "POST" and path == _UPLOAD_ROUTE:
             return "upload", self._upload, None
+        if request.method == "POST" and path == _UPLOAD_TICKET_ROUTE:  # before the model route
+            return "upload_ticket", self._upload_ticket, None
+        if request.method == "PUT" and (m := _UPLOAD_PUT_ROUTE.match(path)):
+            return "upload_put", self._upload_put, m
         if request.method == "GET" and (m := _MEDIA_ROUTE.match(path)):
             return "media", self._media, m
         if request.method == "POST" and (m := _MODEL_ROUTE.match(path)):
@@ -151,7 +160,7 @@ class WaveSpeedApp:
             return envelope_error(404, f"No route for {request.method} {request.path}")
         if route == "admin":
             return self._admin(request)
-        if route in ("submit", "result", "upload") and not self._authorized(request):
+        if route in ("submit", "result", "upload", "upload_ticket") and not self._authorized(request):
             return envelope_error(401, "Unauthorized: invalid or missing API key")
         fault = self.faults.pick(route)  # type: ignore[arg-type]
         if fault is not None:
@@ -252,6 +261,63 @@ class WaveSpeedApp:
                 "size": len(content),
             }
         )
+
+    async def _upload_ticket(self, request: Request, match: None) -> Response:
+        """Step one of the SDK's upload: JSON ``{filename, size, content_type}`` in, a PUT
+        instruction and the future download URL out. The PUT goes to a path that, like the
+        output URLs, needs no key (on the real service it is another host)."""
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return envelope_error(400, "Content-Type must be application/json")
+        try:
+            ticket = json.loads(request.body or b"{}")
+        except ValueError:
+            return envelope_error(400, "Request body is not valid JSON")
+        filename = ticket.get("filename") if isinstance(ticket, dict) else None
+        size = ticket.get("size") if isinstance(ticket, dict) else None
+        content_type = str(ticket.get("content_type") or "") if isinstance(ticket, dict) else ""
+        if not isinstance(filename, str) or not filename.strip():
+            return envelope_error(400, "filename is required")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return envelope_error(400, "size must be a non-negative integer")
+        if not content_type.startswith(_MEDIA_TYPES):
+            return envelope_error(400, "Only image, video and audio files can be uploaded")
+        limit = MAX_UPLOAD_BYTES if content_type.startswith("image/") else MAX_MEDIA_BYTES
+        if size > limit:
+            return envelope_error(413, f"File too large: the limit is {limit // 2**20} MB")
+        ticket_id = uuid.uuid4().hex
+        safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename) or "upload"
+        with self._lock:
+            self.upload_tickets[ticket_id] = (safe_name, size, content_type)
+        base = self.config.public_base_url
+        return envelope_ok(
+            {
+                "upload": {
+                    "method": "PUT",
+                    "url": f"{base}/uploads/{ticket_id}",
+                    "headers": {"Content-Type": content_type},
+                },
+                "download_url": f"{base}/media/{ticket_id}/{safe_name}",
+            }
+        )
+
+    async def _upload_put(self, request: Request, match: re.Match[str]) -> Response:
+        """Step two: the bytes, exactly the announced size, once per ticket."""
+        with self._lock:
+            ticket = self.upload_tickets.pop(match.group("ticket"), None)
+        if ticket is None:
+            return Response(
+                status=404, body=b"Unknown or used upload ticket", headers={"Content-Type": "text/plain"}
+            )
+        filename, size, content_type = ticket
+        if len(request.body) != size:
+            return Response(
+                status=400,
+                body=f"Expected {size} bytes, got {len(request.body)}".encode(),
+                headers={"Content-Type": "text/plain"},
+            )
+        with self._lock:
+            self.media[match.group("ticket")] = (filename, request.body, content_type)
+        return Response(status=200, body=b"", headers={"Content-Type": "text/plain"})
 
     async def _media(self, request: Request, match: re.Match[str]) -> Response:
         stored = self.media.get(match.group("id"))
