@@ -188,3 +188,20 @@ def test_output_download_never_needs_the_key(server: LocalWaveSpeedServer) -> No
     assert requests.get(url, timeout=5).status_code == 200
     output_requests = [r for r in server.requests if r.route == "output"]
     assert output_requests and not any(r.sent_authorization for r in output_requests)
+
+
+def test_the_newer_result_path_and_execution_time(server: LocalWaveSpeedServer) -> None:
+    prediction_id = submit(server, {"prompt": "x [[duration: 0]]"}).json()["data"]["id"]
+    newer = requests.get(f"{server.base_url}/api/v3/predictions/{prediction_id}", headers=AUTH, timeout=5)
+    assert newer.status_code == 200
+    data = newer.json()["data"]
+    assert data == result(server, prediction_id) | {"status": data["status"]}
+    assert data["executionTime"] == data["timings"]["inference"]
+
+
+def test_a_submit_that_is_not_json_is_refused(server: LocalWaveSpeedServer) -> None:
+    body = json.dumps({"prompt": "x"})
+    answer = requests.post(server.base_url + SUBMIT, data=body, headers=AUTH, timeout=5)  # no Content-Type
+    assert answer.status_code == 400
+    assert answer.json()["message"] == "Content-Type must be application/json"
+    assert server.app.predictions == {}

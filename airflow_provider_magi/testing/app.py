@@ -22,7 +22,8 @@ from airflow_provider_magi.testing.video import aiter_video, video_size
 MAGI_MODEL = "wavespeed-ai/magi-1-24b"
 SEED_MIN, SEED_MAX = -1, 2147483647
 _MODEL_ROUTE = re.compile(r"^/api/v3/(?P<owner>[A-Za-z0-9._-]+)/(?P<name>[A-Za-z0-9._-]+)$")
-_RESULT_ROUTE = re.compile(r"^/api/v3/predictions/(?P<id>[^/]+)/result$")
+# Both forms the docs show: ".../result" and, newer, the bare prediction path.
+_RESULT_ROUTE = re.compile(r"^/api/v3/predictions/(?P<id>[^/]+)(?:/result)?$")
 _OUTPUT_ROUTE = re.compile(r"^/outputs/(?P<id>[^/]+)/(?P<index>\d+)\.mp4$")
 _UPLOAD_ROUTE = "/api/v3/media/upload/binary"  # the older multipart form
 _UPLOAD_TICKET_ROUTE = "/api/v3/media/uploads"  # the two-step form the official SDK uses
@@ -213,6 +214,9 @@ class WaveSpeedApp:
 
     async def _submit(self, request: Request, match: re.Match[str]) -> Response:
         model = f"{match.group('owner')}/{match.group('name')}"
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            # The docs require JSON; stricter than known (the real service may guess).
+            return envelope_error(400, "Content-Type must be application/json")
         try:
             inputs = json.loads(request.body or b"{}")
         except ValueError:
@@ -412,6 +416,7 @@ class WaveSpeedApp:
             "created_at": prediction.created_at,
             "error": d.fail if status == "failed" and d.fail else "",
             "timings": {"inference": inference},
+            "executionTime": inference,  # ms, as the docs show it on prediction-history items
         }
 
 
