@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_magi.exceptions import (
@@ -325,6 +326,43 @@ def _is_duration_ms(value: Any) -> bool:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+HISTORY_PATH = "/api/v3/predictions"
+HISTORY_STATUSES = ("completed", "failed", "processing")
+
+
+def history_query(
+    *,
+    model: str | None = None,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> dict[str, Any]:
+    """The filters of the prediction-history endpoint, checked before anything is sent."""
+    if status is not None and status not in HISTORY_STATUSES:
+        raise ValueError(f"status must be one of {HISTORY_STATUSES}, got {status!r}")
+    query: dict[str, Any] = {}
+    if model:
+        query["model"] = model.strip().strip("/")
+    if status:
+        query["status"] = status
+    for name, when in (("created_after", created_after), ("created_before", created_before)):
+        if when is not None:
+            aware = when if when.tzinfo else when.replace(tzinfo=UTC)
+            query[name] = aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return query
+
+
+def parse_history_page(data: Mapping[str, Any]) -> tuple[list[Prediction], int]:
+    """One page of the history: its predictions (strictly parsed) and the total across pages."""
+    items = data.get("items")
+    total = data.get("total")
+    if not isinstance(items, list) or isinstance(total, bool) or not isinstance(total, int):
+        raise MagiResponseError(f"prediction history: expected 'items' and 'total', got {_short(dict(data))}")
+    if not all(isinstance(item, dict) for item in items):
+        raise MagiResponseError("prediction history: an item is not a prediction object")
+    return [parse_prediction(item) for item in items], total
 
 
 def is_retryable(method: str, error: BaseException) -> bool:

@@ -6,6 +6,8 @@ may already be billed) derive from ``AirflowFailException`` so Airflow does not 
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow_provider_magi.compat import AirflowException, AirflowFailException, AirflowTaskTimeout
 
 
@@ -58,7 +60,22 @@ class MagiTransportError(MagiError):
 
 
 class MagiSubmitUncertainError(MagiError, AirflowFailException):
-    """A submit may have been accepted but no prediction id came back; resending could pay twice."""
+    """A submit may have been accepted but no prediction id came back; resending could pay twice.
+
+    ``candidates`` lists the predictions of the same model that WaveSpeed's history shows created
+    around the submit (``prediction_id``, ``status``, ``created_at``), newest first, so a person
+    can tell in seconds whether it started.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prediction_id: str | None = None,
+        candidates: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message, prediction_id=prediction_id)
+        self.candidates = list(candidates or [])
 
 
 class MagiInputError(MagiError, AirflowFailException, ValueError):

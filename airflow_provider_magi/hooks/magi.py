@@ -11,6 +11,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -26,10 +27,13 @@ from airflow_provider_magi import metrics
 from airflow_provider_magi.api import (
     DEFAULT_BASE_URL,
     DEFAULT_MODEL,
+    HISTORY_PATH,
     ConnectFailure,
     ExchangeFailure,
     HTTPAnswer,
     Prediction,
+    history_query,
+    parse_history_page,
     parse_prediction,
     parse_submitted,
     prediction_id_of,
@@ -67,6 +71,10 @@ if TYPE_CHECKING:
 
 API_KEY_ENV = "WAVESPEED_API_KEY"
 _USER_AGENT = "airflow-provider-magi"
+# After an uncertain submit: predictions created this long around it are named as candidates,
+# and the lookup may take this long at most.
+CANDIDATE_WINDOW_SECONDS = 60.0
+CANDIDATE_LOOKUP_SECONDS = 30.0
 # Used by test_connection: asking for a prediction that cannot exist proves the key without
 # starting (and paying for) a generation.
 _PROBE_PREDICTION_ID = "airflow-connection-test"
@@ -299,18 +307,20 @@ class MagiHook(BaseHook):
             path += "?" + urlencode({"webhook": webhook_url})
         body = json_body(inputs)
         what = f"Submitting to {model}"
+        submitted_at = datetime.now(UTC)
         try:
             data = self._call("POST", path, what=what, body=body)
-        except MagiSubmitUncertainError:
+        except MagiSubmitUncertainError as error:
             metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
-            raise
+            raise self._with_candidates(error, model, submitted_at) from None
         if prediction_id_of(data) is None:
             metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
-            raise MagiSubmitUncertainError(
+            uncertain = MagiSubmitUncertainError(
                 f"{what}: WaveSpeed answered success without a prediction id ({dict(data)!r:.200}). "
                 "It may have accepted the request, so it is not sent again and no second generation "
                 "is billed. Check your WaveSpeed predictions before running the task again."
             )
+            raise self._with_candidates(uncertain, model, submitted_at)
         metrics.incr("submits", model=model, conn_id=self.magi_conn_id)
         prediction, problem = parse_submitted(data, model)
         if problem:
@@ -318,6 +328,46 @@ class MagiHook(BaseHook):
                 "Submitted prediction %s, but its answer was malformed: %s", prediction.id, problem
             )
         return prediction
+
+    def _with_candidates(
+        self, error: MagiSubmitUncertainError, model: str, submitted_at: datetime
+    ) -> MagiSubmitUncertainError:
+        """The same error, naming the predictions of ``model`` created around the submit.
+
+        The window runs from a minute before the submit to a minute after now (clocks differ);
+        the lookup is best effort and bounded in time: if it fails, the error says so.
+        """
+        window = timedelta(seconds=CANDIDATE_WINDOW_SECONDS)
+        try:
+            found = self.list_predictions(
+                model=model,
+                created_after=submitted_at - window,
+                created_before=datetime.now(UTC) + window,
+                page_size=20,
+                max_pages=1,
+                deadline=time.time() + CANDIDATE_LOOKUP_SECONDS,
+            )
+        except MagiError as lookup_error:
+            note = f"Listing predictions to find it failed too ({lookup_error})."
+            return MagiSubmitUncertainError(f"{error}\n{note}")
+        candidates = [
+            {"prediction_id": p.id, "status": p.status, "created_at": p.created_at, "model": p.model}
+            for p in found
+        ]
+        if candidates:
+            listed = "; ".join(
+                f"{c['prediction_id']} ({c['status']}, created {c['created_at']})" for c in candidates
+            )
+            note = (
+                f"WaveSpeed lists {len(candidates)} prediction(s) of {model} created around the "
+                f"submit: {listed}."
+            )
+        else:
+            note = (
+                f"WaveSpeed lists no prediction of {model} created around the submit: it most "
+                "likely did not start."
+            )
+        return MagiSubmitUncertainError(f"{error}\n{note}", candidates=candidates)
 
     def upload_media(self, image: ImageFile) -> str:
         """Upload a checked first frame; return the URL WaveSpeed serves it at.
@@ -390,6 +440,82 @@ class MagiHook(BaseHook):
             is_poll=True,
         )
         return parse_prediction(data)
+
+    def list_predictions(
+        self,
+        *,
+        model: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 100,
+        max_pages: int = 10,
+        deadline: float | None = None,
+    ) -> list[Prediction]:
+        """This key's predictions from WaveSpeed's history (the last 7 days), newest first.
+
+        For finding predictions (after an uncertain submit, say), not for waiting on one: the
+        docs ask that the history not be polled for a task's status. Reading it starts nothing,
+        so it is resent after transient failures like a GET.
+        """
+        query = history_query(
+            model=model, status=status, created_after=created_after, created_before=created_before
+        )
+        found: list[Prediction] = []
+        for page in range(1, max_pages + 1):
+            data = self._call(
+                "POST",
+                HISTORY_PATH,
+                what="Listing predictions",
+                body=json_body({**query, "page": page, "page_size": page_size}),
+                resend_safe=True,
+                deadline=deadline,
+            )
+            items, total = parse_history_page(data)
+            found += items
+            if not items or len(found) >= total:
+                break
+        return found
+
+    async def alist_predictions(
+        self,
+        *,
+        model: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 100,
+        max_pages: int = 10,
+    ) -> list[Prediction]:
+        """:meth:`list_predictions` for the triggerer's event loop."""
+        settings = await self.aget_settings()
+        query = history_query(
+            model=model, status=status, created_after=created_after, created_before=created_before
+        )
+        shared = shared_async_client(settings)
+        policy = retry_policy(
+            "GET", max_retries=settings.max_retries, max_wait=settings.max_retry_wait, log=self.log
+        )
+        found: list[Prediction] = []
+        for page in range(1, max_pages + 1):
+            body = json_body({**query, "page": page, "page_size": page_size})
+
+            async def attempt(body: bytes = body) -> Mapping[str, Any]:
+                async with shared.gate:
+                    answer = await _asend(
+                        shared.client, "POST", settings.base_url + HISTORY_PATH, settings, body=body
+                    )
+                return raise_for_answer(answer, what="Listing predictions", conn_id=settings.conn_id)
+
+            try:
+                data: Mapping[str, Any] = await AsyncRetrying(**policy)(attempt)
+            except (ConnectFailure, ExchangeFailure, MagiError) as error:
+                raise settle("GET", error, what="Listing predictions", base_url=settings.base_url) from None
+            items, total = parse_history_page(data)
+            found += items
+            if not items or len(found) >= total:
+                break
+        return found
 
     def wait_for_prediction(self, waiter: Waiter) -> Prediction:
         """Poll in this process (a worker slot) until terminal; the trigger is the async twin."""
@@ -606,11 +732,15 @@ class MagiHook(BaseHook):
         return parse_prediction(data)
 
 
-async def _asend(client: httpx.AsyncClient, method: str, url: str, settings: MagiSettings) -> HTTPAnswer:
+async def _asend(
+    client: httpx.AsyncClient, method: str, url: str, settings: MagiSettings, body: bytes | None = None
+) -> HTTPAnswer:
     headers = {**settings.auth_headers, "Accept-Encoding": ACCEPT_ENCODING}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
 
     async def exchange() -> HTTPAnswer:
-        async with client.stream(method, url, headers=headers) as response:
+        async with client.stream(method, url, headers=headers, content=body) as response:
             try:
                 raw: bytes | AnswerTooLarge = await atake_capped(response.aiter_raw())
             except AnswerTooLarge as error:

@@ -16,7 +16,7 @@ from airflow_provider_magi.api import (
     final_result,
 )
 from airflow_provider_magi.compat import HAS_TASK_STATE_STORE, BaseOperator, ResumableJobMixin, conf
-from airflow_provider_magi.exceptions import MagiRejectedError
+from airflow_provider_magi.exceptions import MagiRejectedError, MagiSubmitUncertainError
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.validation import (
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+# XCom key of the predictions an uncertain submit may have started (see MagiSubmitUncertainError).
+XCOM_CANDIDATES = "prediction_candidates"
 # What get_job_status reports for a stored id the API no longer knows (deleted after 7 days).
 STATUS_NOT_FOUND = "not_found"
 # ... and for a stored prediction made for other inputs (the task was cleared after an edit).
@@ -77,6 +79,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
     :param poll_interval: Seconds between polls at first; polls spread out for long jobs.
     :param webhook_url: https address WaveSpeed calls on ``completed``/``failed`` (your own
         receiver; verify calls with :func:`airflow_provider_magi.webhooks.verify_webhook`). Templated.
+    :param attach_to_single_candidate: When a submit's answer is lost (``MagiSubmitUncertainError``)
+        and WaveSpeed's history shows exactly one prediction of this model created around it,
+        carry on with that one instead of failing. Off by default: another task, DAG or person
+        using the same key may have submitted the same model in the same minute, and attaching to
+        their prediction would hand this run someone else's video.
     :param timeout: Give up waiting after this long (seconds or timedelta). The prediction keeps
         running on WaveSpeed (there is no cancel endpoint); the task fails without retrying. A
         shorter ``execution_timeout`` also bounds a deferred wait (and then fails as Airflow fails
@@ -112,6 +119,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         max_poll_interval: float = MAX_POLL_INTERVAL,
         timeout: float | timedelta | None = timedelta(hours=2),
         webhook_url: str | None = None,
+        attach_to_single_candidate: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -127,6 +135,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
         self.timeout = _seconds(timeout, "timeout")
         self.webhook_url = webhook_url
+        self.attach_to_single_candidate = attach_to_single_candidate
         self._announced: str | None = None
         self._final: Prediction | None = None
         self._lineage_result: dict[str, Any] | None = None
@@ -154,7 +163,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         image = inputs.get("image")
         if isinstance(image, LocalImage):  # read and checked now, before the first request
             inputs["image"] = self.hook.upload_media(image.read())
-        prediction = self.hook.create_prediction(inputs, model=self.model, webhook_url=self._webhook_url)
+        try:
+            prediction = self.hook.create_prediction(inputs, model=self.model, webhook_url=self._webhook_url)
+        except MagiSubmitUncertainError as error:
+            prediction = self._attach_to_candidate(context, error)
         # Persist the id first thing, with what it was made for, in one write: the mixin stores
         # it only after this returns, and every call in between (XCom, logs) would widen the
         # window in which a killed worker loses it.
@@ -164,6 +176,24 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
             store.set(self.external_id_key, job)
         self._announce(context, prediction.id, prediction.result_url, "Submitted")
         return job
+
+    def _attach_to_candidate(self, context: Context, error: MagiSubmitUncertainError) -> Prediction:
+        """Publish the candidates; carry on with the only one if asked to, else fail as before."""
+        context["ti"].xcom_push(key=XCOM_CANDIDATES, value=error.candidates)
+        if not (self.attach_to_single_candidate and len(error.candidates) == 1):
+            raise error
+        (only,) = error.candidates
+        self.log.warning(
+            "The submit's answer was lost; carrying on with %s, the only prediction of %s created "
+            "around it (attach_to_single_candidate=True).",
+            only["prediction_id"],
+            self.model,
+        )
+        return Prediction(
+            id=str(only["prediction_id"]),
+            model=str(only.get("model") or self.model),
+            status=str(only.get("status") or "created"),
+        )
 
     def get_job_status(self, external_id: Any, context: Context) -> str:
         prediction_id, fingerprint = stored_job(external_id)

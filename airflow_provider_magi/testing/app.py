@@ -28,6 +28,13 @@ _OUTPUT_ROUTE = re.compile(r"^/outputs/(?P<id>[^/]+)/(?P<index>\d+)\.mp4$")
 _UPLOAD_ROUTE = "/api/v3/media/upload/binary"  # the older multipart form
 _UPLOAD_TICKET_ROUTE = "/api/v3/media/uploads"  # the two-step form the official SDK uses
 _UPLOAD_PUT_ROUTE = re.compile(r"^/uploads/(?P<ticket>[0-9a-f]{32})$")
+_HISTORY_ROUTE = "/api/v3/predictions"
+# The history filter's statuses (docs); "processing" also matches predictions not yet started.
+_HISTORY_STATUSES = {
+    "completed": {"completed"},
+    "failed": {"failed"},
+    "processing": {"created", "processing"},
+}
 MAX_MEDIA_BYTES = 200 * 2**20  # the SDK's cap for any upload; images keep MAX_UPLOAD_BYTES
 _MEDIA_TYPES = ("image/", "video/", "audio/")
 _MEDIA_ROUTE = re.compile(r"^/media/(?P<id>[0-9a-f]+)/(?P<name>[^/]+)$")
@@ -152,6 +159,8 @@ class WaveSpeedApp:
             return "result", self._result, m
         if request.method in ("GET", "HEAD") and (m := _OUTPUT_ROUTE.match(path)):
             return "output", self._output, m
+        if request.method == "POST" and path == _HISTORY_ROUTE:  # before the model route
+            return "history", self._history, None
         if path.startswith("/_testing/"):
             return "admin", self._admin, None
         return "unknown", None, None
@@ -161,7 +170,9 @@ class WaveSpeedApp:
             return envelope_error(404, f"No route for {request.method} {request.path}")
         if route == "admin":
             return self._admin(request)
-        if route in ("submit", "result", "upload", "upload_ticket") and not self._authorized(request):
+        if route in ("submit", "result", "upload", "upload_ticket", "history") and not self._authorized(
+            request
+        ):
             return envelope_error(401, "Unauthorized: invalid or missing API key")
         fault = self.faults.pick(route)  # type: ignore[arg-type]
         if fault is not None:
@@ -329,6 +340,50 @@ class WaveSpeedApp:
             return Response(status=404, body=b"Not Found", headers={"Content-Type": "text/plain"})
         return Response(status=200, body=stored[1], headers={"Content-Type": stored[2]})
 
+    async def _history(self, request: Request, match: None) -> Response:
+        """``POST /api/v3/predictions``: pages of this key's predictions, newest first.
+
+        JSON ``{page >= 1, page_size 1..100, model?, status?, created_after?, created_before?}``
+        (ISO 8601); answers ``{page, total, items}``. Everything the server holds is from the
+        last 7 days, as on the real service (which keeps no more).
+        """
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return envelope_error(400, "Content-Type must be application/json")
+        try:
+            query = json.loads(request.body or b"{}")
+        except ValueError:
+            return envelope_error(400, "Request body is not valid JSON")
+        if not isinstance(query, dict):
+            return envelope_error(400, "Request body must be a JSON object")
+        page, size = query.get("page", 1), query.get("page_size", 20)
+        if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+            return envelope_error(400, "page must be an integer >= 1")
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 100:
+            return envelope_error(400, "page_size must be an integer from 1 to 100")
+        status = query.get("status")
+        if status is not None and status not in _HISTORY_STATUSES:
+            return envelope_error(400, f"status must be one of {sorted(_HISTORY_STATUSES)}")
+        bounds = {}
+        for name in ("created_after", "created_before"):
+            if query.get(name) is not None:
+                try:
+                    bounds[name] = _iso_time(query[name])
+                except (TypeError, ValueError):
+                    return envelope_error(400, f"{name} must be an ISO 8601 time")
+        now = time.monotonic()
+        with self._lock:
+            chosen = [
+                p
+                for p in self.predictions.values()
+                if (query.get("model") is None or p.model == query["model"])
+                and (status is None or p.status(now) in _HISTORY_STATUSES[status])
+                and ("created_after" not in bounds or _iso_time(p.created_at) >= bounds["created_after"])
+                and ("created_before" not in bounds or _iso_time(p.created_at) <= bounds["created_before"])
+            ]
+        chosen.sort(key=lambda p: p.started, reverse=True)
+        items = [self._prediction_data(p) for p in chosen[(page - 1) * size : page * size]]
+        return envelope_ok({"page": page, "total": len(chosen), "items": items})
+
     async def _result(self, request: Request, match: re.Match[str]) -> Response:
         prediction = self.predictions.get(match.group("id"))
         if prediction is None:
@@ -418,6 +473,11 @@ class WaveSpeedApp:
             "timings": {"inference": inference},
             "executionTime": inference,  # ms, as the docs show it on prediction-history items
         }
+
+
+def _iso_time(text: Any) -> datetime:
+    when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _multipart_file(content_type: str, body: bytes) -> tuple[str, bytes, str] | None:

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-Route = Literal["submit", "result", "output", "upload", "upload_ticket", "upload_put", "any"]
+Route = Literal["submit", "result", "output", "upload", "upload_ticket", "upload_put", "history", "any"]
 FaultKind = Literal[
     "status",  # answer with `status` (and Retry-After if set), envelope with the error
     "drop",  # close the connection without answering; a submit is NOT accepted
@@ -29,7 +29,7 @@ FaultKind = Literal[
     "rate_limit",  # 429 with Retry-After once more than `limit` requests arrive per `window` s
 ]
 
-ROUTES = ("submit", "result", "output", "upload", "upload_ticket", "upload_put", "any")
+ROUTES = ("submit", "result", "output", "upload", "upload_ticket", "upload_put", "history", "any")
 KINDS = (
     "status",
     "drop",

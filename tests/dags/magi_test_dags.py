@@ -295,3 +295,14 @@ with _dag(
         destination=OUTPUT_DIR,
         magi_conn_id="{{ params.conn }}",
     )
+
+for attach_to_candidate in (False, True):
+    with _dag(f"magi_test_uncertain_submit{'_attach' if attach_to_candidate else ''}"):
+        MagiGenerateVideoOperator(
+            task_id="generate",
+            prompt="a lost answer [[duration: 0.3]]",
+            attach_to_single_candidate=attach_to_candidate,
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+            **FAST,
+        )
