@@ -244,11 +244,20 @@ def test_bad_extra_is_named(magi_conn, monkeypatch) -> None:
         MagiHook().settings
 
 
-def test_any_model_path_is_served(hook: MagiHook, magi_conn: LocalWaveSpeedServer) -> None:
-    prediction = hook.create_prediction({"prompt": "x"}, model="wavespeed-ai/other-model")
-    assert prediction.model == "wavespeed-ai/other-model"
-    with pytest.raises(MagiError, match="owner/name"):
-        hook.create_prediction(PROMPT, model="../../etc")
+def test_any_model_path_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    models = ("wavespeed-ai/magi-1-24b", "wavespeed-ai/other-model", "wavespeed-ai/z-image/turbo")
+    with LocalWaveSpeedServer(api_key=CANARY_KEY, models=models) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(server))
+        hook = MagiHook()
+        assert hook.create_prediction({"prompt": "x"}, model="wavespeed-ai/other-model").model == models[1]
+        assert hook.create_prediction({"prompt": "x"}, model="wavespeed-ai/z-image/turbo").model == models[2]
+        # A mistyped model is a 404 that names it, at once, without a retry.
+        with pytest.raises(MagiRejectedError, match="Model 'wavespeed-ai/magi-1-42b' not found"):
+            hook.create_prediction(PROMPT, model="wavespeed-ai/magi-1-42b")
+        assert server.count("submit") == 3
+    for bad in ("../../etc", "magi", "a/b/c/d", "a/./b"):
+        with pytest.raises(MagiError, match="owner/name"):
+            hook.create_prediction(PROMPT, model=bad)
 
 
 def test_canary_key_never_in_logs_reprs_or_errors(

@@ -860,12 +860,14 @@ def shared_async_client(settings: MagiSettings) -> SharedAsync:
 
 
 def model_path(model: Any) -> str:
-    """The URL path of a model id ``owner/name``; anything else is refused before sending."""
+    """The URL path of a model id (``owner/name`` or ``owner/name/variant``, as WaveSpeed's SDK
+    names them); anything else is refused before sending."""
     text = model.strip().strip("/") if isinstance(model, str) else ""
-    if text.count("/") != 1 or not all(text.split("/")) or ".." in text.split("/"):
+    parts = text.split("/")
+    if not 2 <= len(parts) <= 3 or not all(parts) or any(part in (".", "..") for part in parts):
         raise MagiInputError(
-            f"Invalid model: {model!r:.80} is not a WaveSpeed model id. Fix: use 'owner/name', "
-            f"for example {DEFAULT_MODEL!r}."
+            f"Invalid model: {model!r:.80} is not a WaveSpeed model id. Fix: use 'owner/name' "
+            f"(or 'owner/name/variant'), for example {DEFAULT_MODEL!r}."
         )
     return "/".join(quote(part, safe="") for part in text.split("/"))
 

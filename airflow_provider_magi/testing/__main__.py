@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         "--faults", default="[]", help='JSON list of faults, e.g. \'[{"route": "result", "kind": "status"}]\''
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for probabilistic faults")
+    parser.add_argument(
+        "--models",
+        default="wavespeed-ai/magi-1-24b",
+        help="comma-separated model ids a submit may name; any other answers 404 (default: MAGI-1 24B)",
+    )
+    parser.add_argument(
+        "--sync-mode-limit", type=float, default=30.0, help="seconds a sync-mode submit is held at most"
+    )
     parser.add_argument("--port-file", default=None, help="write the bound port to this file when ready")
     args = parser.parse_args(argv)
 
@@ -40,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         seed=args.seed,
+        models=[model.strip() for model in args.models.split(",") if model.strip()],
+        sync_mode_limit=args.sync_mode_limit,
     )
     asyncio.run(_serve_forever(server, args.port_file))
     return 0

@@ -21,7 +21,9 @@ from airflow_provider_magi.testing.video import aiter_video, video_size
 
 MAGI_MODEL = "wavespeed-ai/magi-1-24b"
 SEED_MIN, SEED_MAX = -1, 2147483647
-_MODEL_ROUTE = re.compile(r"^/api/v3/(?P<owner>[A-Za-z0-9._-]+)/(?P<name>[A-Za-z0-9._-]+)$")
+# Model ids have two or three parts: wavespeed-ai/magi-1-24b, wavespeed-ai/z-image/turbo.
+_MODEL_ROUTE = re.compile(r"^/api/v3/(?P<model>[A-Za-z0-9._-]+/[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)?)$")
+SYNC_MODE_LIMIT = 30.0  # seconds a sync-mode submit may hold its connection before answering
 # Both forms the docs show: ".../result" and, newer, the bare prediction path.
 _RESULT_ROUTE = re.compile(r"^/api/v3/predictions/(?P<id>[^/]+)(?:/result)?$")
 _OUTPUT_ROUTE = re.compile(r"^/outputs/(?P<id>[^/]+)/(?P<index>\d+)\.mp4$")
@@ -87,6 +89,8 @@ class ServerConfig:
     completion_seconds: float = 3.0
     output_bytes: int | None = None  # default: the sample video's own size
     public_base_url: str = ""  # set once the port is known
+    models: tuple[str, ...] = (MAGI_MODEL,)  # the only ids a submit may name; others answer 404
+    sync_mode_limit: float = SYNC_MODE_LIMIT
 
 
 class WaveSpeedApp:
@@ -224,7 +228,10 @@ class WaveSpeedApp:
     # ------------------------------------------------------------ routes
 
     async def _submit(self, request: Request, match: re.Match[str]) -> Response:
-        model = f"{match.group('owner')}/{match.group('name')}"
+        model = match.group("model")
+        if model not in self.config.models:
+            known = ", ".join(self.config.models)
+            return envelope_error(404, f"Model {model!r} not found (this server knows: {known})")
         if not request.headers.get("content-type", "").startswith("application/json"):
             # The docs require JSON; stricter than known (the real service may guess).
             return envelope_error(400, "Content-Type must be application/json")
@@ -234,6 +241,7 @@ class WaveSpeedApp:
             return envelope_error(400, "Request body is not valid JSON")
         if not isinstance(inputs, dict):
             return envelope_error(400, "Request body must be a JSON object")
+        sync_mode = inputs.pop("enable_sync_mode", False) is True
         problem = validate_inputs(model, inputs)
         if problem:
             return envelope_error(400, problem)
@@ -252,6 +260,25 @@ class WaveSpeedApp:
         )
         with self._lock:
             self.predictions[prediction.id] = prediction
+        if sync_mode:
+            return await self._answer_when_done(prediction)
+        response = envelope_ok(self._prediction_data(prediction))
+        response.headers["x-prediction-id"] = prediction.id
+        return response
+
+    async def _answer_when_done(self, prediction: StoredPrediction) -> Response:
+        """Sync mode: hold the answer until the prediction ends, up to ``sync_mode_limit``; then
+        answer what the SDK recognises as a sync timeout (status ``processing``, the error text
+        "Sync mode timed out"); the prediction keeps running and is polled as usual."""
+        deadline = time.monotonic() + self.config.sync_mode_limit
+        while prediction.status(time.monotonic()) not in ("completed", "failed"):
+            if time.monotonic() >= deadline:
+                data = self._prediction_data(prediction)
+                data["error"] = "Sync mode timed out; query the result later"
+                response = envelope_ok(data)
+                response.headers["x-prediction-id"] = prediction.id
+                return response
+            await asyncio.sleep(0.05)
         response = envelope_ok(self._prediction_data(prediction))
         response.headers["x-prediction-id"] = prediction.id
         return response

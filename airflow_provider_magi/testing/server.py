@@ -7,7 +7,13 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from airflow_provider_magi.testing.app import RecordedRequest, ServerConfig, WaveSpeedApp
+from airflow_provider_magi.testing.app import (
+    MAGI_MODEL,
+    SYNC_MODE_LIMIT,
+    RecordedRequest,
+    ServerConfig,
+    WaveSpeedApp,
+)
 from airflow_provider_magi.testing.faults import Fault, FaultPlan
 from airflow_provider_magi.testing.http import HTTPServer
 
@@ -25,6 +31,8 @@ class LocalWaveSpeedServer:
         *,
         api_key: str = "local-test-key",
         completion_seconds: float = 3.0,
+        models: tuple[str, ...] | list[str] | None = None,
+        sync_mode_limit: float | None = None,
         output_bytes: int | None = None,
         faults: list[Fault] | None = None,
         host: str = "127.0.0.1",
@@ -32,7 +40,13 @@ class LocalWaveSpeedServer:
         seed: int = 0,
     ) -> None:
         self.app = WaveSpeedApp(
-            ServerConfig(api_key=api_key, completion_seconds=completion_seconds, output_bytes=output_bytes),
+            ServerConfig(
+                api_key=api_key,
+                completion_seconds=completion_seconds,
+                output_bytes=output_bytes,
+                models=tuple(models) if models else (MAGI_MODEL,),
+                sync_mode_limit=SYNC_MODE_LIMIT if sync_mode_limit is None else sync_mode_limit,
+            ),
             FaultPlan(faults, seed=seed),
         )
         self._http = HTTPServer(self.app, host=host, port=port)
