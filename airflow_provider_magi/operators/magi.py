@@ -70,7 +70,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         Templated.
     :param seed: -1 (random) to 2147483647; the text of an integer is accepted. Templated.
     :param extra_inputs: Further model inputs, passed through as they are. Templated.
-    :param model: WaveSpeed model path, ``owner/name``. Templated.
+    :param model: WaveSpeed model path, ``owner/name`` or ``owner/name/variant``. Templated.
     :param magi_conn_id: Airflow connection of type ``magi``. Templated.
     :param wait_for_completion: Wait for the video (returns the result dict) or return the
         prediction id at once (wait later with ``MagiPredictionSensor``).
