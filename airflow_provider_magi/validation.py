@@ -289,12 +289,26 @@ def check_prediction_id(value: Any) -> str:
     return value.strip()
 
 
-def check_webhook_url(url: Any) -> str | None:
+def check_webhook_url(url: Any, *, allow_insecure_loopback: bool = False) -> str | None:
+    """An https receiver; plain http only to loopback, and only for the local server."""
     if url is None or url == "":
         return None
     parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is not None and parts.scheme == "http" and allow_insecure_loopback:
+        host = parts.hostname or ""
+        if host == "localhost" or _is_loopback_address(host):
+            return str(url)
     if parts is None or parts.scheme != "https" or not parts.netloc:
         raise _invalid(
             "webhook_url", "is not an https URL", url, "pass the https address of your webhook receiver"
         )
     return str(url)
+
+
+def _is_loopback_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

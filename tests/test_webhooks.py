@@ -113,3 +113,82 @@ def test_headers_and_body_as_bytes_are_read_as_a_server_gives_them() -> None:
         verify_webhook(headers(), BODY.decode(), SECRET, now=NOW)  # type: ignore[arg-type]
     with pytest.raises(MagiWebhookError, match="does not match"):
         verify_webhook({**raw, b"Webhook-Signature": b"v3,\xff\xfe"}, BODY, SECRET, now=NOW)
+
+
+# ---------------------------------------------------------------- #14 item 4: delivered, end to end
+
+
+def wait_for(check, timeout: float = 15.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "nothing arrived in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def receiver():
+    """Your own webhook receiver, on loopback: answers 500 as often as told, then 200."""
+    from tests.hostile import HostileServer, http_answer
+
+    failures = {"left": 0}
+
+    def respond(seen):
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            return http_answer(500, b"try again")
+        return http_answer(200, b"ok")
+
+    with HostileServer(respond) as server:
+        server.failures = failures  # type: ignore[attr-defined]
+        yield server
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+def test_a_dag_run_gets_a_signed_call_the_helper_verifies(
+    dag_bag, magi_conn: LocalWaveSpeedServer, receiver, outcome: str
+) -> None:
+    from tests.helpers import CANARY_KEY, run_dag
+
+    prompt = "a bell rings [[duration: 0.2]]" + (" [[fail: the bell cracked]]" if outcome == "failed" else "")
+    dag_run = run_dag(
+        dag_bag, "magi_test_webhook", receiver=f"{receiver.base_url}/hooks/wavespeed", prompt=prompt
+    )
+    assert dag_run.state == ("success" if outcome == "completed" else "failed")
+    wait_for(lambda: len(receiver.seen) == 1)
+    (call,) = receiver.seen
+    secret = MagiHook().get_webhook_secret()
+    prediction = verify_webhook(call.headers, call.body, secret)
+    (prediction_id,) = magi_conn.app.predictions
+    assert (prediction["id"], prediction["status"]) == (prediction_id, outcome)
+    assert call.path == "/hooks/wavespeed"
+    assert "authorization" not in call.headers
+    assert CANARY_KEY not in json.dumps(call.headers) + call.body.decode()
+
+
+def test_a_corrupted_signature_is_refused_and_a_failing_receiver_is_retried(
+    magi_conn: LocalWaveSpeedServer, receiver
+) -> None:
+    from airflow_provider_magi.testing import Fault
+
+    receiver.failures["left"] = 2
+    magi_conn.set_faults([Fault(route="webhook", kind="corrupt_signature", times=1)])
+    MagiHook().create_prediction(
+        {"prompt": "x [[duration: 0.1]]"}, webhook_url=f"{receiver.base_url}/hooks/wavespeed"
+    )
+    wait_for(lambda: len(receiver.seen) == 3)
+    assert [d.status for d in magi_conn.app.webhooks.deliveries] == [500, 500, 200]
+    secret = MagiHook().get_webhook_secret()
+    first, _, last = receiver.seen
+    with pytest.raises(MagiWebhookError, match="does not match"):
+        verify_webhook(first.headers, first.body, secret)  # the corrupted one
+    assert verify_webhook(last.headers, last.body, secret)["status"] == "completed"
+
+
+def test_the_local_server_refuses_a_webhook_that_is_not_https(magi_conn: LocalWaveSpeedServer) -> None:
+    from airflow_provider_magi.exceptions import MagiRejectedError
+
+    with pytest.raises(MagiRejectedError, match="webhook must be an https URL"):
+        MagiHook().create_prediction({"prompt": "x"}, webhook_url="http://hooks.example/wavespeed")
+    assert magi_conn.app.predictions == {}

@@ -441,6 +441,15 @@ class MagiHook(BaseHook):
         )
         return parse_prediction(data)
 
+    def get_webhook_secret(self) -> str:
+        """The secret WaveSpeed signs webhook calls with (pass it to ``verify_webhook``)."""
+        data = self._call("GET", "/api/v3/webhook/secret", what="Reading the webhook secret")
+        secret = data.get("secret")
+        if not isinstance(secret, str) or not secret:
+            raise MagiResponseError("Reading the webhook secret: the answer has no secret")
+        mask_secret(secret)
+        return secret
+
     def list_predictions(
         self,
         *,

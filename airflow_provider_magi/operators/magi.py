@@ -147,7 +147,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
         )
         model_path(self.model)  # a bad model id is bad input, refused before any request
-        self._webhook_url = check_webhook_url(self.webhook_url)
+        self._webhook_url = check_webhook_url(
+            self.webhook_url, allow_insecure_loopback=bool(self.webhook_url) and self.hook.is_local_server
+        )
         self._fingerprint = inputs_fingerprint(self.model, self._inputs)
         if not HAS_TASK_STATE_STORE and (context["ti"].try_number or 1) > 1:
             self.log.warning(

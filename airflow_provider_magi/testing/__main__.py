@@ -68,7 +68,7 @@ async def _serve_forever(server: LocalWaveSpeedServer, port_file: str | None) ->
         with open(port_file, "w") as handle:
             handle.write(str(server._http.port))
     await stop.wait()
-    await server._http.stop()
+    await server._stop_all()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 from airflow_provider_magi.testing.faults import Directives, Fault, FaultPlan, Route, parse_directives
 from airflow_provider_magi.testing.http import Request, Response
 from airflow_provider_magi.testing.video import aiter_video, video_size
+from airflow_provider_magi.testing.webhooks import WebhookSender, webhook_problem
 
 MAGI_MODEL = "wavespeed-ai/magi-1-24b"
 SEED_MIN, SEED_MAX = -1, 2147483647
@@ -31,6 +32,7 @@ _UPLOAD_ROUTE = "/api/v3/media/upload/binary"  # the older multipart form
 _UPLOAD_TICKET_ROUTE = "/api/v3/media/uploads"  # the two-step form the official SDK uses
 _UPLOAD_PUT_ROUTE = re.compile(r"^/uploads/(?P<ticket>[0-9a-f]{32})$")
 _HISTORY_ROUTE = "/api/v3/predictions"
+_WEBHOOK_SECRET_ROUTE = "/api/v3/webhook/secret"
 # The history filter's statuses (docs); "processing" also matches predictions not yet started.
 _HISTORY_STATUSES = {
     "completed": {"completed"},
@@ -102,6 +104,7 @@ class WaveSpeedApp:
         self.predictions: dict[str, StoredPrediction] = {}
         self.media: dict[str, tuple[str, bytes, str]] = {}  # id -> (filename, bytes, content type)
         self.upload_tickets: dict[str, tuple[str, int, str]] = {}  # ticket -> (filename, size, type)
+        self.webhooks = WebhookSender(self.faults)
         self._log: list[RecordedRequest] = []
         self._lock = threading.Lock()
 
@@ -163,6 +166,8 @@ class WaveSpeedApp:
             return "result", self._result, m
         if request.method in ("GET", "HEAD") and (m := _OUTPUT_ROUTE.match(path)):
             return "output", self._output, m
+        if request.method == "GET" and path == _WEBHOOK_SECRET_ROUTE:
+            return "webhook_secret", self._webhook_secret, None
         if request.method == "POST" and path == _HISTORY_ROUTE:  # before the model route
             return "history", self._history, None
         if path.startswith("/_testing/"):
@@ -174,9 +179,14 @@ class WaveSpeedApp:
             return envelope_error(404, f"No route for {request.method} {request.path}")
         if route == "admin":
             return self._admin(request)
-        if route in ("submit", "result", "upload", "upload_ticket", "history") and not self._authorized(
-            request
-        ):
+        if route in (
+            "submit",
+            "result",
+            "upload",
+            "upload_ticket",
+            "history",
+            "webhook_secret",
+        ) and not self._authorized(request):
             return envelope_error(401, "Unauthorized: invalid or missing API key")
         fault = self.faults.pick(route)  # type: ignore[arg-type]
         if fault is not None:
@@ -242,7 +252,7 @@ class WaveSpeedApp:
         if not isinstance(inputs, dict):
             return envelope_error(400, "Request body must be a JSON object")
         sync_mode = inputs.pop("enable_sync_mode", False) is True
-        problem = validate_inputs(model, inputs)
+        problem = validate_inputs(model, inputs) or webhook_problem(request.query.get("webhook"))
         if problem:
             return envelope_error(400, problem)
         directives = parse_directives(str(inputs.get("prompt", "")))
@@ -256,10 +266,12 @@ class WaveSpeedApp:
             duration=directives.duration
             if directives.duration is not None
             else self.config.completion_seconds,
-            webhook=request.query.get("webhook"),  # recorded, never called: it may not be loopback
+            webhook=request.query.get("webhook"),
         )
         with self._lock:
             self.predictions[prediction.id] = prediction
+        if prediction.webhook:
+            self.webhooks.watch(prediction, self._prediction_data)
         if sync_mode:
             return await self._answer_when_done(prediction)
         response = envelope_ok(self._prediction_data(prediction))
@@ -366,6 +378,10 @@ class WaveSpeedApp:
         if stored is None:
             return Response(status=404, body=b"Not Found", headers={"Content-Type": "text/plain"})
         return Response(status=200, body=stored[1], headers={"Content-Type": stored[2]})
+
+    async def _webhook_secret(self, request: Request, match: None) -> Response:
+        """The secret webhook calls are signed with (``whsec_`` and hex, as the docs show it)."""
+        return envelope_ok({"secret": self.webhooks.secret})
 
     async def _history(self, request: Request, match: None) -> Response:
         """``POST /api/v3/predictions``: pages of this key's predictions, newest first.

@@ -16,7 +16,9 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-Route = Literal["submit", "result", "output", "upload", "upload_ticket", "upload_put", "history", "any"]
+Route = Literal[
+    "submit", "result", "output", "upload", "upload_ticket", "upload_put", "history", "webhook", "any"
+]
 FaultKind = Literal[
     "status",  # answer with `status` (and Retry-After if set), envelope with the error
     "drop",  # close the connection without answering; a submit is NOT accepted
@@ -27,9 +29,10 @@ FaultKind = Literal[
     "envelope_error",  # HTTP 200 whose envelope has code `status`
     "truncate",  # output only: promise the full length, send half, close
     "rate_limit",  # 429 with Retry-After once more than `limit` requests arrive per `window` s
+    "corrupt_signature",  # webhook only: deliver with a signature that does not match
 ]
 
-ROUTES = ("submit", "result", "output", "upload", "upload_ticket", "upload_put", "history", "any")
+ROUTES = ("submit", "result", "output", "upload", "upload_ticket", "upload_put", "history", "webhook", "any")
 KINDS = (
     "status",
     "drop",
@@ -40,6 +43,7 @@ KINDS = (
     "envelope_error",
     "truncate",
     "rate_limit",
+    "corrupt_signature",
 )
 
 

@@ -93,10 +93,18 @@ class LocalWaveSpeedServer:
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
-            future = asyncio.run_coroutine_threadsafe(self._http.stop(), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._stop_all(), self._loop)
             future.result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+
+    async def _stop_all(self) -> None:
+        await self.app.webhooks.close()  # predictions that never end would wait forever
+        await self._http.stop()
+
+    @property
+    def webhook_secret(self) -> str:
+        return self.app.webhooks.secret
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()

@@ -306,3 +306,8 @@ for attach_to_candidate in (False, True):
             retry_delay=timedelta(seconds=0),
             **FAST,
         )
+
+with _dag("magi_test_webhook", params={"receiver": "", "prompt": "a bell rings [[duration: 0.2]]"}):
+    MagiGenerateVideoOperator(
+        task_id="generate", prompt="{{ params.prompt }}", webhook_url="{{ params.receiver }}", **FAST
+    )
