@@ -205,3 +205,22 @@ def test_a_submit_that_is_not_json_is_refused(server: LocalWaveSpeedServer) -> N
     assert answer.status_code == 400
     assert answer.json()["message"] == "Content-Type must be application/json"
     assert server.app.predictions == {}
+
+
+def test_uploads_take_only_image_video_and_audio(server: LocalWaveSpeedServer) -> None:
+    files = {"file": ("notes.txt", b"not media", "text/plain")}
+    answer = requests.post(
+        f"{server.base_url}/api/v3/media/upload/binary", files=files, headers=AUTH, timeout=5
+    )
+    assert answer.status_code == 400
+    ticket = {"filename": "notes.txt", "size": 9, "content_type": "text/plain"}
+    answer = requests.post(f"{server.base_url}/api/v3/media/uploads", json=ticket, headers=AUTH, timeout=5)
+    assert answer.status_code == 400 and "image, video and audio" in answer.json()["message"]
+    big = {"filename": "f.png", "size": 21 * 2**20, "content_type": "image/png"}
+    assert (
+        requests.post(
+            f"{server.base_url}/api/v3/media/uploads", json=big, headers=AUTH, timeout=5
+        ).status_code
+        == 413
+    )
+    assert server.app.media == {}

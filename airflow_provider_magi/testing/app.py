@@ -303,6 +303,8 @@ class WaveSpeedApp:
         if part is None:
             return envelope_error(400, "Expected multipart/form-data with a 'file' field")
         filename, content, content_type = part
+        if not content_type.startswith(_MEDIA_TYPES):  # the docs list image, video and audio
+            return envelope_error(400, "Only image, video and audio files can be uploaded")
         media_id = uuid.uuid4().hex
         safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename) or "upload"
         with self._lock:

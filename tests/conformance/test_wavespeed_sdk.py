@@ -49,6 +49,15 @@ def test_text_to_video(client: object, server: LocalWaveSpeedServer) -> None:
     assert prediction.inputs == {"prompt": "a fox at dawn", "seed": 7}
 
 
+def test_image_to_video_from_a_url(client: object, server: LocalWaveSpeedServer) -> None:
+    output = client.run(  # type: ignore[attr-defined]
+        MAGI, {"prompt": "leaves drift past", "image": "https://example.com/frame.png"}, poll_interval=0.05
+    )
+    assert plays(output["outputs"][0]) > 10
+    (prediction,) = server.app.predictions.values()
+    assert prediction.inputs["image"] == "https://example.com/frame.png"
+
+
 def test_upload_then_image_to_video(client: object, server: LocalWaveSpeedServer, tmp_path: Path) -> None:
     frame = tmp_path / "frame.png"
     frame.write_bytes(PNG)
