@@ -391,6 +391,12 @@ class ExchangeFailure(Exception):
     """The connection broke or timed out after the request may have been sent."""
 
 
+def error_text(error: BaseException, secret: str = "") -> str:
+    """An exception's type and text, with the key scrubbed (HTTP libraries may quote headers)."""
+    text = redact(str(error).encode(), secret).decode(errors="replace")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _short(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import os
-import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -16,7 +15,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import httpx
 import requests
 import urllib3.exceptions
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
@@ -32,20 +30,17 @@ from airflow_provider_magi.api import (
     ExchangeFailure,
     HTTPAnswer,
     Prediction,
+    error_text,
     history_query,
     parse_history_page,
     parse_prediction,
     parse_submitted,
     prediction_id_of,
     raise_for_answer,
-    redact,
 )
 from airflow_provider_magi.bounded import (
     ACCEPT_ENCODING,
     AnswerTooLarge,
-    UnsupportedEncoding,
-    atake_capped,
-    decode_body,
     take_capped,
 )
 from airflow_provider_magi.compat import AirflowNotFoundException, BaseHook, mask_secret
@@ -59,7 +54,12 @@ from airflow_provider_magi.exceptions import (
     MagiResponseError,
     MagiSubmitUncertainError,
 )
-from airflow_provider_magi.pacing import PollBudget
+from airflow_provider_magi.hooks.async_client import (
+    answer_from,
+    asend,
+    count_poll,
+    shared_async_client,
+)
 from airflow_provider_magi.retries import retry_policy, settle
 from airflow_provider_magi.waiting import Waiter
 from airflow_provider_magi.watchdog import DeadlineAdapter, overall_deadline
@@ -511,7 +511,7 @@ class MagiHook(BaseHook):
 
             async def attempt(body: bytes = body) -> Mapping[str, Any]:
                 async with shared.gate:
-                    answer = await _asend(
+                    answer = await asend(
                         shared.client, "POST", settings.base_url + HISTORY_PATH, settings, body=body
                     )
                 return raise_for_answer(answer, what="Listing predictions", conn_id=settings.conn_id)
@@ -632,7 +632,7 @@ class MagiHook(BaseHook):
         def attempt() -> Mapping[str, Any]:
             answer = self._send(method, url, body=body, files=files)
             if is_poll:
-                _count_poll(answer, settings.conn_id)
+                count_poll(answer, settings.conn_id)
             return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
 
         policy = retry_policy(
@@ -690,9 +690,9 @@ class MagiHook(BaseHook):
                         f"no complete answer within request_timeout ({settings.request_timeout:g}s)"
                     ) from error
                 if isinstance(error, requests.ConnectionError) and _never_sent(error):
-                    raise ConnectFailure(_reason(error, settings.api_key)) from error
-                raise ExchangeFailure(_reason(error, settings.api_key)) from error
-        return _answer(response, raw, settings.api_key)
+                    raise ConnectFailure(error_text(error, settings.api_key)) from error
+                raise ExchangeFailure(error_text(error, settings.api_key)) from error
+        return answer_from(response, raw, settings.api_key)
 
     # ---------------------------------------------------------------- async client (triggerer)
 
@@ -708,8 +708,8 @@ class MagiHook(BaseHook):
             # queued behind the gate would all go out after a 429 had asked everyone to wait.
             async with shared.gate:
                 await shared.budget.acquire()
-                answer = await _asend(shared.client, "GET", url, settings)
-            _count_poll(answer, settings.conn_id)
+                answer = await asend(shared.client, "GET", url, settings)
+            count_poll(answer, settings.conn_id)
             rate_limited = False
             try:
                 return raise_for_answer(
@@ -741,63 +741,6 @@ class MagiHook(BaseHook):
         return parse_prediction(data)
 
 
-async def _asend(
-    client: httpx.AsyncClient, method: str, url: str, settings: MagiSettings, body: bytes | None = None
-) -> HTTPAnswer:
-    headers = {**settings.auth_headers, "Accept-Encoding": ACCEPT_ENCODING}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-
-    async def exchange() -> HTTPAnswer:
-        async with client.stream(method, url, headers=headers, content=body) as response:
-            try:
-                raw: bytes | AnswerTooLarge = await atake_capped(response.aiter_raw())
-            except AnswerTooLarge as error:
-                raw = error
-        return _answer(response, raw, settings.api_key)
-
-    try:
-        return await asyncio.wait_for(exchange(), settings.request_timeout)
-    except TimeoutError as error:
-        raise ExchangeFailure(
-            f"no complete answer within request_timeout ({settings.request_timeout:g}s)"
-        ) from error
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-        raise ConnectFailure(_reason(error, settings.api_key)) from error
-    except httpx.HTTPError as error:
-        raise ExchangeFailure(_reason(error, settings.api_key)) from error
-
-
-def _answer(
-    response: requests.Response | httpx.Response, raw: bytes | AnswerTooLarge, secret: str
-) -> HTTPAnswer:
-    """What either client received, in the one shape the parser reads, with the key scrubbed.
-
-    An answer over the size cap (as sent, or once decompressed) becomes a short note in place of
-    its body, so the parser reports it like any other answer that is not the envelope.
-    """
-    content_type = response.headers.get("Content-Type", "")
-    try:
-        if isinstance(raw, AnswerTooLarge):
-            raise raw
-        body = decode_body(raw, response.headers.get("Content-Encoding"))
-    except (AnswerTooLarge, UnsupportedEncoding) as error:
-        body = f"[{error}]".encode()
-        content_type = "unreadable"
-    return HTTPAnswer(
-        status_code=response.status_code,
-        content_type=redact(content_type.encode("latin-1", "replace"), secret).decode("latin-1"),
-        body=redact(body, secret),
-        retry_after=response.headers.get("Retry-After"),
-    )
-
-
-def _count_poll(answer: HTTPAnswer, conn_id: str) -> None:
-    metrics.incr("polls", conn_id=conn_id)
-    if answer.status_code == 429:
-        metrics.incr("polls.throttled", conn_id=conn_id)
-
-
 def json_body(inputs: Mapping[str, Any]) -> bytes:
     """The submit's body, refused before sending if it is not strict JSON (NaN, infinity)."""
     try:
@@ -809,63 +752,9 @@ def json_body(inputs: Mapping[str, Any]) -> bytes:
         ) from None
 
 
-# Connections to WaveSpeed per key per triggerer, however many triggers wait.
-MAX_ASYNC_CONNECTIONS = 64
-
-
-@dataclass
-class SharedAsync:
-    """What all triggers of one key share in a triggerer: the connection pool and the poll budget.
-
-    ``gate`` lets no more requests into the client than it has connections: httpx's pool scans
-    its whole wait queue on every change, so 5,000 triggers queued inside it stalled the event
-    loop for minutes (bench/triggerer.py); waiting on a semaphore costs O(1) per request.
-    """
-
-    client: httpx.AsyncClient
-    budget: PollBudget
-    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_ASYNC_CONNECTIONS))
-
-
 _async_settings: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Task[MagiSettings]]]
 ] = weakref.WeakKeyDictionary()
-
-_ClientKey = tuple[str, str, float, float, float]
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ClientKey, SharedAsync]] = (
-    weakref.WeakKeyDictionary()
-)
-_async_clients_lock = threading.Lock()
-
-
-def shared_async_client(settings: MagiSettings) -> SharedAsync:
-    """One pooled client and poll budget per event loop, base URL and key.
-
-    N triggers share a few connections and one request budget. The key is part of the cache key
-    only so two connections with different keys never share state; it is never set on the
-    client's defaults (each request carries its own header).
-    """
-    loop = asyncio.get_running_loop()
-    cache_key = (
-        settings.base_url,
-        settings.api_key,
-        settings.connect_timeout,
-        settings.read_timeout,
-        settings.max_polls_per_second,
-    )
-    with _async_clients_lock:
-        registry = _async_clients.setdefault(loop, {})
-        shared = registry.get(cache_key)
-        if shared is None or shared.client.is_closed:
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=None),
-                limits=httpx.Limits(
-                    max_connections=MAX_ASYNC_CONNECTIONS, max_keepalive_connections=MAX_ASYNC_CONNECTIONS
-                ),
-                follow_redirects=False,
-            )
-            shared = registry[cache_key] = SharedAsync(client, PollBudget(settings.max_polls_per_second))
-        return shared
 
 
 def model_path(model: Any) -> str:
@@ -892,11 +781,6 @@ def _never_sent(error: requests.ConnectionError) -> bool:
     if isinstance(reason, MaxRetryError):
         reason = reason.reason
     return isinstance(reason, (NewConnectionError, NameResolutionError))
-
-
-def _reason(error: BaseException, secret: str = "") -> str:
-    text = redact(str(error).encode(), secret).decode(errors="replace")
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _api_detail(error: MagiAPIError) -> str:
