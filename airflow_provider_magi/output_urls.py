@@ -6,6 +6,10 @@ link-local addresses or cloud metadata services, whatever the scheme and with no
 legitimate serves a video there, and they hand out cloud credentials. The host is the one the
 connection will really use: a URL that two parsers read differently (``http://a\\@b/``), or
 that carries credentials, whitespace or a backslash, is refused outright.
+
+Known limit: a host name is resolved for the check and again by the connection, so a DNS server
+that answers differently the second time (rebinding) is not caught here; private addresses are
+allowed over https (corporate mirrors and proxies), so the damage is bounded to those.
 """
 
 from __future__ import annotations
