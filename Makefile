@@ -69,6 +69,7 @@ unit-oldest: $(STAMP_OLDEST)
 
 ## Benchmarks (not part of `make test`): print tables and append them to bench/RESULTS.md.
 bench: $(STAMP)
+	$(BIN)/python bench/poll_cost.py
 	$(BIN)/python bench/download.py
 	$(BIN)/python bench/triggerer.py
 	$(BIN)/python bench/request_budget.py

@@ -1,0 +1,157 @@
+"""CPU per result poll in the client process, for each async HTTP client we could poll with (#15).
+
+Every client GETs the same prediction's result from the local server (in its own process, so
+its CPU is not counted), N times with C requests in flight, on one event loop. The figure is the
+client process's CPU time per GET; the floor is a bare asyncio-streams HTTP/1.1 keep-alive client
+written here and never used by the provider. Read the ratios: this machine is shared and noisy.
+
+    python bench/poll_cost.py [--polls 3000] [--concurrency 64 1]
+
+aiohttp is measured only when installed (it is not a dependency today).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import requests
+from _common import report, start_local_server, table
+
+KEY = "bench-poll-cost-key"
+
+
+async def floor_client(base: str, path: str, polls: int, concurrency: int) -> None:
+    host, port = base.removeprefix("http://").split(":")
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+        "Accept-Encoding: identity\r\n\r\n"
+    ).encode()
+
+    async def worker(count: int) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        for _ in range(count):
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            body = await reader.readexactly(length)
+            json.loads(body)
+        writer.close()
+
+    await asyncio.gather(*(worker(polls // concurrency) for _ in range(concurrency)))
+
+
+async def httpx_client(base: str, path: str, polls: int, concurrency: int) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with gate:
+                response = await client.get(base + path, headers={"Authorization": f"Bearer {KEY}"})
+                response.json()
+
+        await asyncio.gather(*(one() for _ in range(polls)))
+
+
+async def aiohttp_client(base: str, path: str, polls: int, concurrency: int) -> None:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with gate, session.get(base + path, headers={"Authorization": f"Bearer {KEY}"}) as response:
+                await response.json()
+
+        await asyncio.gather(*(one() for _ in range(polls)))
+
+
+async def hook_client(base: str, prediction_id: str, polls: int, concurrency: int) -> None:
+    from airflow_provider_magi.hooks.magi import MagiHook
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with gate:
+            await MagiHook().aget_prediction(prediction_id)
+
+    await asyncio.gather(*(one() for _ in range(polls)))
+
+
+def cpu_per_call(run: Callable[[], Awaitable[None]], polls: int) -> float:
+    """Microseconds of this process's CPU per GET (one warm-up run first)."""
+
+    async def measured() -> float:
+        await run()
+        started = time.process_time()
+        await run()
+        return (time.process_time() - started) / polls * 1e6
+
+    return asyncio.run(measured())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--polls", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 1])
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="magi-bench-poll-"))
+    process, base = start_local_server(work / "port", "--api-key", KEY)
+    try:
+        submitted = requests.post(
+            f"{base}/api/v3/wavespeed-ai/magi-1-24b",
+            json={"prompt": "a poll target [[never]]"},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=10,
+        ).json()["data"]["id"]
+        path = f"/api/v3/predictions/{submitted}/result"
+        os.environ["AIRFLOW_HOME"] = str(work)
+        os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = json.dumps(
+            {"conn_type": "magi", "host": base, "password": KEY, "extra": {"max_polls_per_second": 1e6}}
+        )
+        clients: dict[str, Callable[[int], Callable[[], Awaitable[None]]]] = {
+            "bare asyncio streams (the floor)": lambda c: lambda: floor_client(base, path, args.polls, c),
+            "httpx AsyncClient, shared": lambda c: lambda: httpx_client(base, path, args.polls, c),
+            "MagiHook.aget_prediction": lambda c: lambda: hook_client(base, submitted, args.polls, c),
+        }
+        try:
+            import aiohttp  # noqa: F401
+
+            clients["aiohttp ClientSession, shared"] = lambda c: (
+                lambda: aiohttp_client(base, path, args.polls, c)
+            )
+        except ImportError:
+            print("aiohttp is not installed: not measured")
+        rows = []
+        for concurrency in args.concurrency:
+            floor = cpu_per_call(clients["bare asyncio streams (the floor)"](concurrency), args.polls)
+            for name, make in clients.items():
+                cost = floor if name.startswith("bare") else cpu_per_call(make(concurrency), args.polls)
+                rows.append([name, concurrency, f"{cost:,.0f}", f"{cost / floor:.1f}x"])
+    finally:
+        process.terminate()
+    report(
+        f"CPU per result poll ({args.polls} GETs per client)",
+        table(["client", "in flight", "CPU µs per GET", "vs floor (same run)"], rows),
+        "Client process CPU only (the local server runs in its own process). #15 asks for the "
+        "provider's async poll path at most 2.5x the floor.",
+    )
+
+
+if __name__ == "__main__":
+    main()
