@@ -293,22 +293,14 @@ def check_webhook_url(url: Any, *, allow_insecure_loopback: bool = False) -> str
     """An https receiver; plain http only to loopback, and only for the local server."""
     if url is None or url == "":
         return None
+    if isinstance(url, str) and allow_insecure_loopback:
+        from airflow_provider_magi.output_urls import is_loopback_http  # requests: not at parse time
+
+        if is_loopback_http(url):
+            return url
     parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is not None and parts.scheme == "http" and allow_insecure_loopback:
-        host = parts.hostname or ""
-        if host == "localhost" or _is_loopback_address(host):
-            return str(url)
     if parts is None or parts.scheme != "https" or not parts.netloc:
         raise _invalid(
             "webhook_url", "is not an https URL", url, "pass the https address of your webhook receiver"
         )
     return str(url)
-
-
-def _is_loopback_address(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

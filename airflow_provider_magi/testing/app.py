@@ -242,15 +242,9 @@ class WaveSpeedApp:
         if model not in self.config.models:
             known = ", ".join(self.config.models)
             return envelope_error(404, f"Model {model!r} not found (this server knows: {known})")
-        if not request.headers.get("content-type", "").startswith("application/json"):
-            # The docs require JSON; stricter than known (the real service may guess).
-            return envelope_error(400, "Content-Type must be application/json")
-        try:
-            inputs = json.loads(request.body or b"{}")
-        except ValueError:
-            return envelope_error(400, "Request body is not valid JSON")
-        if not isinstance(inputs, dict):
-            return envelope_error(400, "Request body must be a JSON object")
+        inputs = json_object(request)
+        if isinstance(inputs, Response):
+            return inputs
         sync_mode = inputs.pop("enable_sync_mode", False) is True
         problem = validate_inputs(model, inputs) or webhook_problem(request.query.get("webhook"))
         if problem:
@@ -322,15 +316,12 @@ class WaveSpeedApp:
         """Step one of the SDK's upload: JSON ``{filename, size, content_type}`` in, a PUT
         instruction and the future download URL out. The PUT goes to a path that, like the
         output URLs, needs no key (on the real service it is another host)."""
-        if not request.headers.get("content-type", "").startswith("application/json"):
-            return envelope_error(400, "Content-Type must be application/json")
-        try:
-            ticket = json.loads(request.body or b"{}")
-        except ValueError:
-            return envelope_error(400, "Request body is not valid JSON")
-        filename = ticket.get("filename") if isinstance(ticket, dict) else None
-        size = ticket.get("size") if isinstance(ticket, dict) else None
-        content_type = str(ticket.get("content_type") or "") if isinstance(ticket, dict) else ""
+        ticket = json_object(request)
+        if isinstance(ticket, Response):
+            return ticket
+        filename = ticket.get("filename")
+        size = ticket.get("size")
+        content_type = str(ticket.get("content_type") or "")
         if not isinstance(filename, str) or not filename.strip():
             return envelope_error(400, "filename is required")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -392,14 +383,9 @@ class WaveSpeedApp:
         (ISO 8601); answers ``{page, total, items}``. Everything the server holds is from the
         last 7 days, as on the real service (which keeps no more).
         """
-        if not request.headers.get("content-type", "").startswith("application/json"):
-            return envelope_error(400, "Content-Type must be application/json")
-        try:
-            query = json.loads(request.body or b"{}")
-        except ValueError:
-            return envelope_error(400, "Request body is not valid JSON")
-        if not isinstance(query, dict):
-            return envelope_error(400, "Request body must be a JSON object")
+        query = json_object(request)
+        if isinstance(query, Response):
+            return query
         page, size = query.get("page", 1), query.get("page_size", 20)
         if isinstance(page, bool) or not isinstance(page, int) or page < 1:
             return envelope_error(400, "page must be an integer >= 1")
@@ -559,6 +545,21 @@ def validate_inputs(model: str, inputs: dict[str, Any]) -> str | None:
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+def json_object(request: Request) -> dict[str, Any] | Response:
+    """A request's JSON object body, or the 400 that refuses it. Stricter than known: the docs
+    require JSON, so a body not sent as ``application/json`` is refused (the real service may
+    guess)."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return envelope_error(400, "Content-Type must be application/json")
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return envelope_error(400, "Request body is not valid JSON")
+    if not isinstance(body, dict):
+        return envelope_error(400, "Request body must be a JSON object")
+    return body
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
