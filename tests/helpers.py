@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow_provider_magi.testing import LocalWaveSpeedServer
@@ -20,6 +23,27 @@ def _airflow_logs_task_exceptions_in_dag_test() -> bool:
 # Airflow 3.0's dag.test() does not log a failed task's exception anywhere a test can read it;
 # checks of an exception's text in the logs apply from 3.1 on (our own log lines always apply).
 DAG_TEST_LOGS_EXCEPTIONS = _airflow_logs_task_exceptions_in_dag_test()
+
+
+def wait_until(check: Callable[[], bool], timeout: float) -> None:
+    """Poll ``check`` until it holds; fail if it does not within ``timeout`` (a guard, not a
+    measurement: what it waits for normally takes a fraction of that)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def run_triggers(triggers: Sequence[Any], timeout: float = 30) -> list[list[dict[str, Any]]]:
+    """Run triggers in one event loop, as a triggerer does; each one's event payloads."""
+
+    async def one(trigger: Any) -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    async def gather() -> list[list[dict[str, Any]]]:
+        return await asyncio.gather(*(one(trigger) for trigger in triggers))
+
+    return asyncio.run(asyncio.wait_for(gather(), timeout=timeout))
 
 
 def connection_json(server: LocalWaveSpeedServer, **extra: object) -> str:

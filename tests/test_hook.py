@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -21,16 +20,9 @@ from airflow_provider_magi.exceptions import (
 )
 from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
-from tests.helpers import CANARY_KEY, connection_json
+from tests.helpers import CANARY_KEY, connection_json, wait_until
 
 PROMPT = {"prompt": "a lighthouse in a storm"}
-
-
-def wait_until(check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture

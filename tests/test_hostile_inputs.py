@@ -20,7 +20,7 @@ from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.testing import LocalWaveSpeedServer
 from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
 from airflow_provider_magi.validation import MAX_IMAGE_BYTES, check_image, magi_inputs
-from tests.helpers import CANARY_KEY, connection_json, run_dag, task_instance
+from tests.helpers import CANARY_KEY, connection_json, run_dag, run_triggers, task_instance
 from tests.hostile import HostileServer, Seen, envelope
 
 PARAMS = {"prompt": "x", "seed": None, "image": None, "extra_inputs": None}
@@ -155,14 +155,10 @@ def test_text_the_server_sends_back_is_scrubbed_of_the_key(monkeypatch: pytest.M
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", json.dumps(conn))
         with pytest.raises(MagiRejectedError) as caught:
             MagiHook().create_prediction({"prompt": "x"})
-        (event,) = asyncio.run(_collect(MagiPredictionTrigger("p1", poll_interval=0.1)))
+        ((event,),) = run_triggers([MagiPredictionTrigger("p1", poll_interval=0.1)])
     assert "bad request from Bearer ***" in str(caught.value)
     assert "denied for Bearer ***" in event["message"]
     assert CANARY_KEY not in str(caught.value) + json.dumps(event)
-
-
-async def _collect(trigger: MagiPredictionTrigger) -> list[dict]:
-    return [event.payload async for event in trigger.run()]
 
 
 @pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
@@ -196,7 +192,7 @@ def test_non_finite_numbers_in_an_answer_are_a_response_error(
         with pytest.raises(MagiResponseError, match=r"timings\.inference"):
             asyncio.run(MagiHook().aget_prediction("p1"))
         # In a trigger the same answer is a failed poll, not an exception out of run().
-        events = asyncio.run(_collect(MagiPredictionTrigger("p1", poll_interval=0.1, deadline=_soon())))
+        (events,) = run_triggers([MagiPredictionTrigger("p1", poll_interval=0.1, deadline=_soon())])
     assert [event["status"] for event in events] == ["timeout"]
 
 

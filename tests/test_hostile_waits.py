@@ -3,7 +3,6 @@ sooner, and a sensor's soft_fail means the same thing in every mode."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,22 +14,12 @@ from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
 from airflow_provider_magi.sensors.magi import MagiPredictionSensor
 from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
 from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
-from tests.helpers import CANARY_KEY, run_dag, task_instance
+from tests.helpers import CANARY_KEY, run_dag, run_triggers, task_instance
 from tests.hostile import HostileServer, Seen, http_answer
 
 
 def conn_json(base_url: str, **extra: object) -> str:
     return json.dumps({"conn_type": "magi", "host": base_url, "password": CANARY_KEY, "extra": extra})
-
-
-def run_triggers(triggers: list[MagiPredictionTrigger], timeout: float) -> list[list[dict]]:
-    async def one(trigger: MagiPredictionTrigger) -> list[dict]:
-        return [event.payload async for event in trigger.run()]
-
-    async def gather() -> list[list[dict]]:
-        return await asyncio.gather(*(one(t) for t in triggers))
-
-    return asyncio.run(asyncio.wait_for(gather(), timeout=timeout))
 
 
 @pytest.mark.parametrize("retry_after", ["3600", "Fri, 31 Dec 2100 23:59:59 GMT", "1e999", "nan"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -16,19 +15,12 @@ from airflow_provider_magi.exceptions import (
 from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
 from airflow_provider_magi.triggers.magi import MagiPredictionTrigger, result_from_event
-from tests.helpers import CANARY_KEY
+from tests.helpers import CANARY_KEY, run_triggers
 
 
 def run_all(ids: list[str], timeout: float) -> list[list[dict]]:
-    """Run one trigger per prediction in one event loop, as a triggerer does; their events."""
-
-    async def one(prediction_id: str) -> list[dict]:
-        return [e.payload async for e in MagiPredictionTrigger(prediction_id, poll_interval=0.1).run()]
-
-    async def gather() -> list[list[dict]]:
-        return await asyncio.gather(*(one(i) for i in ids))
-
-    return asyncio.run(asyncio.wait_for(gather(), timeout=timeout))
+    """One trigger per prediction in one event loop, as a triggerer does; their events."""
+    return run_triggers([MagiPredictionTrigger(i, poll_interval=0.1) for i in ids], timeout)
 
 
 def submit(prompt: str) -> str:
@@ -36,10 +28,8 @@ def submit(prompt: str) -> str:
 
 
 def run_trigger(trigger: MagiPredictionTrigger) -> list[dict]:
-    async def collect() -> list[dict]:
-        return [event.payload async for event in trigger.run()]
-
-    return asyncio.run(asyncio.wait_for(collect(), timeout=30))
+    (events,) = run_triggers([trigger])
+    return events
 
 
 def test_serialize_round_trip_carries_no_secret(magi_conn: LocalWaveSpeedServer) -> None:

@@ -11,6 +11,7 @@ from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.testing import LocalWaveSpeedServer
 from airflow_provider_magi.validation import check_webhook_url
 from airflow_provider_magi.webhooks import MagiWebhookError, sign_webhook, verify_webhook
+from tests.helpers import wait_until
 
 SECRET = "whsec_5f2b8c0e9a7d4e1f"
 BODY = json.dumps({"id": "p1", "status": "completed", "outputs": ["https://cdn.example/p1.mp4"]}).encode()
@@ -118,15 +119,6 @@ def test_headers_and_body_as_bytes_are_read_as_a_server_gives_them() -> None:
 # ---------------------------------------------------------------- #14 item 4: delivered, end to end
 
 
-def wait_for(check, timeout: float = 15.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "nothing arrived in time"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def receiver():
     """Your own webhook receiver, on loopback: answers 500 as often as told, then 200."""
@@ -156,7 +148,7 @@ def test_a_dag_run_gets_a_signed_call_the_helper_verifies(
         dag_bag, "magi_test_webhook", receiver=f"{receiver.base_url}/hooks/wavespeed", prompt=prompt
     )
     assert dag_run.state == ("success" if outcome == "completed" else "failed")
-    wait_for(lambda: len(receiver.seen) == 1)
+    wait_until(lambda: len(receiver.seen) == 1, timeout=15)
     (call,) = receiver.seen
     secret = MagiHook().get_webhook_secret()
     prediction = verify_webhook(call.headers, call.body, secret)
@@ -177,7 +169,7 @@ def test_a_corrupted_signature_is_refused_and_a_failing_receiver_is_retried(
     MagiHook().create_prediction(
         {"prompt": "x [[duration: 0.1]]"}, webhook_url=f"{receiver.base_url}/hooks/wavespeed"
     )
-    wait_for(lambda: len(receiver.seen) == 3)
+    wait_until(lambda: len(receiver.seen) == 3, timeout=15)
     assert [d.status for d in magi_conn.app.webhooks.deliveries] == [500, 500, 200]
     secret = MagiHook().get_webhook_secret()
     first, _, last = receiver.seen
