@@ -169,9 +169,15 @@ def _finite_float(text: str) -> float | _NonFinite:
     return value if math.isfinite(value) else NON_FINITE
 
 
+# One decoder for every answer: json.loads with hooks builds a new one per call (a poll's cost).
+_DECODER = json.JSONDecoder(parse_constant=lambda _: NON_FINITE, parse_float=_finite_float)
+
+
 def load_json(body: bytes | str) -> Any:
     """``json.loads`` that never yields NaN or infinity (see :class:`_NonFinite`)."""
-    return json.loads(body, parse_constant=lambda _: NON_FINITE, parse_float=_finite_float)
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode(json.detect_encoding(body), "surrogatepass")
+    return _DECODER.decode(body)
 
 
 def _load_envelope(answer: HTTPAnswer) -> Mapping[str, Any] | None:

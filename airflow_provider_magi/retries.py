@@ -1,14 +1,14 @@
-"""One tenacity policy for the sync and async clients, and the error a give-up turns into."""
+"""One retry policy for the sync and async clients, and the error a give-up turns into."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from typing import Any
-
-from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.stop import stop_base
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from airflow_provider_magi.api import ConnectFailure, ExchangeFailure, is_retryable
 from airflow_provider_magi.exceptions import (
@@ -19,72 +19,74 @@ from airflow_provider_magi.exceptions import (
     MagiTransportError,
 )
 
+T = TypeVar("T")
 
-class _WaitRetryAfterOrBackoff:
-    """Honour the server's Retry-After when it sends one, else back off exponentially with jitter."""
 
-    def __init__(self, max_wait: float, first_wait: float = 0.5, deadline: float | None = None) -> None:
-        self.max_wait = max_wait
-        self.first_wait = first_wait
-        self.deadline = deadline
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to send a request again, and how long to wait first: one decision for both clients.
 
-    def __call__(self, state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
+    A plain loop, not tenacity: the triggerer runs this once per poll, thousands of times a
+    second at scale, and tenacity's machinery cost more per call than the HTTP client
+    (bench/poll_cost.py measures both).
+
+    :param deadline: Unix time after which no retry starts and no wait reaches.
+    """
+
+    method: str
+    max_retries: int
+    max_wait: float
+    log: logging.Logger | Any
+    deadline: float | None = None
+    first_wait: float = 0.5
+
+    def wait_before_retry(self, attempt: int, error: BaseException) -> float | None:
+        """Seconds to wait before sending again after ``attempt`` failed with ``error``; None
+        when it must not be sent again. Honours the server's Retry-After, else backs off
+        exponentially with jitter; never waits past the deadline."""
+        if attempt > self.max_retries or not is_retryable(self.method, error):
+            return None
+        now = time.time()
+        if self.deadline is not None and now >= self.deadline:
+            return None
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             wait = float(min(retry_after, self.max_wait))
         else:
-            backoff = self.first_wait * 2 ** (state.attempt_number - 1)
+            backoff = self.first_wait * 2 ** (attempt - 1)
             wait = min(self.max_wait, backoff + random.uniform(0, self.first_wait))
-        if self.deadline is not None:  # never sleep past the caller's deadline
-            wait = max(0.0, min(wait, self.deadline - time.time()))
+        if self.deadline is not None:
+            wait = max(0.0, min(wait, self.deadline - now))
+        self.log.warning(
+            "Retrying in %.1fs (attempt %d of %d): %s", wait, attempt + 1, self.max_retries + 1, error
+        )
         return wait
 
+    def call(self, attempt: Callable[[], T]) -> T:
+        """``attempt()`` until it returns or must not be tried again (then its error is raised)."""
+        number = 1
+        while True:
+            try:
+                return attempt()
+            except Exception as error:
+                wait = self.wait_before_retry(number, error)
+                if wait is None:
+                    raise
+            time.sleep(wait)
+            number += 1
 
-class _StopAtDeadline(stop_base):
-    """Stop retrying once the caller's deadline (Unix time) has passed."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return time.time() >= self.deadline
-
-
-def retry_policy(
-    method: str,
-    *,
-    max_retries: int,
-    max_wait: float,
-    log: logging.Logger | Any,
-    deadline: float | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments for ``tenacity.Retrying`` / ``AsyncRetrying`` for one kind of request.
-
-    :param deadline: Unix time after which no retry starts and no wait reaches.
-    """
-    stop: stop_base = stop_after_attempt(max_retries + 1)
-    if deadline is not None:
-        stop = stop | _StopAtDeadline(deadline)
-
-    def log_retry(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
-            "Retrying in %.1fs (attempt %d of %d): %s",
-            wait,
-            state.attempt_number + 1,
-            max_retries + 1,
-            error,
-        )
-
-    return {
-        "retry": retry_if_exception(lambda error: is_retryable(method, error)),
-        "stop": stop,
-        "wait": _WaitRetryAfterOrBackoff(max_wait, deadline=deadline),
-        "before_sleep": log_retry,
-        "reraise": True,
-    }
+    async def acall(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`call` for the event loop."""
+        number = 1
+        while True:
+            try:
+                return await attempt()
+            except Exception as error:
+                wait = self.wait_before_retry(number, error)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
+            number += 1
 
 
 def settle(method: str, error: BaseException, *, what: str, base_url: str) -> BaseException:

@@ -324,6 +324,45 @@ def test_async_client_is_shared_per_loop(magi_conn: LocalWaveSpeedServer) -> Non
     assert first is second
 
 
+def test_the_shared_session_closes_when_its_loop_ends(magi_conn: LocalWaveSpeedServer) -> None:
+    """No socket or session outlives asyncio.run: aiohttp would log 'Unclosed client session'."""
+    from airflow_provider_magi.hooks.async_client import SharedAsync, shared_async_client
+
+    async def poll() -> SharedAsync:
+        hook = MagiHook()
+        with pytest.raises(MagiError):
+            await hook.aget_prediction("no-such-prediction")
+        shared = shared_async_client(await hook.aget_settings())
+        assert not shared.session.closed
+        return shared
+
+    shared = asyncio.run(poll())
+    assert shared.session.closed
+    assert magi_conn.count("result") == 1
+
+
+def test_the_triggerers_client_goes_through_the_environment_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP(S)_PROXY is read once per session, as the worker's requests session reads it."""
+    from tests.hostile import HostileServer, Seen, envelope
+
+    seen: list[Seen] = []
+
+    def proxy(request: Seen) -> bytes:
+        seen.append(request)
+        return envelope({"id": "abc", "model": "wavespeed-ai/magi-1-24b", "status": "processing"})
+
+    with HostileServer(proxy) as server:
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", server.base_url)
+        target = "http://127.0.0.1:9"  # nothing listens there: only the proxy can answer
+        conn = {"conn_type": "magi", "host": target, "password": CANARY_KEY, "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", json.dumps(conn))
+        prediction = asyncio.run(MagiHook().aget_prediction("abc"))
+    assert prediction.status == "processing"
+    assert [request.path for request in seen] == [f"{target}/api/v3/predictions/abc/result"]
+
+
 def test_triggers_in_one_loop_share_one_connection_lookup(
     magi_conn: LocalWaveSpeedServer, monkeypatch
 ) -> None:

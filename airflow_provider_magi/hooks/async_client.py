@@ -1,9 +1,14 @@
-"""The triggerer's HTTP side: one pooled client and poll budget per key and event loop, and one
-exchange with an overall deadline and a size cap.
+"""The triggerer's HTTP side: one pooled aiohttp session and poll budget per key and event loop,
+and one exchange with an overall deadline and a size cap.
 
 All triggers of a key in one triggerer share these (bench/triggerer.py measures why); the worker's
 blocking client lives in the hook. Both read answers through :func:`answer_from`, so they parse,
 cap and scrub the key alike.
+
+Why aiohttp: the triggerer polls for every deferred task of a deployment, so CPU per poll decides
+how many waits one triggerer holds. Measured in one run (bench/poll_cost.py, 64 in flight) httpx
+cost 34 times a bare asyncio-streams client per GET, aiohttp 1.7 times; Airflow's own
+``HttpAsyncHook`` uses aiohttp too.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import httpx
+import aiohttp
+from requests.utils import get_environ_proxies, select_proxy
 
 from airflow_provider_magi import metrics
 from airflow_provider_magi.api import ConnectFailure, ExchangeFailure, HTTPAnswer, error_text, redact
@@ -28,8 +35,6 @@ from airflow_provider_magi.bounded import (
 from airflow_provider_magi.pacing import PollBudget
 
 if TYPE_CHECKING:
-    import requests
-
     from airflow_provider_magi.hooks.magi import MagiSettings
 
 # Connections to WaveSpeed per key per triggerer, however many triggers wait.
@@ -40,14 +45,18 @@ MAX_ASYNC_CONNECTIONS = 64
 class SharedAsync:
     """What all triggers of one key share in a triggerer: the connection pool and the poll budget.
 
-    ``gate`` lets no more requests into the client than it has connections: httpx's pool scans
-    its whole wait queue on every change, so 5,000 triggers queued inside it stalled the event
-    loop for minutes (bench/triggerer.py); waiting on a semaphore costs O(1) per request.
+    ``gate`` lets no more requests into the session than it has connections, so the budget grants
+    a poll only when a connection is free to send it, and a wait costs O(1) per request.
+    ``closer`` closes the session when the event loop shuts down (``asyncio.run`` cancels it), so
+    no socket or session outlives its loop.
     """
 
-    client: httpx.AsyncClient
+    session: aiohttp.ClientSession
     budget: PollBudget
+    headers: Mapping[str, str]
+    proxy: str | None = None
     gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_ASYNC_CONNECTIONS))
+    closer: asyncio.Task[None] | None = None
 
 
 _ClientKey = tuple[str, str, float, float, float]
@@ -58,11 +67,11 @@ _async_clients_lock = threading.Lock()
 
 
 def shared_async_client(settings: MagiSettings) -> SharedAsync:
-    """One pooled client and poll budget per event loop, base URL and key.
+    """One pooled session and poll budget per event loop, base URL and key.
 
     N triggers share a few connections and one request budget. The key is part of the cache key
     only so two connections with different keys never share state; it is never set on the
-    client's defaults (each request carries its own header).
+    session's defaults (each request carries its own header).
     """
     loop = asyncio.get_running_loop()
     cache_key = (
@@ -75,66 +84,89 @@ def shared_async_client(settings: MagiSettings) -> SharedAsync:
     with _async_clients_lock:
         registry = _async_clients.setdefault(loop, {})
         shared = registry.get(cache_key)
-        if shared is None or shared.client.is_closed:
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=None),
-                limits=httpx.Limits(
-                    max_connections=MAX_ASYNC_CONNECTIONS, max_keepalive_connections=MAX_ASYNC_CONNECTIONS
-                ),
-                follow_redirects=False,
+        if shared is None or shared.session.closed:
+            shared = registry[cache_key] = SharedAsync(
+                _new_session(settings),
+                PollBudget(settings.max_polls_per_second),
+                headers={**settings.auth_headers, "Accept-Encoding": ACCEPT_ENCODING},
+                proxy=_environment_proxy(settings.base_url),
             )
-            shared = registry[cache_key] = SharedAsync(client, PollBudget(settings.max_polls_per_second))
+            shared.closer = loop.create_task(_close_at_shutdown(shared.session), name="magi-session-closer")
         return shared
 
 
-async def asend(
-    client: httpx.AsyncClient, method: str, url: str, settings: MagiSettings, body: bytes | None = None
-) -> HTTPAnswer:
-    headers = {**settings.auth_headers, "Accept-Encoding": ACCEPT_ENCODING}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
+def _new_session(settings: MagiSettings) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=MAX_ASYNC_CONNECTIONS),
+        # The whole request is bounded by request_timeout in asend; these bound each phase.
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
+        ),
+        auto_decompress=False,  # bodies are decoded under the size cap (bounded.decode_body)
+        cookie_jar=aiohttp.DummyCookieJar(),  # no state passes from one trigger's answer to another
+    )
 
-    async def exchange() -> HTTPAnswer:
-        async with client.stream(method, url, headers=headers, content=body) as response:
-            try:
-                raw: bytes | AnswerTooLarge = await atake_capped(response.aiter_raw())
-            except AnswerTooLarge as error:
-                raw = error
-        return answer_from(response, raw, settings.api_key)
 
+def _environment_proxy(base_url: str) -> str | None:
+    """The proxy HTTPS_PROXY / NO_PROXY name for ``base_url``, read as the worker's requests
+    session reads them. Once per session: aiohttp's ``trust_env`` reads them on every request,
+    in a thread, which doubled the CPU of a poll (bench/poll_cost.py)."""
+    return select_proxy(base_url, get_environ_proxies(base_url)) or None
+
+
+async def _close_at_shutdown(session: aiohttp.ClientSession) -> None:
     try:
-        return await asyncio.wait_for(exchange(), settings.request_timeout)
-    except TimeoutError as error:
+        await asyncio.Event().wait()
+    finally:
+        await session.close()
+
+
+async def asend(
+    shared: SharedAsync, method: str, url: str, settings: MagiSettings, body: bytes | None = None
+) -> HTTPAnswer:
+    headers = shared.headers if body is None else {**shared.headers, "Content-Type": "application/json"}
+    try:
+        async with asyncio.timeout(settings.request_timeout):
+            async with shared.session.request(
+                method, url, headers=headers, data=body, allow_redirects=False, proxy=shared.proxy
+            ) as response:
+                try:
+                    raw: bytes | AnswerTooLarge = await atake_capped(response.content.iter_any())
+                except AnswerTooLarge as error:
+                    raw = error
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+        # The connection was never made: nothing was sent.
+        raise ConnectFailure(error_text(error, settings.api_key)) from error
+    except aiohttp.ClientError as error:
+        raise ExchangeFailure(error_text(error, settings.api_key)) from error
+    except TimeoutError as error:  # after ClientError: aiohttp's own timeouts subclass it
         raise ExchangeFailure(
             f"no complete answer within request_timeout ({settings.request_timeout:g}s)"
         ) from error
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-        raise ConnectFailure(error_text(error, settings.api_key)) from error
-    except httpx.HTTPError as error:
-        raise ExchangeFailure(error_text(error, settings.api_key)) from error
+    return answer_from(response.status, response.headers, raw, settings.api_key)
 
 
 def answer_from(
-    response: requests.Response | httpx.Response, raw: bytes | AnswerTooLarge, secret: str
+    status_code: int, headers: Mapping[str, str], raw: bytes | AnswerTooLarge, secret: str
 ) -> HTTPAnswer:
     """What either client received, in the one shape the parser reads, with the key scrubbed.
 
     An answer over the size cap (as sent, or once decompressed) becomes a short note in place of
     its body, so the parser reports it like any other answer that is not the envelope.
     """
-    content_type = response.headers.get("Content-Type", "")
+    content_type = headers.get("Content-Type", "")
     try:
         if isinstance(raw, AnswerTooLarge):
             raise raw
-        body = decode_body(raw, response.headers.get("Content-Encoding"))
+        body = decode_body(raw, headers.get("Content-Encoding"))
     except (AnswerTooLarge, UnsupportedEncoding) as error:
         body = f"[{error}]".encode()
         content_type = "unreadable"
     return HTTPAnswer(
-        status_code=response.status_code,
+        status_code=status_code,
         content_type=redact(content_type.encode("latin-1", "replace"), secret).decode("latin-1"),
         body=redact(body, secret),
-        retry_after=response.headers.get("Retry-After"),
+        retry_after=headers.get("Retry-After"),
     )
 
 

@@ -18,7 +18,6 @@ from urllib.parse import quote, urlencode
 import requests
 import urllib3.exceptions
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-from tenacity import AsyncRetrying, Retrying
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from airflow_provider_magi import metrics
@@ -60,7 +59,7 @@ from airflow_provider_magi.hooks.async_client import (
     count_poll,
     shared_async_client,
 )
-from airflow_provider_magi.retries import retry_policy, settle
+from airflow_provider_magi.retries import RetryPolicy, settle
 from airflow_provider_magi.waiting import Waiter
 from airflow_provider_magi.watchdog import DeadlineAdapter, overall_deadline
 
@@ -502,7 +501,7 @@ class MagiHook(BaseHook):
             model=model, status=status, created_after=created_after, created_before=created_before
         )
         shared = shared_async_client(settings)
-        policy = retry_policy(
+        policy = RetryPolicy(
             "GET", max_retries=settings.max_retries, max_wait=settings.max_retry_wait, log=self.log
         )
         found: list[Prediction] = []
@@ -512,12 +511,12 @@ class MagiHook(BaseHook):
             async def attempt(body: bytes = body) -> Mapping[str, Any]:
                 async with shared.gate:
                     answer = await asend(
-                        shared.client, "POST", settings.base_url + HISTORY_PATH, settings, body=body
+                        shared, "POST", settings.base_url + HISTORY_PATH, settings, body=body
                     )
                 return raise_for_answer(answer, what="Listing predictions", conn_id=settings.conn_id)
 
             try:
-                data: Mapping[str, Any] = await AsyncRetrying(**policy)(attempt)
+                data: Mapping[str, Any] = await policy.acall(attempt)
             except (ConnectFailure, ExchangeFailure, MagiError) as error:
                 raise settle("GET", error, what="Listing predictions", base_url=settings.base_url) from None
             items, total = parse_history_page(data)
@@ -635,7 +634,7 @@ class MagiHook(BaseHook):
                 count_poll(answer, settings.conn_id)
             return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
 
-        policy = retry_policy(
+        policy = RetryPolicy(
             rule,
             max_retries=settings.max_retries,
             max_wait=settings.max_retry_wait,
@@ -643,7 +642,7 @@ class MagiHook(BaseHook):
             deadline=deadline,
         )
         try:
-            return Retrying(**policy)(attempt)
+            return policy.call(attempt)
         except (ConnectFailure, ExchangeFailure, MagiError) as error:
             raise settle(rule, error, what=what, base_url=settings.base_url) from None
 
@@ -692,7 +691,7 @@ class MagiHook(BaseHook):
                 if isinstance(error, requests.ConnectionError) and _never_sent(error):
                     raise ConnectFailure(error_text(error, settings.api_key)) from error
                 raise ExchangeFailure(error_text(error, settings.api_key)) from error
-        return answer_from(response, raw, settings.api_key)
+        return answer_from(response.status_code, response.headers, raw, settings.api_key)
 
     # ---------------------------------------------------------------- async client (triggerer)
 
@@ -708,7 +707,7 @@ class MagiHook(BaseHook):
             # queued behind the gate would all go out after a 429 had asked everyone to wait.
             async with shared.gate:
                 await shared.budget.acquire()
-                answer = await asend(shared.client, "GET", url, settings)
+                answer = await asend(shared, "GET", url, settings)
             count_poll(answer, settings.conn_id)
             rate_limited = False
             try:
@@ -727,7 +726,7 @@ class MagiHook(BaseHook):
                 if not rate_limited:
                     shared.budget.accepted()
 
-        policy = retry_policy(
+        policy = RetryPolicy(
             "GET",
             max_retries=settings.max_retries,
             max_wait=settings.max_retry_wait,
@@ -735,7 +734,7 @@ class MagiHook(BaseHook):
             deadline=deadline,
         )
         try:
-            data: Mapping[str, Any] = await AsyncRetrying(**policy)(attempt)
+            data: Mapping[str, Any] = await policy.acall(attempt)
         except (ConnectFailure, ExchangeFailure, MagiError) as error:
             raise settle("GET", error, what=what, base_url=settings.base_url) from None
         return parse_prediction(data)

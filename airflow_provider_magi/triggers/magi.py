@@ -103,9 +103,8 @@ class MagiPredictionTrigger(BaseTrigger):
             try:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
-                prediction = await asyncio.wait_for(
-                    hook.aget_prediction(self.prediction_id, deadline=self.deadline), remaining
-                )
+                async with asyncio.timeout(remaining):  # no extra task per poll, as wait_for makes
+                    prediction = await hook.aget_prediction(self.prediction_id, deadline=self.deadline)
             except TimeoutError:
                 yield self._timeout_event(waiter)
                 return
