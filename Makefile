@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/request_budget.py
 	$(BIN)/python bench/import_cost.py
 	$(BIN)/python bench/end_to_end.py
+	$(BIN)/python bench/full_stack_triggerer.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) .airflow-demo demo-output .pytest_cache .mypy_cache .ruff_cache

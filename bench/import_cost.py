@@ -1,8 +1,8 @@
 """Import and parse cost: what the provider adds to a DAG file's parse.
 
 1. In a fresh interpreter: ``import airflow.sdk`` (the baseline every DAG file pays), then the
-   provider's operator, sensor and download modules; which modules the provider adds (requests and
-   httpx must not be among them: they load only when a task runs).
+   provider's operator, sensor and download modules; which modules the provider adds (requests,
+   httpx and aiohttp must not be among them: they load only when a task runs).
 2. DAG parse time of each example DAG that uses the provider, against a twin of the same shape
    (same task ids, edges and schedule) built from plain ``PythonOperator``s. Each parse runs in a
    forked child of a process with Airflow already imported, as the dag-processor does.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import median, report, table
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("requests", "httpx", "httpcore", "h11", "tenacity", "urllib3")
+HEAVY = ("requests", "httpx", "httpcore", "h11", "aiohttp", "yarl", "multidict", "tenacity", "urllib3")
 
 IMPORT_PROBE = f"""
 import json, sys, time

@@ -7,7 +7,9 @@ written here and never used by the provider. Read the ratios: this machine is sh
 
     python bench/poll_cost.py [--polls 3000] [--concurrency 64 1]
 
-aiohttp is measured only when installed (it is not a dependency today).
+A second table prices each layer the provider puts around one poll, in isolation (no I/O): the
+retry wrapper (tenacity, as the provider used it, against today's plain loop), the shared poll
+budget, metrics, envelope parsing, the deadline, and one log line.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from _common import report, start_local_server, table
 KEY = "bench-poll-cost-key"
 
 
-async def floor_client(base: str, path: str, polls: int, concurrency: int) -> None:
+async def floor_client(base: str, path: str, polls: int, concurrency: int, key: str = KEY) -> None:
     host, port = base.removeprefix("http://").split(":")
     request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
         "Accept-Encoding: identity\r\n\r\n"
     ).encode()
 
@@ -83,10 +85,11 @@ async def hook_client(base: str, prediction_id: str, polls: int, concurrency: in
     from airflow_provider_magi.hooks.magi import MagiHook
 
     gate = asyncio.Semaphore(concurrency)
+    hook = MagiHook()  # as a trigger holds one hook for all its polls
 
     async def one() -> None:
         async with gate:
-            await MagiHook().aget_prediction(prediction_id)
+            await hook.aget_prediction(prediction_id)
 
     await asyncio.gather(*(one() for _ in range(polls)))
 
@@ -101,6 +104,88 @@ def cpu_per_call(run: Callable[[], Awaitable[None]], polls: int) -> float:
         return (time.process_time() - started) / polls * 1e6
 
     return asyncio.run(measured())
+
+
+def layer_costs(iterations: int = 20000) -> list[list[str]]:
+    """CPU µs per call of each layer around a poll, measured alone on one event loop."""
+    import logging
+
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+    from airflow_provider_magi.api import HTTPAnswer, parse_prediction, raise_for_answer
+    from airflow_provider_magi.hooks.async_client import count_poll
+    from airflow_provider_magi.pacing import PollBudget
+    from airflow_provider_magi.retries import RetryPolicy
+
+    body = json.dumps(
+        {"code": 200, "message": "success", "data": {"id": "p" * 32, "model": "wavespeed-ai/magi-1-24b",
+         "status": "processing", "outputs": [], "has_nsfw_contents": [], "error": "",
+         "created_at": "2026-11-29T10:00:00.000Z", "timings": {"inference": 0},
+         "urls": {"get": "https://api.wavespeed.ai/api/v3/predictions/p/result"}}}
+    ).encode()  # fmt: skip
+    answer = HTTPAnswer(200, "application/json", body)
+    log = logging.getLogger("bench.poll_cost")
+    log.propagate = False
+    log.addHandler(logging.StreamHandler(open(os.devnull, "w")))  # noqa: SIM115 - lives as long as the run
+    log.setLevel(logging.INFO)
+
+    async def nothing() -> int:
+        return 1
+
+    async def measure() -> list[list[str]]:
+        budget = PollBudget(1e9)
+        policy = RetryPolicy("GET", max_retries=5, max_wait=60.0, log=log, deadline=time.time() + 3600)
+
+        async def tenacity_call() -> None:  # the policy the provider built per poll until now
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(6), retry=retry_if_exception(lambda _: False), reraise=True
+            )
+            await retrying(nothing)
+
+        async def plain_call() -> None:
+            await policy.acall(nothing)
+
+        async def budget_call() -> None:
+            await budget.acquire()
+            budget.accepted()
+
+        async def deadline_timeout() -> None:
+            async with asyncio.timeout(120):
+                await nothing()
+
+        async def deadline_wait_for() -> None:
+            await asyncio.wait_for(nothing(), 120)
+
+        async def parse() -> None:
+            parse_prediction(raise_for_answer(answer, what="Reading", conn_id="magi_default"))
+
+        async def metric() -> None:
+            count_poll(answer, "magi_default")
+
+        async def log_line() -> None:
+            log.info("Prediction %s is %s after %.0fs", "p" * 32, "processing", 12.0)
+
+        layers = [
+            ("retry wrapper: tenacity AsyncRetrying (before)", tenacity_call),
+            ("retry wrapper: RetryPolicy.acall (now)", plain_call),
+            ("poll budget: acquire + accepted", budget_call),
+            ("deadline: asyncio.wait_for (before)", deadline_wait_for),
+            ("deadline: asyncio.timeout (now)", deadline_timeout),
+            ("envelope: raise_for_answer + parse_prediction", parse),
+            ("metrics: count_poll (Stats)", metric),
+            ("logging: one INFO line (only on a status change)", log_line),
+        ]
+        rows = []
+        for name, call in layers:
+            for _ in range(iterations // 10):  # warm-up
+                await call()
+            started = time.process_time()
+            for _ in range(iterations):
+                await call()
+            rows.append([name, f"{(time.process_time() - started) / iterations * 1e6:.1f}"])
+        return rows
+
+    return asyncio.run(measure())
 
 
 def main() -> None:
@@ -127,16 +212,9 @@ def main() -> None:
         clients: dict[str, Callable[[int], Callable[[], Awaitable[None]]]] = {
             "bare asyncio streams (the floor)": lambda c: lambda: floor_client(base, path, args.polls, c),
             "httpx AsyncClient, shared": lambda c: lambda: httpx_client(base, path, args.polls, c),
+            "aiohttp ClientSession, shared": lambda c: lambda: aiohttp_client(base, path, args.polls, c),
             "MagiHook.aget_prediction": lambda c: lambda: hook_client(base, submitted, args.polls, c),
         }
-        try:
-            import aiohttp  # noqa: F401
-
-            clients["aiohttp ClientSession, shared"] = lambda c: (
-                lambda: aiohttp_client(base, path, args.polls, c)
-            )
-        except ImportError:
-            print("aiohttp is not installed: not measured")
         rows = []
         for concurrency in args.concurrency:
             floor = cpu_per_call(clients["bare asyncio streams (the floor)"](concurrency), args.polls)
@@ -145,6 +223,12 @@ def main() -> None:
                 rows.append([name, concurrency, f"{cost:,.0f}", f"{cost / floor:.1f}x"])
     finally:
         process.terminate()
+    report(
+        "What each layer around one poll costs (no I/O)",
+        table(["layer", "CPU µs per call"], layer_costs()),
+        "Measured alone on one event loop; compare with the floor's µs per GET above. The trigger "
+        "logs only when a prediction's status changes (2-3 lines per prediction), not per poll.",
+    )
     report(
         f"CPU per result poll ({args.polls} GETs per client)",
         table(["client", "in flight", "CPU µs per GET", "vs floor (same run)"], rows),
