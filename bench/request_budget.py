@@ -37,12 +37,15 @@ def triggerer_process(base: str, done_at: dict[str, float], poll: float) -> list
     return asyncio.run(wait_all("provider", base, done_at, poll))
 
 
-def split_across_processes(base: str, done_at: dict[str, float], poll: float, processes: int) -> list[float]:
+def split_across_processes(
+    base: str, done_at: dict[str, float], poll: float, processes: int
+) -> list[list[float]]:
+    """Each process's completion-to-event delays."""
     ids = list(done_at)
     shares = [{pid: done_at[pid] for pid in ids[i::processes]} for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         results = pool.starmap(triggerer_process, [(base, share, poll) for share in shares])
-    return [delay for delays in results for delay in delays]
+    return results
 
 
 async def wait_all(mode: str, base: str, done_at: dict[str, float], poll: float) -> list[float]:
@@ -67,10 +70,12 @@ def measure(
     httpx.put(f"{base}/_testing/faults", json=[fault], timeout=30).raise_for_status()
     started = time.time()
     if processes > 1:
-        delays = split_across_processes(base, done_at, args.poll_interval, processes)
+        per_process = split_across_processes(base, done_at, args.poll_interval, processes)
+        delays = [delay for share in per_process for delay in share]
     else:
         mode = "naive" if budget == 0.0 else "provider"
         delays = asyncio.run(wait_all(mode, base, done_at, args.poll_interval))
+        per_process = [delays]
     seen = [r for r in httpx.get(f"{base}/_testing/requests", timeout=60).json() if r["route"] == "result"]
     refused = [r for r in seen if r["status"] == 429]
     first_poll = min(r["at"] for r in seen)  # triggerer processes take a moment to start
@@ -88,6 +93,7 @@ def measure(
         f"{busiest} / {max(per_second.values())}",
         f"{statistics.median(saturated):.0f}" if saturated else "-",
         f"{pct(delays, 50):.2f} / {pct(delays, 95):.2f}",
+        " / ".join(f"{pct(share, 50):.1f}" for share in per_process),
     ]
 
 
@@ -120,6 +126,7 @@ def main() -> None:
         "mode", "polls sent", "429s", "429s after the first 2 s of polling",
         "seconds with a 429 after that", "busiest second: sent / accepted",
         "accepted per second while all wait (median)", "completion to event p50 / p95 (s)",
+        "p50 by triggerer (s)",
     ]  # fmt: skip
     short_rows, long_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -127,6 +128,27 @@ def floor_per_poll(base: str, prediction_id: str, polls: int = 3000) -> float:
     return (cpu_seconds() - before) / polls * 1e6
 
 
+class GCPauses:
+    """The longest pause of CPython's cyclic garbage collector while in use (it stops the loop)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.longest = max(self.longest, time.perf_counter() - self._started)
+
+    def __enter__(self) -> GCPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -167,7 +189,8 @@ def main() -> None:
                 httpx.post(f"{base}/_testing/reset", timeout=30)
                 done_at = submit(base, size, args.min_duration, args.max_duration)
                 cpu_before = cpu_seconds()
-                delays, lags = asyncio.run(run(mode, base, done_at, args.poll_interval))
+                with GCPauses() as pauses:
+                    delays, lags = asyncio.run(run(mode, base, done_at, args.poll_interval))
                 cpu = cpu_seconds() - cpu_before
                 seen = httpx.get(f"{base}/_testing/requests", timeout=60).json()
                 polls = [r for r in seen if r["route"] == "result"]
@@ -193,6 +216,7 @@ def main() -> None:
                         f"{cpu / size * 1000:.1f}",
                         f"{cpu / max(1, len(polls)) * 1e6:,.0f} / {floor:,.0f}",
                         "-" if mode == "sync" else f"{pct(lags, 50) * 1000:.1f} / {lag_max * 1000:.0f}",
+                        f"{pauses.longest * 1000:.0f}",
                         size if mode == "sync" else 0,
                         f"{pct(delays, 50):.2f} / {p95:.2f}",
                         ("all met" if not missed else "missed: " + ", ".join(missed))
@@ -213,7 +237,7 @@ def main() -> None:
     )
     headers = [
         "mode", "predictions", "TCP connections", "polls per prediction", "CPU s per 1,000",
-        "CPU µs per poll / floor's", "loop lag p50 / max (ms)", "worker slots held",
+        "CPU µs per poll / floor's", "loop lag p50 / max (ms)", "longest GC pause (ms)", "worker slots held",
         "completion to event p50 / p95 (s)", "#15 targets",
     ]  # fmt: skip
     report("Triggerer scale", table(headers, rows), notes)
