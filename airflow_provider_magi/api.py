@@ -1,6 +1,6 @@
 """The WaveSpeed prediction contract as code: values, parsing and the retry decision.
 
-No I/O lives here, so the worker's requests client and the triggerer's httpx client share one
+No I/O lives here, so the worker's requests client and the triggerer's aiohttp client share one
 reading of the API and one answer to "is it safe to send this again?".
 """
 

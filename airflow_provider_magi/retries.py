@@ -26,9 +26,9 @@ T = TypeVar("T")
 class RetryPolicy:
     """When to send a request again, and how long to wait first: one decision for both clients.
 
-    A plain loop, not tenacity: the triggerer runs this once per poll, thousands of times a
-    second at scale, and tenacity's machinery cost more per call than the HTTP client
-    (bench/poll_cost.py measures both).
+    A plain loop, not tenacity: the triggerer runs this once per poll, up to a thousand times a
+    second, and tenacity's machinery cost 27 µs per call against 0.2 µs for this loop, a fifth
+    of a whole aiohttp GET (bench/poll_cost.py, "What each layer around one poll costs").
 
     :param deadline: Unix time after which no retry starts and no wait reaches.
     """

@@ -363,6 +363,39 @@ def test_the_triggerers_client_goes_through_the_environment_proxy(monkeypatch: p
     assert [request.path for request in seen] == [f"{target}/api/v3/predictions/abc/result"]
 
 
+def test_both_clients_check_certificates_against_the_same_bundle(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REQUESTS_CA_BUNDLE (a corporate CA) holds in the triggerer as in the worker; without it, an
+    unknown certificate is refused by both, before anything is read."""
+    from tests.hostile import HostileServer, Seen, envelope, loopback_certificate
+
+    bundle, tls = loopback_certificate(tmp_path)
+
+    def respond(request: Seen) -> bytes:
+        return envelope({"id": "abc", "model": "wavespeed-ai/magi-1-24b", "status": "processing"})
+
+    with HostileServer(respond, tls=tls) as server:
+        conn = {
+            "conn_type": "magi",
+            "host": server.base_url,
+            "password": CANARY_KEY,
+            "extra": {"max_retries": 0},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", json.dumps(conn))
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            monkeypatch.delenv(name, raising=False)
+        with pytest.raises(MagiError, match=r"(?i)certificate"):
+            asyncio.run(MagiHook().aget_prediction("abc"))
+        with pytest.raises(MagiError, match=r"(?i)certificate"):
+            MagiHook().get_prediction("abc")
+        assert server.seen == []  # refused during the handshake: no request was read
+
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        assert asyncio.run(MagiHook().aget_prediction("abc")).status == "processing"
+        assert MagiHook().get_prediction("abc").status == "processing"
+
+
 def test_triggers_in_one_loop_share_one_connection_lookup(
     magi_conn: LocalWaveSpeedServer, monkeypatch
 ) -> None:

@@ -7,13 +7,15 @@ cap and scrub the key alike.
 
 Why aiohttp: the triggerer polls for every deferred task of a deployment, so CPU per poll decides
 how many waits one triggerer holds. Measured in one run (bench/poll_cost.py, 64 in flight) httpx
-cost 34 times a bare asyncio-streams client per GET, aiohttp 1.7 times; Airflow's own
+cost 45.9 times a bare asyncio-streams client per GET, aiohttp 2.4 times; Airflow's own
 ``HttpAsyncHook`` uses aiohttp too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 import threading
 import weakref
 from collections.abc import Mapping
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
-from requests.utils import get_environ_proxies, select_proxy
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies, select_proxy
 
 from airflow_provider_magi import metrics
 from airflow_provider_magi.api import ConnectFailure, ExchangeFailure, HTTPAnswer, error_text, redact
@@ -97,7 +99,7 @@ def shared_async_client(settings: MagiSettings) -> SharedAsync:
 
 def _new_session(settings: MagiSettings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=MAX_ASYNC_CONNECTIONS),
+        connector=aiohttp.TCPConnector(limit=MAX_ASYNC_CONNECTIONS, ssl=_tls_context()),
         # The whole request is bounded by request_timeout in asend; these bound each phase.
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
@@ -107,10 +109,22 @@ def _new_session(settings: MagiSettings) -> aiohttp.ClientSession:
     )
 
 
+def _tls_context() -> ssl.SSLContext:
+    """Certificates are checked against the bundle the worker's requests session uses
+    (REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE when set, else certifi's), so a corporate CA given to
+    the workers holds in the triggerer too, and no image needs a system CA store."""
+    bundle = (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
+    )
+    if os.path.isdir(bundle):
+        return ssl.create_default_context(capath=bundle)
+    return ssl.create_default_context(cafile=bundle)
+
+
 def _environment_proxy(base_url: str) -> str | None:
     """The proxy HTTPS_PROXY / NO_PROXY name for ``base_url``, read as the worker's requests
-    session reads them. Once per session: aiohttp's ``trust_env`` reads them on every request,
-    in a thread, which doubled the CPU of a poll (bench/poll_cost.py)."""
+    session reads them. Once per session: aiohttp's ``trust_env`` reads them (and ~/.netrc) on
+    every request, handing two jobs per poll to a thread pool (seen profiling the poll path)."""
     return select_proxy(base_url, get_environ_proxies(base_url)) or None
 
 
