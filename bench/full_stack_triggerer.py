@@ -83,10 +83,11 @@ def states(stack: AirflowStack, run_id: str) -> Counter[str]:
 
 
 def finished(stack: AirflowStack, run_id: str) -> dict[int, tuple[float, float]]:
-    """map_index -> (queued again after the event, succeeded), as Unix times."""
+    """map_index -> (the trigger's event recorded, the task succeeded), as Unix times."""
     return {
         int(ti["map_index"]): (
-            datetime.fromisoformat(ti["queued_when"]).timestamp(),
+            # Set when the triggerer submits the event and the task goes back to scheduled.
+            datetime.fromisoformat(ti["scheduled_when"]).timestamp(),
             datetime.fromisoformat(ti["end_date"]).timestamp(),
         )
         for ti in task_instances(stack, run_id, state="success")
@@ -170,10 +171,10 @@ def main() -> None:
             interval=10,
         )
         done = finished(stack, run_id)
-        to_queued, to_success = [], []
-        for index, (queued, ended) in done.items():
+        to_event, to_success = [], []
+        for index, (event, ended) in done.items():
             prediction_id = stack.xcom(DAG_ID, run_id, "generate", map_index=index)["prediction_id"]
-            to_queued.append(queued - completed_at[prediction_id])
+            to_event.append(event - completed_at[prediction_id])
             to_success.append(ended - completed_at[prediction_id])
     finally:
         stack.stop()
@@ -188,7 +189,7 @@ def main() -> None:
             f"{cpu / window:.3f}",
             f"{polls} ({polls / ideal:.0%} of ideal)",
             f"{per_poll_us:,.0f}",
-            f"{pct(to_queued, 50):.1f} / {pct(to_queued, 95):.1f} / {max(to_queued):.1f}",
+            f"{pct(to_event, 50):.1f} / {pct(to_event, 95):.1f} / {max(to_event):.1f}",
             f"{pct(to_success, 50):.1f} / {pct(to_success, 95):.1f} / {max(to_success):.1f}",
         ]
     ]
@@ -203,7 +204,7 @@ def main() -> None:
                 "triggerer CPU (cores) while waiting",
                 f"polls in {window:.0f} s",
                 "triggerer CPU µs per poll",
-                "completion to task queued again p50 / p95 / max (s)",
+                "completion to event recorded p50 / p95 / max (s)",
                 "completion to task success p50 / p95 / max (s)",
             ],
             rows,
@@ -211,8 +212,9 @@ def main() -> None:
         f"PostgreSQL, CeleryExecutor on Redis ({args.workers} worker slots), one triggerer; polls every "
         f"{args.poll_interval:.0f} s; completions spread over {args.spread:.0f} s. Triggerer CPU is the "
         "triggerer process and its children (supervisor and trigger runner), including Airflow's own "
-        "heartbeats and trigger bookkeeping. Queued again: the trigger's event was seen and the "
-        "scheduler queued the task to resume on a worker; success: a worker ran execute_complete. "
+        "heartbeats and trigger bookkeeping. Event recorded: the triggerer saw the prediction "
+        "completed and put the task back to scheduled (the triggerer's part); success: the "
+        "scheduler queued it and a worker ran execute_complete. "
         "Whole run: "
         f"{time.monotonic() - started:.0f} s.",
     )
