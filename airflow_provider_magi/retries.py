@@ -27,7 +27,7 @@ class RetryPolicy:
     """When to send a request again, and how long to wait first: one decision for both clients.
 
     A plain loop, not tenacity: the triggerer runs this once per poll, up to a thousand times a
-    second, and tenacity's machinery cost 27 µs per call against 0.2 µs for this loop, a fifth
+    second, and tenacity's machinery cost 27-29 µs per call against 0.2 µs for this loop, a fifth
     of a whole aiohttp GET (bench/poll_cost.py, "What each layer around one poll costs").
 
     :param deadline: Unix time after which no retry starts and no wait reaches.
@@ -42,8 +42,8 @@ class RetryPolicy:
 
     def wait_before_retry(self, attempt: int, error: BaseException) -> float | None:
         """Seconds to wait before sending again after ``attempt`` failed with ``error``; None
-        when it must not be sent again. Honours the server's Retry-After, else backs off
-        exponentially with jitter; never waits past the deadline."""
+        when it must not be sent again (a retry is logged with its reason). Honours the server's
+        Retry-After, else backs off exponentially with jitter; never waits past the deadline."""
         if attempt > self.max_retries or not is_retryable(self.method, error):
             return None
         now = time.time()
