@@ -66,7 +66,7 @@ def test_daily_runs_fill_the_grid_with_dated_prompts(
         return len(runs) == 4 and all(run["state"] in ("success", "failed") for run in runs)
 
     ui_stack.wait_until(all_finished, timeout=300, what="four daily runs to finish")
-    assert [run["state"] for run in runs] == ["success"] * 4
+    assert [run["state"] for run in runs] == ["success"] * 4, [(r["dag_run_id"], r["state"]) for r in runs]
 
     page.goto(f"/dags/{DAILY}/runs")
     expect(page.get_by_text("4 Dag Runs")).to_be_visible()
