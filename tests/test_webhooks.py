@@ -170,6 +170,8 @@ def test_a_corrupted_signature_is_refused_and_a_failing_receiver_is_retried(
         {"prompt": "x [[duration: 0.1]]"}, webhook_url=f"{receiver.base_url}/hooks/wavespeed"
     )
     wait_until(lambda: len(receiver.seen) == 3, timeout=15)
+    # The receiver sees the third call before the sender has recorded its answer.
+    wait_until(lambda: len(magi_conn.app.webhooks.deliveries) == 3, timeout=15)
     assert [d.status for d in magi_conn.app.webhooks.deliveries] == [500, 500, 200]
     secret = MagiHook().get_webhook_secret()
     first, _, last = receiver.seen
