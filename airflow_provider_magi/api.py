@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -295,6 +296,11 @@ def parse_prediction(data: Mapping[str, Any]) -> Prediction:
         inference_ms=int(inference) if inference is not None else None,
         result_url=result_url if isinstance(result_url, str) else None,
     )
+
+
+def is_valid_prediction_id(value: Any) -> bool:
+    """WaveSpeed's ids are 32 hex digits; anything that is not short printable ASCII cannot be one."""
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", value) is not None
 
 
 def prediction_id_of(data: Mapping[str, Any]) -> str | None:

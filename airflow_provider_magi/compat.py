@@ -26,19 +26,14 @@ _AIRFLOW_BASE_VERSION = Version(Version(AIRFLOW_VERSION).base_version)
 # 3.2 reads the connection form from provider info ("conn-fields"); older ones ask the hook.
 AIRFLOW_V_3_2_PLUS = Version("3.2.0") <= _AIRFLOW_BASE_VERSION
 
-try:  # Airflow 3.3+: the task state store survives retries (AIP-103).
-    from airflow.sdk import ResumableJobMixin
-
-    HAS_TASK_STATE_STORE = True
-except ImportError:  # Older Airflow 3: a stand-in that submits on every try.
-    from airflow.providers.common.compat._resumable_job_mixin import (  # type: ignore[assignment]
-        ResumableJobMixin,
-    )
-
-    HAS_TASK_STATE_STORE = False
+# 3.3 brought the task state store (AIP-103), where the ledger keeps its records; older releases
+# keep them in Variables (ledger_stores.py).
+AIRFLOW_V_3_3_PLUS = Version("3.3.0") <= _AIRFLOW_BASE_VERSION
+HAS_TASK_STATE_STORE = AIRFLOW_V_3_3_PLUS
 
 __all__ = [
     "AIRFLOW_V_3_2_PLUS",
+    "AIRFLOW_V_3_3_PLUS",
     "HAS_TASK_STATE_STORE",
     "AirflowException",
     "AirflowFailException",
@@ -49,7 +44,6 @@ __all__ = [
     "BaseOperator",
     "BaseOperatorLink",
     "BaseSensorOperator",
-    "ResumableJobMixin",
     "conf",
     "mask_secret",
 ]

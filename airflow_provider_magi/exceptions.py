@@ -97,3 +97,18 @@ class MagiExecutionTimeoutError(MagiError, AirflowTaskTimeout):
 
 class MagiDownloadError(MagiError):
     """An output could not be downloaded whole; nothing was left at the destination."""
+
+
+class MagiLedgerError(MagiError, AirflowFailException):
+    """The ledger could not be read or written, so what was paid is unknown.
+
+    Never read as "nothing was paid": that would submit (and bill) again. Not retried either:
+    a record that cannot be read reads the same way next try.
+    """
+
+
+class MagiLedgerUnavailableError(MagiError):
+    """The ledger's store did not answer (API server down, object store unreachable).
+
+    Retried like any transient failure: nothing was sent to WaveSpeed because of it.
+    """

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_magi.compat import HAS_TASK_STATE_STORE
 from airflow_provider_magi.exceptions import MagiSubmitUncertainError
 from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.testing import LocalWaveSpeedServer
@@ -89,7 +88,7 @@ def test_a_success_answer_without_an_id_is_uncertain_not_retried(monkeypatch: py
     assert sum(s.path == "/api/v3/wavespeed-ai/magi-1-24b" for s in server.seen) == 1  # never resent
 
 
-@pytest.mark.skipif(not HAS_TASK_STATE_STORE, reason="task state store arrived in Airflow 3.3")
+@pytest.mark.money
 def test_a_prompt_edited_before_the_retry_makes_a_new_video(
     dag_bag, magi_conn: LocalWaveSpeedServer, task_logs
 ) -> None:
@@ -108,8 +107,6 @@ def test_a_prompt_edited_before_the_retry_makes_a_new_video(
 def test_a_first_frame_deleted_after_the_submit_cannot_fail_the_paid_task(
     dag_bag, magi_conn: LocalWaveSpeedServer, tmp_path: Path, then_retry: bool
 ) -> None:
-    if then_retry and not HAS_TASK_STATE_STORE:
-        pytest.skip("a retry reattaches only where Airflow keeps task state (3.3+)")
     frame = tmp_path / "frame.png"
     frame.write_bytes(PNG)
     suffix = "_then_retry" if then_retry else ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_magi.compat import HAS_TASK_STATE_STORE
 from airflow_provider_magi.testing import LocalWaveSpeedServer
 from tests.helpers import CANARY_KEY, DAG_TEST_LOGS_EXCEPTIONS, run_dag, task_instance, xcom
 
@@ -83,7 +82,7 @@ def test_params_render_to_a_valid_request(dag_bag, magi_conn: LocalWaveSpeedServ
     }
 
 
-@pytest.mark.skipif(not HAS_TASK_STATE_STORE, reason="task state store arrived in Airflow 3.3")
+@pytest.mark.money
 @pytest.mark.parametrize("crash_in", ["poll", "result"])
 def test_retry_reattaches_instead_of_paying_twice(
     dag_bag, magi_conn: LocalWaveSpeedServer, task_logs, crash_in: str
@@ -99,27 +98,17 @@ def test_retry_reattaches_instead_of_paying_twice(
     assert xcom(dag_run, "generate")["prediction_id"] == prediction_id
 
 
-@pytest.mark.skipif(HAS_TASK_STATE_STORE, reason="documents Airflow < 3.3, which has no task state store")
-def test_retry_without_task_state_store_submits_again(
-    dag_bag, magi_conn: LocalWaveSpeedServer, task_logs
-) -> None:
-    dag_run = run_dag(dag_bag, "magi_test_crash_in_poll")
-    assert dag_run.state == "success"
-    assert magi_conn.count("submit") == 2
-    assert "this retry submits a new, billed prediction" in task_logs()
-
-
-@pytest.mark.skipif(not HAS_TASK_STATE_STORE, reason="task state store arrived in Airflow 3.3")
+@pytest.mark.money
 def test_retry_resubmits_after_a_failed_prediction(
     dag_bag, magi_conn: LocalWaveSpeedServer, task_logs
 ) -> None:
     dag_run = run_dag(dag_bag, "magi_test_failed_then_resubmitted")
     assert dag_run.state == "failed"  # the fresh prediction fails too ([[fail]] in the prompt)
     assert magi_conn.count("submit") == 2
-    assert "Prior job in terminal state, resubmitting fresh" in task_logs()
+    assert "paid for by an earlier try is failed: submitting afresh" in task_logs()
 
 
-@pytest.mark.skipif(not HAS_TASK_STATE_STORE, reason="task state store arrived in Airflow 3.3")
+@pytest.mark.money
 def test_retry_resubmits_when_the_prediction_no_longer_exists(
     dag_bag, magi_conn: LocalWaveSpeedServer
 ) -> None:

@@ -96,6 +96,7 @@ class MagiSettings:
     max_retries: int = 5
     max_retry_wait: float = 60.0
     max_polls_per_second: float = 20.0  # shared by all triggers using this key in one triggerer
+    ledger_path: str | None = None  # an ObjectStoragePath URL for the ledger (default: Airflow's own)
 
     @classmethod
     def from_connection(cls, conn: Connection, conn_id: str, extra: Mapping[str, Any]) -> MagiSettings:
@@ -108,6 +109,7 @@ class MagiSettings:
             conn_id=conn_id,
             base_url=(host or DEFAULT_BASE_URL).rstrip("/"),
             api_key=normalise_api_key(conn.password or "", conn_id),
+            ledger_path=_ledger_path(extra, conn_id),
             **_extras(extra, conn_id),
         )
 
@@ -161,6 +163,18 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
             raise MagiError(f"Connection '{conn_id}': extra '{name}' is out of range, got {raw!r}")
         values[name] = value
     return values
+
+
+def _ledger_path(extra: Mapping[str, Any], conn_id: str) -> str | None:
+    raw = extra.get("ledger_path")
+    if raw in (None, ""):
+        return None
+    if not isinstance(raw, str) or "://" not in raw:
+        raise MagiError(
+            f"Connection '{conn_id}': extra 'ledger_path' must be an object-storage URL such as "
+            f"'s3://bucket/magi-ledger' or 'file:///shared/magi-ledger', got {raw!r:.80}"
+        )
+    return raw.strip()
 
 
 def _settings_from_env(conn_id: str, log: Any) -> MagiSettings | None:

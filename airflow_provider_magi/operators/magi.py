@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -10,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi.api import (
     DEFAULT_MODEL,
-    STATUS_COMPLETED,
-    TERMINAL_STATUSES,
+    FAILED_STATUSES,
     Prediction,
     final_result,
 )
-from airflow_provider_magi.compat import HAS_TASK_STATE_STORE, BaseOperator, ResumableJobMixin, conf
-from airflow_provider_magi.exceptions import MagiRejectedError, MagiSubmitUncertainError
+from airflow_provider_magi.compat import BaseOperator, conf
+from airflow_provider_magi.exceptions import MagiError, MagiRejectedError, MagiSubmitUncertainError
+from airflow_provider_magi.ledger import LOOK_UP, SUBMIT, Ledger, LedgerRecord, decide
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.validation import (
@@ -36,15 +37,25 @@ if TYPE_CHECKING:
 XCOM_CANDIDATES = "prediction_candidates"
 # What get_job_status reports for a stored id the API no longer knows (deleted after 7 days).
 STATUS_NOT_FOUND = "not_found"
-# ... and for a stored prediction made for other inputs (the task was cleared after an edit).
-STATUS_INPUTS_CHANGED = "inputs_changed"
+# A submit intent younger than this is left to land before WaveSpeed's history is asked about it:
+# a POST cut off by a killed worker may still be creating its prediction on the server.
+INTENT_SETTLE_SECONDS = 30.0
 
 
 def stored_job(external_id: Any) -> tuple[str, str | None]:
-    """The prediction id and inputs fingerprint a try stored (a bare id has no fingerprint)."""
+    """The prediction id (and inputs fingerprint, where one was stored with it) of a job handle."""
     if isinstance(external_id, dict):
         return str(external_id.get("id") or ""), external_id.get("fingerprint")
     return str(external_id), None
+
+
+def _candidate(prediction: Prediction) -> dict[str, Any]:
+    return {
+        "prediction_id": prediction.id,
+        "status": prediction.status,
+        "created_at": prediction.created_at,
+        "model": prediction.model,
+    }
 
 
 def _seconds(value: float | timedelta | None, name: str) -> float | None:
@@ -56,13 +67,14 @@ def _seconds(value: float | timedelta | None, name: str) -> float | None:
     return seconds
 
 
-class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
+class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
     """Generate a video with MAGI-1 24B on WaveSpeed.
 
-    Submits one prediction, pushes its id to XCom (key ``prediction_id``) at once, then waits for
-    it in the triggerer (``deferrable=True``) or in the worker. A task retry reattaches to the
-    prediction of the previous try instead of paying for a new one (Airflow 3.3+, task state
-    store); a prediction that failed or expired is submitted afresh.
+    Submits one prediction, records its id in the ledger and pushes it to XCom (key
+    ``prediction_id``) at once, then waits for it in the triggerer (``deferrable=True``) or in the
+    worker. A retry or a manual clear reattaches to the prediction already paid for, on every
+    Airflow 3 (see ``airflow_provider_magi.ledger``); one that failed or expired, or was made for
+    other inputs, is submitted afresh.
 
     :param prompt: What the video shows. Required. Templated.
     :param image: The first frame: an http(s) URL, or a local path / object-storage URL /
@@ -101,7 +113,6 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
     )
     template_fields_renderers = {"extra_inputs": "json"}
     operator_extra_links = (MagiPredictionLink(),)
-    external_id_key = "magi_prediction_id"
     ui_color = "#f3e8ff"
 
     def __init__(
@@ -142,6 +153,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path
+        from airflow_provider_magi.ledger_stores import open_ledger
 
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
@@ -151,33 +163,98 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
             self.webhook_url, allow_insecure_loopback=bool(self.webhook_url) and self.hook.is_local_server
         )
         self._fingerprint = inputs_fingerprint(self.model, self._inputs)
-        if not HAS_TASK_STATE_STORE and (context["ti"].try_number or 1) > 1:
+        ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
+        prediction_id = self._resume(ledger, context)
+        if prediction_id is None:
+            prediction_id = self.submit_job(context, ledger)
+        elif self._final is not None and self._final.is_completed:
+            return self.get_job_result(prediction_id, context)
+        return self.poll_until_complete(prediction_id, context)
+
+    # ------------------------------------------------------------ never pay twice
+
+    def _resume(self, ledger: Ledger, context: Context) -> str | None:
+        """The prediction an earlier try (or a cleared run) already paid for, or None to submit."""
+        decision = decide(ledger.read(), self._fingerprint)
+        if decision.action == SUBMIT:
+            if decision.record is not None:
+                self.log.warning("Not reusing the recorded submit: %s. Submitting afresh.", decision.reason)
+            return None
+        assert decision.record is not None
+        if decision.action == LOOK_UP:
+            return self._look_up_intent(ledger, decision.record, context)
+        prediction_id = str(decision.record.prediction_id)
+        status = self.get_job_status(prediction_id, context)
+        if status == STATUS_NOT_FOUND or status in FAILED_STATUSES:
             self.log.warning(
-                "This Airflow has no task state store (3.3+): this retry submits a new, billed "
-                "prediction. Check the previous try's log for its prediction id."
+                "The prediction %s paid for by an earlier try is %s: submitting afresh.",
+                prediction_id,
+                "gone (WaveSpeed deletes predictions after 7 days)" if status == STATUS_NOT_FOUND else status,
             )
-        return self.execute_resumable(context)
+            return None
+        self.log.info("Ledger: %s; not submitting again.", decision.reason)
+        return prediction_id
 
-    # ------------------------------------------------------------ ResumableJobMixin
+    def _look_up_intent(self, ledger: Ledger, record: LedgerRecord, context: Context) -> str | None:
+        """An intent without an id: WaveSpeed's history says whether that submit started anything."""
+        settle = record.intent_at.timestamp() + INTENT_SETTLE_SECONDS - time.time()
+        if settle > 0:  # a submit cut off a moment ago may still be landing on WaveSpeed's side
+            time.sleep(settle)
+        until = record.intent_at + timedelta(seconds=self.hook.settings.request_timeout)
+        found = self.hook.find_submit_candidates(record.model, record.intent_at, until=until)
+        if not found:
+            self.log.warning(
+                "The ledger holds a submit intent from %s without a prediction id, and WaveSpeed's "
+                "history lists no prediction of %s created around it: it never started. Submitting afresh.",
+                record.intent_at.isoformat(timespec="seconds"),
+                record.model,
+            )
+            return None
+        candidates = [_candidate(p) for p in found]
+        context["ti"].xcom_push(key=XCOM_CANDIDATES, value=candidates)
+        if self.attach_to_single_candidate and len(found) == 1:
+            (only,) = found
+            self.log.warning(
+                "The ledger holds a submit intent without an id; carrying on with %s, the only "
+                "prediction of %s created around it (attach_to_single_candidate=True).",
+                only.id,
+                record.model,
+            )
+            ledger.write_paid(record, only.id)
+            return only.id
+        listed = "; ".join(
+            f"{c['prediction_id']} ({c['status']}, created {c['created_at']})" for c in candidates
+        )
+        raise MagiSubmitUncertainError(
+            f"An earlier try of this task sent a submit whose answer never reached the ledger "
+            f"({ledger.where()}), and WaveSpeed lists {len(found)} prediction(s) of {record.model} "
+            f"created around it: {listed}. Nothing is submitted again. Fix: if one is this task's, "
+            "set attach_to_single_candidate=True (one candidate) or wait for it with "
+            "MagiPredictionSensor; to pay for a new video instead, delete that ledger record and "
+            "clear the task.",
+            candidates=candidates,
+        )
 
-    def submit_job(self, context: Context) -> dict[str, Any]:
+    def submit_job(self, context: Context, ledger: Ledger) -> str:
         inputs = dict(self._inputs)
         image = inputs.get("image")
         if isinstance(image, LocalImage):  # read and checked now, before the first request
             inputs["image"] = self.hook.upload_media(image.read())
+        record = ledger.write_intent(self._fingerprint, self.model)
         try:
             prediction = self.hook.create_prediction(inputs, model=self.model, webhook_url=self._webhook_url)
         except MagiSubmitUncertainError as error:
             prediction = self._attach_to_candidate(context, error)
-        # Persist the id first thing, with what it was made for, in one write: the mixin stores
-        # it only after this returns, and every call in between (XCom, logs) would widen the
-        # window in which a killed worker loses it.
-        job: dict[str, Any] = {"id": prediction.id, "fingerprint": self._fingerprint}
-        store = context.get("task_state_store")
-        if store is not None:
-            store.set(self.external_id_key, job)
+        except MagiError:
+            # Refused (4xx, never connected): provably nothing started, so a retry need not ask
+            # WaveSpeed's history about this intent.
+            with contextlib.suppress(Exception):
+                ledger.forget()
+            raise
+        # The id goes into the ledger before anything else (XCom, logs) can fail or be killed.
+        ledger.write_paid(record, prediction.id)
         self._announce(context, prediction.id, prediction.result_url, "Submitted")
-        return job
+        return prediction.id
 
     def _attach_to_candidate(self, context: Context, error: MagiSubmitUncertainError) -> Prediction:
         """Publish the candidates; carry on with the only one if asked to, else fail as before."""
@@ -197,16 +274,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
             status=str(only.get("status") or "created"),
         )
 
-    def get_job_status(self, external_id: Any, context: Context) -> str:
-        prediction_id, fingerprint = stored_job(external_id)
-        if fingerprint != self._fingerprint:
-            self.log.warning(
-                "The stored prediction %s was made for other inputs (the model, prompt, image, seed "
-                "or extra_inputs changed since, or it predates input fingerprints): it is not "
-                "reused; a new prediction is submitted for the current inputs.",
-                prediction_id,
-            )
-            return STATUS_INPUTS_CHANGED
+    def get_job_status(self, prediction_id: str, context: Context) -> str:
         try:
             prediction = self.hook.get_prediction(prediction_id)
         except MagiRejectedError as error:
@@ -216,13 +284,6 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         if prediction.is_terminal:
             self._final = prediction
         return prediction.status
-
-    def is_job_active(self, status: str) -> bool:
-        # Unknown statuses count as running: never treat what we do not understand as done.
-        return status not in TERMINAL_STATUSES and status not in (STATUS_NOT_FOUND, STATUS_INPUTS_CHANGED)
-
-    def is_job_succeeded(self, status: str) -> bool:
-        return status == STATUS_COMPLETED
 
     def poll_until_complete(self, external_id: Any, context: Context) -> Any:
         prediction_id, _ = stored_job(external_id)
@@ -308,6 +369,6 @@ class MagiGenerateVideoOperator(MagiTaskMixin, ResumableJobMixin, BaseOperator):
         if self._announced:
             self.log.warning(
                 "Task killed. WaveSpeed has no cancel endpoint: prediction %s keeps running and is "
-                "billed. A retry of this task reattaches to it where Airflow keeps task state (3.3+).",
+                "billed. A retry of this task reattaches to it (the ledger holds its id).",
                 self._announced,
             )

@@ -247,8 +247,8 @@ with _dag("magi_test_prompt_edited_before_retry"):
 class DeletesItsFrame(MagiGenerateVideoOperator):
     """The local first frame is removed right after the submit (a cleanup job, a tmp reaper)."""
 
-    def submit_job(self, context: Any) -> Any:
-        job = super().submit_job(context)
+    def submit_job(self, context: Any, ledger: Any) -> Any:
+        job = super().submit_job(context, ledger)
         os.remove(str(self.image))
         if context["ti"].try_number == 1 and self.crash_after_submit:
             raise RuntimeError("simulated worker crash after submit")
