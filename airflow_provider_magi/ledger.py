@@ -148,7 +148,8 @@ class Ledger:
 
     def write_intent(self, fingerprint: str, model: str, name: str = DEFAULT_RECORD) -> LedgerRecord:
         """Before the POST: if this write fails, nothing has been sent (the error is retryable)."""
-        record = LedgerRecord(fingerprint=fingerprint, model=model, intent_at=datetime.now(UTC))
+        now = datetime.now(UTC)
+        record = LedgerRecord(fingerprint, model, now.replace(microsecond=now.microsecond // 1000 * 1000))
         self.store.write(name, record.to_json())
         return record
 

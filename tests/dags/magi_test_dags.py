@@ -311,3 +311,75 @@ with _dag("magi_test_webhook", params={"receiver": "", "prompt": "a bell rings [
     MagiGenerateVideoOperator(
         task_id="generate", prompt="{{ params.prompt }}", webhook_url="{{ params.receiver }}", **FAST
     )
+
+# ---------------------------------------------------------------- never pay twice (#20)
+
+
+class DiesOnFirstTry(MagiGenerateVideoOperator):
+    """Try 1 dies at one step of the submit, as a killed worker or a crashing store would.
+
+    ``die_at``: ``after_submit`` (paid and recorded), ``before_ledger_id`` (paid, id not yet
+    recorded), ``before_post`` (intent recorded, nothing sent), ``corrupt_record`` (paid, then the
+    record is mangled), ``paid_write_fails`` (the store refuses the id, on every try).
+    """
+
+    def __init__(self, *, die_at: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.die_at = die_at
+
+    def submit_job(self, context: Any, ledger: Any) -> Any:
+        first_try = context["ti"].try_number == 1
+        if self.die_at == "before_ledger_id" and first_try:
+
+            def killed(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("simulated worker kill between the POST and the ledger write")
+
+            ledger.write_paid = killed
+        if self.die_at == "before_post" and first_try:
+
+            def killed_before_sending(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("simulated worker kill before the POST left")
+
+            self.hook.create_prediction = killed_before_sending  # type: ignore[method-assign]
+        if self.die_at == "paid_write_fails":
+            write = ledger.store.write
+
+            def refuses_ids(name: str, text: str) -> None:
+                if '"prediction_id":null' not in text:
+                    raise OSError("disk full")
+                write(name, text)
+
+            ledger.store.write = refuses_ids
+        prediction_id = super().submit_job(context, ledger)
+        if first_try and self.die_at == "corrupt_record":
+            ledger.store.write("prediction", "{not a record")
+        if first_try and self.die_at in ("after_submit", "corrupt_record"):
+            raise RuntimeError(f"simulated worker crash right after submitting {prediction_id}")
+        return prediction_id
+
+
+for die_at in ("after_submit", "before_ledger_id", "before_post", "corrupt_record", "paid_write_fails"):
+    for deferrable in (True, False):
+        for attach in (False, True) if die_at == "before_ledger_id" else (False,):
+            mode = "deferrable" if deferrable else "sync"
+            with _dag(f"magi_test_dies_{die_at}_{mode}{'_attach' if attach else ''}"):
+                DiesOnFirstTry(
+                    task_id="generate",
+                    prompt="a paid video [[duration: 0.3]]",
+                    die_at=die_at,
+                    deferrable=deferrable,
+                    attach_to_single_candidate=attach,
+                    retries=2,
+                    retry_delay=timedelta(seconds=0),
+                    **FAST,
+                )
+
+with _dag("magi_test_transient_poll_failure"):
+    MagiGenerateVideoOperator(
+        task_id="generate",
+        prompt="a paid video [[duration: 0.3]]",
+        deferrable=True,
+        retries=2,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )

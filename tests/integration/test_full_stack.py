@@ -86,9 +86,8 @@ def test_worker_killed_after_submit_reattaches(stack: AirflowStack, scenario: di
     before = submits(stack)
     run_id = stack.trigger("magi_it_worker_crash")
     stack.wait_until(lambda: submits(stack) - before == 1, 120, "the worker to submit")
-    # Kill once the task has recorded the id (its "Submitted prediction" line follows the task
-    # state store write). No client can close the instant between WaveSpeed's answer and that
-    # write: the API has no idempotency key.
+    # Kill once the task has recorded the id (its "Submitted prediction" line follows the ledger
+    # write); the instant between WaveSpeed's answer and that write is the next scenario's.
     stack.wait_until(
         lambda: "Submitted prediction" in task_log(stack, "magi_it_worker_crash"), 60, "the id to be stored"
     )
@@ -100,6 +99,19 @@ def test_worker_killed_after_submit_reattaches(stack: AirflowStack, scenario: di
     # Still running when the retry starts: reattached; already done by then: reused.
     retry_log = task_log(stack, "magi_it_worker_crash")
     assert "Reattached to prediction" in retry_log or "Reusing completed prediction" in retry_log
+    scenario["result"] = "ok"
+
+
+def test_worker_killed_between_the_post_and_the_ledger_write_pays_once(
+    stack: AirflowStack, scenario: dict
+) -> None:
+    before = submits(stack)
+    run_id = stack.trigger("magi_it_killed_before_ledger_write")
+    # The retry waits out the intent's settle time (30 s), then finds the prediction in the history.
+    assert stack.wait_for_run("magi_it_killed_before_ledger_write", run_id, timeout=240) == "success"
+    assert states(stack, "magi_it_killed_before_ledger_write", run_id) == [("generate", -1, "success", 2)]
+    assert submits(stack) - before == 1
+    assert "the only prediction of" in task_log(stack, "magi_it_killed_before_ledger_write")
     scenario["result"] = "ok"
 
 
@@ -163,7 +175,11 @@ def test_canary_key_is_nowhere(stack: AirflowStack, scenario: dict) -> None:
     conn = psycopg2.connect(dbname=stack.database, host="127.0.0.1", user="postgres")
     try:
         with conn.cursor() as cursor:
-            for table in ("xcom", "trigger", "task_instance", "rendered_task_instance_fields", "dag_run"):
+            tables = ["xcom", "trigger", "task_instance", "rendered_task_instance_fields", "dag_run", "variable"]
+            cursor.execute("SELECT to_regclass('task_state_store') IS NOT NULL")
+            if cursor.fetchone()[0]:  # Airflow 3.3+: where the ledger lives
+                tables.append("task_state_store")
+            for table in tables:
                 cursor.execute(f"SELECT count(*) FROM {table} t WHERE t::text LIKE %s", (f"%{CANARY}%",))
                 if cursor.fetchone()[0]:
                     leaks.append(f"table {table}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
@@ -62,3 +63,29 @@ for name, prompt, conn_id, timeout in (
             retry_delay=timedelta(seconds=1),
             **FAST,
         )
+
+
+class KilledBeforeTheLedgerWrite(MagiGenerateVideoOperator):
+    """Try 1's process is SIGKILLed after WaveSpeed answered the POST, before the id is recorded:
+    the one instant no client can close (the API has no idempotency key)."""
+
+    def submit_job(self, context, ledger):  # type: ignore[no-untyped-def]
+        if context["ti"].try_number == 1:
+
+            def killed(*args, **kwargs):  # type: ignore[no-untyped-def]
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            ledger.write_paid = killed
+        return super().submit_job(context, ledger)
+
+
+with _dag("magi_it_killed_before_ledger_write"):
+    KilledBeforeTheLedgerWrite(
+        task_id="generate",
+        prompt="a paid take [[duration: 2]]",
+        deferrable=True,
+        attach_to_single_candidate=True,
+        retries=2,
+        retry_delay=timedelta(seconds=1),
+        **FAST,
+    )
