@@ -4,16 +4,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The oldest supported Airflow line, with the pins it needs (see ci/constraints-airflow-3.0.txt).
-VENV_OLDEST ?= .venv-airflow-3.0
-BIN_OLDEST := $(VENV_OLDEST)/bin
+# Every older Airflow minor gets a virtualenv of its own, pinned by ci/constraints-airflow-<minor>.txt:
+# the oldest (3.0) runs the whole suite, the ones between run the money tests (`-m money`).
+OLDEST := 3.0
+BETWEEN := 3.1 3.2
 PIP_QUIET := --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian's Chromium for the browser tests (tests/ui); apt needs root, or sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-STAMP_OLDEST := $(VENV_OLDEST)/.installed-$(shell cat pyproject.toml ci/constraints-airflow-3.0.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit unit-oldest package bench install clean browser screenshots
+.PHONY: demo test lint typecheck unit unit-oldest unit-between package bench install clean browser screenshots
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,10 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-$(STAMP_OLDEST): pyproject.toml ci/constraints-airflow-3.0.txt
-	@test -x $(BIN_OLDEST)/python || $(PYTHON) -m venv $(VENV_OLDEST)
-	$(BIN_OLDEST)/python -m pip install $(PIP_QUIET) --upgrade pip
-	$(BIN_OLDEST)/python -m pip install $(PIP_QUIET) -c ci/constraints-airflow-3.0.txt -e ".[test]"
-	@rm -f $(VENV_OLDEST)/.installed-*
+.venv-airflow-%/.installed: pyproject.toml ci/constraints-airflow-%.txt
+	@test -x .venv-airflow-$*/bin/python || $(PYTHON) -m venv .venv-airflow-$*
+	.venv-airflow-$*/bin/python -m pip install $(PIP_QUIET) --upgrade pip
+	.venv-airflow-$*/bin/python -m pip install $(PIP_QUIET) -c ci/constraints-airflow-$*.txt -e ".[test]"
 	@touch $@
 
 install: $(STAMP)
@@ -36,8 +35,8 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 ## Lint, type-check, the whole suite on the newest Airflow (with the full-stack and browser
-## stages), and the unit and DAG tests again on Airflow 3.0.
-test: lint typecheck package unit unit-oldest
+## stages), the unit and DAG tests again on Airflow 3.0, and the money tests on 3.1 and 3.2.
+test: lint typecheck package unit unit-oldest unit-between
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -64,8 +63,16 @@ screenshots: $(STAMP) browser
 	MAGI_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/ui
 
 # The full-stack integration stage runs on the newest Airflow only (in `unit`).
-unit-oldest: $(STAMP_OLDEST)
-	$(BIN_OLDEST)/python -m pytest -q -p no:cacheprovider --ignore=tests/integration --ignore=tests/ui
+unit-oldest: .venv-airflow-$(OLDEST)/.installed
+	.venv-airflow-$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/integration --ignore=tests/ui
+
+## What a retry, a kill or an odd answer may cost, proven on every minor between oldest and newest.
+unit-between: $(foreach minor,$(BETWEEN),.venv-airflow-$(minor)/.installed)
+	@set -e; for minor in $(BETWEEN); do \
+		echo "== money tests on Airflow $$minor"; \
+		.venv-airflow-$$minor/bin/python -m pytest -q -p no:cacheprovider -m money \
+			--ignore=tests/integration --ignore=tests/ui; \
+	done
 
 ## Benchmarks (not part of `make test`): print tables and append them to bench/RESULTS.md.
 bench: $(STAMP)
@@ -78,4 +85,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/full_stack_triggerer.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) .airflow-demo demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-airflow-* .airflow-demo demo-output .pytest_cache .mypy_cache .ruff_cache
