@@ -92,7 +92,7 @@ class MagiTimeoutError(MagiError, AirflowFailException):
 
 class MagiExecutionTimeoutError(MagiError, AirflowTaskTimeout):
     """The task's ``execution_timeout`` ran out while it waited; Airflow's retries apply, as they do to
-    any task that exceeds ``execution_timeout`` (on 3.3+ a retry reattaches to the prediction)."""
+    any task that exceeds ``execution_timeout`` (a retry reattaches to the prediction)."""
 
 
 class MagiDownloadError(MagiError):
