@@ -73,7 +73,13 @@ def test_a_record_round_trips_and_holds_no_more_than_ids_and_digests() -> None:
         json.dumps({"v": 1, "fingerprint": "f", "model": "m", "intent_at": "yesterday"}),
         json.dumps({"v": 1, "fingerprint": "f", "model": "m", "intent_at": "2026-01-01T00:00:00"}),
         json.dumps(
-            {"v": 1, "fingerprint": "f", "model": "m", "intent_at": "2026-01-01T00:00:00Z", "prediction_id": 7}
+            {
+                "v": 1,
+                "fingerprint": "f",
+                "model": "m",
+                "intent_at": "2026-01-01T00:00:00Z",
+                "prediction_id": 7,
+            }
         ),
         json.dumps(
             {
@@ -87,7 +93,7 @@ def test_a_record_round_trips_and_holds_no_more_than_ids_and_digests() -> None:
     ],
 )
 def test_a_corrupt_record_is_an_error_never_no_record(text: str) -> None:
-    with pytest.raises(MagiLedgerError, match="cannot be read.*nothing is submitted"):
+    with pytest.raises(MagiLedgerError, match=r"cannot be read.*nothing is submitted"):
         LedgerRecord.from_json(text, where="the test store")
 
 

@@ -360,15 +360,15 @@ class DiesOnFirstTry(MagiGenerateVideoOperator):
 
 for die_at in ("after_submit", "before_ledger_id", "before_post", "corrupt_record", "paid_write_fails"):
     for deferrable in (True, False):
-        for attach in (False, True) if die_at == "before_ledger_id" else (False,):
+        for attaches in (False, True) if die_at == "before_ledger_id" else (False,):
             mode = "deferrable" if deferrable else "sync"
-            with _dag(f"magi_test_dies_{die_at}_{mode}{'_attach' if attach else ''}"):
+            with _dag(f"magi_test_dies_{die_at}_{mode}{'_attach' if attaches else ''}"):
                 DiesOnFirstTry(
                     task_id="generate",
                     prompt="a paid video [[duration: 0.3]]",
                     die_at=die_at,
                     deferrable=deferrable,
-                    attach_to_single_candidate=attach,
+                    attach_to_single_candidate=attaches,
                     retries=2,
                     retry_delay=timedelta(seconds=0),
                     **FAST,

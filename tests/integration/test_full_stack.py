@@ -115,6 +115,25 @@ def test_worker_killed_between_the_post_and_the_ledger_write_pays_once(
     scenario["result"] = "ok"
 
 
+def test_a_manual_clear_reuses_the_paid_video(stack: AirflowStack, scenario: dict) -> None:
+    before = submits(stack)
+    run_id = stack.trigger("magi_it_cleared")
+    assert stack.wait_for_run("magi_it_cleared", run_id, timeout=180) == "success"
+    stack.rest(
+        "POST",
+        "/dags/magi_it_cleared/clearTaskInstances",
+        json={"dag_run_id": run_id, "task_ids": ["generate"], "dry_run": False, "only_failed": False},
+    )
+
+    def ran_again() -> bool:
+        return states(stack, "magi_it_cleared", run_id) == [("generate", -1, "success", 2)]
+
+    stack.wait_until(ran_again, 180, "the cleared task to run again")
+    assert submits(stack) - before == 1  # the clear reused the video it had paid for
+    assert "Reusing completed prediction" in task_log(stack, "magi_it_cleared")
+    scenario["result"] = "ok"
+
+
 def test_mapped_batch_under_rate_limits_and_5xx(stack: AirflowStack, scenario: dict) -> None:
     from tests.integration.dags.magi_it_dags import BATCH
 
@@ -175,7 +194,14 @@ def test_canary_key_is_nowhere(stack: AirflowStack, scenario: dict) -> None:
     conn = psycopg2.connect(dbname=stack.database, host="127.0.0.1", user="postgres")
     try:
         with conn.cursor() as cursor:
-            tables = ["xcom", "trigger", "task_instance", "rendered_task_instance_fields", "dag_run", "variable"]
+            tables = [
+                "xcom",
+                "trigger",
+                "task_instance",
+                "rendered_task_instance_fields",
+                "dag_run",
+                "variable",
+            ]
             cursor.execute("SELECT to_regclass('task_state_store') IS NOT NULL")
             if cursor.fetchone()[0]:  # Airflow 3.3+: where the ledger lives
                 tables.append("task_state_store")

@@ -89,3 +89,8 @@ with _dag("magi_it_killed_before_ledger_write"):
         retry_delay=timedelta(seconds=1),
         **FAST,
     )
+
+with _dag("magi_it_cleared"):
+    MagiGenerateVideoOperator(
+        task_id="generate", prompt="a cleared take [[duration: 1]]", deferrable=True, **FAST
+    )
