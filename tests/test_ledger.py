@@ -269,3 +269,33 @@ def test_the_ledger_can_live_in_object_storage(
     record = json.loads(record_file.read_text())
     assert record["prediction_id"] == next(iter(server.app.predictions))
     assert CANARY_KEY not in record_file.read_text()
+
+
+def test_pruning_deletes_only_readable_records_older_than_the_cutoff(dag_bag) -> None:
+    from datetime import timedelta
+
+    from airflow.models.variable import Variable
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from airflow_provider_magi.ledger_prune import main, prune
+
+    now = datetime.now(UTC)
+    rows = {
+        "magi_ledger.old": LedgerRecord(FINGERPRINT, "m", now - timedelta(days=10)).paid("p1").to_json(),
+        "magi_ledger.new": LedgerRecord(FINGERPRINT, "m", now - timedelta(days=1)).paid("p2").to_json(),
+        "magi_ledger.garbage": "{not a record",
+        "magiXledger.other": LedgerRecord(FINGERPRINT, "m", now - timedelta(days=10)).to_json(),
+    }
+    with create_session() as session:
+        for key, value in rows.items():
+            session.add(Variable(key=key, val=value))
+    assert prune(timedelta(days=8), dry_run=True) == (["magi_ledger.old"], ["magi_ledger.garbage"])
+    assert main(["--older-than-days", "8"]) == 0
+    with create_session() as session:
+        left = set(session.scalars(select(Variable.key).where(Variable.key.in_(list(rows)))))
+        for key in left:
+            session.delete(session.scalars(select(Variable).where(Variable.key == key)).one())
+    assert left == {"magi_ledger.new", "magi_ledger.garbage", "magiXledger.other"}
+    with pytest.raises(SystemExit):
+        main(["--older-than-days", "3"])
