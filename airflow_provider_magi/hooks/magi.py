@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 import requests
 import urllib3.exceptions
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProxyError
 
 from airflow_provider_magi import metrics
 from airflow_provider_magi.api import (
@@ -174,11 +174,26 @@ def _settings_from_env(conn_id: str, log: Any) -> MagiSettings | None:
     return MagiSettings(conn_id=conn_id, base_url=DEFAULT_BASE_URL, api_key=normalise_api_key(key, conn_id))
 
 
-def _missing_connection(conn_id: str) -> MagiError:
-    return MagiError(
-        f"Airflow connection '{conn_id}' does not exist and ${API_KEY_ENV} is not set: create the "
-        "connection (conn type 'magi', API key as password) or export the key."
-    )
+def _settings_without_connection(conn_id: str, log: Any) -> MagiSettings:
+    """What a missing connection falls back to: the environment's key, for the default id only.
+
+    A named connection that does not exist is a typo or a missing deployment step; falling back
+    would send that task to the production key and URL, and bill there.
+    """
+    default = MagiHook.default_conn_name
+    if conn_id != default:
+        raise MagiError(
+            f"Airflow connection '{conn_id}' does not exist; ${API_KEY_ENV} is used only for "
+            f"'{default}'; create connection {conn_id} or use magi_conn_id='{default}' (a 'magi' "
+            "connection holds the API key as its password)."
+        ) from None
+    settings = _settings_from_env(conn_id, log)
+    if settings is None:
+        raise MagiError(
+            f"Airflow connection '{conn_id}' does not exist and ${API_KEY_ENV} is not set: create "
+            "the connection (conn type 'magi', API key as password) or export the key."
+        ) from None
+    return settings
 
 
 class MagiHook(BaseHook):
@@ -219,9 +234,7 @@ class MagiHook(BaseHook):
         try:
             conn = self.get_connection(self.magi_conn_id)
         except AirflowNotFoundException:
-            settings = _settings_from_env(self.magi_conn_id, self.log)
-            if settings is None:
-                raise _missing_connection(self.magi_conn_id) from None
+            settings = _settings_without_connection(self.magi_conn_id, self.log)
         else:
             settings = MagiSettings.from_connection(conn, self.magi_conn_id, conn.extra_dejson)
         return self._checked(settings)
@@ -254,9 +267,7 @@ class MagiHook(BaseHook):
         try:
             conn = await get_async_connection(self.magi_conn_id, self)
         except AirflowNotFoundException:
-            settings = _settings_from_env(self.magi_conn_id, self.log)
-            if settings is None:
-                raise _missing_connection(self.magi_conn_id) from None
+            settings = _settings_without_connection(self.magi_conn_id, self.log)
         else:
             extra = await get_async_extra_dejson(conn)
             settings = MagiSettings.from_connection(conn, self.magi_conn_id, extra)
@@ -776,9 +787,13 @@ def _result_path(prediction_id: str) -> str:
 
 
 def _never_sent(error: requests.ConnectionError) -> bool:
+    """True when no connection was made (to WaveSpeed, or to the proxy in front of it), so the
+    request provably never left this machine and a POST may be sent again."""
     reason = error.args[0] if error.args else None
     if isinstance(reason, MaxRetryError):
         reason = reason.reason
+    if isinstance(reason, ProxyError):  # a proxy that refused wraps the refusal
+        reason = reason.original_error
     return isinstance(reason, (NewConnectionError, NameResolutionError))
 
 
