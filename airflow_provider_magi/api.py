@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -205,6 +206,14 @@ def raise_for_answer(
     code = answer.status_code
     if envelope is not None:
         api_message = str(envelope.get("message") or "")
+        if 200 <= answer.status_code < 300 and isinstance(envelope.get("code"), bool):
+            # isinstance(True, int) holds: read as a status, `true` would be an error "1".
+            raise MagiResponseError(
+                f"{what}: the envelope's 'code' is {envelope['code']!r}, not an HTTP-like status "
+                f"number: {describe_body(answer)}",
+                status_code=answer.status_code,
+                prediction_id=prediction_id,
+            )
         if 200 <= answer.status_code < 300 and isinstance(envelope.get("code"), int):
             code = envelope["code"]
 
@@ -252,10 +261,38 @@ def raise_for_answer(
     )
 
 
+def read_submit_answer(
+    answer: HTTPAnswer, *, what: str, conn_id: str
+) -> tuple[Mapping[str, Any], str | None]:
+    """A submit's ``data``: once an HTTP 2xx names a prediction id, it is ours whatever ``code`` says.
+
+    An envelope ``code`` of 0, ``true``, 302, 409 or 429 beside an id proves nothing was rejected:
+    WaveSpeed issued the id, so the generation may run and bill. Raising would let a retry (ours
+    on 429, Airflow's on the rest) pay again. Returns the data and, when the envelope's code was
+    not 200, a note quoting it for the log. The id may still be invalid: the caller checks it and
+    treats an invalid one as an uncertain submit, never resent. Without an id (an empty string is
+    none) the answer is read like any other.
+    """
+    if 200 <= answer.status_code < 300:
+        envelope = _load_envelope(answer)
+        data = envelope.get("data") if envelope is not None else None
+        if envelope is not None and isinstance(data, dict) and data.get("id") not in (None, ""):
+            code = envelope.get("code", 200)
+            if type(code) is int and code == 200:
+                return data, None
+            said = f"code {_short(code, 40)}, message {_short(envelope.get('message'), 120)}"
+            return data, f"the answer names a prediction id, but its envelope says {said}; the id is kept"
+    return raise_for_answer(answer, what=what, conn_id=conn_id), None
+
+
 def parse_prediction(data: Mapping[str, Any]) -> Prediction:
     """Read a prediction strictly: a missing id or status, or wrongly typed fields, is an error."""
     pred_id = prediction_id_of(data)
     if pred_id is None:
+        if data.get("id") is not None:
+            raise MagiResponseError(
+                f"prediction with an invalid 'id' {describe_id(data['id'])} (an id is {PREDICTION_ID_RULE})"
+            )
         raise MagiResponseError(f"prediction without an 'id' in the answer: {_short(data)}")
     status = data.get("status")
     if not isinstance(status, str) or not status:
@@ -297,10 +334,32 @@ def parse_prediction(data: Mapping[str, Any]) -> Prediction:
     )
 
 
+# WaveSpeed issues 32 lowercase hex digits (uuid4().hex; the local server does the same). The rule
+# leaves room for other forms (uuids with dashes, prefixed ids) while keeping every id safe in a
+# URL path, a file name, a log line, a task-state row and an XCom.
+_PREDICTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+PREDICTION_ID_RULE = "1 to 128 ASCII letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+
+
+def is_valid_prediction_id(value: Any) -> bool:
+    """True for an id we can store, log and put in a URL.
+
+    Anything else (a lone surrogate, which no store can encode; 5,000 characters; spaces; a
+    slash; a number) is not an id WaveSpeed issues, and trusting it crashed the write of a paid
+    submit's id, so every retry paid again. Such an answer is an uncertain submit instead.
+    """
+    return isinstance(value, str) and _PREDICTION_ID.fullmatch(value) is not None
+
+
+def describe_id(value: Any) -> str:
+    """``value`` quoted for a message: ASCII only (no surrogate reaches a log) and short."""
+    return _short_ascii(value, 80)
+
+
 def prediction_id_of(data: Mapping[str, Any]) -> str | None:
-    """The answer's prediction id, if it carries a usable one (whatever else is wrong with it)."""
+    """The answer's prediction id, if it carries a valid one (whatever else is wrong with it)."""
     pred_id = data.get("id")
-    return pred_id if isinstance(pred_id, str) and pred_id.strip() else None
+    return pred_id if is_valid_prediction_id(pred_id) else None
 
 
 def parse_submitted(data: Mapping[str, Any], model: str) -> tuple[Prediction, str | None]:
@@ -406,6 +465,11 @@ def error_text(error: BaseException, secret: str = "") -> str:
 def _short(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short_ascii(value: Any, limit: int) -> str:
+    text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def final_result(prediction: Prediction) -> dict[str, Any]:

@@ -16,11 +16,12 @@ import pytest
 
 from airflow_provider_magi.exceptions import (
     MagiError,
+    MagiResponseError,
     MagiSubmitUncertainError,
     MagiTransportError,
 )
 from airflow_provider_magi.hooks.magi import MagiHook
-from tests.helpers import CANARY_KEY
+from tests.helpers import CANARY_KEY, run_dag, xcom
 from tests.hostile import HostileServer, Seen, envelope, free_port, http_answer
 
 MODEL = "wavespeed-ai/magi-1-24b"
@@ -83,6 +84,94 @@ def api(submit: Callable[[Seen], bytes | list[bytes | float]], history: Any = No
 def dropped(seen: Seen) -> bytes:
     """The submit reaches the server, which closes the connection without an answer."""
     return b""
+
+
+# ------------------------------------------------------------------ 3. an id in a 200 is ours
+
+ODD_CODES = {"0": 0, "true": True, "302": 302, "409": 409, "429": 429, "string 200": "200"}
+
+
+@pytest.mark.parametrize("code", list(ODD_CODES.values()), ids=list(ODD_CODES))
+def test_an_id_in_a_200_is_kept_whatever_the_envelope_code(
+    monkeypatch: pytest.MonkeyPatch, task_logs: Callable[[], str], code: Any
+) -> None:
+    submit = lambda seen: raw_envelope(code, {"id": PAID_ID, "status": "created"}, message="odd news")  # noqa: E731
+    with api(submit) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        prediction = MagiHook().create_prediction({"prompt": "x"})
+    assert prediction.id == PAID_ID
+    assert paid_posts(server) == 1
+    logs = task_logs()
+    assert f"envelope says code {code!r}, message 'odd news'; the id is kept" in logs
+    assert CANARY_KEY not in logs
+
+
+@pytest.mark.parametrize("code", [0, True, 429], ids=["0", "true", "429"])
+def test_the_operator_pays_once_for_an_id_under_an_odd_envelope_code(
+    dag_bag: Any, monkeypatch: pytest.MonkeyPatch, code: Any
+) -> None:
+    submit = lambda seen: raw_envelope(code, {"id": PAID_ID, "status": "created"})  # noqa: E731
+    with api(submit) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        dag_run = run_dag(dag_bag, "magi_test_params", prompt="x", seed=None, image=None, extra_inputs=None)
+    assert paid_posts(server) == 1
+    assert dag_run.state == "success"
+    assert xcom(dag_run, "generate")["prediction_id"] == PAID_ID
+
+
+def test_a_boolean_envelope_code_without_an_id_is_malformed_not_status_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with api(lambda seen: raw_envelope(True, {"status": "created"})) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        with pytest.raises(MagiSubmitUncertainError, match="'code'"):
+            MagiHook().create_prediction({"prompt": "x"})
+    assert paid_posts(server) == 1
+
+
+# ------------------------------------------------------------------ 4. ids are checked
+
+BAD_IDS = {
+    "lone surrogate": "paid-\ud800",
+    "5,000 characters": "a" * 5000,
+    "spaces": "paid 1",
+    "slash": "paid/1",
+    "empty": "",
+    "a number": 12345,
+}
+
+
+@pytest.mark.parametrize(
+    ("bad_id", "code"),
+    [pytest.param(bad, 200, id=f"{name}, code 200") for name, bad in BAD_IDS.items()]
+    # An envelope 429 naming an id is never resent, even when the id is invalid (an empty one
+    # names none: that 429 may be resent like any other).
+    + [pytest.param(bad, 429, id=f"{name}, code 429") for name, bad in BAD_IDS.items() if bad != ""],
+)
+def test_a_200_naming_an_invalid_id_is_uncertain_and_never_resent(
+    monkeypatch: pytest.MonkeyPatch, bad_id: Any, code: int
+) -> None:
+    with api(lambda seen: raw_envelope(code, {"id": bad_id, "status": "created"})) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        with pytest.raises(MagiSubmitUncertainError) as caught:
+            MagiHook().create_prediction({"prompt": "x"})
+    message = str(caught.value)
+    assert paid_posts(server) == 1
+    assert "invalid prediction id" in message and "may have accepted" in message
+    assert ascii(bad_id)[:40] in message  # quoted safely ...
+    assert len(message) < 2000  # ... and truncated
+    message.encode("utf-8")  # no lone surrogate left to crash a log or a store write
+    assert CANARY_KEY not in message
+
+
+def test_a_poll_answer_with_an_invalid_id_is_a_response_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def respond(seen: Seen) -> bytes:
+        return envelope({"id": "paid/1", "status": "completed", "outputs": []})
+
+    with HostileServer(respond) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        with pytest.raises(MagiResponseError, match="invalid 'id'"):
+            MagiHook().get_prediction(PAID_ID)
 
 
 # ------------------------------------------------------------------ 6. no fallback for a named id

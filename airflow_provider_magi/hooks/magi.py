@@ -25,17 +25,20 @@ from airflow_provider_magi.api import (
     DEFAULT_BASE_URL,
     DEFAULT_MODEL,
     HISTORY_PATH,
+    PREDICTION_ID_RULE,
     ConnectFailure,
     ExchangeFailure,
     HTTPAnswer,
     Prediction,
+    describe_id,
     error_text,
     history_query,
+    is_valid_prediction_id,
     parse_history_page,
     parse_prediction,
     parse_submitted,
-    prediction_id_of,
     raise_for_answer,
+    read_submit_answer,
 )
 from airflow_provider_magi.bounded import (
     ACCEPT_ENCODING,
@@ -307,8 +310,10 @@ class MagiHook(BaseHook):
     ) -> Prediction:
         """Submit one generation. Sent once; resent only after a provable rejection (429, no connect).
 
-        Once the answer names a prediction id, that id is returned whatever else in the answer is
-        malformed: raising instead would let an Airflow retry pay for a second video.
+        Once an HTTP 2xx names a valid prediction id, that id is returned whatever else in the
+        answer is malformed, the envelope's ``code`` included: raising instead would let a retry
+        pay for a second video. An id that is not valid (see ``api.is_valid_prediction_id``) is
+        an uncertain submit, never resent.
 
         :param webhook_url: WaveSpeed calls it on ``completed`` and ``failed`` (``?webhook=``).
         """
@@ -319,16 +324,22 @@ class MagiHook(BaseHook):
         what = f"Submitting to {model}"
         submitted_at = datetime.now(UTC)
         try:
-            data = self._call("POST", path, what=what, body=body)
+            data = self._call("POST", path, what=what, body=body, submit=True)
         except MagiSubmitUncertainError as error:
             metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
             raise self._with_candidates(error, model, submitted_at) from None
-        if prediction_id_of(data) is None:
+        pred_id = data.get("id")
+        if not is_valid_prediction_id(pred_id):
             metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
+            said = (
+                f"success without a prediction id ({dict(data)!r:.200})"
+                if pred_id is None
+                else f"with an invalid prediction id {describe_id(pred_id)} (an id is {PREDICTION_ID_RULE})"
+            )
             uncertain = MagiSubmitUncertainError(
-                f"{what}: WaveSpeed answered success without a prediction id ({dict(data)!r:.200}). "
-                "It may have accepted the request, so it is not sent again and no second generation "
-                "is billed. Check your WaveSpeed predictions before running the task again."
+                f"{what}: WaveSpeed answered {said}. It may have accepted the request and the video may "
+                "be billed, so it is not sent again and no second generation is billed. Check your "
+                "WaveSpeed predictions before running the task again."
             )
             raise self._with_candidates(uncertain, model, submitted_at)
         metrics.incr("submits", model=model, conn_id=self.magi_conn_id)
@@ -633,7 +644,10 @@ class MagiHook(BaseHook):
         resend_safe: bool = False,
         deadline: float | None = None,
         is_poll: bool = False,
+        submit: bool = False,
     ) -> Mapping[str, Any]:
+        """One exchange with its retries (none after ``deadline``). ``submit`` reads the answer as
+        a submit's (an id in a 2xx is kept whatever the envelope's code says)."""
         settings = self.settings
         url = settings.base_url + path
         # The retry rules key on whether resending can start a second generation, not on the verb.
@@ -643,6 +657,11 @@ class MagiHook(BaseHook):
             answer = self._send(method, url, body=body, files=files)
             if is_poll:
                 count_poll(answer, settings.conn_id)
+            if submit:
+                data, note = read_submit_answer(answer, what=what, conn_id=settings.conn_id)
+                if note:
+                    self.log.warning("%s: %s", what, note)
+                return data
             return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
 
         policy = RetryPolicy(
