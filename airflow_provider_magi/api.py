@@ -10,7 +10,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,8 @@ from typing import Any
 from airflow_provider_magi.exceptions import (
     MagiAPIError,
     MagiAuthError,
+    MagiError,
+    MagiHistoryIncompleteError,
     MagiPredictionFailedError,
     MagiRejectedError,
     MagiResponseError,
@@ -414,8 +416,7 @@ def history_query(
         query["status"] = status
     for name, when in (("created_after", created_after), ("created_before", created_before)):
         if when is not None:
-            aware = when if when.tzinfo else when.replace(tzinfo=UTC)
-            query[name] = aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            query[name] = as_utc(when).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return query
 
 
@@ -428,6 +429,92 @@ def parse_history_page(data: Mapping[str, Any]) -> tuple[list[Prediction], int]:
     if not all(isinstance(item, dict) for item in items):
         raise MagiResponseError("prediction history: an item is not a prediction object")
     return [parse_prediction(item) for item in items], total
+
+
+# A candidate lookup reads at most this much of the history: enough for any window of two minutes
+# at the highest account level's rate, and a bound on how long a lost answer holds a worker.
+HISTORY_PAGE_SIZE = 100
+HISTORY_MAX_PAGES = 10
+
+
+def read_whole_history(
+    fetch_page: Callable[[int], Mapping[str, Any]], *, max_pages: int = HISTORY_MAX_PAGES
+) -> list[Prediction]:
+    """Every item a history query promises (``fetch_page(n)`` returns page n's data), or
+    ``MagiHistoryIncompleteError``: a caller deciding whether a submit started must tell "none
+    listed" from "not all read", so a partial answer is never returned as the whole.
+
+    Pages are read until as many items as ``total`` arrived. A total beyond what ``max_pages`` of
+    ``HISTORY_PAGE_SIZE`` can hold, an empty or failed page before that, or running out of pages,
+    all mean the history could not be read completely. Pages may be shorter than asked (a server
+    may cap page_size): reading goes on while the total says there is more.
+    """
+    found: list[Prediction] = []
+    total = 0
+    for number in range(1, max_pages + 1):
+        try:
+            items, total = parse_history_page(fetch_page(number))
+        except MagiError as error:
+            raise MagiHistoryIncompleteError(
+                f"the prediction history could not be read completely (page {number}): {error}"
+            ) from None
+        if total > max_pages * HISTORY_PAGE_SIZE:
+            raise MagiHistoryIncompleteError(
+                f"the prediction history could not be read completely: it lists {total} "
+                f"predictions, more than the {max_pages * HISTORY_PAGE_SIZE} a lookup reads"
+            )
+        found += items
+        if len(found) >= total:
+            return found
+        if not items:
+            break
+    raise MagiHistoryIncompleteError(
+        f"the prediction history could not be read completely: it promised {total} predictions "
+        f"and {len(found)} arrived in {number} page(s)"
+    )
+
+
+def as_utc(when: datetime) -> datetime:
+    """``when`` as an aware UTC time (a naive one is taken to be UTC already)."""
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An ISO 8601 time from an answer ('Z' allowed, no zone read as UTC); None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        return None
+
+
+def same_model(listed: str, wanted: str) -> bool:
+    """Model ids compared as paths (``/owner/name/`` is ``owner/name``); an empty one matches none."""
+    listed = listed.strip().strip("/")
+    return bool(listed) and listed == wanted.strip().strip("/")
+
+
+def submit_candidates(
+    predictions: list[Prediction], model: str, start: datetime, end: datetime
+) -> list[Prediction]:
+    """The predictions that could be a submit's: of ``model``, created within [start, end].
+
+    Checked here, not left to the server's filters: a history answer listing another model's
+    prediction from 2019 was once attached to as "the only one". An unparseable ``created_at`` is
+    dropped; an id listed twice (pages shift while new predictions arrive) counts once.
+    """
+    kept: dict[str, Prediction] = {}
+    for prediction in predictions:
+        created = parse_timestamp(prediction.created_at)
+        if created is None or not as_utc(start) <= created <= as_utc(end):
+            continue
+        if same_model(prediction.model, model):
+            kept.setdefault(prediction.id, prediction)
+    return list(kept.values())
 
 
 def is_retryable(method: str, error: BaseException) -> bool:

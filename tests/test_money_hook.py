@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from airflow_provider_magi.exceptions import (
     MagiSubmitUncertainError,
     MagiTransportError,
 )
+from airflow_provider_magi.hooks import magi as magi_module
 from airflow_provider_magi.hooks.magi import MagiHook
 from tests.helpers import CANARY_KEY, run_dag, xcom
 from tests.hostile import HostileServer, Seen, envelope, free_port, http_answer
@@ -172,6 +174,108 @@ def test_a_poll_answer_with_an_invalid_id_is_a_response_error(monkeypatch: pytes
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
         with pytest.raises(MagiResponseError, match="invalid 'id'"):
             MagiHook().get_prediction(PAID_ID)
+
+
+# ------------------------------------------------------------------ 5. candidates are checked
+
+
+def test_candidates_of_another_model_or_outside_the_window_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = datetime.now(UTC)
+    items = [
+        item("a" * 32, model="someone/else"),
+        item("b" * 32, created_at="2019-05-01T00:00:00Z"),
+        item("c" * 32, created_at="soon"),
+        item("d" * 32, model=None),
+        item("e" * 32, model=f"/{MODEL}/", created_at=(now - timedelta(seconds=5)).isoformat()),
+        item("f" * 32, created_at=(now + timedelta(hours=1)).isoformat()),
+    ]
+    with api(dropped, history=lambda number: page(items, len(items), number)) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        found = MagiHook().find_submit_candidates(MODEL, now)
+    assert [p.id for p in found] == ["e" * 32]
+
+
+def test_a_single_listed_prediction_of_another_model_from_2019_is_not_attached(
+    dag_bag: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stranger = [item("a" * 32, model="someone/else", created_at="2019-05-01T00:00:00Z")]
+    with api(dropped, history=lambda number: page(stranger, 1, number)) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        dag_run = run_dag(dag_bag, "magi_test_uncertain_submit_attach")
+    assert paid_posts(server) == 1
+    assert dag_run.state == "failed"
+    assert xcom(dag_run, "generate", key="prediction_candidates") == []
+
+
+def test_every_page_the_total_promises_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [f"{n:032x}" for n in range(25)]
+    pages = {1: [item(ids[0])], 2: [item(i) for i in ids[1:]]}
+    with api(dropped, history=lambda number: page(pages.get(number, []), 25, number)) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        with pytest.raises(MagiSubmitUncertainError) as caught:
+            MagiHook().create_prediction({"prompt": "x"})
+    assert [c["prediction_id"] for c in caught.value.candidates] == ids
+    assert [json.loads(seen.body)["page"] for seen in history_reads(server)] == [1, 2]
+    assert paid_posts(server) == 1
+
+
+@pytest.mark.parametrize(
+    "pages",
+    [
+        {1: [item("a" * 32)]},  # total 25, then an empty page
+        {n: [item(f"{n:032x}")] for n in range(1, 30)},  # one a page: more pages than the bound
+        {1: [item("a" * 32)] * 100},  # total 5,000: more than the bound
+    ],
+    ids=["short of the total", "more pages than the bound", "total beyond the bound"],
+)
+def test_a_history_that_cannot_be_read_whole_is_unknown_not_none(
+    monkeypatch: pytest.MonkeyPatch, pages: dict[int, list[dict[str, Any]]]
+) -> None:
+    total = 5000 if len(pages.get(1, [])) == 100 else 25
+    with api(dropped, history=lambda number: page(pages.get(number, []), total, number)) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        with pytest.raises(MagiError, match="could not be read completely"):
+            MagiHook().find_submit_candidates(MODEL, datetime.now(UTC))
+        with pytest.raises(MagiSubmitUncertainError) as caught:
+            MagiHook().create_prediction({"prompt": "x"})
+    assert caught.value.candidates == []  # nothing to attach to when we do not know
+    assert "could not be read completely" in str(caught.value)
+    assert "lists no prediction" not in str(caught.value)
+    assert len(history_reads(server)) <= 2 * 10
+    assert paid_posts(server) == 1
+
+
+def stalled_history(number: int) -> list[bytes | float]:
+    return [120.0, page([], 0, number)]
+
+
+def test_the_lookup_ends_by_its_deadline_with_the_request_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    with api(dropped, history=stalled_history) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url, read_timeout=60))
+        started = time.monotonic()
+        with pytest.raises(MagiError, match="could not be read completely"):
+            MagiHook().find_submit_candidates(MODEL, datetime.now(UTC), lookup_seconds=1.0)
+        took = time.monotonic() - started
+    assert took < 10  # the stall is 120 s, read_timeout 60 s: only the lookup's deadline ends it
+    assert len(history_reads(server)) == 1
+
+
+def test_an_uncertain_submit_waits_for_the_history_no_longer_than_the_lookup_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(magi_module, "CANDIDATE_LOOKUP_SECONDS", 1.0)
+    with api(dropped, history=stalled_history) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url, read_timeout=30))
+        started = time.monotonic()
+        with pytest.raises(MagiSubmitUncertainError) as caught:
+            MagiHook().create_prediction({"prompt": "x"})
+        took = time.monotonic() - started
+    assert took < 10  # read_timeout is 30 s and the stall 120 s
+    assert caught.value.candidates == []
+    assert "could not be read completely" in str(caught.value)
+    assert paid_posts(server) == 1
 
 
 # ------------------------------------------------------------------ 6. no fallback for a named id
