@@ -10,7 +10,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,8 @@ from typing import Any
 from airflow_provider_magi.exceptions import (
     MagiAPIError,
     MagiAuthError,
+    MagiError,
+    MagiHistoryIncompleteError,
     MagiPredictionFailedError,
     MagiRejectedError,
     MagiResponseError,
@@ -206,6 +208,14 @@ def raise_for_answer(
     code = answer.status_code
     if envelope is not None:
         api_message = str(envelope.get("message") or "")
+        if 200 <= answer.status_code < 300 and isinstance(envelope.get("code"), bool):
+            # isinstance(True, int) holds: read as a status, `true` would be an error "1".
+            raise MagiResponseError(
+                f"{what}: the envelope's 'code' is {envelope['code']!r}, not an HTTP-like status "
+                f"number: {describe_body(answer)}",
+                status_code=answer.status_code,
+                prediction_id=prediction_id,
+            )
         if 200 <= answer.status_code < 300 and isinstance(envelope.get("code"), int):
             code = envelope["code"]
 
@@ -253,10 +263,38 @@ def raise_for_answer(
     )
 
 
+def read_submit_answer(
+    answer: HTTPAnswer, *, what: str, conn_id: str
+) -> tuple[Mapping[str, Any], str | None]:
+    """A submit's ``data``: once an HTTP 2xx names a prediction id, it is ours whatever ``code`` says.
+
+    An envelope ``code`` of 0, ``true``, 302, 409 or 429 beside an id proves nothing was rejected:
+    WaveSpeed issued the id, so the generation may run and bill. Raising would let a retry (ours
+    on 429, Airflow's on the rest) pay again. Returns the data and, when the envelope's code was
+    not 200, a note quoting it for the log. The id may still be invalid: the caller checks it and
+    treats an invalid one as an uncertain submit, never resent. Without an id (an empty string is
+    none) the answer is read like any other.
+    """
+    if 200 <= answer.status_code < 300:
+        envelope = _load_envelope(answer)
+        data = envelope.get("data") if envelope is not None else None
+        if envelope is not None and isinstance(data, dict) and data.get("id") not in (None, ""):
+            code = envelope.get("code", 200)
+            if type(code) is int and code == 200:
+                return data, None
+            said = f"code {_short(code, 40)}, message {_short(envelope.get('message'), 120)}"
+            return data, f"the answer names a prediction id, but its envelope says {said}; the id is kept"
+    return raise_for_answer(answer, what=what, conn_id=conn_id), None
+
+
 def parse_prediction(data: Mapping[str, Any]) -> Prediction:
     """Read a prediction strictly: a missing id or status, or wrongly typed fields, is an error."""
     pred_id = prediction_id_of(data)
     if pred_id is None:
+        if data.get("id") is not None:
+            raise MagiResponseError(
+                f"prediction with an invalid 'id' {describe_id(data['id'])} (an id is {PREDICTION_ID_RULE})"
+            )
         raise MagiResponseError(f"prediction without an 'id' in the answer: {_short(data)}")
     status = data.get("status")
     if not isinstance(status, str) or not status:
@@ -298,15 +336,32 @@ def parse_prediction(data: Mapping[str, Any]) -> Prediction:
     )
 
 
+# WaveSpeed issues 32 lowercase hex digits (uuid4().hex; the local server does the same). The rule
+# leaves room for other forms (uuids with dashes, prefixed ids) while keeping every id safe in a
+# URL path, a file name, a log line, a task-state row and an XCom.
+_PREDICTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+PREDICTION_ID_RULE = "1 to 128 ASCII letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+
+
 def is_valid_prediction_id(value: Any) -> bool:
-    """WaveSpeed's ids are 32 hex digits; anything that is not short printable ASCII cannot be one."""
-    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", value) is not None
+    """True for an id we can store, log and put in a URL.
+
+    Anything else (a lone surrogate, which no store can encode; 5,000 characters; spaces; a
+    slash; a number) is not an id WaveSpeed issues, and trusting it crashed the write of a paid
+    submit's id, so every retry paid again. Such an answer is an uncertain submit instead.
+    """
+    return isinstance(value, str) and _PREDICTION_ID.fullmatch(value) is not None
+
+
+def describe_id(value: Any) -> str:
+    """``value`` quoted for a message: ASCII only (no surrogate reaches a log) and short."""
+    return _short_ascii(value, 80)
 
 
 def prediction_id_of(data: Mapping[str, Any]) -> str | None:
-    """The answer's prediction id, if it carries a usable one (whatever else is wrong with it)."""
+    """The answer's prediction id, if it carries a valid one (whatever else is wrong with it)."""
     pred_id = data.get("id")
-    return pred_id if isinstance(pred_id, str) and pred_id.strip() else None
+    return pred_id if is_valid_prediction_id(pred_id) else None
 
 
 def parse_submitted(data: Mapping[str, Any], model: str) -> tuple[Prediction, str | None]:
@@ -361,8 +416,7 @@ def history_query(
         query["status"] = status
     for name, when in (("created_after", created_after), ("created_before", created_before)):
         if when is not None:
-            aware = when if when.tzinfo else when.replace(tzinfo=UTC)
-            query[name] = aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            query[name] = as_utc(when).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return query
 
 
@@ -375,6 +429,92 @@ def parse_history_page(data: Mapping[str, Any]) -> tuple[list[Prediction], int]:
     if not all(isinstance(item, dict) for item in items):
         raise MagiResponseError("prediction history: an item is not a prediction object")
     return [parse_prediction(item) for item in items], total
+
+
+# A candidate lookup reads at most this much of the history: enough for any window of two minutes
+# at the highest account level's rate, and a bound on how long a lost answer holds a worker.
+HISTORY_PAGE_SIZE = 100
+HISTORY_MAX_PAGES = 10
+
+
+def read_whole_history(
+    fetch_page: Callable[[int], Mapping[str, Any]], *, max_pages: int = HISTORY_MAX_PAGES
+) -> list[Prediction]:
+    """Every item a history query promises (``fetch_page(n)`` returns page n's data), or
+    ``MagiHistoryIncompleteError``: a caller deciding whether a submit started must tell "none
+    listed" from "not all read", so a partial answer is never returned as the whole.
+
+    Pages are read until as many items as ``total`` arrived. A total beyond what ``max_pages`` of
+    ``HISTORY_PAGE_SIZE`` can hold, an empty or failed page before that, or running out of pages,
+    all mean the history could not be read completely. Pages may be shorter than asked (a server
+    may cap page_size): reading goes on while the total says there is more.
+    """
+    found: list[Prediction] = []
+    total = 0
+    for number in range(1, max_pages + 1):
+        try:
+            items, total = parse_history_page(fetch_page(number))
+        except MagiError as error:
+            raise MagiHistoryIncompleteError(
+                f"the prediction history could not be read completely (page {number}): {error}"
+            ) from None
+        if total > max_pages * HISTORY_PAGE_SIZE:
+            raise MagiHistoryIncompleteError(
+                f"the prediction history could not be read completely: it lists {total} "
+                f"predictions, more than the {max_pages * HISTORY_PAGE_SIZE} a lookup reads"
+            )
+        found += items
+        if len(found) >= total:
+            return found
+        if not items:
+            break
+    raise MagiHistoryIncompleteError(
+        f"the prediction history could not be read completely: it promised {total} predictions "
+        f"and {len(found)} arrived in {number} page(s)"
+    )
+
+
+def as_utc(when: datetime) -> datetime:
+    """``when`` as an aware UTC time (a naive one is taken to be UTC already)."""
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An ISO 8601 time from an answer ('Z' allowed, no zone read as UTC); None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        return None
+
+
+def same_model(listed: str, wanted: str) -> bool:
+    """Model ids compared as paths (``/owner/name/`` is ``owner/name``); an empty one matches none."""
+    listed = listed.strip().strip("/")
+    return bool(listed) and listed == wanted.strip().strip("/")
+
+
+def submit_candidates(
+    predictions: list[Prediction], model: str, start: datetime, end: datetime
+) -> list[Prediction]:
+    """The predictions that could be a submit's: of ``model``, created within [start, end].
+
+    Checked here, not left to the server's filters: a history answer listing another model's
+    prediction from 2019 was once attached to as "the only one". An unparseable ``created_at`` is
+    dropped; an id listed twice (pages shift while new predictions arrive) counts once.
+    """
+    kept: dict[str, Prediction] = {}
+    for prediction in predictions:
+        created = parse_timestamp(prediction.created_at)
+        if created is None or not as_utc(start) <= created <= as_utc(end):
+            continue
+        if same_model(prediction.model, model):
+            kept.setdefault(prediction.id, prediction)
+    return list(kept.values())
 
 
 def is_retryable(method: str, error: BaseException) -> bool:
@@ -412,6 +552,11 @@ def error_text(error: BaseException, secret: str = "") -> str:
 def _short(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short_ascii(value: Any, limit: int) -> str:
+    text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def final_result(prediction: Prediction) -> dict[str, Any]:

@@ -59,6 +59,11 @@ class MagiTransportError(MagiError):
     """The server could not be reached, or stopped answering, after the allowed retries."""
 
 
+class MagiHistoryIncompleteError(MagiError):
+    """The prediction history could not be read whole (a page failed, too many pages, time ran
+    out): what it lists is not "all there is", so nothing may be concluded from its absence."""
+
+
 class MagiSubmitUncertainError(MagiError, AirflowFailException):
     """A submit may have been accepted but no prediction id came back; resending could pay twice.
 

@@ -209,7 +209,7 @@ def test_test_connection(magi_conn: LocalWaveSpeedServer, monkeypatch) -> None:
 
 def test_missing_connection_uses_env_key(monkeypatch, caplog) -> None:
     monkeypatch.setenv("WAVESPEED_API_KEY", CANARY_KEY)
-    settings = MagiHook("magi_nonexistent").settings
+    settings = MagiHook().settings  # only magi_default falls back (test_money_hook.py)
     assert settings.base_url == "https://api.wavespeed.ai"
     assert settings.api_key == CANARY_KEY
     assert CANARY_KEY not in repr(settings)
@@ -218,7 +218,7 @@ def test_missing_connection_uses_env_key(monkeypatch, caplog) -> None:
 def test_missing_connection_without_env_key_says_what_to_do(monkeypatch) -> None:
     monkeypatch.delenv("WAVESPEED_API_KEY", raising=False)
     with pytest.raises(MagiError, match="does not exist and \\$WAVESPEED_API_KEY is not set"):
-        MagiHook("magi_nonexistent").settings
+        MagiHook().settings
 
 
 def test_connection_without_key_is_refused_before_any_request(magi_conn, monkeypatch) -> None:

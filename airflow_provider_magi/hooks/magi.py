@@ -18,24 +18,31 @@ from urllib.parse import quote, urlencode
 import requests
 import urllib3.exceptions
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProxyError
 
 from airflow_provider_magi import metrics
 from airflow_provider_magi.api import (
     DEFAULT_BASE_URL,
     DEFAULT_MODEL,
+    HISTORY_PAGE_SIZE,
     HISTORY_PATH,
+    PREDICTION_ID_RULE,
     ConnectFailure,
     ExchangeFailure,
     HTTPAnswer,
     Prediction,
+    as_utc,
+    describe_id,
     error_text,
     history_query,
+    is_valid_prediction_id,
     parse_history_page,
     parse_prediction,
     parse_submitted,
-    prediction_id_of,
     raise_for_answer,
+    read_submit_answer,
+    read_whole_history,
+    submit_candidates,
 )
 from airflow_provider_magi.bounded import (
     ACCEPT_ENCODING,
@@ -52,6 +59,7 @@ from airflow_provider_magi.exceptions import (
     MagiRejectedError,
     MagiResponseError,
     MagiSubmitUncertainError,
+    MagiTransportError,
 )
 from airflow_provider_magi.hooks.async_client import (
     answer_from,
@@ -188,11 +196,26 @@ def _settings_from_env(conn_id: str, log: Any) -> MagiSettings | None:
     return MagiSettings(conn_id=conn_id, base_url=DEFAULT_BASE_URL, api_key=normalise_api_key(key, conn_id))
 
 
-def _missing_connection(conn_id: str) -> MagiError:
-    return MagiError(
-        f"Airflow connection '{conn_id}' does not exist and ${API_KEY_ENV} is not set: create the "
-        "connection (conn type 'magi', API key as password) or export the key."
-    )
+def _settings_without_connection(conn_id: str, log: Any) -> MagiSettings:
+    """What a missing connection falls back to: the environment's key, for the default id only.
+
+    A named connection that does not exist is a typo or a missing deployment step; falling back
+    would send that task to the production key and URL, and bill there.
+    """
+    default = MagiHook.default_conn_name
+    if conn_id != default:
+        raise MagiError(
+            f"Airflow connection '{conn_id}' does not exist; ${API_KEY_ENV} is used only for "
+            f"'{default}'; create connection {conn_id} or use magi_conn_id='{default}' (a 'magi' "
+            "connection holds the API key as its password)."
+        ) from None
+    settings = _settings_from_env(conn_id, log)
+    if settings is None:
+        raise MagiError(
+            f"Airflow connection '{conn_id}' does not exist and ${API_KEY_ENV} is not set: create "
+            "the connection (conn type 'magi', API key as password) or export the key."
+        ) from None
+    return settings
 
 
 class MagiHook(BaseHook):
@@ -233,9 +256,7 @@ class MagiHook(BaseHook):
         try:
             conn = self.get_connection(self.magi_conn_id)
         except AirflowNotFoundException:
-            settings = _settings_from_env(self.magi_conn_id, self.log)
-            if settings is None:
-                raise _missing_connection(self.magi_conn_id) from None
+            settings = _settings_without_connection(self.magi_conn_id, self.log)
         else:
             settings = MagiSettings.from_connection(conn, self.magi_conn_id, conn.extra_dejson)
         return self._checked(settings)
@@ -268,9 +289,7 @@ class MagiHook(BaseHook):
         try:
             conn = await get_async_connection(self.magi_conn_id, self)
         except AirflowNotFoundException:
-            settings = _settings_from_env(self.magi_conn_id, self.log)
-            if settings is None:
-                raise _missing_connection(self.magi_conn_id) from None
+            settings = _settings_without_connection(self.magi_conn_id, self.log)
         else:
             extra = await get_async_extra_dejson(conn)
             settings = MagiSettings.from_connection(conn, self.magi_conn_id, extra)
@@ -310,8 +329,10 @@ class MagiHook(BaseHook):
     ) -> Prediction:
         """Submit one generation. Sent once; resent only after a provable rejection (429, no connect).
 
-        Once the answer names a prediction id, that id is returned whatever else in the answer is
-        malformed: raising instead would let an Airflow retry pay for a second video.
+        Once an HTTP 2xx names a valid prediction id, that id is returned whatever else in the
+        answer is malformed, the envelope's ``code`` included: raising instead would let a retry
+        pay for a second video. An id that is not valid (see ``api.is_valid_prediction_id``) is
+        an uncertain submit, never resent.
 
         :param webhook_url: WaveSpeed calls it on ``completed`` and ``failed`` (``?webhook=``).
         """
@@ -322,16 +343,22 @@ class MagiHook(BaseHook):
         what = f"Submitting to {model}"
         submitted_at = datetime.now(UTC)
         try:
-            data = self._call("POST", path, what=what, body=body)
+            data = self._call("POST", path, what=what, body=body, submit=True)
         except MagiSubmitUncertainError as error:
             metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
             raise self._with_candidates(error, model, submitted_at) from None
-        if prediction_id_of(data) is None:
+        pred_id = data.get("id")
+        if not is_valid_prediction_id(pred_id):
             metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
+            said = (
+                f"success without a prediction id ({dict(data)!r:.200})"
+                if pred_id is None
+                else f"with an invalid prediction id {describe_id(pred_id)} (an id is {PREDICTION_ID_RULE})"
+            )
             uncertain = MagiSubmitUncertainError(
-                f"{what}: WaveSpeed answered success without a prediction id ({dict(data)!r:.200}). "
-                "It may have accepted the request, so it is not sent again and no second generation "
-                "is billed. Check your WaveSpeed predictions before running the task again."
+                f"{what}: WaveSpeed answered {said}. It may have accepted the request and the video may "
+                "be billed, so it is not sent again and no second generation is billed. Check your "
+                "WaveSpeed predictions before running the task again."
             )
             raise self._with_candidates(uncertain, model, submitted_at)
         metrics.incr("submits", model=model, conn_id=self.magi_conn_id)
@@ -345,23 +372,15 @@ class MagiHook(BaseHook):
     def _with_candidates(
         self, error: MagiSubmitUncertainError, model: str, submitted_at: datetime
     ) -> MagiSubmitUncertainError:
-        """The same error, naming the predictions of ``model`` created around the submit.
+        """The same error, naming the checked candidates (:meth:`find_submit_candidates`).
 
-        The window runs from a minute before the submit to a minute after now (clocks differ);
-        the lookup is best effort and bounded in time: if it fails, the error says so.
+        The lookup is best effort and bounded in time: if it fails, the error says so and names
+        no candidate, so nothing is attached to on a guess.
         """
-        window = timedelta(seconds=CANDIDATE_WINDOW_SECONDS)
         try:
-            found = self.list_predictions(
-                model=model,
-                created_after=submitted_at - window,
-                created_before=datetime.now(UTC) + window,
-                page_size=20,
-                max_pages=1,
-                deadline=time.time() + CANDIDATE_LOOKUP_SECONDS,
-            )
+            found = self.find_submit_candidates(model, submitted_at, lookup_seconds=CANDIDATE_LOOKUP_SECONDS)
         except MagiError as lookup_error:
-            note = f"Listing predictions to find it failed too ({lookup_error})."
+            note = f"Whether it started is unknown: listing predictions to find it failed ({lookup_error})."
             return MagiSubmitUncertainError(f"{error}\n{note}")
         candidates = [
             {"prediction_id": p.id, "status": p.status, "created_at": p.created_at, "model": p.model}
@@ -381,6 +400,43 @@ class MagiHook(BaseHook):
                 "likely did not start."
             )
         return MagiSubmitUncertainError(f"{error}\n{note}", candidates=candidates)
+
+    def find_submit_candidates(
+        self,
+        model: str,
+        submitted_at: datetime,
+        *,
+        until: datetime | None = None,
+        lookup_seconds: float = CANDIDATE_LOOKUP_SECONDS,
+    ) -> list[Prediction]:
+        """The predictions of ``model`` that WaveSpeed lists as created around a submit.
+
+        The window runs from ``CANDIDATE_WINDOW_SECONDS`` before ``submitted_at`` to as long after
+        ``until`` (default: now), for clocks that differ. The server's filters are not trusted:
+        every page the total promises is read (bounded) and each item's model and creation time
+        are checked here (``api.submit_candidates``). Raises ``MagiHistoryIncompleteError`` when
+        the history could not be read whole within ``lookup_seconds``, the request in flight
+        included: "unknown" must not pass for "none".
+        """
+        deadline = time.time() + lookup_seconds
+        window = timedelta(seconds=CANDIDATE_WINDOW_SECONDS)
+        start = as_utc(submitted_at) - window
+        end = as_utc(until or datetime.now(UTC)) + window
+        query = history_query(model=model, created_after=start, created_before=end)
+
+        def fetch_page(number: int) -> Mapping[str, Any]:
+            page = {**query, "page": number, "page_size": HISTORY_PAGE_SIZE}
+            return self._call(
+                "POST",
+                HISTORY_PATH,
+                what="Listing predictions",
+                body=json_body(page),
+                resend_safe=True,
+                deadline=deadline,
+                cap_by_deadline=True,
+            )
+
+        return submit_candidates(read_whole_history(fetch_page), model, start, end)
 
     def upload_media(self, image: ImageFile) -> str:
         """Upload a checked first frame; return the URL WaveSpeed serves it at.
@@ -635,17 +691,29 @@ class MagiHook(BaseHook):
         prediction_id: str | None = None,
         resend_safe: bool = False,
         deadline: float | None = None,
+        cap_by_deadline: bool = False,
         is_poll: bool = False,
+        submit: bool = False,
     ) -> Mapping[str, Any]:
+        """One exchange with its retries. ``deadline`` stops retries; with ``cap_by_deadline`` it
+        also ends the request in flight. ``submit`` reads the answer as a submit's (an id in a
+        2xx is kept whatever the envelope's code says)."""
         settings = self.settings
         url = settings.base_url + path
         # The retry rules key on whether resending can start a second generation, not on the verb.
         rule = "GET" if method == "GET" or resend_safe else method
 
         def attempt() -> Mapping[str, Any]:
-            answer = self._send(method, url, body=body, files=files)
+            answer = self._send(
+                method, url, body=body, files=files, deadline=deadline if cap_by_deadline else None
+            )
             if is_poll:
                 count_poll(answer, settings.conn_id)
+            if submit:
+                data, note = read_submit_answer(answer, what=what, conn_id=settings.conn_id)
+                if note:
+                    self.log.warning("%s: %s", what, note)
+                return data
             return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
 
         policy = RetryPolicy(
@@ -667,12 +735,19 @@ class MagiHook(BaseHook):
         *,
         body: bytes | None,
         files: dict[str, tuple[str, bytes, str]] | None = None,
+        deadline: float | None = None,
     ) -> HTTPAnswer:
+        """One request, ended by ``request_timeout`` or by ``deadline`` (Unix time), the sooner."""
         settings = self.settings
         headers = {**settings.auth_headers, "Accept-Encoding": ACCEPT_ENCODING}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        with overall_deadline(settings.request_timeout) as watch:
+        limit = settings.request_timeout
+        if deadline is not None:
+            limit = min(limit, deadline - time.time())
+            if limit <= 0:
+                raise MagiTransportError(f"{url}: no time was left before the deadline to send a request")
+        with overall_deadline(limit) as watch:
             try:
                 response = self.session.request(
                     method,
@@ -680,7 +755,7 @@ class MagiHook(BaseHook):
                     data=body,
                     files=files,
                     headers=headers,
-                    timeout=(settings.connect_timeout, settings.read_timeout),
+                    timeout=(min(settings.connect_timeout, limit), min(settings.read_timeout, limit)),
                     allow_redirects=False,
                     stream=True,
                 )
@@ -693,15 +768,20 @@ class MagiHook(BaseHook):
                 finally:
                     response.close()
             except requests.ConnectTimeout as error:
-                raise ConnectFailure(f"connect timeout after {settings.connect_timeout}s") from error
+                raise ConnectFailure(
+                    f"connect timeout after {min(settings.connect_timeout, limit):g}s"
+                ) from error
             except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL) as error:
                 # Raised while building the request: nothing left this machine.
                 raise MagiError(f"the request could not be built: {type(error).__name__}") from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
                 if watch.expired:
-                    raise ExchangeFailure(
-                        f"no complete answer within request_timeout ({settings.request_timeout:g}s)"
-                    ) from error
+                    within = (
+                        f"request_timeout ({settings.request_timeout:g}s)"
+                        if limit == settings.request_timeout
+                        else f"the {limit:.1f}s left before the deadline"
+                    )
+                    raise ExchangeFailure(f"no complete answer within {within}") from error
                 if isinstance(error, requests.ConnectionError) and _never_sent(error):
                     raise ConnectFailure(error_text(error, settings.api_key)) from error
                 raise ExchangeFailure(error_text(error, settings.api_key)) from error
@@ -790,9 +870,13 @@ def _result_path(prediction_id: str) -> str:
 
 
 def _never_sent(error: requests.ConnectionError) -> bool:
+    """True when no connection was made (to WaveSpeed, or to the proxy in front of it), so the
+    request provably never left this machine and a POST may be sent again."""
     reason = error.args[0] if error.args else None
     if isinstance(reason, MaxRetryError):
         reason = reason.reason
+    if isinstance(reason, ProxyError):  # a proxy that refused wraps the refusal
+        reason = reason.original_error
     return isinstance(reason, (NewConnectionError, NameResolutionError))
 
 
