@@ -18,6 +18,9 @@ from airflow_provider_magi.testing import LocalWaveSpeedServer
 from tests.helpers import CANARY_KEY, run_dag, task_instance, xcom
 from tests.hostile import HostileServer, Seen, envelope, http_answer
 
+# Every test here proves a rule about what is paid for: `make test` runs them on every Airflow minor.
+pytestmark = pytest.mark.money
+
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 
 
@@ -88,7 +91,6 @@ def test_a_success_answer_without_an_id_is_uncertain_not_retried(monkeypatch: py
     assert sum(s.path == "/api/v3/wavespeed-ai/magi-1-24b" for s in server.seen) == 1  # never resent
 
 
-@pytest.mark.money
 def test_a_prompt_edited_before_the_retry_makes_a_new_video(
     dag_bag, magi_conn: LocalWaveSpeedServer, task_logs
 ) -> None:

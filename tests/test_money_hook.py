@@ -26,6 +26,9 @@ from airflow_provider_magi.hooks.magi import MagiHook
 from tests.helpers import CANARY_KEY, run_dag, xcom
 from tests.hostile import HostileServer, Seen, envelope, free_port, http_answer
 
+# Every test here proves a rule about what is paid for: `make test` runs them on every Airflow minor.
+pytestmark = pytest.mark.money
+
 MODEL = "wavespeed-ai/magi-1-24b"
 SUBMIT_PATH = f"/api/v3/{MODEL}"
 HISTORY_PATH = "/api/v3/predictions"
