@@ -29,6 +29,11 @@ PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379"
 
 
+# MAGI-1, and a variant of it that one scenario uses alone: its retry reads WaveSpeed's history,
+# where no other scenario's predictions may stand beside its own.
+SERVED_MODELS = ("wavespeed-ai/magi-1-24b", "wavespeed-ai/magi-1-24b/ledger-scenario")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -155,6 +160,7 @@ class AirflowStack:
             sys.executable, "-m", "airflow_provider_magi.testing",
             "--port", str(self.server_port), "--api-key", self.api_key,
             "--completion-seconds", "3", "--faults", json.dumps(faults or []),
+            "--models", ",".join(SERVED_MODELS),
         ]  # fmt: skip
         self.server = self._spawn("wavespeed", command)
         self.wait_until(lambda: _answers(f"{self.wavespeed}/_testing/faults"), 30, "the local server")

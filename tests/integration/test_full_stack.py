@@ -108,7 +108,8 @@ def test_worker_killed_between_the_post_and_the_ledger_write_pays_once(
     before = submits(stack)
     run_id = stack.trigger("magi_it_killed_before_ledger_write")
     # The retry waits out the intent's settle time (30 s), then finds the prediction in the history.
-    assert stack.wait_for_run("magi_it_killed_before_ledger_write", run_id, timeout=240) == "success"
+    state = stack.wait_for_run("magi_it_killed_before_ledger_write", run_id, timeout=240)
+    assert state == "success", task_log(stack, "magi_it_killed_before_ledger_write")[-4000:]
     assert states(stack, "magi_it_killed_before_ledger_write", run_id) == [("generate", -1, "success", 2)]
     assert submits(stack) - before == 1
     assert "the only prediction of" in task_log(stack, "magi_it_killed_before_ledger_write")

@@ -83,6 +83,7 @@ with _dag("magi_it_killed_before_ledger_write"):
     KilledBeforeTheLedgerWrite(
         task_id="generate",
         prompt="a paid take [[duration: 2]]",
+        model="wavespeed-ai/magi-1-24b/ledger-scenario",  # alone in the history (see stack.py)
         deferrable=True,
         attach_to_single_candidate=True,
         retries=2,
