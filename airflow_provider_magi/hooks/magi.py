@@ -53,6 +53,7 @@ from airflow_provider_magi.exceptions import (
     MagiResponseError,
     MagiSubmitUncertainError,
 )
+from airflow_provider_magi.hooks.account import MagiAccountMixin
 from airflow_provider_magi.hooks.async_client import (
     answer_from,
     asend,
@@ -195,7 +196,7 @@ def _missing_connection(conn_id: str) -> MagiError:
     )
 
 
-class MagiHook(BaseHook):
+class MagiHook(MagiAccountMixin, BaseHook):
     """Talks to WaveSpeed's prediction API for MAGI-1 24B (or any model path on the same API).
 
     :param magi_conn_id: Airflow connection of type ``magi``: API key as password, optional host
