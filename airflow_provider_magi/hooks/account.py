@@ -65,18 +65,26 @@ class MagiAccountMixin:
 
     def get_prediction_cost(self, prediction_id: str, *, deadline: float | None = None) -> float | None:
         """What ``prediction_id`` cost in USD, from its billing records; None when it is not
-        billed yet (billing can lag completion) or its price cannot be read as USD."""
+        billed yet (billing can lag completion) or its price cannot be read as USD, the answer
+        included (it was not the JSON envelope): an unknown cost, never a guessed one.
+
+        :raises MagiError: when WaveSpeed refused the read or could not be reached.
+        """
         what = f"Reading the billing of prediction {prediction_id}"
         found: dict[str, float | None] = {}
         for page in range(1, MAX_BILLING_PAGES + 1):
-            data = self._call(
-                "POST",
-                costs.BILLINGS_PATH,
-                what=what,
-                body=_json(costs.billing_query([prediction_id], page=page, page_size=PAGE_SIZE)),
-                resend_safe=True,
-                deadline=deadline,
-            )
+            try:
+                data = self._call(
+                    "POST",
+                    costs.BILLINGS_PATH,
+                    what=what,
+                    body=_json(costs.billing_query([prediction_id], page=page, page_size=PAGE_SIZE)),
+                    resend_safe=True,
+                    deadline=deadline,
+                )
+            except MagiResponseError as error:
+                self.log.warning("%s: the cost is unknown: %s", what, error)
+                return None
             if _merge_page(found, data, page, prediction_id, self.log):
                 break
         return _cost_of(found, prediction_id)
@@ -91,19 +99,27 @@ class MagiAccountMixin:
     ) -> float | None:
         """USD spent from ``start`` to ``end`` (naive times are UTC, at most 31 days apart), of
         ``model`` only when given (``POST /api/v3/user/usage_stats``); None when the answer does
-        not say it readably. WaveSpeed rounds it to 3 decimals."""
+        not say it readably (or is not the JSON envelope). WaveSpeed rounds it to 3 decimals.
+
+        :raises MagiInputError: for a backwards range or one over 31 days (nothing is sent).
+        :raises MagiError: when WaveSpeed refused the read or could not be reached.
+        """
         try:
             query = costs.usage_query(start, end, model)
         except ValueError as error:
             raise MagiInputError(f"Reading usage stats: {error}") from None
-        data = self._call(
-            "POST",
-            costs.USAGE_PATH,
-            what="Reading usage stats",
-            body=_json(query),
-            resend_safe=True,
-            deadline=deadline,
-        )
+        try:
+            data = self._call(
+                "POST",
+                costs.USAGE_PATH,
+                what="Reading usage stats",
+                body=_json(query),
+                resend_safe=True,
+                deadline=deadline,
+            )
+        except MagiResponseError as error:
+            self.log.warning("Reading usage stats: the spend is unknown: %s", error)
+            return None
         spent = costs.parse_usage_spend(data, model)
         if spent is None:
             self.log.warning("Usage stats: the spend could not be read as USD: %.200r", dict(data))
@@ -124,7 +140,11 @@ class MagiAccountMixin:
         found: dict[str, float | None] = {}
         for page in range(1, MAX_BILLING_PAGES + 1):
             body = _json(costs.billing_query([prediction_id], page=page, page_size=PAGE_SIZE))
-            data = await self._aread("POST", costs.BILLINGS_PATH, what, body=body, deadline=deadline)
+            try:
+                data = await self._aread("POST", costs.BILLINGS_PATH, what, body=body, deadline=deadline)
+            except MagiResponseError as error:
+                self.log.warning("%s: the cost is unknown: %s", what, error)
+                return None
             if _merge_page(found, data, page, prediction_id, self.log):
                 break
         return _cost_of(found, prediction_id)
