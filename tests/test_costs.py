@@ -443,3 +443,49 @@ def test_queries_are_checked_before_sending() -> None:
     assert costs.usage_query(datetime(2026, 1, 1), datetime(2026, 1, 2))["start_time"].endswith("Z")
     with pytest.raises(ValueError, match="page_size"):
         costs.billing_query(page_size=101)
+
+
+# ---------------------------------------------------------------- the server as a product
+
+
+def test_the_command_line_sets_the_books(capsys: pytest.CaptureFixture[str]) -> None:
+    from airflow_provider_magi.testing.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for text in ("--balance", "--price MODEL=USD", "--default-price", "--billing-delay", "/api/v3/balance"):
+        assert text in shown
+    for bad in ("magi", "m=-1", "m=abc", "=0.3", "m=inf"):
+        with pytest.raises(SystemExit):
+            main(["--price", bad, "--port", "0"])
+    assert "expected MODEL=USD" in capsys.readouterr().err
+
+
+def test_the_control_plane_reads_sets_and_resets_the_books(books: LocalWaveSpeedServer) -> None:
+    completed(MagiHook())
+    account = requests.get(books.base_url + "/_testing/account", timeout=5).json()
+    assert account["balance"] == 9.55 and [b["price"] for b in account["billings"]] == [0.45]
+    assert requests.post(books.base_url + "/_testing/balance?usd=2.5", timeout=5).json() == {"balance": 2.5}
+    assert requests.post(books.base_url + "/_testing/balance?usd=lots", timeout=5).status_code == 400
+    requests.post(books.base_url + "/_testing/reset", timeout=5)
+    assert books.balance == 10.0 and books.billings == []
+
+
+def test_the_server_shares_no_parsing_with_the_client() -> None:
+    """A bug in costs.py must not hide behind the same bug in the server that tests it."""
+    import ast
+    from pathlib import Path
+
+    import airflow_provider_magi.testing as testing
+
+    for source in Path(testing.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(
+                    (
+                        "airflow_provider_magi.api",
+                        "airflow_provider_magi.costs",
+                        "airflow_provider_magi.hooks",
+                    )
+                ), f"{source.name} imports {node.module}"
