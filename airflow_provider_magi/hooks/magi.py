@@ -61,6 +61,7 @@ from airflow_provider_magi.exceptions import (
     MagiSubmitUncertainError,
     MagiTransportError,
 )
+from airflow_provider_magi.hooks.account import MagiAccountMixin
 from airflow_provider_magi.hooks.async_client import (
     answer_from,
     asend,
@@ -218,7 +219,7 @@ def _settings_without_connection(conn_id: str, log: Any) -> MagiSettings:
     return settings
 
 
-class MagiHook(BaseHook):
+class MagiHook(MagiAccountMixin, BaseHook):
     """Talks to WaveSpeed's prediction API for MAGI-1 24B (or any model path on the same API).
 
     :param magi_conn_id: Airflow connection of type ``magi``: API key as password, optional host

@@ -18,6 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m airflow_provider_magi.testing",
         description="WaveSpeed-compatible local server for MAGI-1 24B (loopback only).",
+        epilog=(
+            "Account endpoints (free to call, Bearer key): GET /api/v3/balance, "
+            "POST /api/v3/billings/search, POST /api/v3/user/usage_stats. Each completed "
+            "prediction is billed once, --billing-delay seconds after it completed; a submit "
+            "the balance cannot pay for answers 403 'Insufficient balance' and starts nothing. "
+            "Full reference: docs/local-server.md."
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
@@ -36,6 +43,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sync-mode-limit", type=float, default=30.0, help="seconds a sync-mode submit is held at most"
     )
+    parser.add_argument(
+        "--balance", type=float, default=100.0, help="USD the account starts with (default 100.0)"
+    )
+    parser.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="MODEL=USD",
+        type=_price,
+        help="USD one completed prediction of MODEL costs; repeatable (other models: --default-price)",
+    )
+    parser.add_argument(
+        "--default-price",
+        type=float,
+        default=0.30,
+        help="USD for a model without --price (default 0.30, a stand-in: see WaveSpeed's pricing page)",
+    )
+    parser.add_argument(
+        "--billing-delay",
+        type=float,
+        default=0.0,
+        help="seconds from a prediction's completion to its billing record and deduction (default 0)",
+    )
     parser.add_argument("--port-file", default=None, help="write the bound port to this file when ready")
     args = parser.parse_args(argv)
 
@@ -50,9 +80,24 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         models=[model.strip() for model in args.models.split(",") if model.strip()],
         sync_mode_limit=args.sync_mode_limit,
+        balance=args.balance,
+        prices=dict(args.price),
+        default_price=args.default_price,
+        billing_delay=args.billing_delay,
     )
     asyncio.run(_serve_forever(server, args.port_file))
     return 0
+
+
+def _price(text: str) -> tuple[str, float]:
+    model, sep, amount = text.rpartition("=")
+    try:
+        price = float(amount)
+    except ValueError:
+        price = -1.0
+    if not sep or not model.strip() or not price >= 0 or price == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected MODEL=USD with a non-negative amount, got {text!r}")
+    return model.strip(), price
 
 
 async def _serve_forever(server: LocalWaveSpeedServer, port_file: str | None) -> None:

@@ -12,9 +12,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from email.parser import BytesParser
 from typing import Any
 
+from airflow_provider_magi.testing.account import (
+    DEFAULT_BALANCE_USD,
+    DEFAULT_PRICE_USD,
+    Account,
+    BillingRecord,
+)
 from airflow_provider_magi.testing.faults import Directives, Fault, FaultPlan, Route, parse_directives
 from airflow_provider_magi.testing.http import Request, Response
 from airflow_provider_magi.testing.video import aiter_video, video_size
@@ -33,6 +40,9 @@ _UPLOAD_TICKET_ROUTE = "/api/v3/media/uploads"  # the two-step form the official
 _UPLOAD_PUT_ROUTE = re.compile(r"^/uploads/(?P<ticket>[0-9a-f]{32})$")
 _HISTORY_ROUTE = "/api/v3/predictions"
 _WEBHOOK_SECRET_ROUTE = "/api/v3/webhook/secret"
+_BALANCE_ROUTE = "/api/v3/balance"
+_BILLINGS_ROUTE = "/api/v3/billings/search"
+_USAGE_ROUTE = "/api/v3/user/usage_stats"
 # The history filter's statuses (docs); "processing" also matches predictions not yet started.
 _HISTORY_STATUSES = {
     "completed": {"completed"},
@@ -74,6 +84,14 @@ class StoredPrediction:
     duration: float
     webhook: str | None = None
     completed_at: float | None = None
+    price: Decimal = Decimal(0)  # what completing it costs, fixed at submit
+
+    def completes_at(self) -> float | None:
+        """The monotonic time it completes (or completed); None if it never will."""
+        d = self.directives
+        if d.status or d.never_finish or d.fail:
+            return None
+        return self.started + self.duration
 
     def status(self, now: float) -> str:
         d = self.directives
@@ -93,6 +111,10 @@ class ServerConfig:
     public_base_url: str = ""  # set once the port is known
     models: tuple[str, ...] = (MAGI_MODEL,)  # the only ids a submit may name; others answer 404
     sync_mode_limit: float = SYNC_MODE_LIMIT
+    balance: float = DEFAULT_BALANCE_USD  # USD the account starts with
+    prices: dict[str, float] = field(default_factory=dict)  # model -> USD per completed prediction
+    default_price: float = DEFAULT_PRICE_USD  # a stand-in: the real prices are on WaveSpeed's site
+    billing_delay: float = 0.0  # seconds from completion to the billing record (and deduction)
 
 
 class WaveSpeedApp:
@@ -105,6 +127,13 @@ class WaveSpeedApp:
         self.media: dict[str, tuple[str, bytes, str]] = {}  # id -> (filename, bytes, content type)
         self.upload_tickets: dict[str, tuple[str, int, str]] = {}  # ticket -> (filename, size, type)
         self.webhooks = WebhookSender(self.faults)
+        self.account = Account(
+            balance=config.balance,
+            prices=config.prices,
+            default_price=config.default_price,
+            billing_delay=config.billing_delay,
+        )
+        self._unbilled: set[str] = set()  # predictions that may still be billed
         self._log: list[RecordedRequest] = []
         self._lock = threading.Lock()
 
@@ -121,7 +150,51 @@ class WaveSpeedApp:
         with self._lock:
             self._log.clear()
             self.predictions.clear()
+            self._unbilled.clear()
+        self.account.reset()
         self.faults.replace([])
+
+    @property
+    def balance(self) -> float:
+        """The account's balance in USD, after every billing that is due."""
+        self.settle()
+        return float(self.account.balance)
+
+    def set_balance(self, usd: float) -> None:
+        self.settle()
+        self.account.set_balance(usd)
+
+    @property
+    def billings(self) -> list[BillingRecord]:
+        """Every billing record so far, oldest first."""
+        self.settle()
+        return self.account.billings
+
+    def price_of(self, model: str) -> float:
+        return float(self.account.price_of(model))
+
+    def settle(self) -> None:
+        """Bill each prediction that completed at least ``billing_delay`` seconds ago, once.
+
+        Billing is worked out when someone looks (an account route, a submit, these properties),
+        so it costs nothing per poll and reads the same as if it had happened on time: the record
+        carries the time it fell due.
+        """
+        now = time.monotonic()
+        wall_offset = time.time() - now
+        delay = self.account.billing_delay
+        with self._lock:
+            pending = [self.predictions[i] for i in self._unbilled if i in self.predictions]
+        for prediction in pending:
+            completes = prediction.completes_at()
+            if completes is not None and completes + delay > now:
+                continue  # running, or completed too recently to be billed
+            if completes is not None:
+                self.account.bill(
+                    prediction.id, prediction.model, prediction.price, completes + delay + wall_offset
+                )
+            with self._lock:
+                self._unbilled.discard(prediction.id)
 
     def complete_now(self, prediction_id: str) -> None:
         """Make a running prediction finish on its next poll (for tests that measure latency)."""
@@ -160,6 +233,10 @@ class WaveSpeedApp:
             return "upload_put", self._upload_put, m
         if request.method == "GET" and (m := _MEDIA_ROUTE.match(path)):
             return "media", self._media, m
+        if request.method == "POST" and path == _BILLINGS_ROUTE:  # before the model route
+            return "billings", self._billings, None
+        if request.method == "POST" and path == _USAGE_ROUTE:  # before the model route
+            return "usage", self._usage, None
         if request.method == "POST" and (m := _MODEL_ROUTE.match(path)):
             return "submit", self._submit, m
         if request.method == "GET" and (m := _RESULT_ROUTE.match(path)):
@@ -170,6 +247,8 @@ class WaveSpeedApp:
             return "webhook_secret", self._webhook_secret, None
         if request.method == "POST" and path == _HISTORY_ROUTE:  # before the model route
             return "history", self._history, None
+        if request.method == "GET" and path == _BALANCE_ROUTE:
+            return "balance", self._balance, None
         if path.startswith("/_testing/"):
             return "admin", self._admin, None
         return "unknown", None, None
@@ -186,6 +265,9 @@ class WaveSpeedApp:
             "upload_ticket",
             "history",
             "webhook_secret",
+            "balance",
+            "billings",
+            "usage",
         ) and not self._authorized(request):
             return envelope_error(401, "Unauthorized: invalid or missing API key")
         fault = self.faults.pick(route)  # type: ignore[arg-type]
@@ -249,6 +331,11 @@ class WaveSpeedApp:
         problem = validate_inputs(model, inputs) or webhook_problem(request.query.get("webhook"))
         if problem:
             return envelope_error(400, problem)
+        self.settle()
+        if not self.account.can_afford(model):
+            # Stricter than known: the docs do not say how a submit without the balance for it is
+            # answered; 403 is what has been seen for "no permission or not enough balance".
+            return envelope_error(403, "Insufficient balance")
         directives = parse_directives(str(inputs.get("prompt", "")))
         prediction = StoredPrediction(
             id=uuid.uuid4().hex,
@@ -261,9 +348,12 @@ class WaveSpeedApp:
             if directives.duration is not None
             else self.config.completion_seconds,
             webhook=request.query.get("webhook"),
+            price=self.account.price_of(model),
         )
         with self._lock:
             self.predictions[prediction.id] = prediction
+            self._unbilled.add(prediction.id)
+        self.account.submitted(prediction.id, model, time.time())
         if prediction.webhook:
             self.webhooks.watch(prediction, self._prediction_data)
         if sync_mode:
@@ -415,6 +505,29 @@ class WaveSpeedApp:
         items = [self._prediction_data(p) for p in chosen[(page - 1) * size : page * size]]
         return envelope_ok({"page": page, "total": len(chosen), "items": items})
 
+    async def _balance(self, request: Request, match: None) -> Response:
+        """``GET /api/v3/balance``: ``{balance}`` in USD (docs)."""
+        self.settle()
+        return envelope_ok(self.account.balance_data())
+
+    async def _billings(self, request: Request, match: None) -> Response:
+        """``POST /api/v3/billings/search``: pages of billing records (docs; see account.py)."""
+        query = json_object(request)
+        if isinstance(query, Response):
+            return query
+        self.settle()
+        answer = self.account.search(query)
+        return envelope_error(400, answer) if isinstance(answer, str) else envelope_ok(answer)
+
+    async def _usage(self, request: Request, match: None) -> Response:
+        """``POST /api/v3/user/usage_stats``: spend per model and day in a range (docs)."""
+        query = json_object(request)
+        if isinstance(query, Response):
+            return query
+        self.settle()
+        answer = self.account.usage(query)
+        return envelope_error(400, answer) if isinstance(answer, str) else envelope_ok(answer)
+
     async def _result(self, request: Request, match: re.Match[str]) -> Response:
         prediction = self.predictions.get(match.group("id"))
         if prediction is None:
@@ -472,7 +585,18 @@ class WaveSpeedApp:
         if action == "reset" and request.method == "POST":
             self.reset()
             return json_response({"reset": True})
+        if action == "account" and request.method == "GET":
+            return json_response(
+                {"balance": self.balance, "billings": [record.to_item() for record in self.billings]}
+            )
+        if action == "balance" and request.method == "POST":
+            try:
+                self.set_balance(float(request.query.get("usd", "")))
+            except ValueError:
+                return json_response({"error": "usage: POST /_testing/balance?usd=<amount>"}, status=400)
+            return json_response({"balance": self.balance})
         if action == "forget" and request.method == "POST":
+            self.settle()  # a prediction deleted later stays billed, as on the real service
             with self._lock:
                 forgotten = self.predictions.pop(request.query.get("id", ""), None)
             return json_response({"forgotten": forgotten is not None})

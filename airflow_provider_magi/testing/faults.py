@@ -17,7 +17,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Route = Literal[
-    "submit", "result", "output", "upload", "upload_ticket", "upload_put", "history", "webhook", "any"
+    "submit",
+    "result",
+    "output",
+    "upload",
+    "upload_ticket",
+    "upload_put",
+    "history",
+    "webhook",
+    "balance",
+    "billings",
+    "usage",
+    "any",
 ]
 FaultKind = Literal[
     "status",  # answer with `status` (and Retry-After if set), envelope with the error
@@ -32,7 +43,20 @@ FaultKind = Literal[
     "corrupt_signature",  # webhook only: deliver with a signature that does not match
 ]
 
-ROUTES = ("submit", "result", "output", "upload", "upload_ticket", "upload_put", "history", "webhook", "any")
+ROUTES = (
+    "submit",
+    "result",
+    "output",
+    "upload",
+    "upload_ticket",
+    "upload_put",
+    "history",
+    "webhook",
+    "balance",
+    "billings",
+    "usage",
+    "any",
+)
 KINDS = (
     "status",
     "drop",

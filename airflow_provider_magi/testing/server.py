@@ -7,9 +7,11 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from airflow_provider_magi.testing.account import DEFAULT_BALANCE_USD, DEFAULT_PRICE_USD
 from airflow_provider_magi.testing.app import (
     MAGI_MODEL,
     SYNC_MODE_LIMIT,
+    BillingRecord,
     RecordedRequest,
     ServerConfig,
     WaveSpeedApp,
@@ -38,7 +40,16 @@ class LocalWaveSpeedServer:
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int = 0,
+        balance: float = DEFAULT_BALANCE_USD,
+        prices: dict[str, float] | None = None,
+        default_price: float = DEFAULT_PRICE_USD,
+        billing_delay: float = 0.0,
     ) -> None:
+        """``balance`` is the account's starting USD; ``prices`` maps a model id to the USD one
+        completed prediction of it costs (``default_price`` for any other; a stand-in, the real
+        prices are on WaveSpeed's pricing page); each completed prediction is billed once,
+        ``billing_delay`` seconds after it completed. A submit the balance cannot pay for is
+        refused (403, "Insufficient balance") and starts nothing."""
         self.app = WaveSpeedApp(
             ServerConfig(
                 api_key=api_key,
@@ -46,6 +57,10 @@ class LocalWaveSpeedServer:
                 output_bytes=output_bytes,
                 models=tuple(models) if models else (MAGI_MODEL,),
                 sync_mode_limit=SYNC_MODE_LIMIT if sync_mode_limit is None else sync_mode_limit,
+                balance=balance,
+                prices=dict(prices or {}),
+                default_price=default_price,
+                billing_delay=billing_delay,
             ),
             FaultPlan(faults, seed=seed),
         )
@@ -72,6 +87,23 @@ class LocalWaveSpeedServer:
 
     def set_faults(self, faults: list[Fault]) -> None:
         self.app.faults.replace(faults)
+
+    @property
+    def balance(self) -> float:
+        """The account's balance in USD now (every billing that is due deducted)."""
+        return self.app.balance
+
+    def set_balance(self, usd: float) -> None:
+        self.app.set_balance(usd)
+
+    @property
+    def billings(self) -> list[BillingRecord]:
+        """The billing records so far, oldest first."""
+        return self.app.billings
+
+    def price_of(self, model: str = MAGI_MODEL) -> float:
+        """What one completed prediction of ``model`` costs on this server, in USD."""
+        return self.app.price_of(model)
 
     def connection_uri_json(self, conn_type: str = "magi") -> dict[str, Any]:
         """The connection as ``AIRFLOW_CONN_*`` JSON: point any DAG at this server."""

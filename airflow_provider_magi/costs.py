@@ -1,0 +1,231 @@
+"""What WaveSpeed says an account has and has spent, read as USD. No I/O: the hook reads.
+
+Every reader here answers ``None`` ("cost unknown") for a value it cannot read as USD, never a
+guess: a wrong number would let a budget guard pass a run it should stop, or stop one it should
+pass, and the caller can say "unknown" honestly. A value is not read as USD when it is missing,
+a bool (JSON ``true`` is not 1 dollar), NaN or infinite, negative, a string that is not a plain
+decimal number, or of an implausible magnitude:
+
+- one prediction's price above :data:`MAX_PRICE_USD` (100 USD) is not believed. A video on
+  WaveSpeed costs cents to a few dollars; an older docs example shows ``price: 24300`` for one
+  prediction, which is no dollar amount anyone pays per video (a unit mix-up, a cents or credits
+  count): a value like that is unknown, not 24,300 dollars;
+- a spend over a range is not believed above :data:`MAX_PRICE_USD` per request the same answer
+  counts (or above :data:`MAX_SPEND_USD` when it counts none);
+- a balance above :data:`MAX_BALANCE_USD` (ten million) is not believed.
+
+The account endpoints and their answers are in shared/reference/CONTRACT.md ("Account").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+BALANCE_PATH = "/api/v3/balance"
+BILLINGS_PATH = "/api/v3/billings/search"
+USAGE_PATH = "/api/v3/user/usage_stats"
+# Predictions are paid with the "deduct" billing type (the docs' example); others are not prices.
+DEDUCT = "deduct"
+USAGE_MAX_RANGE = timedelta(days=31)  # the docs' limit for one usage-stats query
+
+MAX_PRICE_USD = 100.0
+MAX_SPEND_USD = 1_000_000.0
+MAX_BALANCE_USD = 10_000_000.0
+
+_DECIMAL = re.compile(r"^\s*\d{1,12}(\.\d{1,12})?\s*$")  # "0.30", " 12 ": no exponent, no sign
+
+
+def read_usd(value: Any, *, limit: float) -> float | None:
+    """``value`` as USD from 0 to ``limit``; None when it cannot be read as such (see above).
+
+    Numbers and plain decimal strings are read; anything else (bools, NaN, negatives, ``"1e3"``,
+    ``"$1"``, the parser's stand-in for a non-finite JSON number) is None.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):  # compared as an int: a 400-digit integer must not overflow a float
+        return float(value) if 0 <= value <= limit else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) and 0 <= value <= limit else None
+    if isinstance(value, str) and _DECIMAL.match(value):
+        amount = float(value)
+        return amount if amount <= limit else None
+    return None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+# ---------------------------------------------------------------- balance
+
+
+def parse_balance(data: Mapping[str, Any]) -> float | None:
+    """The USD balance in ``GET /api/v3/balance``'s ``data``, or None.
+
+    One docs page also shows a ``currency`` field: a balance said to be in anything but USD is
+    not read as dollars.
+    """
+    if not isinstance(data, Mapping):
+        return None
+    currency = data.get("currency")
+    if currency is not None and (not isinstance(currency, str) or currency.strip().upper() != "USD"):
+        return None
+    return read_usd(data.get("balance"), limit=MAX_BALANCE_USD)
+
+
+# ---------------------------------------------------------------- billing records
+
+
+@dataclass(frozen=True)
+class BillingPage:
+    """One page of ``POST /api/v3/billings/search``.
+
+    ``prices`` maps each prediction id on the page to what its deductions add up to, or None when
+    one of them cannot be read (a prediction billed twice on a page is the sum: neither record
+    alone is what it cost). ``items`` counts the records on the page, ``total`` those across all
+    pages.
+    """
+
+    prices: dict[str, float | None]
+    total: int
+    items: int
+
+
+def billing_query(
+    prediction_ids: list[str] | None = None, *, page: int = 1, page_size: int = 100
+) -> dict[str, Any]:
+    """The body of a billing search for deductions (of these predictions, when given)."""
+    if not 1 <= page_size <= 100:
+        raise ValueError(f"page_size must be from 1 to 100, got {page_size}")
+    query: dict[str, Any] = {"page": page, "page_size": page_size, "billing_type": DEDUCT}
+    if prediction_ids is not None:
+        query["prediction_uuids"] = list(prediction_ids)
+    return query
+
+
+def parse_billing_page(data: Mapping[str, Any]) -> BillingPage | None:
+    """Read a billing page; None when it is not a page at all (no ``items`` list or ``total``).
+
+    A record counts toward a prediction's price when its ``billing_type`` is ``deduct`` (or
+    absent) and it names the prediction (``prediction.uuid``). Its ``price`` is the item's own
+    (documented as USD); when the record carries an order whose ``state`` is not ``paid``, what
+    was paid is not known, so the price is None.
+    """
+    if not isinstance(data, Mapping):
+        return None
+    items = data.get("items")
+    total = _count(data.get("total"))
+    if not isinstance(items, list) or total is None:
+        return None
+    prices: dict[str, float | None] = {}
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        billing_type = item.get("billing_type", DEDUCT)
+        prediction = item.get("prediction")
+        prediction_id = prediction.get("uuid") if isinstance(prediction, Mapping) else None
+        if billing_type != DEDUCT or not isinstance(prediction_id, str) or not prediction_id:
+            continue
+        price = read_usd(item.get("price"), limit=MAX_PRICE_USD)
+        order = item.get("order")
+        if isinstance(order, Mapping) and order.get("state", "paid") != "paid":
+            price = None
+        if prediction_id in prices:
+            earlier = prices[prediction_id]
+            price = None if earlier is None or price is None else earlier + price
+            if price is not None and price > MAX_PRICE_USD:
+                price = None
+        prices[prediction_id] = price
+    return BillingPage(prices=prices, total=total, items=len(items))
+
+
+# ---------------------------------------------------------------- usage stats
+
+
+def usage_query(start: datetime, end: datetime, model: str | None = None) -> dict[str, Any]:
+    """The body of a usage-stats query for ``start`` .. ``end`` (naive times are UTC).
+
+    Refused before sending when the range is backwards or longer than the docs' 31 days.
+    """
+    start, end = _utc(start), _utc(end)
+    if end < start:
+        raise ValueError(f"end ({end.isoformat()}) is before start ({start.isoformat()})")
+    if end - start > USAGE_MAX_RANGE:
+        raise ValueError("WaveSpeed's usage stats cover at most 31 days per query")
+    query: dict[str, Any] = {"start_time": _iso(start), "end_time": _iso(end)}
+    if model:
+        query["model_uuid"] = model.strip().strip("/")
+    return query
+
+
+def parse_usage_spend(data: Mapping[str, Any], model: str | None = None) -> float | None:
+    """The USD spent in a usage-stats answer's range (``summary.total_cost``), or None.
+
+    With ``model``, the sum of that model's ``per_model_usage`` entries (0.0 when it has none):
+    a service that ignored the ``model_uuid`` filter would otherwise make every model's spend
+    look like this one's. The amounts are rounded to 3 decimals by WaveSpeed.
+    """
+    if not isinstance(data, Mapping):
+        return None
+    if model is not None:
+        entries = data.get("per_model_usage")
+        if not isinstance(entries, list):
+            return None
+        wanted = model.strip().strip("/")
+        spent = 0.0
+        for entry in entries:
+            if not isinstance(entry, Mapping):
+                return None
+            if entry.get("model_uuid") != wanted:
+                continue
+            amount = _spend(entry.get("total_cost"), _count(entry.get("total_count")))
+            if amount is None:
+                return None
+            spent += amount
+        return spent
+    summary = data.get("summary")
+    if not isinstance(summary, Mapping):
+        return None
+    counts = [_count(summary.get(name)) for name in ("total_requests", "success_requests")]
+    known = [n for n in counts if n is not None]
+    return _spend(summary.get("total_cost"), max(known) if known else None)
+
+
+def parse_daily_spend(data: Mapping[str, Any], day: date) -> float | None:
+    """The USD spent on ``day`` (UTC) by a usage-stats answer's ``daily_usage``, or None.
+
+    0.0 when the answer reads well and lists nothing for that day (nothing was spent).
+    """
+    if not isinstance(data, Mapping) or not isinstance(data.get("daily_usage"), list):
+        return None
+    spent = 0.0
+    for entry in data["daily_usage"]:
+        if not isinstance(entry, Mapping):
+            return None
+        if entry.get("date") != day.isoformat():
+            continue
+        amount = _spend(entry.get("amount"), _count(entry.get("count")))
+        if amount is None:
+            return None
+        spent += amount
+    return spent
+
+
+def _spend(value: Any, count: int | None) -> float | None:
+    """A spend over ``count`` requests: at most :data:`MAX_PRICE_USD` each."""
+    limit = MAX_SPEND_USD if count is None else min(MAX_SPEND_USD, MAX_PRICE_USD * count)
+    return read_usd(value, limit=limit)
+
+
+def _utc(when: datetime) -> datetime:
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,213 @@
+"""The hook's account reads: balance, what a prediction cost, what was spent in a range.
+
+A mixin of :class:`~airflow_provider_magi.hooks.magi.MagiHook`, using its transport (``_call`` on
+the worker, the shared aiohttp client in the triggerer); what the answers mean is in
+:mod:`airflow_provider_magi.costs`. All of these are reads that start and bill nothing, so they
+are resent after transient failures like a GET (``resend_safe`` for the POSTs), and each takes a
+``deadline`` (Unix time) past which it stops retrying.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_magi import costs
+from airflow_provider_magi.api import ConnectFailure, ExchangeFailure, raise_for_answer
+from airflow_provider_magi.exceptions import MagiError, MagiInputError, MagiResponseError
+from airflow_provider_magi.hooks.async_client import asend, shared_async_client
+from airflow_provider_magi.retries import RetryPolicy, settle
+
+if TYPE_CHECKING:
+    from airflow.sdk.types import Logger
+
+    from airflow_provider_magi.hooks.magi import MagiSettings
+
+# Billing pages read at most when looking for one prediction's records (the search names the
+# prediction, so one page is the normal case; more only if a service ignored that filter).
+MAX_BILLING_PAGES = 5
+PAGE_SIZE = 100
+
+
+class MagiAccountMixin:
+    """Balance, billing and usage reads for :class:`MagiHook` (which provides the transport)."""
+
+    if TYPE_CHECKING:  # provided by MagiHook
+
+        @property
+        def log(self) -> Logger: ...
+
+        def _call(
+            self,
+            method: str,
+            path: str,
+            *,
+            what: str,
+            body: bytes | None = None,
+            resend_safe: bool = False,
+            deadline: float | None = None,
+        ) -> Mapping[str, Any]: ...
+
+        async def aget_settings(self) -> MagiSettings: ...
+
+    # ---------------------------------------------------------------- worker
+
+    def get_balance(self, *, deadline: float | None = None) -> float:
+        """The account's balance in USD (``GET /api/v3/balance``); free to call.
+
+        :raises MagiResponseError: when the answer carries no balance readable as USD (see
+            :mod:`~airflow_provider_magi.costs` for what is not believed).
+        """
+        data = self._call("GET", costs.BALANCE_PATH, what="Reading the balance", deadline=deadline)
+        return _balance_or_raise(data)
+
+    def get_prediction_cost(self, prediction_id: str, *, deadline: float | None = None) -> float | None:
+        """What ``prediction_id`` cost in USD, from its billing records; None when it is not
+        billed yet (billing can lag completion) or its price cannot be read as USD, the answer
+        included (it was not the JSON envelope): an unknown cost, never a guessed one.
+
+        :raises MagiError: when WaveSpeed refused the read or could not be reached.
+        """
+        what = f"Reading the billing of prediction {prediction_id}"
+        found: dict[str, float | None] = {}
+        for page in range(1, MAX_BILLING_PAGES + 1):
+            try:
+                data = self._call(
+                    "POST",
+                    costs.BILLINGS_PATH,
+                    what=what,
+                    body=_json(costs.billing_query([prediction_id], page=page, page_size=PAGE_SIZE)),
+                    resend_safe=True,
+                    deadline=deadline,
+                )
+            except MagiResponseError as error:
+                self.log.warning("%s: the cost is unknown: %s", what, error)
+                return None
+            if _merge_page(found, data, page, prediction_id, self.log):
+                break
+        return _cost_of(found, prediction_id)
+
+    def get_spend(
+        self,
+        start: datetime,
+        end: datetime,
+        model: str | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> float | None:
+        """USD spent from ``start`` to ``end`` (naive times are UTC, at most 31 days apart), of
+        ``model`` only when given (``POST /api/v3/user/usage_stats``); None when the answer does
+        not say it readably (or is not the JSON envelope). WaveSpeed rounds it to 3 decimals.
+
+        :raises MagiInputError: for a backwards range or one over 31 days (nothing is sent).
+        :raises MagiError: when WaveSpeed refused the read or could not be reached.
+        """
+        try:
+            query = costs.usage_query(start, end, model)
+        except ValueError as error:
+            raise MagiInputError(f"Reading usage stats: {error}") from None
+        try:
+            data = self._call(
+                "POST",
+                costs.USAGE_PATH,
+                what="Reading usage stats",
+                body=_json(query),
+                resend_safe=True,
+                deadline=deadline,
+            )
+        except MagiResponseError as error:
+            self.log.warning("Reading usage stats: the spend is unknown: %s", error)
+            return None
+        spent = costs.parse_usage_spend(data, model)
+        if spent is None:
+            self.log.warning("Usage stats: the spend could not be read as USD: %.200r", dict(data))
+        return spent
+
+    # ---------------------------------------------------------------- triggerer
+
+    async def aget_balance(self, *, deadline: float | None = None) -> float:
+        """:meth:`get_balance` for the triggerer's event loop."""
+        data = await self._aread("GET", costs.BALANCE_PATH, "Reading the balance", deadline=deadline)
+        return _balance_or_raise(data)
+
+    async def aget_prediction_cost(
+        self, prediction_id: str, *, deadline: float | None = None
+    ) -> float | None:
+        """:meth:`get_prediction_cost` for the triggerer's event loop."""
+        what = f"Reading the billing of prediction {prediction_id}"
+        found: dict[str, float | None] = {}
+        for page in range(1, MAX_BILLING_PAGES + 1):
+            body = _json(costs.billing_query([prediction_id], page=page, page_size=PAGE_SIZE))
+            try:
+                data = await self._aread("POST", costs.BILLINGS_PATH, what, body=body, deadline=deadline)
+            except MagiResponseError as error:
+                self.log.warning("%s: the cost is unknown: %s", what, error)
+                return None
+            if _merge_page(found, data, page, prediction_id, self.log):
+                break
+        return _cost_of(found, prediction_id)
+
+    async def _aread(
+        self, method: str, path: str, what: str, *, body: bytes | None = None, deadline: float | None
+    ) -> Mapping[str, Any]:
+        """One read on the shared client, retried by the GET rule (it starts nothing)."""
+        settings = await self.aget_settings()
+        shared = shared_async_client(settings)
+
+        async def attempt() -> Mapping[str, Any]:
+            async with shared.gate:
+                answer = await asend(shared, method, settings.base_url + path, settings, body=body)
+            return raise_for_answer(answer, what=what, conn_id=settings.conn_id)
+
+        policy = RetryPolicy(
+            "GET",
+            max_retries=settings.max_retries,
+            max_wait=settings.max_retry_wait,
+            log=self.log,
+            deadline=deadline,
+        )
+        try:
+            data: Mapping[str, Any] = await policy.acall(attempt)
+        except (ConnectFailure, ExchangeFailure, MagiError) as error:
+            raise settle("GET", error, what=what, base_url=settings.base_url) from None
+        return data
+
+
+def _json(query: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(query)).encode()
+
+
+def _balance_or_raise(data: Mapping[str, Any]) -> float:
+    balance = costs.parse_balance(data)
+    if balance is None:
+        raise MagiResponseError(f"Reading the balance: no balance readable as USD in {dict(data)!r:.200}")
+    return balance
+
+
+def _merge_page(
+    found: dict[str, float | None], data: Mapping[str, Any], page: int, prediction_id: str, log: Any
+) -> bool:
+    """Add one billing page to ``found``; True when there is nothing more to read."""
+    parsed = costs.parse_billing_page(data)
+    if parsed is None:
+        log.warning("Billing search: the answer is not a page of records: %.200r", dict(data))
+        found[prediction_id] = None
+        return True
+    for pid, price in parsed.prices.items():
+        if pid in found:
+            earlier = found[pid]
+            found[pid] = None if earlier is None or price is None else earlier + price
+        else:
+            found[pid] = price
+    if prediction_id in parsed.prices and parsed.prices[prediction_id] is None:
+        log.warning("Prediction %s: its billing record has no price readable as USD", prediction_id)
+    return parsed.items == 0 or page * PAGE_SIZE >= parsed.total
+
+
+def _cost_of(found: dict[str, float | None], prediction_id: str) -> float | None:
+    cost = found.get(prediction_id)
+    if cost is not None and cost > costs.MAX_PRICE_USD:
+        return None
+    return cost
