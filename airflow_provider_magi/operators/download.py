@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +31,63 @@ def safe_segment(value: Any) -> str:
     """A path segment that cannot climb out of the destination or carry control characters."""
     text = _UNSAFE.sub("_", str(value)).strip("._")
     return text or "_"
+
+
+def check_filename_fields(pattern: Any) -> None:
+    """Refuse unknown ``{fields}`` when the DAG is parsed, not after a video was paid for.
+
+    Jinja's ``{{ ... }}`` reads as literal braces here, so a templated pattern checks the same way.
+    """
+    if not isinstance(pattern, str):
+        raise MagiInputError(f"Invalid filename: {shorten(pattern)}. Fix: pass a string pattern")
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as error:
+        raise MagiInputError(f"Invalid filename: {shorten(pattern)} ({error})") from None
+    for name in names:
+        field = name.split(".")[0].split("[")[0]
+        if field not in _FIELDS:
+            close = difflib.get_close_matches(field, _FIELDS, n=1)
+            hint = f"did you mean {{{close[0]}}}? " if close else ""
+            raise MagiInputError(
+                f"Invalid filename: {shorten(pattern)} uses an unknown field {{{field}}}. "
+                f"Fix: {hint}use only {{{'}, {'.join(_FIELDS)}}}"
+            )
+
+
+# What to install for each object-storage scheme: the Airflow provider that registers it, with
+# the fsspec package it needs.
+_SCHEME_PACKAGES = {
+    "s3": "apache-airflow-providers-amazon[s3fs]",
+    "s3a": "apache-airflow-providers-amazon[s3fs]",
+    "gs": "apache-airflow-providers-google",
+    "gcs": "apache-airflow-providers-google",
+    "abfs": "apache-airflow-providers-microsoft-azure",
+    "abfss": "apache-airflow-providers-microsoft-azure",
+    "az": "apache-airflow-providers-microsoft-azure",
+    "adl": "apache-airflow-providers-microsoft-azure",
+}
+
+
+def check_destination_scheme(destination: Any) -> None:
+    """A destination URL whose filesystem this installation cannot open is refused at parse time,
+    naming what to install: found at download time, it would fail after the video was paid for."""
+    if not isinstance(destination, str) or "://" not in destination or "{{" in destination:
+        return  # a path, an ObjectStoragePath, or a template: checked when it is rendered
+    scheme = destination.split("://", 1)[0].lower()
+    import fsspec  # Airflow's object storage is fsspec underneath: its registry knows every scheme
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+        missing = False
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
+        package = _SCHEME_PACKAGES.get(scheme, f"the Airflow provider or fsspec package for {scheme}://")
+        raise MagiInputError(
+            f"Invalid destination: {shorten(destination)}: no filesystem for {scheme}:// is installed. "
+            f"Fix: pip install {package!r} on every worker (or attach() a filesystem for it)."
+        )
 
 
 def render_filename(pattern: str, values: Mapping[str, Any]) -> str:
@@ -88,6 +147,8 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         super().__init__(**kwargs)
         if nsfw_policy not in NSFW_POLICIES:
             raise ValueError(f"nsfw_policy must be one of {NSFW_POLICIES}, got {nsfw_policy!r}")
+        check_filename_fields(filename)
+        check_destination_scheme(destination)
         self.prediction = prediction
         self.destination = destination
         self.filename = filename
@@ -114,10 +175,13 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
                 "first (MagiGenerateVideoOperator or MagiPredictionSensor)",
                 prediction_id=prediction_id,
             )
+        wanted = [
+            (index, url) for index, url in enumerate(prediction.outputs) if self._wanted(prediction, index)
+        ]
+        targets = self._targets(context, prediction, [index for index, _ in wanted], directory)
         written = [
-            self._download(context, prediction, index, url, directory)
-            for index, url in enumerate(prediction.outputs)
-            if self._wanted(prediction, index)
+            self._download(prediction, index, url, target)
+            for (index, url), target in zip(wanted, targets, strict=True)
         ]
         self._emit_asset_events(context, prediction, written)
         return written
@@ -136,9 +200,10 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         self.log.warning("%s: downloaded anyway (nsfw_policy='keep')", message)
         return True
 
-    def _download(
-        self, context: Context, prediction: Prediction, index: int, url: str, directory: WritablePath
-    ) -> dict[str, Any]:
+    def _targets(
+        self, context: Context, prediction: Prediction, indexes: list[int], directory: WritablePath
+    ) -> list[WritablePath]:
+        """Every output's path, refused before anything is written if two would share one."""
         ti = context["ti"]
         values = {
             "dag_id": ti.dag_id,
@@ -147,9 +212,18 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             "map_index": ti.map_index,
             "ds": context.get("ds", ""),
             "prediction_id": prediction.id,
-            "index": index,
         }
-        target = directory / render_filename(self.filename, values)
+        names = [render_filename(self.filename, {**values, "index": index}) for index in indexes]
+        if len(set(names)) < len(names):
+            raise MagiInputError(
+                f"Invalid filename: {shorten(self.filename)} writes the {len(names)} outputs of "
+                f"prediction {prediction.id} to the same path ({names[0]}), so each would replace the "
+                "last; nothing was written. Fix: put {index} in the pattern, e.g. 'daily/{ds}_{index}.mp4'",
+                prediction_id=prediction.id,
+            )
+        return [directory / name for name in names]
+
+    def _download(self, prediction: Prediction, index: int, url: str, target: WritablePath) -> dict[str, Any]:
         self._lineage_urls.append(url)
         allow_loopback = self.allow_insecure_loopback
         if allow_loopback is None:

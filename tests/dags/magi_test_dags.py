@@ -383,3 +383,14 @@ with _dag("magi_test_transient_poll_failure"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+with _dag("magi_test_two_outputs_one_path"):
+    generate = MagiGenerateVideoOperator(
+        task_id="generate", prompt="x [[duration: 0.1]] [[outputs: 2]]", **FAST
+    )
+    MagiDownloadOutputsOperator(
+        task_id="download",
+        prediction=generate.output,
+        destination=OUTPUT_DIR,
+        filename="daily/{ds}.mp4",  # no {index}: both outputs would land on one path
+    )

@@ -1,0 +1,45 @@
+"""Download parameters that would lose data or fail after payment are refused as early as possible."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_magi.exceptions import MagiInputError
+from airflow_provider_magi.operators.download import MagiDownloadOutputsOperator
+from airflow_provider_magi.testing import LocalWaveSpeedServer
+from tests.helpers import DAG_TEST_LOGS_EXCEPTIONS, run_dag, task_instance
+
+
+def test_a_filename_field_typo_is_refused_when_the_dag_is_parsed() -> None:
+    with pytest.raises(
+        MagiInputError, match=r"unknown field \{prediciton_id\}.*did you mean \{prediction_id\}"
+    ):
+        MagiDownloadOutputsOperator(
+            task_id="d", prediction="p", destination="/tmp/x", filename="{prediciton_id}.mp4"
+        )
+    # Jinja's double braces are not fields: a templated pattern passes the same check.
+    MagiDownloadOutputsOperator(
+        task_id="d", prediction="p", destination="/tmp/x", filename="{{ ds }}/{prediction_id}_{index}.mp4"
+    )
+
+
+def test_a_destination_whose_filesystem_is_not_installed_is_refused_when_the_dag_is_parsed() -> None:
+    with pytest.raises(MagiInputError, match=r"no filesystem for s3:// .*apache-airflow-providers-amazon"):
+        MagiDownloadOutputsOperator(task_id="d", prediction="p", destination="s3://bucket/videos")
+    MagiDownloadOutputsOperator(task_id="d", prediction="p", destination="file:///tmp/videos")
+    MagiDownloadOutputsOperator(task_id="d", prediction="p", destination="{{ var.value.bucket }}")
+
+
+def test_two_outputs_on_one_path_are_refused_before_anything_is_written(
+    dag_bag, magi_conn: LocalWaveSpeedServer, task_logs
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_test_two_outputs_one_path")
+    assert task_instance(dag_run, "download").state == "failed"
+    assert task_instance(dag_run, "download").try_number == 1  # not retried: bad input
+    daily = Path(os.environ["MAGI_TEST_OUTPUT_DIR"]) / "daily"
+    assert not daily.exists() or list(daily.iterdir()) == []
+    assert magi_conn.count("output") == 0
+    assert not DAG_TEST_LOGS_EXCEPTIONS or "writes the 2 outputs" in task_logs()
