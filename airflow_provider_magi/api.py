@@ -191,12 +191,22 @@ def _load_envelope(answer: HTTPAnswer) -> Mapping[str, Any] | None:
     return envelope if isinstance(envelope, dict) else None
 
 
+# A submit's 404 is about the model path (the only thing in its URL), never about a prediction.
+UNKNOWN_MODEL_HINT = (
+    "WaveSpeed does not know this model. Fix: check the operator's `model` argument, "
+    "'owner/name' or 'owner/name/variant' as WaveSpeed's model page spells it (default "
+    f"{DEFAULT_MODEL!r})"
+)
+NOT_FOUND_HINT = "the prediction or path does not exist (predictions are deleted after 7 days)"
+
+
 def raise_for_answer(
     answer: HTTPAnswer,
     *,
     what: str,
     conn_id: str,
     prediction_id: str | None = None,
+    not_found: str = NOT_FOUND_HINT,
 ) -> Mapping[str, Any]:
     """Return the envelope's ``data`` for a successful answer; raise a typed error otherwise.
 
@@ -247,7 +257,7 @@ def raise_for_answer(
         )
     hints = {
         400: "the request's inputs were rejected; fix them and run again",
-        404: "the prediction or model path does not exist (predictions are deleted after 7 days)",
+        404: not_found,
         413: "the upload is too large",
         422: "the inputs did not match the model's schema; fix them and run again",
         429: "rate limited by WaveSpeed",
@@ -284,7 +294,7 @@ def read_submit_answer(
                 return data, None
             said = f"code {_short(code, 40)}, message {_short(envelope.get('message'), 120)}"
             return data, f"the answer names a prediction id, but its envelope says {said}; the id is kept"
-    return raise_for_answer(answer, what=what, conn_id=conn_id), None
+    return raise_for_answer(answer, what=what, conn_id=conn_id, not_found=UNKNOWN_MODEL_HINT), None
 
 
 def parse_prediction(data: Mapping[str, Any]) -> Prediction:

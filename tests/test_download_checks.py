@@ -43,3 +43,15 @@ def test_two_outputs_on_one_path_are_refused_before_anything_is_written(
     assert not daily.exists() or list(daily.iterdir()) == []
     assert magi_conn.count("output") == 0
     assert not DAG_TEST_LOGS_EXCEPTIONS or "writes the 2 outputs" in task_logs()
+
+
+def test_a_model_typo_names_the_model_argument_not_expired_predictions(
+    magi_conn: LocalWaveSpeedServer,
+) -> None:
+    from airflow_provider_magi.exceptions import MagiRejectedError
+    from airflow_provider_magi.hooks.magi import MagiHook
+
+    with pytest.raises(MagiRejectedError, match=r"check the operator's `model` argument") as raised:
+        MagiHook().create_prediction({"prompt": "x"}, model="wavespeed-ai/magi-1-24")
+    assert "7 days" not in str(raised.value)
+    assert magi_conn.count("submit") == 1  # sent once (only WaveSpeed knows its models), never resent
