@@ -152,6 +152,18 @@ def _read_object(path: Any) -> bytes:
     return bytes(content)
 
 
+def _absolute(path: Path, given: Any) -> Path:
+    """A relative first frame is refused: each worker would read it from its own working directory."""
+    if not path.is_absolute():
+        raise _invalid(
+            "image",
+            f"is a relative path, which a worker would read from its own working directory ({os.getcwd()})",
+            given,
+            "pass an absolute path (or ~/...), a file:// or object-storage URL, or an https URL",
+        )
+    return path
+
+
 def check_image(image: Any) -> str | LocalImage | None:
     """A URL is passed on; a path or object-storage location is read and checked at submit time."""
     if image is None or image == "":
@@ -159,7 +171,7 @@ def check_image(image: Any) -> str | LocalImage | None:
     if hasattr(image, "fs"):  # ObjectStoragePath
         return LocalImage(image)
     if isinstance(image, os.PathLike):
-        return LocalImage(Path(image))
+        return LocalImage(_absolute(Path(image), image))
     if not isinstance(image, str):
         raise _invalid("image", f"must be a URL or a path, not {type(image).__name__}", image, _IMAGE_FIX)
     text = image.strip()
@@ -169,7 +181,7 @@ def check_image(image: Any) -> str | LocalImage | None:
     if parts.scheme in ("http", "https", "ftp", "data"):
         raise _invalid("image", "is not an http(s) URL", image, _IMAGE_FIX)
     if not parts.scheme:
-        return LocalImage(Path(text).expanduser())
+        return LocalImage(_absolute(Path(text).expanduser(), image))
     from airflow.sdk import ObjectStoragePath
 
     try:

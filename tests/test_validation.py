@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from airflow_provider_magi.compat import AirflowFailException
@@ -66,3 +68,9 @@ def test_prediction_id_from_id_or_result_dict() -> None:
     for bad in ("", "None", None, 3, {"status": "x"}):
         with pytest.raises(MagiInputError, match="prediction_id"):
             check_prediction_id(bad)
+
+
+@pytest.mark.parametrize("image", ["frames/first.png", Path("first.png")])
+def test_a_relative_first_frame_is_refused_naming_the_working_directory(image: object) -> None:
+    with pytest.raises(MagiInputError, match=r"relative path.*working directory.*Fix: pass an absolute path"):
+        magi_inputs(prompt="fox", image=image)
