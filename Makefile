@@ -30,8 +30,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo needs the provider and Airflow only, not the test and lint tools of [dev].
+DEMO_STAMP := $(VENV)/.demo-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+$(DEMO_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_QUIET) -e .
+	@rm -f $(VENV)/.demo-installed-*
+	@touch $@
+
 ## Run the text-to-video example DAG end to end (local server unless WAVESPEED_API_KEY is set).
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python scripts/demo.py
 
 ## Lint, type-check, the whole suite on the newest Airflow (with the full-stack and browser

@@ -1,7 +1,8 @@
 """`make demo`: run the text-to-video example DAG end to end and print where the video landed.
 
-Without $WAVESPEED_API_KEY the DAG talks to the bundled WaveSpeed-compatible local server; with
-it, to the real API (and you pay for one generation).
+Without $WAVESPEED_API_KEY (or a magi_default connection) the DAG talks to the bundled
+WaveSpeed-compatible local server; with it, to the real API (and you pay for one generation).
+It prints the endpoint and where the key came from before generating.
 """
 
 from __future__ import annotations
@@ -30,18 +31,16 @@ def main() -> int:
     )
     home.mkdir(exist_ok=True)
     server = None
-    if os.environ.get("WAVESPEED_API_KEY"):
-        print("WAVESPEED_API_KEY is set: generating on the real WaveSpeed API (billed).")
-    else:
+    if not os.environ.get("WAVESPEED_API_KEY") and not os.environ.get("AIRFLOW_CONN_MAGI_DEFAULT"):
         from airflow_provider_magi.testing import LocalWaveSpeedServer
 
         server = LocalWaveSpeedServer(completion_seconds=4.0).start()
         os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = json.dumps(server.connection_uri_json())
         os.environ.setdefault("MAGI_POLL_INTERVAL", "1")
-        print(f"No WAVESPEED_API_KEY: using the bundled local server at {server.base_url}")
 
     print("Preparing the metadata database (SQLite) ...", flush=True)
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    print(_where_it_generates(), flush=True)
 
     try:  # after AIRFLOW_HOME is set; the module moved in Airflow 3.1
         from airflow.dag_processing.dagbag import DagBag
@@ -65,6 +64,23 @@ def main() -> int:
     for video in videos:
         print(f"\nVideo written: {video} ({video.stat().st_size} bytes)")
     return 0
+
+
+def _where_it_generates() -> str:
+    """What the hook will actually use: a connection wins over $WAVESPEED_API_KEY."""
+    from airflow_provider_magi.compat import AirflowNotFoundException
+    from airflow_provider_magi.hooks.magi import API_KEY_ENV, MagiHook
+
+    hook = MagiHook()
+    try:
+        hook.get_connection(hook.magi_conn_id)
+        source = f"connection '{hook.magi_conn_id}'"
+    except AirflowNotFoundException:
+        source = f"${API_KEY_ENV}"
+    where = hook.settings.base_url
+    if hook.is_local_server:
+        return f"Generating on the local server at {where} (key from {source}; nothing is billed)."
+    return f"Generating on {where} with the key from {source}: WaveSpeed bills this video."
 
 
 def _safe(run_id: str) -> str:
