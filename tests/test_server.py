@@ -224,3 +224,17 @@ def test_uploads_take_only_image_video_and_audio(server: LocalWaveSpeedServer) -
         == 413
     )
     assert server.app.media == {}
+
+
+def test_the_command_line_help_shows_every_default() -> None:
+    import subprocess
+    import sys
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_magi.testing", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "(default: 127.0.0.1)" in shown and "(default: 8765)" in shown and "(default: 100.0)" in shown
+    assert "(default 127.0.0.1) (default" not in shown  # said once, not twice

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m airflow_provider_magi.testing",
         description="WaveSpeed-compatible local server for MAGI-1 24B (loopback only).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every option shows its default
         epilog=(
             "Account endpoints (free to call, Bearer key): GET /api/v3/balance, "
             "POST /api/v3/billings/search, POST /api/v3/user/usage_stats. Each completed "
@@ -26,11 +27,16 @@ def main(argv: list[str] | None = None) -> int:
             "Full reference: docs/local-server.md."
         ),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
     parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the Bearer key clients must send")
     parser.add_argument("--completion-seconds", type=float, default=3.0, help="time from submit to completed")
-    parser.add_argument("--output-bytes", type=int, default=None, help="size of each output video")
+    parser.add_argument(
+        "--output-bytes",
+        type=int,
+        default=None,
+        help="size of each output video (None: the bundled sample clip)",
+    )
     parser.add_argument(
         "--faults", default="[]", help='JSON list of faults, e.g. \'[{"route": "result", "kind": "status"}]\''
     )
@@ -38,14 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models",
         default="wavespeed-ai/magi-1-24b",
-        help="comma-separated model ids a submit may name; any other answers 404 (default: MAGI-1 24B)",
+        help="comma-separated model ids a submit may name; any other answers 404",
     )
     parser.add_argument(
         "--sync-mode-limit", type=float, default=30.0, help="seconds a sync-mode submit is held at most"
     )
-    parser.add_argument(
-        "--balance", type=float, default=100.0, help="USD the account starts with (default 100.0)"
-    )
+    parser.add_argument("--balance", type=float, default=100.0, help="USD the account starts with")
     parser.add_argument(
         "--price",
         action="append",
@@ -58,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         "--default-price",
         type=float,
         default=0.30,
-        help="USD for a model without --price (default 0.30, a stand-in: see WaveSpeed's pricing page)",
+        help="USD for a model without --price (a stand-in: see WaveSpeed's pricing page)",
     )
     parser.add_argument(
         "--billing-delay",
         type=float,
         default=0.0,
-        help="seconds from a prediction's completion to its billing record and deduction (default 0)",
+        help="seconds from a prediction's completion to its billing record and deduction",
     )
     parser.add_argument("--port-file", default=None, help="write the bound port to this file when ready")
     args = parser.parse_args(argv)
