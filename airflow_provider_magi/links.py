@@ -14,13 +14,19 @@ if TYPE_CHECKING:
 
 XCOM_PREDICTION_ID = "prediction_id"
 XCOM_RESULT_URL = "prediction_result_url"
+# The API's result URL needs the key, so a browser gets a 401 there; WaveSpeed's own pages list
+# the account's predictions to anyone logged in (its docs: "View all your predictions at
+# wavespeed.ai/predictions"). There is no documented page for one prediction.
+DASHBOARD_URL = "https://wavespeed.ai/predictions"
 
 
-def remember_prediction(
-    operator: BaseOperator, context: Context, prediction_id: str, result_url: str | None, hook: MagiHook
-) -> str:
-    """Push the prediction id and its result URL to XCom; return the URL."""
-    url = result_url or hook.result_url(prediction_id)
+def remember_prediction(operator: BaseOperator, context: Context, prediction_id: str, hook: MagiHook) -> str:
+    """Push the prediction id and its result URL to XCom; return the URL.
+
+    The URL is built from the connection's base URL, never taken from the answer's ``urls.get``:
+    a server could put anything there (``javascript:...``) and the UI would make it a link.
+    """
+    url = hook.result_url(prediction_id)
     ti = context["ti"]
     ti.xcom_push(key=XCOM_PREDICTION_ID, value=prediction_id)
     ti.xcom_push(key=XCOM_RESULT_URL, value=url)
@@ -40,4 +46,8 @@ class MagiPredictionLink(BaseOperatorLink):
         from airflow.providers.common.compat.sdk import XCom
 
         url: Any = XCom.get_value(ti_key=ti_key, key=XCOM_RESULT_URL)
-        return url if isinstance(url, str) else ""
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            return ""
+        from airflow_provider_magi.api import DEFAULT_BASE_URL
+
+        return DASHBOARD_URL if url.startswith(DEFAULT_BASE_URL + "/") else url

@@ -48,7 +48,8 @@ def test_deferrable_wait_happens_in_the_trigger(dag_bag, magi_conn: LocalWaveSpe
         ({"prompt": "   "}, "Invalid prompt: is empty"),
         ({"prompt": "x", "seed": 2147483648}, "Invalid seed: is out of range"),
         ({"prompt": "x", "seed": True}, "Invalid seed: must be an integer, not a boolean"),
-        ({"prompt": "x", "image": "no-such-frame.png"}, "Invalid image: does not exist"),
+        ({"prompt": "x", "image": "/nonexistent/no-such-frame.png"}, "Invalid image: does not exist"),
+        ({"prompt": "x", "image": "no-such-frame.png"}, "Invalid image: is a relative path"),
         ({"prompt": "x", "extra_inputs": {"seed": 1}}, "repeats the named parameter(s) seed"),
     ],
 )

@@ -253,7 +253,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             raise
         # The id goes into the ledger before anything else (XCom, logs) can fail or be killed.
         ledger.write_paid(record, prediction.id)
-        self._announce(context, prediction.id, prediction.result_url, "Submitted")
+        self._announce(context, prediction.id, "Submitted")
         return prediction.id
 
     def _attach_to_candidate(self, context: Context, error: MagiSubmitUncertainError) -> Prediction:
@@ -287,7 +287,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def poll_until_complete(self, external_id: Any, context: Context) -> Any:
         prediction_id, _ = stored_job(external_id)
-        self._announce(context, prediction_id, None, "Reattached to")
+        self._announce(context, prediction_id, "Reattached to")
         if not self.wait_for_completion:
             return prediction_id
         waiter = self._waiter(prediction_id)
@@ -303,7 +303,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def get_job_result(self, external_id: Any, context: Context) -> Any:
         prediction_id, _ = stored_job(external_id)
-        self._announce(context, prediction_id, None, "Reusing completed")
+        self._announce(context, prediction_id, "Reusing completed")
         if not self.wait_for_completion:
             return prediction_id
         prediction = self._final or self.hook.get_prediction(prediction_id)
@@ -337,12 +337,12 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _announce(self, context: Context, prediction_id: str, result_url: str | None, verb: str) -> None:
+    def _announce(self, context: Context, prediction_id: str, verb: str) -> None:
         """Push the id to XCom before anything else can fail, so it is never lost (once per id)."""
         if self._announced == prediction_id:
             return
         self._announced = prediction_id
-        url = remember_prediction(self, context, prediction_id, result_url, self.hook)
+        url = remember_prediction(self, context, prediction_id, self.hook)
         self.log.info("%s prediction %s; result at %s", verb, prediction_id, url)
 
     # ------------------------------------------------------------ OpenLineage (provider optional)

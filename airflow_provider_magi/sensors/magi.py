@@ -66,7 +66,7 @@ class MagiPredictionSensor(MagiTaskMixin, BaseSensorOperator):
 
     def _execute(self, context: Context) -> Any:
         prediction_id = self._prediction_id()
-        remember_prediction(self, context, prediction_id, None, self.hook)
+        remember_prediction(self, context, prediction_id, self.hook)
         if not self.deferrable:
             return super().execute(context)
         prediction = self.hook.get_prediction(prediction_id)
