@@ -26,14 +26,13 @@ def prune(older_than: timedelta, *, dry_run: bool = False) -> tuple[list[str], l
     """Delete (or, dry, only list) ledger Variables older than ``older_than``: (deleted, kept unreadable)."""
     from airflow.models.variable import Variable
     from airflow.utils.session import create_session
-    from sqlalchemy import select
 
     cutoff = datetime.now(UTC) - older_than
     deleted: list[str] = []
     unreadable: list[str] = []
     with create_session() as session:
         pattern = VARIABLE_PREFIX.replace("_", r"\_") + "%"
-        for variable in session.scalars(select(Variable).where(Variable.key.like(pattern, escape="\\"))):
+        for variable in session.query(Variable).filter(Variable.key.like(pattern, escape="\\")):
             try:
                 record = LedgerRecord.from_json(variable.val or "", where=variable.key)
             except MagiLedgerError:
