@@ -40,12 +40,23 @@ class MagiPredictionRunFacet(RunFacet):
         return "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunFacet"
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def url_dataset(url: str) -> Dataset:
-    """An http(s) URL as a dataset: ``https://host[:port]`` and the path, never the query."""
+    """An http(s) URL as a dataset: ``https://host[:port]`` and the path, never the query.
+
+    One dataset per file, however it was linked: a port that is the scheme's default is dropped
+    (``https://h:443`` is ``https://h``), and so are path parameters (``;jsessionid=...``),
+    which name a session, not the file, and may carry a credential.
+    """
     parts = urlsplit(url)
+    scheme = parts.scheme.lower()
     host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return Dataset(namespace=f"{parts.scheme}://{netloc}", name=parts.path or "/")
+    port = parts.port if parts.port != _DEFAULT_PORTS.get(scheme) else None
+    netloc = f"{host}:{port}" if port else host
+    path = "/".join(segment.split(";", 1)[0] for segment in (parts.path or "/").split("/"))
+    return Dataset(namespace=f"{scheme}://{netloc}", name=path or "/")
 
 
 def path_dataset(path: Any) -> Dataset:

@@ -242,3 +242,21 @@ def test_the_hook_lineage_collector_sees_the_final_file_never_the_part(
     final = seen["target"].split("lineage-test/", 1)[1]
     assert [uri for uri in seen["outputs"] if uri.endswith(f"lineage-test/{final}")], seen["outputs"]
     assert [uri for uri in seen["outputs"] if ".part" in uri] == []
+
+
+@pytest.mark.parametrize(
+    ("url", "namespace", "name"),
+    [
+        ("https://h/v.mp4", "https://h", "/v.mp4"),
+        ("https://h:443/v.mp4", "https://h", "/v.mp4"),
+        ("HTTPS://h:443/v.mp4?X-Amz-Signature=s", "https://h", "/v.mp4"),
+        ("https://h/out;jsessionid=SECRET/v.mp4;jsessionid=SECRET", "https://h", "/out/v.mp4"),
+        ("https://h:8443/v.mp4", "https://h:8443", "/v.mp4"),
+        ("http://127.0.0.1:80/v.mp4", "http://127.0.0.1", "/v.mp4"),
+    ],
+)
+def test_one_file_is_one_dataset_however_it_is_linked(url: str, namespace: str, name: str) -> None:
+    from airflow_provider_magi.lineage import url_dataset
+
+    dataset = url_dataset(url)
+    assert (dataset.namespace, dataset.name) == (namespace, name)
