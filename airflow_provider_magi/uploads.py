@@ -13,6 +13,7 @@ A service that answers 404 to step one gets the older multipart ``/api/v3/media/
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,32 @@ class UploadTicket:
     download_url: str
 
 
+# What a presigned PUT may need from the instruction: the object's type and metadata, and the
+# storage service's own signed headers. Framing headers (Host, Content-Length, Transfer-Encoding,
+# Connection) belong to the HTTP client: taken from an answer they could split or smuggle the
+# request. Anything else is refused rather than sent.
+_ALLOWED_HEADERS = frozenset(
+    {"content-type", "content-md5", "cache-control", "content-disposition", "content-encoding",
+     "content-language", "expires"}
+)  # fmt: skip
+_ALLOWED_PREFIXES = ("x-amz-", "x-goog-", "x-ms-", "x-oss-", "x-cos-", "x-upload-")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def header_problem(name: Any, value: Any) -> str | None:
+    """Why an instruction's header cannot be sent with the PUT, or None if it can."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        return "is not text"
+    if not _TOKEN.fullmatch(name):
+        return "is not a valid header name"
+    lowered = name.lower()
+    if lowered not in _ALLOWED_HEADERS and not lowered.startswith(_ALLOWED_PREFIXES):
+        return "is not one a presigned upload needs (only content and storage headers are sent)"
+    if any(not (" " <= ch <= "~") for ch in value):  # printable ASCII: no NUL, CR, LF or "€"
+        return "has a value that is not printable ASCII"
+    return None
+
+
 def parse_ticket(data: Mapping[str, Any], what: str) -> UploadTicket:
     """Step one's answer, strictly: anything else is a response error naming what is wrong."""
     upload = data.get("upload")
@@ -53,11 +80,12 @@ def parse_ticket(data: Mapping[str, Any], what: str) -> UploadTicket:
     headers = upload.get("headers") or {}
     if not isinstance(url, str) or not url:
         raise MagiResponseError(f"{what}: the upload instruction has no url")
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and "\r" not in k + v and "\n" not in k + v
-        for k, v in headers.items()
-    ):
-        raise MagiResponseError(f"{what}: the upload instruction's headers are not plain text")
+    if not isinstance(headers, dict):
+        raise MagiResponseError(f"{what}: the upload instruction's headers are not an object")
+    for name, value in headers.items():
+        problem = header_problem(name, value)
+        if problem:
+            raise MagiResponseError(f"{what}: the upload instruction's header {name!r:.60} {problem}")
     if not isinstance(download_url, str) or not download_url.startswith(("https://", "http://")):
         raise MagiResponseError(f"{what}: the answer has no download_url")
     return UploadTicket(url=url, headers=dict(headers), download_url=download_url)
@@ -89,6 +117,9 @@ def put_bytes(
                     ticket.url, data=content, headers=ticket.headers, timeout=timeout, allow_redirects=False
                 )
                 response.close()
+            except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL, UnicodeError) as error:
+                # Failed while building the request: nothing was sent, and resending cannot help.
+                raise MagiResponseError(f"{what}: the upload request cannot be built ({error})") from None
             except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
                 problem = "no answer in time" if watch.expired else type(error).__name__
             else:

@@ -170,3 +170,44 @@ def test_operator_uploads_then_submits_the_url(dag_bag, magi_conn: LocalWaveSpee
     (media_id,) = magi_conn.app.media
     assert prediction.inputs["image"] == f"{magi_conn.base_url}/media/{media_id}/first_frame.png"
     assert [r.route for r in magi_conn.requests][:3] == ["upload_ticket", "upload_put", "submit"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"Transfer-Encoding": "chunked", "Content-Length": "3"}, "is not one a presigned upload needs"),
+        ({"Host": "evil.example"}, "is not one a presigned upload needs"),
+        ({"X Amz Acl": "private"}, "is not a valid header name"),
+        ({"x-amz-meta-a": "a\x00b"}, "not printable ASCII"),
+        ({"x-amz-meta-a": "€"}, "not printable ASCII"),
+        ({"Content-Type": 7}, "is not text"),
+    ],
+)
+def test_an_upload_instruction_with_headers_a_put_must_not_send_is_refused(
+    headers: dict, problem: str
+) -> None:
+    from airflow_provider_magi.exceptions import MagiResponseError
+    from airflow_provider_magi.uploads import parse_ticket
+
+    data = {
+        "upload": {"method": "PUT", "url": "https://s.example/u", "headers": headers},
+        "download_url": "https://d/x",
+    }
+    with pytest.raises(MagiResponseError, match=problem):
+        parse_ticket(data, "Uploading")
+
+
+def test_the_headers_a_presigned_put_needs_are_kept() -> None:
+    from airflow_provider_magi.uploads import parse_ticket
+
+    headers = {
+        "Content-Type": "image/png",
+        "x-amz-acl": "private",
+        "x-goog-meta-a": "b",
+        "Content-MD5": "q==",
+    }
+    data = {
+        "upload": {"method": "PUT", "url": "https://s.example/u", "headers": headers},
+        "download_url": "https://d/x",
+    }
+    assert parse_ticket(data, "Uploading").headers == headers
