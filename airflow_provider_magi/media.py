@@ -91,9 +91,7 @@ def join_clips(
     try:
         signatures = [_signature(av, path) for path in paths]
         if drop_seam_frames and len(paths) > 1:
-            reason = (
-                "dropping each seam's repeated frame means re-encoding: it is the keyframe its clip hangs on"
-            )
+            reason = "dropping each seam's repeated frame needs a re-encode (it is its clip's first keyframe)"
         elif any(signature != signatures[0] for signature in signatures):
             reason = "the clips' streams differ (codec, size, pixel format or codec parameters)"
         else:
