@@ -11,7 +11,9 @@ taken as they are sent (``Accept-Encoding: identity``), never decompressed.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from airflow_provider_magi.exceptions import MagiDownloadError
 from airflow_provider_magi.output_urls import check_output_url, is_loopback_http
 from airflow_provider_magi.watchdog import overall_deadline
 
-__all__ = ["DownloadedFile", "WritablePath", "check_output_url", "download", "is_loopback_http"]
+__all__ = ["DownloadedFile", "WritablePath", "check_output_url", "download", "is_loopback_http", "place_file"]
 
 CHUNK_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
@@ -324,3 +326,22 @@ def _remove_quietly(path: WritablePath) -> None:
                 path.unlink()
         except OSError:
             pass
+
+
+def place_file(source: str | os.PathLike[str], target: WritablePath) -> int:
+    """Copy a finished local file to ``target`` the way a download lands: under a hidden temporary
+    name beside it, moved into place only when whole, so readers never see a partial video."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
+    try:
+        with open(source, "rb") as reader:
+            handle = _open_untracked(temporary)
+            try:
+                shutil.copyfileobj(reader, handle, CHUNK_BYTES)
+            finally:
+                handle.close()
+        temporary.rename(target)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+    return os.path.getsize(source)

@@ -117,3 +117,15 @@ class MagiLedgerUnavailableError(MagiError):
 
     Retried like any transient failure: nothing was sent to WaveSpeed because of it.
     """
+
+
+class MagiMissingDependencyError(MagiError, AirflowFailException):
+    """An optional extra the task needs is not installed; raised before any request is sent.
+
+    Not retried: the next try runs on the same image without it.
+    """
+
+
+class MagiVideoError(MagiError, AirflowFailException):
+    """A clip could not be decoded or joined (a corrupt or unexpected video); not retried, since
+    the same bytes fail the same way. Paid scenes stay in the ledger: nothing is paid again."""

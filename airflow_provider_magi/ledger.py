@@ -133,30 +133,39 @@ class LedgerStore(Protocol):
 
 
 class Ledger:
-    """One task identity's records in one store."""
+    """One task identity's records in one store; ``record`` names the one used by default.
 
-    def __init__(self, store: LedgerStore, identity: TaskIdentity) -> None:
+    A generate task keeps one record; a long video keeps one per scene and hands each scene's
+    steps the ledger :meth:`for_record` gives, so those steps are the generate task's own.
+    """
+
+    def __init__(self, store: LedgerStore, identity: TaskIdentity, record: str = DEFAULT_RECORD) -> None:
         self.store = store
         self.identity = identity
+        self.record = record
 
-    def where(self, name: str = DEFAULT_RECORD) -> str:
-        return self.store.where(name)
+    def for_record(self, name: str) -> Ledger:
+        """The same ledger, defaulting to the record ``name`` (e.g. ``"scene-3"``)."""
+        return Ledger(self.store, self.identity, name)
 
-    def read(self, name: str = DEFAULT_RECORD) -> LedgerRecord | None:
+    def where(self, name: str | None = None) -> str:
+        return self.store.where(name or self.record)
+
+    def read(self, name: str | None = None) -> LedgerRecord | None:
+        name = name or self.record
         text = self.store.read(name)
         return None if text is None else LedgerRecord.from_json(text, where=self.where(name))
 
-    def write_intent(self, fingerprint: str, model: str, name: str = DEFAULT_RECORD) -> LedgerRecord:
+    def write_intent(self, fingerprint: str, model: str, name: str | None = None) -> LedgerRecord:
         """Before the POST: if this write fails, nothing has been sent (the error is retryable)."""
         now = datetime.now(UTC)
         record = LedgerRecord(fingerprint, model, now.replace(microsecond=now.microsecond // 1000 * 1000))
-        self.store.write(name, record.to_json())
+        self.store.write(name or self.record, record.to_json())
         return record
 
-    def write_paid(
-        self, record: LedgerRecord, prediction_id: str, name: str = DEFAULT_RECORD
-    ) -> LedgerRecord:
+    def write_paid(self, record: LedgerRecord, prediction_id: str, name: str | None = None) -> LedgerRecord:
         """After the POST named an id: a failure here must fail the run loudly, naming the id."""
+        name = name or self.record
         paid = record.paid(prediction_id)
         try:
             self.store.write(name, paid.to_json())
@@ -170,8 +179,8 @@ class Ledger:
             ) from error
         return paid
 
-    def forget(self, name: str = DEFAULT_RECORD) -> None:
-        self.store.delete(name)
+    def forget(self, name: str | None = None) -> None:
+        self.store.delete(name or self.record)
 
 
 # ------------------------------------------------------------------ the retry decision

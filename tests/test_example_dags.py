@@ -76,3 +76,11 @@ def test_mapped_batch_with_sensor(dag_bag, magi_conn: LocalWaveSpeedServer) -> N
     assert all(plays(path) for path in paths)
     ids = {xcom(dag_run, "submit", map_index=i) for i in range(3)}
     assert ids == set(magi_conn.app.predictions)
+
+
+def test_long_video(dag_bag, magi_conn: LocalWaveSpeedServer) -> None:
+    dag_run = run_dag(dag_bag, "example_magi_long_video")
+    assert dag_run.state == "success"
+    result = xcom(dag_run, "long_video")
+    assert magi_conn.count("submit") == 4 and len(result["prediction_ids"]) == 4
+    assert result["path"].endswith("/paper_boat.mp4") and plays(result["path"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import hmac
+import ipaddress
 import json
 import re
 import threading
@@ -15,7 +16,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from email.parser import BytesParser
 from typing import Any
+from urllib.parse import urlsplit
 
+from airflow_provider_magi.testing import clips
 from airflow_provider_magi.testing.account import (
     DEFAULT_BALANCE_USD,
     DEFAULT_PRICE_USD,
@@ -134,6 +137,7 @@ class WaveSpeedApp:
             billing_delay=config.billing_delay,
         )
         self._unbilled: set[str] = set()  # predictions that may still be billed
+        self._clips: dict[str, asyncio.Task[bytes | None]] = {}  # image-to-video clips, made once
         self._log: list[RecordedRequest] = []
         self._lock = threading.Lock()
 
@@ -151,6 +155,7 @@ class WaveSpeedApp:
             self._log.clear()
             self.predictions.clear()
             self._unbilled.clear()
+            self._clips.clear()
         self.account.reset()
         self.faults.replace([])
 
@@ -548,7 +553,8 @@ class WaveSpeedApp:
                 headers={"Content-Type": "application/xml"},
             )
         wanted = prediction.directives.size or self.config.output_bytes
-        total = video_size(wanted)
+        clip = await self._clip(prediction)
+        total = video_size(wanted, clip)
         start = 0
         status = 200
         headers = {"Content-Type": "video/mp4", "Accept-Ranges": "bytes"}
@@ -558,11 +564,58 @@ class WaveSpeedApp:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{total - 1}/{total}"
         response = Response(
-            status=status, body=aiter_video(wanted, start), headers=headers, content_length=total - start
+            status=status,
+            body=aiter_video(wanted, start, clip),
+            headers=headers,
+            content_length=total - start,
         )
         if prediction.directives.truncate and start == 0:
             response.truncate_at = total // 2
         return response
+
+    async def _clip(self, prediction: StoredPrediction) -> bytes | None:
+        """An image-to-video prediction's own clip, starting from its first frame (made once);
+        None (the sample clip) for text-to-video, or when the frame cannot be had."""
+        image = prediction.inputs.get("image")
+        if not isinstance(image, str) or not clips.has_encoder():
+            return None
+        task = self._clips.get(prediction.id)
+        if task is None:
+            task = self._clips[prediction.id] = asyncio.ensure_future(self._make_clip(prediction.id, image))
+        return await asyncio.shield(task)
+
+    async def _make_clip(self, prediction_id: str, image_url: str) -> bytes | None:
+        image = await self._first_frame(image_url)
+        if image is None:
+            return None
+        return await asyncio.to_thread(clips.first_frame_clip, image, prediction_id)
+
+    async def _first_frame(self, url: str) -> bytes | None:
+        """The image a submit named: an upload this server holds is read here; another loopback
+        URL is fetched (no redirects, capped); nothing off this machine is ever fetched."""
+        parts = urlsplit(url)
+        if url.startswith(f"{self.config.public_base_url}/") and (m := _MEDIA_ROUTE.match(parts.path)):
+            stored = self.media.get(m.group("id"))
+            return stored[1] if stored is not None else None
+        if not _is_loopback(parts.hostname or ""):
+            return None
+        import httpx
+
+        try:
+            async with (
+                httpx.AsyncClient(timeout=5.0, follow_redirects=False, trust_env=False) as client,
+                client.stream("GET", url) as response,
+            ):
+                if response.status_code != 200:
+                    return None
+                body = b""
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_UPLOAD_BYTES:
+                        return None
+                return body
+        except httpx.HTTPError:
+            return None
 
     def _admin(self, request: Request) -> Response:
         action = request.path.removeprefix("/_testing/")
@@ -628,6 +681,16 @@ class WaveSpeedApp:
             "timings": {"inference": inference},
             "executionTime": inference,  # ms, as the docs show it on prediction-history items
         }
+
+
+def _is_loopback(host: str) -> bool:
+    """A loopback host by its name or address alone (never a DNS query)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _iso_time(text: Any) -> datetime:

@@ -1,0 +1,355 @@
+"""MagiLongVideoOperator: a list of scenes becomes one continuous video, the MAGI way.
+
+MAGI-1 continues a video from a first frame, so a long video is a chain: scene k+1 is an
+image-to-video prediction whose first frame is the **last frame of scene k's clip**, decoded and
+uploaded losslessly (PNG, through the two-step upload). The clips are then joined into one MP4
+(``airflow_provider_magi.media``; the seam's repeated frame is dropped by default, see there).
+
+Each scene is paid for exactly once. A scene is the generate operator's own steps (ledger intent
+-> submit -> ledger id -> wait), on a ledger record of its own, ``scene-<k>``, whose inputs
+fingerprint holds the model, that scene's prompt, seed and extra inputs, and - for k > 1 - the
+previous scene's prediction id as its first-frame source. So editing scene k's prompt and
+clearing the task regenerates scene k and every scene after it (their first frames change), and
+only those; a retry, a killed worker or a clear resumes at the first scene not completed, and
+completed scenes' clips are downloaded again from their outputs (or read from kept segments).
+
+Waiting holds no worker: each scene defers to ``MagiPredictionTrigger``, and the resumed task
+walks the scenes again from the ledger (one status read per completed scene), downloads the
+clip it needs for the next first frame, submits the next scene and defers again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_magi.api import DEFAULT_MODEL, Prediction, final_result
+from airflow_provider_magi.exceptions import MagiInputError
+from airflow_provider_magi.operators.download import destination_path, render_filename
+from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
+from airflow_provider_magi.validation import LocalImage, inputs_fingerprint, magi_inputs, shorten
+from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_magi.downloads import WritablePath
+    from airflow_provider_magi.ledger import Ledger
+
+XCOM_SCENES_DONE = "scenes_done"
+DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}.mp4"
+_SCENE_KEYS = {"prompt", "seed", "extra_inputs"}
+
+
+@dataclass(frozen=True)
+class Scene:
+    prompt: Any
+    seed: Any = None
+    extra_inputs: Any = None
+
+
+def parse_scenes(scenes: Any) -> list[Scene]:
+    """The rendered ``scenes``: a non-empty list of prompts, or of dicts with ``prompt`` and
+    optional ``seed`` and ``extra_inputs`` (a JSON text of that list is accepted, for templates
+    rendered as text)."""
+    if isinstance(scenes, str):
+        try:
+            scenes = json.loads(scenes)
+        except ValueError:
+            scenes = None
+    if not isinstance(scenes, Sequence) or isinstance(scenes, str) or not scenes:
+        raise MagiInputError(
+            f"Invalid scenes: {shorten(scenes)}. Fix: pass a non-empty list of prompts, or of dicts "
+            "with 'prompt' and optional 'seed' and 'extra_inputs'"
+        )
+    parsed = []
+    for number, scene in enumerate(scenes, 1):
+        if isinstance(scene, str):
+            parsed.append(Scene(prompt=scene))
+        elif isinstance(scene, Mapping) and "prompt" in scene and set(scene) <= _SCENE_KEYS:
+            parsed.append(Scene(scene["prompt"], scene.get("seed"), scene.get("extra_inputs")))
+        else:
+            raise MagiInputError(
+                f"Invalid scene {number}: {shorten(scene)}. Fix: a prompt, or a dict with 'prompt' "
+                "and optional 'seed' and 'extra_inputs'"
+            )
+    return parsed
+
+
+class MagiLongVideoOperator(MagiGenerateVideoOperator):
+    """Generate scene after scene, each starting from the last frame of the one before, and
+    join them into one MP4 at ``destination``.
+
+    A subclass of the generate operator so that each scene runs exactly its never-pay-twice
+    steps (resume, history look-up, submit, ledger), not a copy of them.
+
+    :param scenes: The scenes in order: prompts, or dicts with ``prompt`` and optional ``seed``
+        and ``extra_inputs``. Templated.
+    :param image: Scene 1's first frame (as the generate operator takes it); later scenes start
+        from the previous scene's last frame. Templated.
+    :param destination: Directory for the video, as the download operator takes it. Templated.
+    :param filename: Pattern below ``destination``; fields ``{dag_id}``, ``{task_id}``,
+        ``{run_id}``, ``{map_index}``, ``{ds}``, ``{prediction_id}`` (the last scene's). Templated.
+    :param keep_segments: Also keep each scene's clip beside the video, as
+        ``<name>.scene-<k>.<prediction id>.mp4`` (a retry then reads them instead of downloading).
+    :param drop_seam_frames: Drop the first frame of every later scene (it repeats the previous
+        scene's last frame); this re-encodes the join. False keeps it, and clips whose streams
+        match are then joined losslessly, without re-encoding.
+    :param deferrable: Wait in the triggerer (the default: a long video waits for many scenes,
+        and no worker slot should be held for that).
+    :param timeout: How long to wait for each scene.
+
+    The other parameters (``model``, ``magi_conn_id``, ``deferrable``, ``poll_interval``,
+    ``max_poll_interval``, ``attach_to_single_candidate``) are the generate operator's.
+    Needs the ``[video]`` extra on the workers: ``pip install "airflow-provider-magi[video]"``.
+    """
+
+    template_fields: Sequence[str] = ("scenes", "image", "destination", "filename", "model", "magi_conn_id")
+    template_fields_renderers = {"scenes": "json"}
+    ui_color = "#ede4ff"
+
+    def __init__(
+        self,
+        *,
+        scenes: Any,
+        destination: Any,
+        image: Any = None,
+        filename: str = DEFAULT_FILENAME,
+        model: str = DEFAULT_MODEL,
+        magi_conn_id: str = "magi_default",
+        deferrable: bool = True,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = MAX_POLL_INTERVAL,
+        timeout: float | timedelta | None = timedelta(hours=2),
+        keep_segments: bool = False,
+        drop_seam_frames: bool = True,
+        attach_to_single_candidate: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            prompt="",  # each scene has its own
+            image=image,
+            model=model,
+            magi_conn_id=magi_conn_id,
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            timeout=timeout,
+            attach_to_single_candidate=attach_to_single_candidate,
+            **kwargs,
+        )
+        self.scenes = scenes
+        self.destination = destination
+        self.filename = filename
+        self.keep_segments = keep_segments
+        self.drop_seam_frames = drop_seam_frames
+        self._scene_number = 0
+        self._written: list[Any] = []
+        self._output_urls: list[str] = []
+
+    # ------------------------------------------------------------ the chain
+
+    def execute(self, context: Context) -> Any:
+        """Walk the scenes from the ledger: reuse what is paid, submit the first one missing."""
+        from airflow_provider_magi.hooks.magi import model_path
+        from airflow_provider_magi.ledger_stores import open_ledger
+        from airflow_provider_magi.media import require_av
+
+        require_av()  # before anything is paid: without it no scene could be chained or joined
+        scenes = parse_scenes(self.scenes)
+        model_path(self.model)
+        directory = destination_path(self.destination)
+        self._target_values(context, "check")  # a bad filename fails now, not after paying
+        self._webhook_url = None
+        ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
+        work = Path(tempfile.mkdtemp(prefix="magi-long-video-"))
+        try:
+            done: list[Prediction] = []
+            for number, scene in enumerate(scenes, 1):
+                done.append(self._scene(context, ledger, number, len(scenes), scene, done, work, directory))
+                context["ti"].xcom_push(
+                    key=XCOM_SCENES_DONE,
+                    value=[{"scene": k, "prediction_id": p.id} for k, p in enumerate(done, 1)],
+                )
+            return self._join(context, done, work, directory)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """A scene finished in the triggerer (or failed: that raises): carry on with the chain."""
+        self.result_from_trigger(event)
+        return self.execute(context)
+
+    def _scene(
+        self,
+        context: Context,
+        ledger: Ledger,
+        number: int,
+        total: int,
+        scene: Scene,
+        done: list[Prediction],
+        work: Path,
+        directory: WritablePath,
+    ) -> Prediction:
+        """One scene, paid at most once: its completed prediction (waiting, or deferring, first)."""
+        self._scene_number = number
+        self._final = None
+        self._inputs = magi_inputs(
+            prompt=scene.prompt,
+            image=self.image if number == 1 else None,
+            seed=scene.seed,
+            extra_inputs=scene.extra_inputs,
+        )
+        source = dict(self._inputs)
+        if done:  # what this scene starts from, by the id that made it (never the frame's bytes)
+            source["image"] = f"last frame of prediction {done[-1].id}"
+        self._fingerprint = inputs_fingerprint(self.model, source)
+        scene_ledger = ledger.for_record(f"scene-{number}")
+        prediction_id = self._resume(scene_ledger, context)
+        if prediction_id is None:
+            if done:
+                clip = self._clip(number - 1, done[-1], work)
+                self._inputs["image"] = LocalImage(self._last_frame(clip, work, number - 1))
+            prediction_id = self.submit_job(context, scene_ledger)
+            self.log.info("Long video: scene %d/%d submitted as %s", number, total, prediction_id)
+        else:
+            self.log.info(
+                "Long video: scene %d/%d is prediction %s (paid earlier)", number, total, prediction_id
+            )
+        prediction = self._final if self._final is not None else self._wait(prediction_id, context)
+        final_result(prediction)  # a failed scene fails the task (a retry submits it afresh)
+        return prediction
+
+    def _wait(self, prediction_id: str, context: Context) -> Prediction:
+        waiter = self._waiter(prediction_id)
+        if not self.deferrable:
+            return self.hook.wait_for_prediction(waiter)
+        prediction = self.hook.get_prediction(prediction_id)
+        waiter.observe(prediction, self.log)
+        if not prediction.is_terminal:
+            self.defer_to_trigger(waiter, context)  # resumes in execute_complete
+        return prediction
+
+    def _last_frame(self, clip: Path, work: Path, number: int) -> Path:
+        from airflow_provider_magi.media import last_frame_png
+
+        frame = work / f"scene-{number}-last-frame.png"
+        frame.write_bytes(last_frame_png(clip))
+        return frame
+
+    # ------------------------------------------------------------ clips and the join
+
+    def _target_values(self, context: Context, prediction_id: str) -> str:
+        ti = context["ti"]
+        values = {
+            "dag_id": ti.dag_id,
+            "task_id": ti.task_id,
+            "run_id": ti.run_id,
+            "map_index": ti.map_index,
+            "ds": context.get("ds", ""),
+            "prediction_id": prediction_id,
+            "index": 0,
+        }
+        return render_filename(self.filename, values)
+
+    def _target(self, context: Context, directory: WritablePath, done: list[Prediction]) -> WritablePath:
+        return directory / self._target_values(context, done[-1].id)
+
+    def _segment(self, target: WritablePath, number: int, prediction: Prediction) -> WritablePath:
+        stem = target.name.rsplit(".", 1)[0]
+        return target.parent / f"{stem}.scene-{number}.{prediction.id}.mp4"
+
+    def _clip(self, number: int, prediction: Prediction, work: Path, segment: Path | None = None) -> Path:
+        """Scene ``number``'s clip as a local file: a kept segment (its name holds the prediction
+        id, so an older scene's file never passes), a copy from earlier in this try, or a fresh
+        download of the prediction's output."""
+        if segment is not None and segment.exists():
+            return segment
+        local = work / f"scene-{number}.mp4"
+        if local.exists():
+            return local
+        target = segment if segment is not None else local
+        self._download(prediction, number, target)
+        return target
+
+    def _download(self, prediction: Prediction, number: int, target: Path) -> None:
+        url = prediction.outputs[0]
+        self._output_urls.append(url)
+        self.hook.download_output(
+            url,
+            target,
+            allow_insecure_loopback=self.hook.is_local_server,
+            label=f"Scene {number} (prediction {prediction.id}) output 0",
+        )
+
+    def _join(
+        self, context: Context, done: list[Prediction], work: Path, directory: WritablePath
+    ) -> dict[str, Any]:
+        from airflow_provider_magi.downloads import place_file
+        from airflow_provider_magi.media import REMUX, join_clips
+
+        target = self._target(context, directory, done)
+        segments = [self._segment(target, k, p) for k, p in enumerate(done, 1)]
+        local_segments = self.keep_segments and isinstance(directory, Path)
+        clips = [
+            self._clip(k, p, work, Path(segment) if local_segments else None)
+            for k, (p, segment) in enumerate(zip(done, segments, strict=True), 1)
+        ]
+        joined = work / "joined.mp4"
+        result = join_clips(clips, joined, drop_seam_frames=self.drop_seam_frames)
+        how = "without re-encoding (packets copied)" if result.method == REMUX else "by re-encoding"
+        self.log.info(
+            "Joined %d scenes %s: %s; %d frames, %.3f s, %d seam frame(s) dropped",
+            len(done),
+            how,
+            result.reason,
+            result.frames,
+            result.duration,
+            result.dropped_frames,
+        )
+        size = place_file(joined, target)
+        if self.keep_segments:
+            for clip, segment in zip(clips, segments, strict=True):
+                if str(segment) != str(clip):
+                    place_file(clip, segment)
+        self._written = [target]
+        self.log.info("Wrote %s (%d bytes)", target, size)
+        result_dict = {
+            "path": str(target),
+            "size": size,
+            "duration": result.duration,
+            "frames": result.frames,
+            "prediction_ids": [p.id for p in done],
+            "join": result.method,
+            "dropped_seam_frames": result.dropped_frames,
+            "segments": [str(segment) for segment in segments] if self.keep_segments else [],
+        }
+        self._emit_asset_events(context, result_dict)
+        return result_dict
+
+    def _emit_asset_events(self, context: Context, result: dict[str, Any]) -> None:
+        if not self.outlets:
+            return
+        extra = {key: result[key] for key in ("path", "size", "duration", "frames", "prediction_ids")}
+        extra["model"] = self.model
+        outlet_events = context["outlet_events"]
+        for outlet in self.outlets:
+            if type(outlet).__name__ == "Asset":
+                outlet_events[outlet].extra.update(extra)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _lineage(self) -> Any:
+        from airflow_provider_magi.lineage import download_lineage
+
+        return download_lineage(
+            prediction_id=self.magi_prediction_id,
+            output_urls=self._output_urls,
+            written_paths=self._written,
+        )
