@@ -238,3 +238,48 @@ def test_the_command_line_help_shows_every_default() -> None:
     ).stdout
     assert "(default: 127.0.0.1)" in shown and "(default: 8765)" in shown and "(default: 100.0)" in shown
     assert "(default 127.0.0.1) (default" not in shown  # said once, not twice
+
+
+def test_hostile_requests_get_a_4xx_not_a_dropped_connection(server: LocalWaveSpeedServer) -> None:
+    import requests
+
+    key = {"Authorization": f"Bearer {server.app.config.api_key}"}
+    submitted = requests.post(
+        f"{server.base_url}/api/v3/wavespeed-ai/magi-1-24b",
+        json={"prompt": "x [[duration: 0.1]]"},
+        headers=key,
+        timeout=10,
+    ).json()["data"]["id"]
+    answers = {
+        "huge output index": requests.get(
+            f"{server.base_url}/outputs/{submitted}/{'9' * 5000}.mp4", timeout=10
+        ),
+        "nested JSON": requests.post(
+            f"{server.base_url}/api/v3/wavespeed-ai/magi-1-24b",
+            data=b"[" * 100_000 + b"]" * 100_000,
+            headers={**key, "Content-Type": "application/json"},
+            timeout=10,
+        ),
+        "fault times as text": requests.post(
+            f"{server.base_url}/_testing/faults",
+            json={"route": "result", "kind": "drop", "times": "3"},
+            timeout=10,
+        ),
+    }
+    assert {name: answer.status_code for name, answer in answers.items()} == {
+        "huge output index": 404,
+        "nested JSON": 400,
+        "fault times as text": 400,
+    }
+
+
+def test_the_server_keeps_a_bounded_amount_of_uploads() -> None:
+    from airflow_provider_magi.testing import app as app_module
+
+    with LocalWaveSpeedServer(api_key="k") as running:
+        chunk = b"\x89PNG" + b"\0" * (20 * 2**20 - 4)
+        for number in range(5):
+            running.app._keep_media(f"m{number}", ("f.png", chunk, "image/png"))
+        kept = sum(len(entry[1]) for entry in running.app.media.values())
+    assert kept <= app_module.MAX_MEDIA_KEPT_BYTES
+    assert "m4" in running.app.media and "m0" not in running.app.media  # the oldest went first

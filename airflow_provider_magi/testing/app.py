@@ -56,6 +56,8 @@ MAX_MEDIA_BYTES = 200 * 2**20  # the SDK's cap for any upload; images keep MAX_U
 _MEDIA_TYPES = ("image/", "video/", "audio/")
 _MEDIA_ROUTE = re.compile(r"^/media/(?P<id>[0-9a-f]+)/(?P<name>[^/]+)$")
 MAX_UPLOAD_BYTES = 20 * 2**20
+# All uploads the server holds at once; the oldest go first (a long-running server stays bounded).
+MAX_MEDIA_KEPT_BYTES = 64 * 2**20
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
 
@@ -396,8 +398,7 @@ class WaveSpeedApp:
             return envelope_error(400, "Only image, video and audio files can be uploaded")
         media_id = uuid.uuid4().hex
         safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename) or "upload"
-        with self._lock:
-            self.media[media_id] = (safe_name, content, content_type)
+        self._keep_media(media_id, (safe_name, content, content_type))
         return envelope_ok(
             {
                 "type": content_type.split("/")[0],
@@ -457,9 +458,19 @@ class WaveSpeedApp:
                 body=f"Expected {size} bytes, got {len(request.body)}".encode(),
                 headers={"Content-Type": "text/plain"},
             )
-        with self._lock:
-            self.media[match.group("ticket")] = (filename, request.body, content_type)
+        self._keep_media(match.group("ticket"), (filename, request.body, content_type))
         return Response(status=200, body=b"", headers={"Content-Type": "text/plain"})
+
+    def _keep_media(self, media_id: str, entry: tuple[str, bytes, str]) -> None:
+        """Hold an upload, dropping the oldest once all of them pass MAX_MEDIA_KEPT_BYTES: a
+        server that runs for days must not grow by every first frame it was sent (a dropped
+        one answers 404, as an expired upload does on the real service)."""
+        with self._lock:
+            self.media[media_id] = entry
+            total = sum(len(kept[1]) for kept in self.media.values())
+            while total > MAX_MEDIA_KEPT_BYTES and len(self.media) > 1:
+                oldest = next(iter(self.media))
+                total -= len(self.media.pop(oldest)[1])
 
     async def _media(self, request: Request, match: re.Match[str]) -> Response:
         stored = self.media.get(match.group("id"))
@@ -541,7 +552,8 @@ class WaveSpeedApp:
 
     async def _output(self, request: Request, match: re.Match[str]) -> Response:
         prediction = self.predictions.get(match.group("id"))
-        index = int(match.group("index"))
+        digits = match.group("index")
+        index = int(digits) if len(digits) <= 6 else 10**6  # 5,000 digits would raise in int()
         if prediction is None or prediction.status(time.monotonic()) != "completed":
             return Response(status=404, body=b"Not Found", headers={"Content-Type": "text/plain"})
         if index >= prediction.directives.outputs:
@@ -627,7 +639,7 @@ class WaveSpeedApp:
             try:
                 raw = json.loads(request.body or b"[]")
                 faults = [Fault.from_dict(item) for item in (raw if isinstance(raw, list) else [raw])]
-            except (ValueError, TypeError) as error:
+            except (ValueError, TypeError, RecursionError) as error:
                 return json_response({"error": str(error)}, status=400)
             if request.method == "PUT":
                 self.faults.replace(faults)
@@ -742,7 +754,7 @@ def json_object(request: Request) -> dict[str, Any] | Response:
         return envelope_error(400, "Content-Type must be application/json")
     try:
         body = json.loads(request.body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return envelope_error(400, "Request body is not valid JSON")
     if not isinstance(body, dict):
         return envelope_error(400, "Request body must be a JSON object")

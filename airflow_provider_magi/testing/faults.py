@@ -71,6 +71,19 @@ KINDS = (
 )
 
 
+# The numeric fields, checked when a fault arrives as JSON ("times": "3" must be a 400, not a
+# TypeError that drops the connection at the first matching request).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (int,),
+    "retry_after": (int, float, type(None)),
+    "delay": (int, float),
+    "times": (int, type(None)),
+    "probability": (int, float),
+    "limit": (int,),
+    "window": (int, float),
+}
+
+
 @dataclass
 class Fault:
     route: Route
@@ -85,6 +98,11 @@ class Fault:
     _hits: deque[float] = field(default_factory=deque, repr=False)
 
     def __post_init__(self) -> None:
+        for name, kinds in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                nullable = " or null" if type(None) in kinds else ""
+                raise ValueError(f"fault field {name!r} must be a number{nullable}, got {value!r}")
         if self.route not in ROUTES:
             raise ValueError(f"fault route must be one of {ROUTES}, got {self.route!r}")
         if self.kind not in KINDS:
