@@ -117,3 +117,18 @@ class MagiLedgerUnavailableError(MagiError):
 
     Retried like any transient failure: nothing was sent to WaveSpeed because of it.
     """
+
+
+class MagiBudgetError(MagiError, AirflowFailException):
+    """A spending guard refused the submit: the balance is below the connection's
+    ``min_balance_usd``, or the day's spend plus this prediction's price exceeds its
+    ``daily_budget_usd``. Nothing was uploaded or submitted. Not retried: a retry a moment later
+    reads the same balance and the same spend.
+    """
+
+
+class MagiBudgetCheckError(MagiError):
+    """A spending guard could not read what it guards (the balance, or the day's usage stats), so
+    it fails safe: nothing was uploaded or submitted. Retried like any transient failure, since
+    an endpoint that is down now may answer on the next try.
+    """
