@@ -34,6 +34,19 @@ CONN_FIELDS: dict[str, Any] = {
         "label": "Polls per second per triggerer (all waiting tasks)",
         "schema": {"type": ["number", "null"], "default": 20},
     },
+    # Money (README "What it costs"): empty means no guard.
+    "min_balance_usd": {
+        "label": "Minimum balance to submit (USD, empty: no floor)",
+        "schema": {"type": ["number", "null"]},
+    },
+    "daily_budget_usd": {
+        "label": "Daily budget per UTC day (USD, empty: none)",
+        "schema": {"type": ["number", "null"]},
+    },
+    "cost_lookup_seconds": {
+        "label": "Seconds to look for a finished video's price (0: off)",
+        "schema": {"type": ["number", "null"], "default": 10},
+    },
 }
 
 RELABELING = {"password": "API key", "host": "Base URL"}
@@ -47,7 +60,8 @@ HIDDEN_FIELDS = ["schema", "login", "port", "extra"]
 HIDDEN_FIELDS_WITHOUT_CONN_FIELDS = ["schema", "login", "port"]
 EXTRA_PLACEHOLDER = (
     '{"read_timeout": 60, "request_timeout": 120, "max_retries": 5, "max_retry_wait": 60, '
-    '"max_polls_per_second": 20}'
+    '"max_polls_per_second": 20, "min_balance_usd": 5, "daily_budget_usd": 50, '
+    '"cost_lookup_seconds": 10}'
 )
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {

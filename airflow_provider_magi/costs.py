@@ -229,3 +229,110 @@ def _utc(when: datetime) -> datetime:
 
 def _iso(when: datetime) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_unit_price(data: Mapping[str, Any], model: str) -> float | None:
+    """What one prediction of ``model`` costs by a usage-stats answer (``per_model_usage``'s
+    ``unit_price``); None when the model has no entry (usage stats list only models used in
+    their range, so a model not used there has no known price).
+
+    Several entries for the model (a price change inside the range) answer the highest: a budget
+    guard must not under-count.
+
+    :raises ValueError: when the answer cannot be read (no ``per_model_usage`` list, an entry
+        that is not an object, the model's ``unit_price`` not readable as USD): that is not
+        "no price known", and a guard must not treat it as such.
+    """
+    entries = data.get("per_model_usage") if isinstance(data, Mapping) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"no per_model_usage list in {data!r:.200}")
+    wanted = model.strip().strip("/")
+    prices: list[float] = []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"a per_model_usage entry is not an object: {entry!r:.100}")
+        if entry.get("model_uuid") != wanted:
+            continue
+        price = read_usd(entry.get("unit_price"), limit=MAX_PRICE_USD)
+        if price is None:
+            raise ValueError(f"the unit_price of {wanted} is not readable as USD: {entry!r:.200}")
+        prices.append(price)
+    return max(prices) if prices else None
+
+
+def utc_midnight(now: datetime) -> datetime:
+    """The start of ``now``'s UTC day (naive times are UTC): where a daily budget starts."""
+    now = _utc(now)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+# ---------------------------------------------------------------- the spending guards
+#
+# Pure decisions: the operator reads the balance and the spend through the hook, then asks these.
+# Amounts are compared rounded to a millionth of a dollar, so float sums such as 0.1 + 0.2 do
+# not refuse a spend that fits exactly.
+
+
+def _micro(amount: float) -> int:
+    return round(amount * 1_000_000)
+
+
+def usd_text(amount: float) -> str:
+    """``$0.45``, ``$12.30``; amounts below a cent keep WaveSpeed's third decimal (``$0.005``)."""
+    text = f"{amount:,.3f}"
+    return "$" + (text[:-1] if text.endswith("0") else text)
+
+
+def balance_floor_refusal(balance: float, floor: float, conn_id: str) -> str | None:
+    """Why the submit is refused when ``balance`` is below ``floor``; None when it may go ahead."""
+    if _micro(balance) >= _micro(floor):
+        return None
+    return (
+        f"Connection '{conn_id}': the WaveSpeed balance is {usd_text(balance)}, below the "
+        f"connection's min_balance_usd of {usd_text(floor)}. Nothing was uploaded or submitted. "
+        "Fix: top up the account (https://wavespeed.ai) or lower min_balance_usd."
+    )
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    """The daily budget's answer: ``refusal`` says why not (None: go ahead); ``note`` is a line
+    for the log when the decision could not count this prediction's price."""
+
+    refusal: str | None
+    note: str | None = None
+
+
+def daily_budget_decision(
+    spent: float, price: float | None, budget: float, conn_id: str, day: date, model: str
+) -> BudgetDecision:
+    """May one more prediction of ``model`` start, with ``spent`` USD spent on ``day`` (UTC)?
+
+    Yes when the spend plus its ``price`` fits in ``budget`` (equal fits). When the price is not
+    known (the model was not used within the usage stats' reach), the spend alone is checked,
+    and the note says the budget may be passed by this one prediction's price: refusing every
+    first use of a model would make the budget unusable, and guessing a price would be wrong.
+    """
+    where = f"Connection '{conn_id}'"
+    if price is None:
+        if _micro(spent) >= _micro(budget):
+            return BudgetDecision(
+                f"{where}: {usd_text(spent)} was spent on {day.isoformat()} (UTC), which reaches "
+                f"the connection's daily_budget_usd of {usd_text(budget)}. Nothing was uploaded "
+                "or submitted. Fix: wait for the next UTC day or raise daily_budget_usd."
+            )
+        return BudgetDecision(
+            None,
+            f"{where}: the price of {model} is unknown (WaveSpeed's usage stats list no use of it "
+            f"in the last 30 days); only the day's spend ({usd_text(spent)} of "
+            f"{usd_text(budget)}) was checked, so this prediction may pass daily_budget_usd by "
+            "its own price.",
+        )
+    if _micro(spent) + _micro(price) <= _micro(budget):
+        return BudgetDecision(None)
+    return BudgetDecision(
+        f"{where}: {usd_text(spent)} was spent on {day.isoformat()} (UTC); one more prediction "
+        f"of {model} at {usd_text(price)} would make {usd_text(spent + price)}, above the "
+        f"connection's daily_budget_usd of {usd_text(budget)}. Nothing was uploaded or "
+        "submitted. Fix: wait for the next UTC day or raise daily_budget_usd."
+    )

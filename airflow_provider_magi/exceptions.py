@@ -129,3 +129,18 @@ class MagiMissingDependencyError(MagiError, AirflowFailException):
 class MagiVideoError(MagiError, AirflowFailException):
     """A clip could not be decoded or joined (a corrupt or unexpected video); not retried, since
     the same bytes fail the same way. Paid scenes stay in the ledger: nothing is paid again."""
+
+
+class MagiBudgetError(MagiError, AirflowFailException):
+    """A spending guard refused the submit: the balance is below the connection's
+    ``min_balance_usd``, or the day's spend plus this prediction's price exceeds its
+    ``daily_budget_usd``. Nothing was uploaded or submitted. Not retried: a retry a moment later
+    reads the same balance and the same spend.
+    """
+
+
+class MagiBudgetCheckError(MagiError):
+    """A spending guard could not read what it guards (the balance, or the day's usage stats), so
+    it fails safe: nothing was uploaded or submitted. Retried like any transient failure, since
+    an endpoint that is down now may answer on the next try.
+    """

@@ -27,13 +27,15 @@ SOURCE = "wavespeed"
 
 @attrs.define
 class MagiPredictionRunFacet(RunFacet):
-    """What one WaveSpeed prediction was asked to make, and how long inference took."""
+    """What one WaveSpeed prediction was asked to make, how long inference took, and what it
+    cost (USD from WaveSpeed's billing records; None when not known yet)."""
 
     model: str
     prompt: str | None = None
     seed: int | None = None
     status: str | None = None
     inference_ms: int | None = None
+    cost_usd: float | None = None
 
     @staticmethod
     def _get_schema() -> str:
@@ -104,6 +106,7 @@ def generate_lineage(
         seed=_as_int(seed),
         status=result.get("status"),
         inference_ms=result.get("inference_ms"),
+        cost_usd=result.get("cost_usd"),
     )
     image_input = _quietly(image_dataset, image)
     return OperatorLineage(inputs=[image_input] if image_input else [], run_facets=run_facets)

@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 PREFIX = "magi."
 
 
-def _tags(model: str | None, conn_id: str | None) -> dict[str, str]:
-    return {key: value for key, value in (("model", model), ("conn_id", conn_id)) if value}
+def _tags(model: str | None, conn_id: str | None, dag_id: str | None = None) -> dict[str, str]:
+    pairs = (("model", model), ("conn_id", conn_id), ("dag_id", dag_id))
+    return {key: value for key, value in pairs if value}
 
 
 def incr(name: str, count: int = 1, *, model: str | None = None, conn_id: str | None = None) -> None:
@@ -31,6 +32,35 @@ def timing(name: str, seconds: float, *, model: str | None = None, conn_id: str 
     from datetime import timedelta
 
     _emit("timing", PREFIX + name, timedelta(seconds=max(0.0, seconds)), _tags(model, conn_id))
+
+
+def gauge(
+    name: str,
+    value: float,
+    *,
+    model: str | None = None,
+    conn_id: str | None = None,
+    dag_id: str | None = None,
+) -> None:
+    """Set gauge ``magi.<name>`` to ``value`` (a float: gauges carry fractions on every backend)."""
+    _emit("gauge", PREFIX + name, float(value), _tags(model, conn_id, dag_id))
+
+
+def cost(usd: float, *, model: str | None, conn_id: str | None, dag_id: str | None) -> None:
+    """What one prediction cost, as two metrics, since no one StatsD type both carries cents and
+    sums on every backend:
+
+    - gauge ``magi.cost_usd``: the price in dollars (``0.45``). Gauges are floats everywhere, but
+      a gauge keeps only its last value per flush, so it answers "what did a video cost", not
+      "what was spent";
+    - counter ``magi.cost_microusd``: the price in millionths of a dollar (``450000``), for
+      sums. StatsD counters are integers on several backends (Telegraf truncates ``0.45|c`` to 0,
+      Airflow's own ``incr`` takes an int): a whole number of micro-dollars sums exactly, and
+      carries WaveSpeed's 3-decimal amounts.
+    """
+    tags = _tags(model, conn_id, dag_id)
+    _emit("gauge", PREFIX + "cost_usd", float(usd), tags)
+    _emit("incr", PREFIX + "cost_microusd", round(usd * 1_000_000), tags)
 
 
 @cache

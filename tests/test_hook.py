@@ -192,9 +192,12 @@ def test_server_side_validation_message_reaches_the_user(hook: MagiHook) -> None
 
 
 def test_test_connection(magi_conn: LocalWaveSpeedServer, monkeypatch) -> None:
+    magi_conn.set_balance(12.3)
     ok, message = MagiHook().test_connection()
     assert ok, message
-    assert "accepted the API key" in message
+    expected = f"Connection OK, balance $12.30: WaveSpeed at {magi_conn.base_url} accepted the API key."
+    assert message == expected
+    assert magi_conn.count("balance") == 1 and magi_conn.count("result") == 0  # read the (free) balance
     monkeypatch.setenv(
         "AIRFLOW_CONN_MAGI_DEFAULT", json.dumps({**magi_conn.connection_uri_json(), "password": "nope"})
     )
@@ -205,6 +208,22 @@ def test_test_connection(magi_conn: LocalWaveSpeedServer, monkeypatch) -> None:
         "API key. Fix: check the API key."
     )
     assert len(magi_conn.app.predictions) == 0  # testing never starts a generation
+
+
+def test_test_connection_without_a_balance_endpoint_probes_the_key(
+    magi_conn: LocalWaveSpeedServer, monkeypatch
+) -> None:
+    magi_conn.set_faults([Fault(route="balance", kind="status", status=404)])
+    ok, message = MagiHook().test_connection()
+    assert ok, message
+    assert message == f"WaveSpeed at {magi_conn.base_url} accepted the API key."
+    assert magi_conn.count("result", status=404) == 1  # the old probe: a prediction that cannot exist
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT", json.dumps({**magi_conn.connection_uri_json(), "password": "nope"})
+    )
+    ok, message = MagiHook().test_connection()
+    assert not ok and "refused the API key: 401" in message
+    assert len(magi_conn.app.predictions) == 0
 
 
 def test_missing_connection_uses_env_key(monkeypatch, caplog) -> None:

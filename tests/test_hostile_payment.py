@@ -18,6 +18,8 @@ from airflow_provider_magi.testing import LocalWaveSpeedServer
 from tests.helpers import CANARY_KEY, run_dag, task_instance, xcom
 from tests.hostile import HostileServer, Seen, envelope, http_answer
 
+SUBMIT_PATH = "/api/v3/wavespeed-ai/magi-1-24b"
+
 # Every test here proves a rule about what is paid for: `make test` runs them on every Airflow minor.
 pytestmark = pytest.mark.money
 
@@ -44,7 +46,7 @@ def api_with_a_malformed_submit_answer(malformed_field: str) -> HostileServer:
     """A WaveSpeed whose submit answers a valid id beside one malformed field; polls complete."""
 
     def respond(seen: Seen) -> bytes:
-        if seen.method == "POST":
+        if seen.method == "POST" and seen.path == SUBMIT_PATH:
             text = '{"code": 200, "message": "success", "data": {"id": "paid-1", "status": "created", '
             text += malformed_field + "}}"
             return envelope(None, raw=text)
@@ -76,7 +78,8 @@ def test_a_retry_after_a_malformed_submit_answer_does_not_pay_again(
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
         dag_run = run_dag(dag_bag, "magi_test_params", prompt="x", seed=None, image=None, extra_inputs=None)
     assert dag_run.state == "success"
-    assert sum(seen.method == "POST" for seen in server.seen) == 1
+    # Paid POSTs: the billing search after completion (a free read, answered 404 here) is not one.
+    assert sum(seen.method == "POST" and seen.path == SUBMIT_PATH for seen in server.seen) == 1
     assert xcom(dag_run, "generate")["prediction_id"] == "paid-1"
 
 

@@ -72,4 +72,7 @@ def test_airflow_knows_the_connection_type_and_form() -> None:
         "extra__magi__max_retries",
         "extra__magi__max_retry_wait",
         "extra__magi__max_polls_per_second",
+        "extra__magi__min_balance_usd",
+        "extra__magi__daily_budget_usd",
+        "extra__magi__cost_lookup_seconds",
     }

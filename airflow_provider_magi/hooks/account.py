@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi import costs
@@ -48,6 +48,7 @@ class MagiAccountMixin:
             body: bytes | None = None,
             resend_safe: bool = False,
             deadline: float | None = None,
+            cap_by_deadline: bool = False,
         ) -> Mapping[str, Any]: ...
 
         async def aget_settings(self) -> MagiSettings: ...
@@ -68,6 +69,9 @@ class MagiAccountMixin:
         billed yet (billing can lag completion) or its price cannot be read as USD, the answer
         included (it was not the JSON envelope): an unknown cost, never a guessed one.
 
+        ``deadline`` also ends a read still in flight when it passes: a finished task looks for
+        its price for a bounded time, never as long as a slow billing endpoint takes.
+
         :raises MagiError: when WaveSpeed refused the read or could not be reached.
         """
         what = f"Reading the billing of prediction {prediction_id}"
@@ -81,6 +85,7 @@ class MagiAccountMixin:
                     body=_json(costs.billing_query([prediction_id], page=page, page_size=PAGE_SIZE)),
                     resend_safe=True,
                     deadline=deadline,
+                    cap_by_deadline=deadline is not None,
                 )
             except MagiResponseError as error:
                 self.log.warning("%s: the cost is unknown: %s", what, error)
@@ -124,6 +129,26 @@ class MagiAccountMixin:
         if spent is None:
             self.log.warning("Usage stats: the spend could not be read as USD: %.200r", dict(data))
         return spent
+
+    def get_unit_price(self, model: str, *, days: int = 30, deadline: float | None = None) -> float | None:
+        """What one prediction of ``model`` costs in USD by WaveSpeed's usage stats over the last
+        ``days`` days (``unit_price``); None when the model was not used in that time (usage
+        stats list only models used in their range, and no other endpoint states a price).
+
+        :raises MagiResponseError: when the answer cannot be read (not a list of models, a price
+            that is not USD): unreadable is not "unknown", so a budget guard fails safe on it.
+        :raises MagiError: when WaveSpeed refused the read or could not be reached.
+        """
+        end = datetime.now(UTC)
+        query = costs.usage_query(end - timedelta(days=days), end, model)
+        what = f"Reading the price of {model} from usage stats"
+        data = self._call(
+            "POST", costs.USAGE_PATH, what=what, body=_json(query), resend_safe=True, deadline=deadline
+        )
+        try:
+            return costs.parse_unit_price(data, model)
+        except ValueError as error:
+            raise MagiResponseError(f"{what}: {error}") from None
 
     # ---------------------------------------------------------------- triggerer
 

@@ -106,6 +106,10 @@ class MagiSettings:
     max_retry_wait: float = 60.0
     max_polls_per_second: float = 20.0  # shared by all triggers using this key in one triggerer
     ledger_path: str | None = None  # an ObjectStoragePath URL for the ledger (default: Airflow's own)
+    # The spending guards and the price lookup (see README "What it costs"); None: no guard.
+    min_balance_usd: float | None = None  # no submit while the balance is below this
+    daily_budget_usd: float | None = None  # no submit the UTC day's spend plus its price exceeds
+    cost_lookup_seconds: float = 10.0  # how long a finished task looks for its price (0: never)
 
     @classmethod
     def from_connection(cls, conn: Connection, conn_id: str, extra: Mapping[str, Any]) -> MagiSettings:
@@ -153,6 +157,9 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
         "max_retries": int,
         "max_retry_wait": float,
         "max_polls_per_second": float,
+        "min_balance_usd": float,
+        "daily_budget_usd": float,
+        "cost_lookup_seconds": float,
     }
     values: dict[str, Any] = {}
     for name, cast in casts.items():
@@ -658,25 +665,43 @@ class MagiHook(MagiAccountMixin, BaseHook):
             self.log.debug("Could not report %s to the hook lineage collector", uri, exc_info=True)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Prove the key is accepted by reading a prediction that cannot exist: nothing is billed.
+        """Prove the key by reading the balance (free): "Connection OK, balance $X".
 
-        The messages speak to someone at the connection form: Airflow tests a copy of the
-        connection under a random id, so they name neither that id nor the probe prediction.
+        Where the balance endpoint answers 404 (a service without it), the key is proved the old
+        way instead: reading a prediction that cannot exist, which is refused with 401/403 for a
+        wrong key and answered 404 for a good one. Nothing is billed either way. The messages
+        speak to someone at the connection form: Airflow tests a copy of the connection under a
+        random id, so they name neither that id nor the probe prediction.
         """
+        from airflow_provider_magi.costs import usd_text
+
+        where = "WaveSpeed"
         try:
             where = f"WaveSpeed at {self.settings.base_url}"
-            self.get_prediction(_PROBE_PREDICTION_ID)
-        except MagiAuthError as error:
-            if error.http_status is None:  # refused before sending: the message says why
-                return False, str(error)
-            fix = (
-                "check the API key" if error.http_status == 401 else "check the key's permissions and balance"
-            )
-            return False, f"{where} refused the API key: {_api_detail(error)}. Fix: {fix}."
+            balance = self.get_balance()
         except MagiAPIError as error:
-            if error.http_status == 404:
+            if error.http_status == 404 and not isinstance(error, MagiAuthError):
+                return self._probe_key(where)
+            return _refused(where, error)
+        except MagiResponseError as error:
+            if error.http_status is not None and 200 <= error.http_status < 300:  # the key was taken
+                return (
+                    True,
+                    f"Connection OK: {where} accepted the API key (the balance is unreadable: {error}).",
+                )
+            return False, f"WaveSpeed could not be tested: {error}"
+        except MagiError as error:
+            return False, f"WaveSpeed could not be tested: {error}"
+        return True, f"Connection OK, balance {usd_text(balance)}: {where} accepted the API key."
+
+    def _probe_key(self, where: str) -> tuple[bool, str]:
+        """The key test without a balance endpoint: a 404 for a prediction that cannot exist."""
+        try:
+            self.get_prediction(_PROBE_PREDICTION_ID)
+        except MagiAPIError as error:
+            if error.http_status == 404 and not isinstance(error, MagiAuthError):
                 return True, f"{where} accepted the API key."
-            return False, f"{where} answered {error.http_status}: {_api_detail(error)}."
+            return _refused(where, error)
         except MagiError as error:
             return False, f"WaveSpeed could not be tested: {error}"
         return True, f"{where} accepted the API key."
@@ -879,6 +904,16 @@ def _never_sent(error: requests.ConnectionError) -> bool:
     if isinstance(reason, ProxyError):  # a proxy that refused wraps the refusal
         reason = reason.original_error
     return isinstance(reason, (NewConnectionError, NameResolutionError))
+
+
+def _refused(where: str, error: MagiAPIError) -> tuple[bool, str]:
+    """The connection test's answer to an error status (a refused key says what to fix)."""
+    if isinstance(error, MagiAuthError):
+        if error.http_status is None:  # refused before sending: the message says why
+            return False, str(error)
+        fix = "check the API key" if error.http_status == 401 else "check the key's permissions and balance"
+        return False, f"{where} refused the API key: {_api_detail(error)}. Fix: {fix}."
+    return False, f"{where} answered {error.http_status}: {_api_detail(error)}."
 
 
 def _api_detail(error: MagiAPIError) -> str:

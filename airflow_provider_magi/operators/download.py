@@ -257,10 +257,13 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             "paths": [item["path"] for item in written],
             "sizes": [item["size"] for item in written],
         }
-        # The generate task's result dict carries what was asked for; a bare id does not.
+        # The generate task's result dict carries what was asked for; a bare id does not,
+        # and what it cost (None: unknown, as for a bare id).
+        extra["cost_usd"] = None
         if isinstance(self.prediction, Mapping):
             inputs = self.prediction.get("inputs") or {}
             extra.update({key: inputs[key] for key in ("prompt", "seed", "image") if key in inputs})
+            extra["cost_usd"] = self.prediction.get("cost_usd")
         outlet_events = context["outlet_events"]
         for outlet in self.outlets:
             if type(outlet).__name__ == "Asset":

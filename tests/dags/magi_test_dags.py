@@ -394,3 +394,36 @@ with _dag("magi_test_two_outputs_one_path"):
         destination=OUTPUT_DIR,
         filename="daily/{ds}.mp4",  # no {index}: both outputs would land on one path
     )
+
+# ---------------------------------------------------------------- know and cap what you pay
+
+COSTED_VIDEOS = Asset("magi_test_costed_videos")
+
+for deferrable in (True, False):
+    mode = "deferrable" if deferrable else "sync"
+    with _dag(f"magi_test_cost_{mode}"):
+        generate = MagiGenerateVideoOperator(
+            task_id="generate",
+            prompt=f"a priced video ({mode}) [[duration: 0.2]]",
+            deferrable=deferrable,
+            **FAST,
+        )
+        MagiDownloadOutputsOperator(
+            task_id="download",
+            prediction=generate.output,
+            destination=OUTPUT_DIR,
+            outlets=[COSTED_VIDEOS],
+        )
+
+    # A local first frame: the guard must stop the upload too, not only the submit. One retry,
+    # so a refusal (not retried) and a fail-safe (retried) tell themselves apart by try_number.
+    with _dag(f"magi_test_guarded_{mode}", params={"image": ""}):
+        MagiGenerateVideoOperator(
+            task_id="generate",
+            prompt="a guarded video [[duration: 0.2]]",
+            image="{{ params.image }}",
+            deferrable=deferrable,
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+            **FAST,
+        )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.integration.stack import AirflowStack
 from tests.ui.conftest import CANARY, record_api_answers
@@ -35,7 +36,13 @@ def test_form_shows_our_fields_and_hides_the_rest(page: Any, screenshots: Path) 
 
     dialog = open_add_form(page)
     dialog.get_by_role("button", name="Extra Fields", exact=True).click()
-    for label in ("Read timeout (s)", "Retries for transient errors", "Polls per second per triggerer"):
+    for label in (
+        "Read timeout (s)",
+        "Retries for transient errors",
+        "Polls per second per triggerer",
+        "Minimum balance to submit (USD",
+        "Daily budget per UTC day (USD",
+    ):
         expect(dialog.get_by_text(label, exact=False)).to_be_visible()
     dialog.get_by_role("button", name="Standard Fields", exact=True).click()
     key = dialog.get_by_label("API key")
@@ -112,10 +119,14 @@ def test_saved_connection_tests_green_and_a_wrong_key_red(page: Any, ui_stack: A
 
     row(page, "magi_ui").get_by_role("button", name="Test Connection").click()
     expect(page.get_by_text("Test Connection Successful").first).to_be_visible()
-    expect(page.get_by_text(f"WaveSpeed at {ui_stack.wavespeed} accepted the API key.").first).to_be_visible()
+    balance = requests.get(f"{ui_stack.wavespeed}/_testing/account", timeout=30).json()["balance"]
+    shown = f"Connection OK, balance ${balance:,.2f}: WaveSpeed at {ui_stack.wavespeed} accepted the API key."
+    expect(page.get_by_text(shown).first).to_be_visible()
 
-    tested = [r for r in ui_stack.server_requests() if r["prediction_id"] == "airflow-connection-test"]
-    assert [r["status"] for r in tested] == [401, 404]  # the wrong key, then the right one; nothing billed
+    # The wrong key, then the right one, read the (free) balance; nothing billed, nothing probed.
+    tested = [r["status"] for r in ui_stack.server_requests() if r["route"] == "balance"]
+    assert tested[-2:] == [401, 200]
+    assert not [r for r in ui_stack.server_requests() if r["prediction_id"] == "airflow-connection-test"]
     assert sum(r["route"] == "submit" for r in ui_stack.server_requests()) == submits_before
     assert CANARY not in page.content()
     assert seen and not any(CANARY in body for body in seen)
