@@ -20,6 +20,7 @@ from airflow_provider_magi.exceptions import (
     MagiAuthError,
     MagiError,
     MagiHistoryIncompleteError,
+    MagiInputError,
     MagiPredictionFailedError,
     MagiRejectedError,
     MagiResponseError,
@@ -581,3 +582,14 @@ def final_result(prediction: Prediction) -> dict[str, Any]:
             f"Prediction {prediction.id} completed without any outputs", prediction_id=prediction.id
         )
     return prediction.to_result()
+
+
+def json_body(inputs: Mapping[str, Any]) -> bytes:
+    """The submit's body, refused before sending if it is not strict JSON (NaN, infinity)."""
+    try:
+        return json.dumps(dict(inputs), allow_nan=False).encode()
+    except (TypeError, ValueError) as error:
+        raise MagiInputError(
+            f"Invalid inputs: not strict JSON ({error}). Fix: use finite numbers, strings, lists "
+            "and dicts only."
+        ) from None

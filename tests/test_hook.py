@@ -418,7 +418,7 @@ def test_both_clients_check_certificates_against_the_same_bundle(
 def test_triggers_in_one_loop_share_one_connection_lookup(
     magi_conn: LocalWaveSpeedServer, monkeypatch
 ) -> None:
-    import airflow_provider_magi.hooks.magi as hook_module
+    import airflow_provider_magi.hooks.settings as hook_module
 
     calls = []
     real_lookup = hook_module.get_async_connection

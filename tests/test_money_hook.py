@@ -21,7 +21,7 @@ from airflow_provider_magi.exceptions import (
     MagiSubmitUncertainError,
     MagiTransportError,
 )
-from airflow_provider_magi.hooks import magi as magi_module
+from airflow_provider_magi.hooks import history as history_module
 from airflow_provider_magi.hooks.magi import MagiHook
 from tests.helpers import CANARY_KEY, run_dag, xcom
 from tests.hostile import HostileServer, Seen, envelope, free_port, http_answer
@@ -268,7 +268,7 @@ def test_the_lookup_ends_by_its_deadline_with_the_request_in_flight(monkeypatch:
 def test_an_uncertain_submit_waits_for_the_history_no_longer_than_the_lookup_allows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(magi_module, "CANDIDATE_LOOKUP_SECONDS", 1.0)
+    monkeypatch.setattr(history_module, "CANDIDATE_LOOKUP_SECONDS", 1.0)
     with api(dropped, history=stalled_history) as server:
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url, read_timeout=30))
         started = time.monotonic()

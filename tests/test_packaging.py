@@ -25,7 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 REQUIREMENTS = [Requirement(text) for text in PROJECT["dependencies"]]
 # Modules imported only when an extra is installed (lineage.py, by the OpenLineage listener).
-OPTIONAL = {"lineage.py": [Requirement(text) for text in PROJECT["optional-dependencies"]["openlineage"]]}
+_EXTRAS = PROJECT["optional-dependencies"]
+# Modules that import only what an extra brings (each imports it lazily, with an install hint).
+OPTIONAL = {
+    "lineage.py": [Requirement(text) for text in _EXTRAS["openlineage"]],
+    "media.py": [Requirement(text) for text in _EXTRAS["video"]],
+    "clips.py": [Requirement(text) for text in _EXTRAS["video"]],  # the local server's clips
+}
 PYTHONS = [Version(f"3.{minor}") for minor in range(8, 20)]
 
 

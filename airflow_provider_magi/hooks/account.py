@@ -23,7 +23,7 @@ from airflow_provider_magi.retries import RetryPolicy, settle
 if TYPE_CHECKING:
     from airflow.sdk.types import Logger
 
-    from airflow_provider_magi.hooks.magi import MagiSettings
+    from airflow_provider_magi.hooks.settings import MagiSettings
 
 # Billing pages read at most when looking for one prediction's records (the search names the
 # prediction, so one page is the normal case; more only if a service ignored that filter).

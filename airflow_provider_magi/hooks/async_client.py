@@ -37,7 +37,7 @@ from airflow_provider_magi.bounded import (
 from airflow_provider_magi.pacing import PollBudget
 
 if TYPE_CHECKING:
-    from airflow_provider_magi.hooks.magi import MagiSettings
+    from airflow_provider_magi.hooks.settings import MagiSettings
 
 # Connections to WaveSpeed per key per triggerer, however many triggers wait.
 MAX_ASYNC_CONNECTIONS = 64

@@ -1,0 +1,260 @@
+"""The connection, read once: base URL, key, extras and the environment fallback.
+
+Both clients (the worker's requests session and the triggerer's aiohttp client) import this
+module, and it imports neither, so nothing imports back into the hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+
+from airflow_provider_magi.api import (
+    DEFAULT_BASE_URL,
+)
+from airflow_provider_magi.compat import AirflowNotFoundException, mask_secret
+from airflow_provider_magi.exceptions import (
+    MagiAuthError,
+    MagiError,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+    from airflow.sdk.types import Logger
+
+
+API_KEY_ENV = "WAVESPEED_API_KEY"
+# The one connection id that may fall back to $WAVESPEED_API_KEY (MagiHook.default_conn_name).
+DEFAULT_CONN_ID = "magi_default"
+
+
+_USER_AGENT = "airflow-provider-magi"
+
+
+# How long triggers in one triggerer reuse a connection lookup (a rotated key is seen after this).
+SETTINGS_TTL = 60.0
+
+
+_env_key_announced = False
+
+
+@dataclass(frozen=True)
+class MagiSettings:
+    """Everything a client needs from the connection; the key stays out of repr."""
+
+    conn_id: str
+    base_url: str
+    api_key: str = field(repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    request_timeout: float = 120.0  # the whole of one request: connect, send, every byte back
+    download_timeout: float = 1800.0  # one attempt of one output download (the next one resumes)
+    max_retries: int = 5
+    max_retry_wait: float = 60.0
+    max_polls_per_second: float = 20.0  # shared by all triggers using this key in one triggerer
+    ledger_path: str | None = None  # an ObjectStoragePath URL for the ledger (default: Airflow's own)
+    # The spending guards and the price lookup (see README "What it costs"); None: no guard.
+    min_balance_usd: float | None = None  # no submit while the balance is below this
+    daily_budget_usd: float | None = None  # no submit the UTC day's spend plus its price exceeds
+    cost_lookup_seconds: float = 10.0  # how long a finished task looks for its price (0: never)
+
+    @classmethod
+    def from_connection(cls, conn: Connection, conn_id: str, extra: Mapping[str, Any]) -> MagiSettings:
+        host = (conn.host or "").strip()
+        if host and "://" not in host:
+            host = f"https://{host}"
+        if host and conn.port:
+            host = f"{host}:{conn.port}"
+        return cls(
+            conn_id=conn_id,
+            base_url=(host or DEFAULT_BASE_URL).rstrip("/"),
+            api_key=normalise_api_key(conn.password or "", conn_id),
+            ledger_path=_ledger_path(extra, conn_id),
+            **_extras(extra, conn_id),
+        )
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", "User-Agent": _USER_AGENT}
+
+
+def normalise_api_key(raw: str, conn_id: str) -> str:
+    """The key without surrounding whitespace (a pasted key often ends in a newline).
+
+    Anything else that cannot travel in an HTTP header is refused here, by a message that names
+    the connection and never the key: the HTTP library's own error would quote the whole header.
+    """
+    mask_secret(raw)  # masked as stored too, in case any log line ever sees the raw form
+    key = raw.strip()
+    if any(not "!" <= ch <= "~" for ch in key):
+        raise MagiAuthError(
+            f"Airflow connection '{conn_id}': the API key contains a space, a control character or "
+            "a non-ASCII character, which cannot be sent in an HTTP header. Fix: paste the key "
+            "again exactly as WaveSpeed shows it."
+        )
+    return key
+
+
+def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
+    casts = {
+        "connect_timeout": float,
+        "read_timeout": float,
+        "request_timeout": float,
+        "download_timeout": float,
+        "max_retries": int,
+        "max_retry_wait": float,
+        "max_polls_per_second": float,
+        "min_balance_usd": float,
+        "daily_budget_usd": float,
+        "cost_lookup_seconds": float,
+    }
+    values: dict[str, Any] = {}
+    for name, cast in casts.items():
+        # Older connection forms stored fields as extra__<conn_type>__<name>.
+        raw = extra.get(name, extra.get(f"extra__magi__{name}"))
+        if raw in (None, ""):
+            continue
+        try:
+            value = cast(raw)
+        except (TypeError, ValueError, OverflowError):
+            raise MagiError(f"Connection '{conn_id}': extra '{name}' must be a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise MagiError(f"Connection '{conn_id}': extra '{name}' must be a finite number, got {raw!r}")
+        if value < 0 or (
+            value == 0 and name in ("max_polls_per_second", "request_timeout", "download_timeout")
+        ):
+            raise MagiError(f"Connection '{conn_id}': extra '{name}' is out of range, got {raw!r}")
+        values[name] = value
+    return values
+
+
+def _ledger_path(extra: Mapping[str, Any], conn_id: str) -> str | None:
+    raw = extra.get("ledger_path")
+    if raw in (None, ""):
+        return None
+    if not isinstance(raw, str) or "://" not in raw:
+        raise MagiError(
+            f"Connection '{conn_id}': extra 'ledger_path' must be an object-storage URL such as "
+            f"'s3://bucket/magi-ledger' or 'file:///shared/magi-ledger', got {raw!r:.80}"
+        )
+    return raw.strip()
+
+
+def _settings_from_env(conn_id: str, log: Any) -> MagiSettings | None:
+    global _env_key_announced
+    key = os.environ.get(API_KEY_ENV)
+    if not key:
+        return None
+    if not _env_key_announced:
+        log.info("Connection '%s' not found; using the API key from $%s.", conn_id, API_KEY_ENV)
+        _env_key_announced = True
+    return MagiSettings(conn_id=conn_id, base_url=DEFAULT_BASE_URL, api_key=normalise_api_key(key, conn_id))
+
+
+def _settings_without_connection(conn_id: str, log: Any) -> MagiSettings:
+    """What a missing connection falls back to: the environment's key, for the default id only.
+
+    A named connection that does not exist is a typo or a missing deployment step; falling back
+    would send that task to the production key and URL, and bill there.
+    """
+    default = DEFAULT_CONN_ID
+    if conn_id != default:
+        raise MagiError(
+            f"Airflow connection '{conn_id}' does not exist; ${API_KEY_ENV} is used only for "
+            f"'{default}'; create connection {conn_id} or use magi_conn_id='{default}' (a 'magi' "
+            "connection holds the API key as its password)."
+        ) from None
+    settings = _settings_from_env(conn_id, log)
+    if settings is None:
+        raise MagiError(
+            f"Airflow connection '{conn_id}' does not exist and ${API_KEY_ENV} is not set: create "
+            "the connection (conn type 'magi', API key as password) or export the key."
+        ) from None
+    return settings
+
+
+_async_settings: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Task[MagiSettings]]]
+] = weakref.WeakKeyDictionary()
+
+
+class MagiConnectionMixin:
+    """Turns ``magi_conn_id`` into :class:`MagiSettings`, for the hook (sync) and its triggers (async)."""
+
+    magi_conn_id: str
+
+    if TYPE_CHECKING:  # provided by BaseHook
+
+        @property
+        def log(self) -> Logger: ...
+
+        @classmethod
+        def get_connection(cls, conn_id: str) -> Connection: ...
+
+    @cached_property
+    def settings(self) -> MagiSettings:
+        try:
+            conn = self.get_connection(self.magi_conn_id)
+        except AirflowNotFoundException:
+            settings = _settings_without_connection(self.magi_conn_id, self.log)
+        else:
+            settings = MagiSettings.from_connection(conn, self.magi_conn_id, conn.extra_dejson)
+        return self._checked(settings)
+
+    async def aget_settings(self) -> MagiSettings:
+        """The triggerer's way to read the connection: no blocking call on the event loop.
+
+        Thousands of triggers start together after a triggerer restart; they share one lookup
+        per connection id for ``SETTINGS_TTL`` seconds instead of each asking Airflow for it
+        (measured with 5,000 triggers: the lookups alone stalled the loop for minutes).
+        """
+        if "settings" in self.__dict__:
+            return self.settings
+        loop = asyncio.get_running_loop()
+        cache = _async_settings.setdefault(loop, {})
+        entry = cache.get(self.magi_conn_id)
+        if entry is None or entry[0] < loop.time():
+            entry = (loop.time() + SETTINGS_TTL, loop.create_task(self._alookup_settings()))
+            cache[self.magi_conn_id] = entry
+        try:
+            settings = await asyncio.shield(entry[1])
+        except Exception:
+            if cache.get(self.magi_conn_id) is entry:  # let the next caller try again
+                del cache[self.magi_conn_id]
+            raise
+        self.__dict__["settings"] = settings
+        return settings
+
+    async def _alookup_settings(self) -> MagiSettings:
+        try:
+            conn = await get_async_connection(self.magi_conn_id, self)  # type: ignore[arg-type]  # a BaseHook
+        except AirflowNotFoundException:
+            settings = _settings_without_connection(self.magi_conn_id, self.log)
+        else:
+            extra = await get_async_extra_dejson(conn)
+            settings = MagiSettings.from_connection(conn, self.magi_conn_id, extra)
+        return self._checked(settings)
+
+    def _checked(self, settings: MagiSettings) -> MagiSettings:
+        if not settings.api_key:
+            raise MagiAuthError(
+                f"Airflow connection '{self.magi_conn_id}' has no API key: put the WaveSpeed key "
+                "in the connection's password field."
+            )
+        mask_secret(settings.api_key)
+        return settings
+
+    @property
+    def is_local_server(self) -> bool:
+        """True when the connection points at plain http on loopback, i.e. a local test server."""
+        from airflow_provider_magi.downloads import is_loopback_http
+
+        return is_loopback_http(self.settings.base_url)

@@ -1,0 +1,207 @@
+"""The worker's transport: one requests session per hook, one retry policy, one deadline per request.
+
+Every call goes through :meth:`MagiSyncClientMixin._call`: the policy decides what may be sent
+again (a submit that may have been accepted never is), the watchdog bounds each request as a
+whole, and the answer is read capped and scrubbed of the key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import requests
+import urllib3.exceptions
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProxyError
+
+from airflow_provider_magi.api import (
+    ConnectFailure,
+    ExchangeFailure,
+    HTTPAnswer,
+    error_text,
+    raise_for_answer,
+    read_submit_answer,
+)
+from airflow_provider_magi.bounded import (
+    ACCEPT_ENCODING,
+    AnswerTooLarge,
+    take_capped,
+)
+from airflow_provider_magi.exceptions import MagiAuthError, MagiError, MagiRejectedError, MagiTransportError
+from airflow_provider_magi.hooks.async_client import (
+    answer_from,
+    count_poll,
+)
+from airflow_provider_magi.retries import RetryPolicy, settle
+from airflow_provider_magi.watchdog import DeadlineAdapter, overall_deadline
+
+if TYPE_CHECKING:
+    from airflow.sdk.types import Logger
+
+    from airflow_provider_magi.api import Prediction
+    from airflow_provider_magi.hooks.settings import MagiSettings
+    from airflow_provider_magi.waiting import Waiter
+
+
+class MagiSyncClientMixin:
+    """``session``, ``_call`` and ``_send`` for :class:`~airflow_provider_magi.hooks.magi.MagiHook`."""
+
+    if TYPE_CHECKING:  # provided by MagiHook
+
+        @property
+        def log(self) -> Logger: ...
+
+        @property
+        def settings(self) -> MagiSettings: ...
+
+        def get_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction: ...
+
+    @cached_property
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        body: bytes | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+        prediction_id: str | None = None,
+        resend_safe: bool = False,
+        deadline: float | None = None,
+        cap_by_deadline: bool = False,
+        is_poll: bool = False,
+        submit: bool = False,
+    ) -> Mapping[str, Any]:
+        """One exchange with its retries. ``deadline`` stops retries; with ``cap_by_deadline`` it
+        also ends the request in flight. ``submit`` reads the answer as a submit's (an id in a
+        2xx is kept whatever the envelope's code says)."""
+        settings = self.settings
+        url = settings.base_url + path
+        # The retry rules key on whether resending can start a second generation, not on the verb.
+        rule = "GET" if method == "GET" or resend_safe else method
+
+        def attempt() -> Mapping[str, Any]:
+            answer = self._send(
+                method, url, body=body, files=files, deadline=deadline if cap_by_deadline else None
+            )
+            if is_poll:
+                count_poll(answer, settings.conn_id)
+            if submit:
+                data, note = read_submit_answer(answer, what=what, conn_id=settings.conn_id)
+                if note:
+                    self.log.warning("%s: %s", what, note)
+                return data
+            return raise_for_answer(answer, what=what, conn_id=settings.conn_id, prediction_id=prediction_id)
+
+        policy = RetryPolicy(
+            rule,
+            max_retries=settings.max_retries,
+            max_wait=settings.max_retry_wait,
+            log=self.log,
+            deadline=deadline,
+        )
+        try:
+            return policy.call(attempt)
+        except (ConnectFailure, ExchangeFailure, MagiError) as error:
+            raise settle(rule, error, what=what, base_url=settings.base_url) from None
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+        deadline: float | None = None,
+    ) -> HTTPAnswer:
+        """One request, ended by ``request_timeout`` or by ``deadline`` (Unix time), the sooner."""
+        settings = self.settings
+        headers = {**settings.auth_headers, "Accept-Encoding": ACCEPT_ENCODING}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        limit = settings.request_timeout
+        if deadline is not None:
+            limit = min(limit, deadline - time.time())
+            if limit <= 0:
+                raise MagiTransportError(f"{url}: no time was left before the deadline to send a request")
+        with overall_deadline(limit) as watch:
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    data=body,
+                    files=files,
+                    headers=headers,
+                    timeout=(min(settings.connect_timeout, limit), min(settings.read_timeout, limit)),
+                    allow_redirects=False,
+                    stream=True,
+                )
+                try:
+                    raw: bytes | AnswerTooLarge = take_capped(
+                        response.raw.stream(64 * 1024, decode_content=False)
+                    )
+                except AnswerTooLarge as error:
+                    raw = error
+                finally:
+                    response.close()
+            except requests.ConnectTimeout as error:
+                raise ConnectFailure(
+                    f"connect timeout after {min(settings.connect_timeout, limit):g}s"
+                ) from error
+            except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL) as error:
+                # Raised while building the request: nothing left this machine.
+                raise MagiError(f"the request could not be built: {type(error).__name__}") from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+                if watch.expired:
+                    within = (
+                        f"request_timeout ({settings.request_timeout:g}s)"
+                        if limit == settings.request_timeout
+                        else f"the {limit:.1f}s left before the deadline"
+                    )
+                    raise ExchangeFailure(f"no complete answer within {within}") from error
+                if isinstance(error, requests.ConnectionError) and _never_sent(error):
+                    raise ConnectFailure(error_text(error, settings.api_key)) from error
+                raise ExchangeFailure(error_text(error, settings.api_key)) from error
+        return answer_from(response.status_code, response.headers, raw, settings.api_key)
+
+    def wait_for_prediction(self, waiter: Waiter) -> Prediction:
+        """Poll in this process (a worker slot) until terminal; the trigger is the async twin."""
+        while True:
+            try:
+                prediction = self.get_prediction(waiter.prediction_id, deadline=waiter.deadline)
+            except (MagiAuthError, MagiRejectedError):
+                raise
+            except MagiError as error:
+                self.log.warning(
+                    "Prediction %s: poll failed, will poll again: %s", waiter.prediction_id, error
+                )
+            else:
+                waiter.observe(prediction, self.log)
+                if prediction.is_terminal:
+                    return prediction
+            delay = waiter.next_delay()
+            if delay is None:
+                self.log.error("%s", waiter.timeout_message())
+                waiter.count_timeout()
+                raise waiter.timeout_error()
+            time.sleep(delay)
+
+
+def _never_sent(error: requests.ConnectionError) -> bool:
+    """True when no connection was made (to WaveSpeed, or to the proxy in front of it), so the
+    request provably never left this machine and a POST may be sent again."""
+    reason = error.args[0] if error.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    if isinstance(reason, ProxyError):  # a proxy that refused wraps the refusal
+        reason = reason.original_error
+    return isinstance(reason, (NewConnectionError, NameResolutionError))
