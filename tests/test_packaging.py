@@ -180,3 +180,14 @@ def test_a_templated_model_that_is_not_a_model_id_is_refused_before_any_request(
     )
     assert dag_run.state == "failed"
     assert magi_conn.requests == []
+
+
+def test_the_long_description_has_only_absolute_links() -> None:
+    """PyPI shows README.md as the project's page, where a relative link or image is broken."""
+    readme = (ROOT / "README.md").read_text()
+    relative = [
+        target
+        for target in re.findall(r"\]\(([^)\s]+)\)", readme)
+        if not target.startswith(("https://", "http://", "#", "mailto:"))
+    ]
+    assert relative == []
