@@ -18,12 +18,11 @@ from airflow_provider_magi import costs
 from airflow_provider_magi.api import ConnectFailure, ExchangeFailure, raise_for_answer
 from airflow_provider_magi.exceptions import MagiError, MagiInputError, MagiResponseError
 from airflow_provider_magi.hooks.async_client import asend, shared_async_client
+from airflow_provider_magi.hooks.sync_client import MagiSyncClientMixin
 from airflow_provider_magi.retries import RetryPolicy, settle
 
 if TYPE_CHECKING:
-    from airflow.sdk.types import Logger
-
-    from airflow_provider_magi.hooks.settings import MagiSettings
+    pass
 
 # Billing pages read at most when looking for one prediction's records (the search names the
 # prediction, so one page is the normal case; more only if a service ignored that filter).
@@ -31,27 +30,8 @@ MAX_BILLING_PAGES = 5
 PAGE_SIZE = 100
 
 
-class MagiAccountMixin:
+class MagiAccountMixin(MagiSyncClientMixin):
     """Balance, billing and usage reads for :class:`MagiHook` (which provides the transport)."""
-
-    if TYPE_CHECKING:  # provided by MagiHook
-
-        @property
-        def log(self) -> Logger: ...
-
-        def _call(
-            self,
-            method: str,
-            path: str,
-            *,
-            what: str,
-            body: bytes | None = None,
-            resend_safe: bool = False,
-            deadline: float | None = None,
-            cap_by_deadline: bool = False,
-        ) -> Mapping[str, Any]: ...
-
-        async def aget_settings(self) -> MagiSettings: ...
 
     # ---------------------------------------------------------------- worker
 

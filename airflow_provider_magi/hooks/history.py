@@ -33,12 +33,11 @@ from airflow_provider_magi.hooks.async_client import (
     asend,
     shared_async_client,
 )
+from airflow_provider_magi.hooks.sync_client import MagiSyncClientMixin
 from airflow_provider_magi.retries import RetryPolicy, settle
 
 if TYPE_CHECKING:
-    from airflow.sdk.types import Logger
-
-    from airflow_provider_magi.hooks.settings import MagiSettings
+    pass
 
 # After an uncertain submit: predictions created this long around it are named as candidates,
 # and the lookup may take this long at most.
@@ -48,29 +47,10 @@ CANDIDATE_WINDOW_SECONDS = 60.0
 CANDIDATE_LOOKUP_SECONDS = 30.0
 
 
-class MagiHistoryMixin:
+class MagiHistoryMixin(MagiSyncClientMixin):
     """History reads for :class:`~airflow_provider_magi.hooks.magi.MagiHook`, on its transport."""
 
     magi_conn_id: str
-
-    if TYPE_CHECKING:  # provided by MagiHook
-
-        @property
-        def log(self) -> Logger: ...
-
-        def _call(
-            self,
-            method: str,
-            path: str,
-            *,
-            what: str,
-            body: bytes | None = None,
-            resend_safe: bool = False,
-            deadline: float | None = None,
-            cap_by_deadline: bool = False,
-        ) -> Mapping[str, Any]: ...
-
-        async def aget_settings(self) -> MagiSettings: ...
 
     def _with_candidates(
         self, error: MagiSubmitUncertainError, model: str, submitted_at: datetime

@@ -54,7 +54,6 @@ from airflow_provider_magi.hooks.settings import (
     MagiSettings,
     normalise_api_key,
 )
-from airflow_provider_magi.hooks.sync_client import MagiSyncClientMixin
 
 __all__ = ["API_KEY_ENV", "MagiHook", "MagiSettings", "json_body", "model_path", "normalise_api_key"]
 
@@ -63,7 +62,7 @@ __all__ = ["API_KEY_ENV", "MagiHook", "MagiSettings", "json_body", "model_path",
 _PROBE_PREDICTION_ID = "airflow-connection-test"
 
 
-class MagiHook(MagiConnectionMixin, MagiSyncClientMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook):
+class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook):
     """Talks to WaveSpeed's prediction API for MAGI-1 24B (or any model path on the same API).
 
     :param magi_conn_id: Airflow connection of type ``magi``: API key as password, optional host

@@ -58,6 +58,8 @@ class MagiSyncClientMixin:
 
         def get_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction: ...
 
+        async def aget_settings(self) -> MagiSettings: ...
+
     @cached_property
     def session(self) -> requests.Session:
         session = requests.Session()

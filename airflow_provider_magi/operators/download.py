@@ -90,6 +90,20 @@ def check_destination_scheme(destination: Any) -> None:
         )
 
 
+def filename_values(context: Mapping[str, Any], prediction_id: str, index: int) -> dict[str, Any]:
+    """The fields a filename pattern may use, for one output of one prediction in this task."""
+    ti = context["ti"]
+    return {
+        "dag_id": ti.dag_id,
+        "task_id": ti.task_id,
+        "run_id": ti.run_id,
+        "map_index": ti.map_index,
+        "ds": context.get("ds", ""),
+        "prediction_id": prediction_id,
+        "index": index,
+    }
+
+
 def render_filename(pattern: str, values: Mapping[str, Any]) -> str:
     """Fill ``pattern`` with sanitised values; the pattern's own slashes make directories."""
     try:
@@ -204,16 +218,10 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         self, context: Context, prediction: Prediction, indexes: list[int], directory: WritablePath
     ) -> list[WritablePath]:
         """Every output's path, refused before anything is written if two would share one."""
-        ti = context["ti"]
-        values = {
-            "dag_id": ti.dag_id,
-            "task_id": ti.task_id,
-            "run_id": ti.run_id,
-            "map_index": ti.map_index,
-            "ds": context.get("ds", ""),
-            "prediction_id": prediction.id,
-        }
-        names = [render_filename(self.filename, {**values, "index": index}) for index in indexes]
+        names = [
+            render_filename(self.filename, filename_values(context, prediction.id, index))
+            for index in indexes
+        ]
         if len(set(names)) < len(names):
             raise MagiInputError(
                 f"Invalid filename: {shorten(self.filename)} writes the {len(names)} outputs of "

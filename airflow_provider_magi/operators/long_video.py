@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi.api import DEFAULT_MODEL, Prediction, final_result
 from airflow_provider_magi.exceptions import MagiInputError
-from airflow_provider_magi.operators.download import destination_path, render_filename
+from airflow_provider_magi.operators.download import (
+    check_filename_fields,
+    destination_path,
+    filename_values,
+    render_filename,
+)
 from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
 from airflow_provider_magi.validation import LocalImage, inputs_fingerprint, magi_inputs, shorten
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL
@@ -144,6 +149,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             attach_to_single_candidate=attach_to_single_candidate,
             **kwargs,
         )
+        check_filename_fields(filename)  # a typo fails when the DAG is parsed, not after paying
         self.scenes = scenes
         self.destination = destination
         self.filename = filename
@@ -246,17 +252,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
     # ------------------------------------------------------------ clips and the join
 
     def _target_values(self, context: Context, prediction_id: str) -> str:
-        ti = context["ti"]
-        values = {
-            "dag_id": ti.dag_id,
-            "task_id": ti.task_id,
-            "run_id": ti.run_id,
-            "map_index": ti.map_index,
-            "ds": context.get("ds", ""),
-            "prediction_id": prediction_id,
-            "index": 0,
-        }
-        return render_filename(self.filename, values)
+        return render_filename(self.filename, filename_values(context, prediction_id, 0))
 
     def _target(self, context: Context, directory: WritablePath, done: list[Prediction]) -> WritablePath:
         return directory / self._target_values(context, done[-1].id)
