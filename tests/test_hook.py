@@ -448,3 +448,12 @@ def test_a_failed_connection_lookup_is_not_cached(monkeypatch) -> None:
         return (await MagiHook().aget_settings()).base_url
 
     assert asyncio.run(twice()) == "https://api.wavespeed.ai"
+
+
+def test_a_typo_in_a_connection_extra_is_warned_about_with_the_close_match(
+    server: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, task_logs
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(server, max_retry=9))
+    settings = MagiHook().settings
+    assert settings.max_retries == 3  # the typo changed nothing: the test connection's own value
+    assert "extra 'max_retry' is not one this provider reads (did you mean 'max_retries'?)" in task_logs()

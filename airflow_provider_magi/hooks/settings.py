@@ -7,6 +7,7 @@ module, and it imports neither, so nothing imports back into the hook.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import math
 import os
 import weakref
@@ -103,21 +104,38 @@ def normalise_api_key(raw: str, conn_id: str) -> str:
     return key
 
 
+_NUMERIC_EXTRAS = {
+    "connect_timeout": float,
+    "read_timeout": float,
+    "request_timeout": float,
+    "download_timeout": float,
+    "max_retries": int,
+    "max_retry_wait": float,
+    "max_polls_per_second": float,
+    "min_balance_usd": float,
+    "daily_budget_usd": float,
+    "cost_lookup_seconds": float,
+}
+KNOWN_EXTRAS = frozenset({*_NUMERIC_EXTRAS, "ledger_path"})
+
+
+def unknown_extras(extra: Mapping[str, Any]) -> list[str]:
+    """A warning per extra this provider does not read, naming the close match: a typo
+    (``max_retry``) is otherwise silently ignored and the default applies."""
+    warnings = []
+    for name in sorted(extra):
+        bare = name.removeprefix("extra__magi__")
+        if bare in KNOWN_EXTRAS:
+            continue
+        close = difflib.get_close_matches(bare, sorted(KNOWN_EXTRAS), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known extras: {', '.join(sorted(KNOWN_EXTRAS))}"
+        warnings.append(f"extra '{name}' is not one this provider reads ({hint}); it is ignored")
+    return warnings
+
+
 def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
-    casts = {
-        "connect_timeout": float,
-        "read_timeout": float,
-        "request_timeout": float,
-        "download_timeout": float,
-        "max_retries": int,
-        "max_retry_wait": float,
-        "max_polls_per_second": float,
-        "min_balance_usd": float,
-        "daily_budget_usd": float,
-        "cost_lookup_seconds": float,
-    }
     values: dict[str, Any] = {}
-    for name, cast in casts.items():
+    for name, cast in _NUMERIC_EXTRAS.items():
         # Older connection forms stored fields as extra__<conn_type>__<name>.
         raw = extra.get(name, extra.get(f"extra__magi__{name}"))
         if raw in (None, ""):
@@ -207,6 +225,7 @@ class MagiConnectionMixin:
             settings = _settings_without_connection(self.magi_conn_id, self.log)
         else:
             settings = MagiSettings.from_connection(conn, self.magi_conn_id, conn.extra_dejson)
+            self._warn_unknown_extras(conn.extra_dejson)
         return self._checked(settings)
 
     async def aget_settings(self) -> MagiSettings:
@@ -241,7 +260,12 @@ class MagiConnectionMixin:
         else:
             extra = await get_async_extra_dejson(conn)
             settings = MagiSettings.from_connection(conn, self.magi_conn_id, extra)
+            self._warn_unknown_extras(extra)
         return self._checked(settings)
+
+    def _warn_unknown_extras(self, extra: Mapping[str, Any]) -> None:
+        for warning in unknown_extras(extra):
+            self.log.warning("Connection '%s': %s", self.magi_conn_id, warning)
 
     def _checked(self, settings: MagiSettings) -> MagiSettings:
         if not settings.api_key:
