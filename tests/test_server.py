@@ -283,3 +283,19 @@ def test_the_server_keeps_a_bounded_amount_of_uploads() -> None:
         kept = sum(len(entry[1]) for entry in running.app.media.values())
     assert kept <= app_module.MAX_MEDIA_KEPT_BYTES
     assert "m4" in running.app.media and "m0" not in running.app.media  # the oldest went first
+
+
+def test_the_request_log_shows_what_a_submit_carried_never_the_key(server: LocalWaveSpeedServer) -> None:
+    import requests
+
+    requests.post(
+        f"{server.base_url}/api/v3/wavespeed-ai/magi-1-24b?webhook=https%3A%2F%2Fhooks.example%2Fw",
+        json={"prompt": "a fox", "seed": 7},
+        headers={"Authorization": f"Bearer {server.app.config.api_key}"},
+        timeout=10,
+    )
+    (seen,) = requests.get(f"{server.base_url}/_testing/requests", timeout=10).json()
+    assert seen["json"] == {"prompt": "a fox", "seed": 7}
+    assert seen["query"] == {"webhook": "https://hooks.example/w"}
+    assert seen["sent_authorization"] is True
+    assert server.app.config.api_key not in json.dumps(seen)

@@ -73,9 +73,27 @@ class RecordedRequest:
     prediction_id: str | None = None
     client: str = ""  # ip:port, one per TCP connection
     at: float = field(default_factory=time.time)
+    query: dict[str, str] = field(default_factory=dict)
+    body_bytes: int = 0
+    json: Any = None  # a JSON body of up to MAX_RECORDED_JSON bytes, as sent (uploads: only their size)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+MAX_RECORDED_JSON = 16 * 1024
+
+
+def recorded_json(request: Request) -> Any:
+    """What a JSON request carried, for ``/_testing/requests``; None for other or larger bodies."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return None
+    if not request.body or len(request.body) > MAX_RECORDED_JSON:
+        return None
+    try:
+        return json.loads(request.body)
+    except (ValueError, RecursionError):
+        return None
 
 
 @dataclass
@@ -226,6 +244,9 @@ class WaveSpeedApp:
                     sent_authorization="authorization" in request.headers,
                     prediction_id=prediction_id or response.headers.get("x-prediction-id"),
                     client=request.client,
+                    query=dict(request.query),
+                    body_bytes=len(request.body or b""),
+                    json=recorded_json(request),
                 )
             )
         return response
