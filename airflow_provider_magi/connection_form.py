@@ -47,6 +47,11 @@ CONN_FIELDS: dict[str, Any] = {
         "label": "Seconds to look for a finished video's price (0: off)",
         "schema": {"type": ["number", "null"], "default": 10},
     },
+    # Never pay twice (README "Retries and money"): empty keeps the ledger in Airflow's own store.
+    "ledger_path": {
+        "label": "Ledger location (s3://, gs://, file://; empty: Airflow's own store)",
+        "schema": {"type": ["string", "null"]},
+    },
 }
 
 RELABELING = {"password": "API key", "host": "Base URL"}

@@ -75,4 +75,5 @@ def test_airflow_knows_the_connection_type_and_form() -> None:
         "extra__magi__min_balance_usd",
         "extra__magi__daily_budget_usd",
         "extra__magi__cost_lookup_seconds",
+        "extra__magi__ledger_path",
     }

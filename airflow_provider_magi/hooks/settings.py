@@ -155,7 +155,7 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
 
 
 def _ledger_path(extra: Mapping[str, Any], conn_id: str) -> str | None:
-    raw = extra.get("ledger_path")
+    raw = extra.get("ledger_path", extra.get("extra__magi__ledger_path"))
     if raw in (None, ""):
         return None
     if not isinstance(raw, str) or "://" not in raw:
