@@ -299,3 +299,26 @@ def test_the_request_log_shows_what_a_submit_carried_never_the_key(server: Local
     assert seen["query"] == {"webhook": "https://hooks.example/w"}
     assert seen["sent_authorization"] is True
     assert server.app.config.api_key not in json.dumps(seen)
+
+
+@pytest.mark.parametrize(
+    ("advertise", "expected_host"), [(None, "http://127.0.0.1:"), ("http://10.9.8.7:1", "http://10.9.8.7:1")]
+)
+def test_a_wildcard_bind_advertises_an_address_a_client_can_reach(
+    advertise: str | None, expected_host: str
+) -> None:
+    import requests
+
+    with LocalWaveSpeedServer(
+        api_key="k", host="0.0.0.0", completion_seconds=0.1, advertise_url=advertise
+    ) as running:
+        assert running.base_url.startswith(expected_host)
+        port = running._http.port
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/api/v3/wavespeed-ai/magi-1-24b",
+            json={"prompt": "x"},
+            headers={"Authorization": "Bearer k"},
+            timeout=10,
+        ).json()["data"]
+    assert answer["urls"]["get"].startswith(expected_host)
+    assert "0.0.0.0" not in json.dumps(answer)

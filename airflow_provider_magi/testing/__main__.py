@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument(
+        "--advertise-url",
+        default=None,
+        help="base URL its answers give out (outputs, uploads, results), e.g. http://10.1.2.3:8765 "
+        "when bound to 0.0.0.0; by default the bound address, 127.0.0.1 for a wildcard bind",
+    )
     parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the Bearer key clients must send")
     parser.add_argument("--completion-seconds", type=float, default=3.0, help="time from submit to completed")
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         prices=dict(args.price),
         default_price=args.default_price,
         billing_delay=args.billing_delay,
+        advertise_url=args.advertise_url,
     )
     asyncio.run(_serve_forever(server, args.port_file))
     return 0

@@ -44,12 +44,19 @@ class LocalWaveSpeedServer:
         prices: dict[str, float] | None = None,
         default_price: float = DEFAULT_PRICE_USD,
         billing_delay: float = 0.0,
+        advertise_url: str | None = None,
     ) -> None:
         """``balance`` is the account's starting USD; ``prices`` maps a model id to the USD one
         completed prediction of it costs (``default_price`` for any other; a stand-in, the real
         prices are on WaveSpeed's pricing page); each completed prediction is billed once,
         ``billing_delay`` seconds after it completed. A submit the balance cannot pay for is
-        refused (403, "Insufficient balance") and starts nothing."""
+        refused (403, "Insufficient balance") and starts nothing.
+
+        ``advertise_url`` is the base its answers put in output, upload and result URLs. By
+        default the bound address, except that a wildcard bind (``0.0.0.0``, ``::``) advertises
+        ``127.0.0.1``: ``http://0.0.0.0:...`` is no address a client can fetch (and the
+        provider's URL rule refuses it)."""
+        self._advertise_url = advertise_url.rstrip("/") if advertise_url else None
         self.app = WaveSpeedApp(
             ServerConfig(
                 api_key=api_key,
@@ -76,7 +83,10 @@ class LocalWaveSpeedServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self._http.host}:{self._http.port}"
+        if self._advertise_url:
+            return self._advertise_url
+        host = "127.0.0.1" if self._http.host in ("0.0.0.0", "::", "") else self._http.host
+        return f"http://{host}:{self._http.port}"
 
     @property
     def requests(self) -> list[RecordedRequest]:
