@@ -90,7 +90,7 @@ class HostileServer:
                     pass  # the client gave up, as it should
                 self.close_connection = True
 
-            do_GET = do_POST = do_PUT = do_HEAD = _serve
+            do_GET = do_POST = do_PUT = do_HEAD = do_CONNECT = _serve
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

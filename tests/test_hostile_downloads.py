@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -314,3 +316,52 @@ def test_an_output_that_trickles_forever_is_cut_and_leaves_nothing(
                 f"{server.base_url}/v.mp4", tmp_path / "v.mp4", allow_insecure_loopback=True
             )
     assert files_in(tmp_path) == []
+
+
+def test_a_deadline_cut_while_header_lines_trickle_is_no_answer_and_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The status line arrives, then the headers trickle: the cut must not read as an empty 200."""
+
+    def status_then_trickle(seen: Seen) -> list[bytes | float]:
+        parts: list[bytes | float] = [b"HTTP/1.1 200 OK\r\n"]
+        for byte in b"Content-Type: application/json\r\nX-Slow: " + b"x" * 300:
+            parts += [0.2, bytes([byte])]
+        return parts
+
+    with HostileServer(status_then_trickle) as server:
+        api_conn(monkeypatch, server.base_url, max_retries=1, max_retry_wait=0.1)
+        with pytest.raises(MagiTransportError, match=r"no complete answer within request_timeout \(1s\)"):
+            MagiHook().get_prediction("p1")
+    assert len(server.seen) == 2  # a GET cut off is sent again, as any transient failure is
+
+
+def test_request_timeout_covers_a_proxy_that_never_answers_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through HTTPS_PROXY the CONNECT answer is read before the TLS handshake, inside connect():
+    the connect timeout is capped by what is left of request_timeout (1 s), so the client hangs
+    up long before the proxy's 15 s (read_timeout 30 s and the default connect_timeout 10 s would
+    not have cut it)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: dict[str, object] = {}
+
+    def silent_proxy() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            seen["request"] = conn.recv(4096).split(b" ", 1)[0]
+            conn.settimeout(15)
+            try:
+                seen["client hung up"] = conn.recv(1) == b""
+            except (TimeoutError, OSError):
+                seen["client hung up"] = False
+
+    thread = threading.Thread(target=silent_proxy, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    api_conn(monkeypatch, "https://api.wavespeed.invalid", read_timeout=30)
+    with pytest.raises(MagiTransportError):
+        MagiHook().get_prediction("p1")
+    thread.join(timeout=20)
+    listener.close()
+    assert seen == {"request": b"CONNECT", "client hung up": True}

@@ -164,15 +164,14 @@ class MagiSyncClientMixin:
                 raise MagiError(f"the request could not be built: {type(error).__name__}") from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
                 if watch.expired:
-                    within = (
-                        f"request_timeout ({settings.request_timeout:g}s)"
-                        if limit == settings.request_timeout
-                        else f"the {limit:.1f}s left before the deadline"
-                    )
-                    raise ExchangeFailure(f"no complete answer within {within}") from error
+                    raise ExchangeFailure(_cut_off(limit, settings.request_timeout)) from error
                 if isinstance(error, requests.ConnectionError) and _never_sent(error):
                     raise ConnectFailure(error_text(error, settings.api_key)) from error
                 raise ExchangeFailure(error_text(error, settings.api_key)) from error
+        if watch.expired:
+            # Cut while header lines trickled, http.client can read the cut as the end of the
+            # headers: an empty "200" that is no answer at all.
+            raise ExchangeFailure(_cut_off(limit, settings.request_timeout))
         return answer_from(response.status_code, response.headers, raw, settings.api_key)
 
     def wait_for_prediction(self, waiter: Waiter) -> Prediction:
@@ -196,6 +195,15 @@ class MagiSyncClientMixin:
                 waiter.count_timeout()
                 raise waiter.timeout_error()
             time.sleep(delay)
+
+
+def _cut_off(limit: float, request_timeout: float) -> str:
+    within = (
+        f"request_timeout ({request_timeout:g}s)"
+        if limit == request_timeout
+        else f"the {limit:.1f}s left before the deadline"
+    )
+    return f"no complete answer within {within}"
 
 
 def _never_sent(error: requests.ConnectionError) -> bool:
