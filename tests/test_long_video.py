@@ -72,6 +72,9 @@ def test_four_scenes_make_one_continuous_video(
     assert magi_conn.count("submit") == 4 and magi_conn.count("upload_put") == 4
     ids = scene_ids(magi_conn)
     assert result["prediction_ids"] == ids
+    billed = {record.prediction_id: float(record.price) for record in magi_conn.billings}
+    assert result["scene_costs_usd"] == [billed[i] for i in ids]  # what the server billed each scene
+    assert result["cost_usd"] == pytest.approx(sum(billed.values()))
     assert xcom(dag_run, "long_video", key="scenes_done") == [
         {"scene": k, "prediction_id": i} for k, i in enumerate(ids, 1)
     ]

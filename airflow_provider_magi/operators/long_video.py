@@ -29,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_magi import costs, metrics
 from airflow_provider_magi.api import DEFAULT_MODEL, Prediction, final_result
 from airflow_provider_magi.exceptions import MagiInputError
 from airflow_provider_magi.operators.download import (
@@ -316,12 +317,23 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
                     place_file(clip, segment)
         self._written = [target]
         self.log.info("Wrote %s (%d bytes)", target, size)
+        scene_costs = [self._look_up_cost(p.id) for p in done]
+        total = None if None in scene_costs else round(sum(c for c in scene_costs if c is not None), 6)
+        for cost in scene_costs:
+            if cost is not None:
+                metrics.cost(cost, model=self.model, conn_id=self.magi_conn_id, dag_id=self.dag_id)
+        self.log.info(
+            "Long video cost: %s",
+            costs.usd_text(total) if total is not None else "unknown (a scene's billing is not readable yet)",
+        )
         result_dict = {
             "path": str(target),
             "size": size,
             "duration": result.duration,
             "frames": result.frames,
             "prediction_ids": [p.id for p in done],
+            "scene_costs_usd": scene_costs,
+            "cost_usd": total,
             "join": result.method,
             "dropped_seam_frames": result.dropped_frames,
             "segments": [str(segment) for segment in segments] if self.keep_segments else [],
@@ -332,7 +344,9 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
     def _emit_asset_events(self, context: Context, result: dict[str, Any]) -> None:
         if not self.outlets:
             return
-        extra = {key: result[key] for key in ("path", "size", "duration", "frames", "prediction_ids")}
+        extra = {
+            key: result[key] for key in ("path", "size", "duration", "frames", "prediction_ids", "cost_usd")
+        }
         extra["model"] = self.model
         outlet_events = context["outlet_events"]
         for outlet in self.outlets:
