@@ -189,6 +189,19 @@ class _Transfer:
     def _accept(self, response: requests.Response) -> bool | None:
         """Check the answer before reading its body. Returns whether a chunked framing will prove
         the end, or None for a 416 (nothing to read)."""
+        self._refuse_what_no_retry_fixes(response)
+        status = response.status_code
+        if status == 416 and self.written:
+            self._accept_nothing_left(response)
+            return None
+        if status == 200:
+            return self._accept_whole(response)
+        if status == 206 and self.written:
+            self._accept_partial(response)
+            return False
+        raise _Transient(f"HTTP {status}")
+
+    def _refuse_what_no_retry_fixes(self, response: requests.Response) -> None:
         status = response.status_code
         if status in (401, 403, 404, 410):
             raise MagiDownloadError(
@@ -201,26 +214,26 @@ class _Transfer:
                 f"{self.what}: the output was sent {encoding}-encoded though identity was asked for; "
                 "it is not decompressed (a video gains nothing from it, and a bomb could fill the disk)"
             )
-        if status == 416 and self.written:
-            unsatisfied = _UNSATISFIED_RANGE.match(response.headers.get("Content-Range", ""))
-            if unsatisfied and int(unsatisfied.group(1)) == self.written:
-                self.total = self.written
-                return None
+
+    def _accept_nothing_left(self, response: requests.Response) -> None:
+        """A 416 to "the bytes after what we have": the object is whole, or it changed."""
+        unsatisfied = _UNSATISFIED_RANGE.match(response.headers.get("Content-Range", ""))
+        if unsatisfied and int(unsatisfied.group(1)) == self.written:
+            self.total = self.written
+            return
+        self._reset()
+        raise _Transient("the object changed size since the transfer began")
+
+    def _accept_whole(self, response: requests.Response) -> bool:
+        """A 200: the whole object from byte 0 (a Range ignored, or If-Range saw a change)."""
+        if self.written:
             self._reset()
-            raise _Transient("the object changed size since the transfer began")
-        if status == 200:
-            if self.written:  # Range ignored, or If-Range said the object changed: start over
-                self._reset()
-            self._check_is_video(response)
-            self.total = _content_length(response)
-            if self.total == 0:
-                raise MagiDownloadError(f"{self.what}: the output URL answered an empty body, not a video")
-            self.validator = _validator(response)
-            return "chunked" in response.headers.get("Transfer-Encoding", "").lower()
-        if status == 206 and self.written:
-            self._accept_partial(response)
-            return False
-        raise _Transient(f"HTTP {status}")
+        self._check_is_video(response)
+        self.total = _content_length(response)
+        if self.total == 0:
+            raise MagiDownloadError(f"{self.what}: the output URL answered an empty body, not a video")
+        self.validator = _validator(response)
+        return "chunked" in response.headers.get("Transfer-Encoding", "").lower()
 
     def _accept_partial(self, response: requests.Response) -> None:
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", "").strip())
