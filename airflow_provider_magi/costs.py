@@ -27,6 +27,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 BALANCE_PATH = "/api/v3/balance"
+# One docs page shows this path instead (with a currency): read where the first answers 404.
+LEGACY_BALANCE_PATH = "/api/v3/account/balance"
 BILLINGS_PATH = "/api/v3/billings/search"
 USAGE_PATH = "/api/v3/user/usage_stats"
 # Predictions are paid with the "deduct" billing type (the docs' example); others are not prices.

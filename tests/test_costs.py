@@ -489,3 +489,21 @@ def test_the_server_shares_no_parsing_with_the_client() -> None:
                         "airflow_provider_magi.hooks",
                     )
                 ), f"{source.name} imports {node.module}"
+
+
+@pytest.mark.parametrize("client", ["sync", "async"])
+def test_the_balance_is_read_from_the_other_documented_path_when_the_first_is_not_there(
+    monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    def respond(seen: Seen) -> bytes:
+        if seen.path == "/api/v3/account/balance":
+            return envelope({"balance": 12.5, "currency": "USD"})
+        return http_answer(
+            404, b'{"code": 404, "message": "Not Found"}', {"Content-Type": "application/json"}
+        )
+
+    with HostileServer(respond) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
+        balance = MagiHook().get_balance() if client == "sync" else asyncio.run(MagiHook().aget_balance())
+    assert balance == 12.5
+    assert [seen.path for seen in server.seen] == ["/api/v3/balance", "/api/v3/account/balance"]

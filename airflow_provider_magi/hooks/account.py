@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi import costs
 from airflow_provider_magi.api import ConnectFailure, ExchangeFailure, raise_for_answer
-from airflow_provider_magi.exceptions import MagiError, MagiInputError, MagiResponseError
+from airflow_provider_magi.exceptions import MagiError, MagiInputError, MagiRejectedError, MagiResponseError
 from airflow_provider_magi.hooks.async_client import asend, shared_async_client
 from airflow_provider_magi.hooks.sync_client import MagiSyncClientMixin
 from airflow_provider_magi.retries import RetryPolicy, settle
@@ -41,7 +41,12 @@ class MagiAccountMixin(MagiSyncClientMixin):
         :raises MagiResponseError: when the answer carries no balance readable as USD (see
             :mod:`~airflow_provider_magi.costs` for what is not believed).
         """
-        data = self._call("GET", costs.BALANCE_PATH, what="Reading the balance", deadline=deadline)
+        try:
+            data = self._call("GET", costs.BALANCE_PATH, what="Reading the balance", deadline=deadline)
+        except MagiRejectedError as error:
+            if error.http_status != 404:
+                raise
+            data = self._call("GET", costs.LEGACY_BALANCE_PATH, what="Reading the balance", deadline=deadline)
         return _balance_or_raise(data)
 
     def get_prediction_cost(self, prediction_id: str, *, deadline: float | None = None) -> float | None:
@@ -134,7 +139,14 @@ class MagiAccountMixin(MagiSyncClientMixin):
 
     async def aget_balance(self, *, deadline: float | None = None) -> float:
         """:meth:`get_balance` for the triggerer's event loop."""
-        data = await self._aread("GET", costs.BALANCE_PATH, "Reading the balance", deadline=deadline)
+        try:
+            data = await self._aread("GET", costs.BALANCE_PATH, "Reading the balance", deadline=deadline)
+        except MagiRejectedError as error:
+            if error.http_status != 404:
+                raise
+            data = await self._aread(
+                "GET", costs.LEGACY_BALANCE_PATH, "Reading the balance", deadline=deadline
+            )
         return _balance_or_raise(data)
 
     async def aget_prediction_cost(
