@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian's Chromium for the browser tests (tests/ui); apt needs root, or sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck unit unit-oldest unit-between package bench install clean browser screenshots
+.PHONY: demo test lint typecheck unit unit-oldest unit-between older-minors package bench install clean browser screenshots
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,8 +43,12 @@ demo: $(DEMO_STAMP)
 	$(BIN)/python scripts/demo.py
 
 ## Lint, type-check, the whole suite on the newest Airflow (with the full-stack and browser
-## stages), the unit and DAG tests again on Airflow 3.0, and the money tests on 3.1 and 3.2.
-test: lint typecheck package unit unit-oldest unit-between
+## stages), then, two at a time, the unit and DAG tests on Airflow 3.0 and the money tests on
+## 3.1 and 3.2 (each stage's output is printed whole when it ends).
+test: lint typecheck package unit
+	$(MAKE) --no-print-directory -j2 --output-sync=target older-minors
+
+older-minors: unit-oldest $(foreach minor,$(BETWEEN),unit-$(minor))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -75,12 +79,11 @@ unit-oldest: .venv-airflow-$(OLDEST)/.installed
 	.venv-airflow-$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/integration --ignore=tests/ui
 
 ## What a retry, a kill or an odd answer may cost, proven on every minor between oldest and newest.
-unit-between: $(foreach minor,$(BETWEEN),.venv-airflow-$(minor)/.installed)
-	@set -e; for minor in $(BETWEEN); do \
-		echo "== money tests on Airflow $$minor"; \
-		.venv-airflow-$$minor/bin/python -m pytest -q -p no:cacheprovider -m money \
-			--ignore=tests/integration --ignore=tests/ui; \
-	done
+unit-between: $(foreach minor,$(BETWEEN),unit-$(minor))
+
+unit-%: .venv-airflow-%/.installed
+	@echo "== money tests on Airflow $*"
+	.venv-airflow-$*/bin/python -m pytest -q -p no:cacheprovider -m money --ignore=tests/integration --ignore=tests/ui
 
 ## Benchmarks (not part of `make test`): print tables and append them to bench/RESULTS.md.
 bench: $(STAMP)
