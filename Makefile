@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian's Chromium for the browser tests (tests/ui); apt needs root, or sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck unit unit-oldest unit-between older-minors package bench install clean browser screenshots
+.PHONY: demo test lint typecheck unit unit-oldest unit-between older-venvs older-minors package bench install clean browser screenshots
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,11 +42,16 @@ $(DEMO_STAMP): pyproject.toml
 demo: $(DEMO_STAMP)
 	$(BIN)/python scripts/demo.py
 
-## Lint, type-check, the whole suite on the newest Airflow (with the full-stack and browser
-## stages), then, two at a time, the unit and DAG tests on Airflow 3.0 and the money tests on
-## 3.1 and 3.2 (each stage's output is printed whole when it ends).
-test: lint typecheck package unit
+## Lint, type-check and package while the older Airflow venvs install; the whole suite on the
+## newest Airflow (with the full-stack and browser stages); then, two at a time, the unit and DAG
+## tests on Airflow 3.0 and the money tests on 3.1 and 3.2. Parallel stages print their output
+## whole when each ends.
+test:
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck package older-venvs
+	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory -j2 --output-sync=target older-minors
+
+older-venvs: $(foreach minor,$(OLDEST) $(BETWEEN),.venv-airflow-$(minor)/.installed)
 
 older-minors: unit-oldest $(foreach minor,$(BETWEEN),unit-$(minor))
 
