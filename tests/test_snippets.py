@@ -30,6 +30,8 @@ def test_a_snippet_names_only_what_it_defines_or_imports(code: str, tmp_path: Pa
     snippet = tmp_path / "snippet.py"
     snippet.write_text(code)
     ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():  # the dev extra's tool: make test runs this in the newest Airflow's venv
+        pytest.skip("ruff is not installed in this virtualenv")
     # F704: the hook snippet awaits at top level, as a notebook or asyncio REPL does.
     checked = subprocess.run(
         [str(ruff), "check", "--isolated", "--select", "F", "--ignore", "F704", str(snippet)],
