@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Route = Literal[
     "submit",
@@ -43,32 +43,9 @@ FaultKind = Literal[
     "corrupt_signature",  # webhook only: deliver with a signature that does not match
 ]
 
-ROUTES = (
-    "submit",
-    "result",
-    "output",
-    "upload",
-    "upload_ticket",
-    "upload_put",
-    "history",
-    "webhook",
-    "balance",
-    "billings",
-    "usage",
-    "any",
-)
-KINDS = (
-    "status",
-    "drop",
-    "drop_after_accept",
-    "slow",
-    "malformed_json",
-    "html",
-    "envelope_error",
-    "truncate",
-    "rate_limit",
-    "corrupt_signature",
-)
+# The same names as plain tuples, for checking what arrives as JSON: one list, two views.
+ROUTES: tuple[str, ...] = get_args(Route)
+KINDS: tuple[str, ...] = get_args(FaultKind)
 
 
 # The numeric fields, checked when a fault arrives as JSON ("times": "3" must be a 400, not a
