@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -257,11 +256,10 @@ def stalled_history(number: int) -> list[bytes | float]:
 def test_the_lookup_ends_by_its_deadline_with_the_request_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     with api(dropped, history=stalled_history) as server:
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url, read_timeout=60))
-        started = time.monotonic()
-        with pytest.raises(MagiError, match="could not be read completely"):
+        # The stall is 120 s and read_timeout 60 s: only the lookup's deadline can end the read, and
+        # only the overall deadline's cut says "left before the deadline" (no wall-clock bound).
+        with pytest.raises(MagiError, match=r"could not be read completely(.|\n)*left before the deadline"):
             MagiHook().find_submit_candidates(MODEL, datetime.now(UTC), lookup_seconds=1.0)
-        took = time.monotonic() - started
-    assert took < 10  # the stall is 120 s, read_timeout 60 s: only the lookup's deadline ends it
     assert len(history_reads(server)) == 1
 
 
@@ -271,11 +269,10 @@ def test_an_uncertain_submit_waits_for_the_history_no_longer_than_the_lookup_all
     monkeypatch.setattr(history_module, "CANDIDATE_LOOKUP_SECONDS", 1.0)
     with api(dropped, history=stalled_history) as server:
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url, read_timeout=30))
-        started = time.monotonic()
         with pytest.raises(MagiSubmitUncertainError) as caught:
             MagiHook().create_prediction({"prompt": "x"})
-        took = time.monotonic() - started
-    assert took < 10  # read_timeout is 30 s and the stall 120 s
+    # read_timeout is 30 s and the stall 120 s: the lookup's own deadline cut it, as it says.
+    assert "left before the deadline" in str(caught.value)
     assert caught.value.candidates == []
     assert "could not be read completely" in str(caught.value)
     assert paid_posts(server) == 1
