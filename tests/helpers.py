@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow_provider_magi.testing import LocalWaveSpeedServer
@@ -87,3 +94,94 @@ def xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int =
             )
         ).first()
         return None if row is None else XComModel.deserialize_value(row)
+
+
+# A child process hands its result back through this file, never through stdout: Airflow and its
+# providers log to stdout too (OpenLineage's client once wrote its "will use file transport" line
+# on the same line as a printed result), so stdout is for people, not for a test to parse.
+CHILD_RESULT_ENV = "MAGI_TEST_CHILD_RESULT"
+
+RUN_DAGS_IN_CHILD = """
+import json, os, sys
+try:
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:  # Airflow < 3.1
+    from airflow.models.dagbag import DagBag
+bag = DagBag(sys.argv[1])
+runs = {}
+for dag_id in sys.argv[2:]:
+    run = bag.get_dag(dag_id).test()
+    runs[dag_id] = {"state": str(run.state), "run_id": run.run_id}
+with open(os.environ["MAGI_TEST_CHILD_RESULT"], "w") as result:
+    json.dump(runs, result)
+"""
+
+
+def run_child(code: str, *args: str, env: Mapping[str, str], timeout: float = 600) -> Any:
+    """Run ``code`` in a fresh Python (its own Airflow configuration from ``env``) and return what
+    it wrote as JSON to the file named by ``$MAGI_TEST_CHILD_RESULT``."""
+    with tempfile.TemporaryDirectory(prefix="magi-child-") as folder:
+        result = Path(folder) / "result.json"
+        child = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            env={**env, CHILD_RESULT_ENV: str(result)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.exists(), (
+            f"the child wrote no result (exit {child.returncode}):\n"
+            + child.stdout[-2000:]
+            + child.stderr[-4000:]
+        )
+        return json.loads(result.read_text())
+
+
+def run_dags_in_child(dags_folder: Path, dag_ids: Sequence[str], env: Mapping[str, str]) -> Any:
+    """``dag.test()`` each DAG in a child process; ``{dag_id: {"state", "run_id"}}``."""
+    return run_child(RUN_DAGS_IN_CHILD, str(dags_folder), *dag_ids, env=env)
+
+
+class StatsdListener:
+    """Every datagram that arrives on a loopback UDP port, until stopped."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            self.lines.extend(data.decode(errors="replace").splitlines())
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+        return self.lines
+
+
+def observed_env(statsd_port: int, events_file: Path) -> dict[str, str]:
+    """This process's environment plus Airflow's StatsD backend aimed at ``statsd_port`` (tags in
+    the InfluxDB form, name,tag=value:..., so a test can read them) and OpenLineage events
+    appended to ``events_file``."""
+    return {
+        **os.environ,
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": str(statsd_port),
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(events_file), "append": True}
+        ),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "magi-tests",
+    }

@@ -8,9 +8,6 @@ guard that refuses leaves the server without a single paid request (no submit, n
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -27,8 +24,11 @@ from tests.conftest import DAGS_FOLDER
 from tests.helpers import (
     CANARY_KEY,
     DAG_TEST_LOGS_EXCEPTIONS,
+    StatsdListener,
     connection_json,
+    observed_env,
     run_dag,
+    run_dags_in_child,
     task_instance,
     wait_until,
     xcom,
@@ -98,27 +98,12 @@ def asset_extras(run_id: str) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- the price on every result
 
-RUN = """
-import json, sys
-try:
-    from airflow.dag_processing.dagbag import DagBag
-except ImportError:  # Airflow < 3.1
-    from airflow.models.dagbag import DagBag
-bag = DagBag(sys.argv[1])
-runs = {}
-for dag_id in sys.argv[2:]:
-    run = bag.get_dag(dag_id).test()
-    runs[dag_id] = {"state": str(run.state), "run_id": run.run_id}
-print("RUNS " + json.dumps(runs))
-"""
-
 
 def test_the_billed_price_is_in_xcom_the_asset_event_the_metric_and_the_lineage_facet(
     dag_bag: Any, tmp_path: Path
 ) -> None:
     pytest.importorskip("airflow.providers.openlineage", reason="the [openlineage] extra is not installed")
     pytest.importorskip("statsd", reason="statsd (a test dependency) is not installed")
-    from tests.test_observability import StatsdListener
 
     events_file = tmp_path / "openlineage.jsonl"
     listener = StatsdListener()
@@ -128,30 +113,13 @@ def test_the_billed_price_is_in_xcom_the_asset_event_the_metric_and_the_lineage_
         api_key=CANARY_KEY, completion_seconds=0.2, prices={MAGI: PRICE}, billing_delay=0.5
     ) as server:
         env = {
-            **os.environ,
+            **observed_env(listener.port, events_file),
             "AIRFLOW_CONN_MAGI_DEFAULT": connection_json(server),
-            "AIRFLOW__METRICS__STATSD_ON": "True",
-            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
-            "AIRFLOW__METRICS__STATSD_PORT": str(listener.port),
-            "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
-            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
-                {"type": "file", "log_file_path": str(events_file), "append": True}
-            ),
-            "AIRFLOW__OPENLINEAGE__NAMESPACE": "magi-tests",
         }
-        child = subprocess.run(
-            [sys.executable, "-c", RUN, str(DAGS_FOLDER), *dags],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        runs = run_dags_in_child(DAGS_FOLDER, dags, env)
         billed = {record.prediction_id: float(record.price) for record in server.billings}
         prompts = {p.id: p.inputs["prompt"] for p in server.app.predictions.values()}
     lines = listener.stop()
-    runs_line = [line for line in child.stdout.splitlines() if line.startswith("RUNS ")]
-    assert runs_line, child.stdout[-2000:] + child.stderr[-4000:]
-    runs = json.loads(runs_line[0].removeprefix("RUNS "))
     assert {dag_id: run["state"] for dag_id, run in runs.items()} == dict.fromkeys(dags, "success")
     assert len(billed) == 2 and set(billed.values()) == {PRICE}  # the server billed each video once
 

@@ -278,6 +278,30 @@ def test_an_uncertain_submit_waits_for_the_history_no_longer_than_the_lookup_all
     assert paid_posts(server) == 1
 
 
+def test_the_deadline_cut_reads_the_same_when_the_capped_read_timeout_fires_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read timeout is capped by the time left, so on a busy machine it can fire before the
+    watchdog's timer: the error must say the same thing either way (it once said "Read timed out"
+    and failed this suite on a loaded machine)."""
+    from contextlib import contextmanager
+
+    from airflow_provider_magi.hooks import sync_client
+    from airflow_provider_magi.watchdog import Watch
+
+    @contextmanager
+    def watchdog_that_never_fires(seconds: float) -> Any:
+        yield Watch()
+
+    monkeypatch.setattr(sync_client, "overall_deadline", watchdog_that_never_fires)
+    with api(dropped, history=stalled_history) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url, read_timeout=30))
+        with pytest.raises(MagiError, match=r"could not be read completely(.|\n)*left before the deadline"):
+            MagiHook().find_submit_candidates(MODEL, datetime.now(UTC), lookup_seconds=1.0)
+    assert len(history_reads(server)) == 1
+    assert paid_posts(server) == 0
+
+
 # ------------------------------------------------------------------ 6. no fallback for a named id
 
 

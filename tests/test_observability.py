@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,50 +18,19 @@ import pytest
 
 from airflow_provider_magi.testing import LocalWaveSpeedServer
 from tests.conftest import DAGS_FOLDER
-from tests.helpers import CANARY_KEY, connection_json
+from tests.helpers import (
+    CANARY_KEY,
+    StatsdListener,
+    connection_json,
+    observed_env,
+    run_child,
+    run_dags_in_child,
+)
 
 pytest.importorskip("airflow.providers.openlineage", reason="the [openlineage] extra is not installed")
 pytest.importorskip("statsd", reason="statsd (a test dependency) is not installed")
 
 DAGS = ("example_magi_text_to_video", "example_magi_image_to_video", "magi_test_failed")
-RUN = """
-import json, sys
-try:
-    from airflow.dag_processing.dagbag import DagBag
-except ImportError:  # Airflow < 3.1
-    from airflow.models.dagbag import DagBag
-bag = DagBag(sys.argv[1])
-states = {dag_id: str(bag.get_dag(dag_id).test().state) for dag_id in sys.argv[2:]}
-print("STATES " + json.dumps(states))
-"""
-
-
-class StatsdListener:
-    """Every datagram that arrives on a loopback UDP port, until stopped."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.lines: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            self.lines.extend(data.decode(errors="replace").splitlines())
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
-        return self.lines
 
 
 @pytest.fixture(scope="module")
@@ -76,34 +41,17 @@ def observed(dag_bag: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     listener = StatsdListener()
     with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.5) as server:
         env = {
-            **os.environ,
+            **observed_env(listener.port, events_file),
             "AIRFLOW_CONN_MAGI_DEFAULT": connection_json(server),
             "MAGI_OUTPUT_DIR": str(videos),
-            "AIRFLOW__METRICS__STATSD_ON": "True",
-            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
-            "AIRFLOW__METRICS__STATSD_PORT": str(listener.port),
-            # Tags in the InfluxDB form (name,tag=value:...), so the test can see them.
-            "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
-            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
-                {"type": "file", "log_file_path": str(events_file), "append": True}
-            ),
-            "AIRFLOW__OPENLINEAGE__NAMESPACE": "magi-tests",
         }
-        child = subprocess.run(
-            [sys.executable, "-c", RUN, str(DAGS_FOLDER), *DAGS],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        runs = run_dags_in_child(DAGS_FOLDER, DAGS, env)
         predictions = {p.inputs["prompt"]: p.id for p in server.app.predictions.values()}
         base_url = server.base_url
     lines = listener.stop()
-    states_line = [line for line in child.stdout.splitlines() if line.startswith("STATES ")]
-    assert states_line, child.stdout[-2000:] + child.stderr[-4000:]
     text = events_file.read_text() if events_file.exists() else ""
     return {
-        "states": json.loads(states_line[0].removeprefix("STATES ")),
+        "states": {dag_id: run["state"] for dag_id, run in runs.items()},
         "events_text": text,
         "events": [json.loads(line) for line in text.splitlines() if line.strip()],
         "statsd": [line for line in lines if ".magi." in line],
@@ -200,7 +148,7 @@ def test_the_key_is_in_no_event_and_no_metric(observed: dict[str, Any]) -> None:
 
 
 HOOK_LINEAGE = """
-import json, fsspec
+import json, os, fsspec
 from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.io import attach
@@ -213,11 +161,12 @@ url = hook.get_prediction(prediction.id).outputs[0]
 target = ObjectStoragePath(f"memory://lineage-test/{prediction.id}/0.mp4")
 hook.download_output(url, target, allow_insecure_loopback=True)
 collector = get_hook_lineage_collector()
-print("SEEN " + json.dumps({
-    "collector": type(collector).__name__,
-    "outputs": [info.asset.uri for info in collector.collected_assets.outputs],
-    "target": str(target),
-}))
+with open(os.environ["MAGI_TEST_CHILD_RESULT"], "w") as result:
+    json.dump({
+        "collector": type(collector).__name__,
+        "outputs": [info.asset.uri for info in collector.collected_assets.outputs],
+        "target": str(target),
+    }, result)
 """
 
 
@@ -231,12 +180,7 @@ def test_the_hook_lineage_collector_sees_the_final_file_never_the_part(
             {"type": "file", "log_file_path": str(tmp_path / "ol.jsonl"), "append": True}
         ),
     }
-    child = subprocess.run(
-        [sys.executable, "-c", HOOK_LINEAGE], env=env, capture_output=True, text=True, timeout=300
-    )
-    seen_line = [line for line in child.stdout.splitlines() if line.startswith("SEEN ")]
-    assert seen_line, child.stdout[-2000:] + child.stderr[-4000:]
-    seen = json.loads(seen_line[0].removeprefix("SEEN "))
+    seen = run_child(HOOK_LINEAGE, env=env, timeout=300)
     assert seen["collector"] == "HookLineageCollector"  # not the no-op one: lineage is on
     # The same file; Airflow versions spell memory URIs differently (memory:/x, memory:///x).
     final = seen["target"].split("lineage-test/", 1)[1]

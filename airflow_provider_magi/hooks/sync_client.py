@@ -163,7 +163,10 @@ class MagiSyncClientMixin:
                 # Raised while building the request: nothing left this machine.
                 raise MagiError(f"the request could not be built: {type(error).__name__}") from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
-                if watch.expired:
+                # The read timeout is capped by the time left, so it and the watchdog race to the
+                # same instant: whichever fires, a cap that came from the deadline is reported as
+                # the deadline's cut, one message however busy the machine.
+                if watch.expired or (limit < settings.read_timeout and _read_timed_out(error)):
                     raise ExchangeFailure(_cut_off(limit, settings.request_timeout)) from error
                 if isinstance(error, requests.ConnectionError) and _never_sent(error):
                     raise ConnectFailure(error_text(error, settings.api_key)) from error
@@ -204,6 +207,24 @@ def _cut_off(limit: float, request_timeout: float) -> str:
         else f"the {limit:.1f}s left before the deadline"
     )
     return f"no complete answer within {within}"
+
+
+def _read_timed_out(error: BaseException) -> bool:
+    """True when a read timeout (requests', urllib3's or the socket's) is anywhere in the chain."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+            return True
+        reason = current.args[0] if current.args else None
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        if isinstance(reason, BaseException) and id(reason) not in seen:
+            current = reason
+        else:
+            current = current.__cause__ or current.__context__
+    return False
 
 
 def _never_sent(error: requests.ConnectionError) -> bool:
