@@ -86,7 +86,7 @@ def test_execution_timeout_ends_a_deferred_wait(
     dag_run = run_dag(dag_bag, f"magi_test_execution_timeout_{task}")
     assert dag_run.state == "failed"
     assert task_instance(dag_run, "wait").state == "failed"
-    # The 2 s execution_timeout ended the wait, not the 600 s timeout.
+    # The 6 s execution_timeout ended the wait, not the 600 s timeout.
     assert "did not finish within the task's execution_timeout" in task_logs()
     assert magi_conn.count("submit") == 1
 

@@ -16,7 +16,7 @@ import requests
 
 from airflow_provider_magi.testing import Fault, LocalWaveSpeedServer
 from airflow_provider_magi.testing.video import iter_video, sample_video
-from tests.helpers import CANARY_KEY
+from tests.helpers import CANARY_KEY, wait_until
 
 AUTH = {"Authorization": f"Bearer {CANARY_KEY}"}
 SUBMIT = "/api/v3/wavespeed-ai/magi-1-24b"
@@ -48,9 +48,15 @@ def test_lifecycle_created_processing_completed(server: LocalWaveSpeedServer) ->
     data = envelope["data"]
     assert data["status"] == "created" and data["outputs"] == []
     assert data["urls"]["get"].endswith(f"/api/v3/predictions/{data['id']}/result")
-    time.sleep(0.3)
+    # The stage follows the prediction's clock; it is moved here, not slept through, so a busy
+    # machine cannot skip a stage between two reads.
+    stored = server.app.predictions[data["id"]]
+    stored.started = time.monotonic() + 60  # not started yet, however long the read takes
+    assert result(server, data["id"])["status"] == "created"
+    stored.duration = 3600.0
+    stored.started = time.monotonic() - 60  # past the queue, an hour from done
     assert result(server, data["id"])["status"] == "processing"
-    time.sleep(0.4)
+    stored.started = time.monotonic() - stored.duration - 1
     done = result(server, data["id"])
     assert done["status"] == "completed"
     assert len(done["outputs"]) == 1 and done["has_nsfw_contents"] == [False]
@@ -159,10 +165,8 @@ def test_admin_endpoints_configure_a_separate_process(tmp_path: Path) -> None:
         env={**os.environ},
     )
     try:
-        for _ in range(100):
-            if port_file.exists() and port_file.read_text():
-                break
-            time.sleep(0.1)
+        # A guard, not a measurement: a loaded machine can take many seconds to start Python.
+        wait_until(lambda: port_file.exists() and bool(port_file.read_text()), timeout=120)
         base = f"http://127.0.0.1:{port_file.read_text()}"
         faults = [{"route": "submit", "kind": "status", "status": 503, "times": 1}]
         assert requests.put(f"{base}/_testing/faults", data=json.dumps(faults), timeout=5).status_code == 200

@@ -75,7 +75,7 @@ def test_timeout_event_for_a_never_finishing_prediction(magi_conn: LocalWaveSpee
     (event,) = run_trigger(
         MagiPredictionTrigger(prediction_id, poll_interval=0.1, deadline=time.time() + 0.6)
     )
-    assert 0.5 <= time.time() - started < 5
+    assert time.time() - started >= 0.5  # never before the deadline (run_trigger bounds the rest)
     assert event["status"] == "timeout"
     with pytest.raises(MagiTimeoutError, match="may still run and be billed"):
         result_from_event(event)

@@ -186,6 +186,8 @@ with _dag("magi_test_download_to_memory"):
 
 # ---------------------------------------------------------------- hostile and edge cases (#13)
 
+# 6 s, not less: the timeout also covers the submit before the deferral, which a loaded machine
+# can stretch past a second or two (it must be the deferred wait that runs out, not the submit).
 for name in ("generate", "sensor"):
     with _dag(f"magi_test_execution_timeout_{name}"):
         if name == "generate":
@@ -193,7 +195,7 @@ for name in ("generate", "sensor"):
                 task_id="wait",
                 prompt="x [[never]]",
                 timeout=600,
-                execution_timeout=timedelta(seconds=2),
+                execution_timeout=timedelta(seconds=6),
                 deferrable=True,
                 **FAST,
             )
@@ -206,7 +208,7 @@ for name in ("generate", "sensor"):
                 prediction_id=submit.output,
                 deferrable=True,
                 timeout=600,
-                execution_timeout=timedelta(seconds=2),
+                execution_timeout=timedelta(seconds=6),
                 **FAST,
             )
 

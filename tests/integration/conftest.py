@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.stack import ROOT, AirflowStack
+from tests.integration.stack import ROOT, AirflowStack, require_services
 
 CANARY = "canary-it-key-4d1b7e9a"
 RESULTS: list[tuple[str, str, float]] = []
@@ -17,6 +17,7 @@ RESULTS: list[tuple[str, str, float]] = []
 
 @pytest.fixture(scope="package")  # torn down before tests/ui starts its own deployment
 def stack() -> Iterator[AirflowStack]:
+    require_services()
     dag_files = [
         ROOT / "example_dags" / "example_magi_text_to_video.py",
         ROOT / "example_dags" / "example_magi_consume_videos.py",

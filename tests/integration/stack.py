@@ -40,6 +40,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def require_services() -> None:
+    """Skip (fail under CI, where a skip would hide the stage) when PostgreSQL or Redis is not
+    answering: a real deployment needs both, and a missing one is not a failure of the code."""
+    import pytest
+
+    wanted = {
+        f"PostgreSQL on {PG['host']}:{PG['port']}": (str(PG["host"]), int(str(PG["port"]))),
+        "Redis on 127.0.0.1:6379": ("127.0.0.1", 6379),
+    }
+    missing = []
+    for name, address in wanted.items():
+        try:
+            socket.create_connection(address, timeout=2).close()
+        except OSError:
+            missing.append(name)
+    if missing:
+        message = f"the full-stack tests need {' and '.join(missing)} (PostgreSQL with trust auth)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def _psql(sql: str, database: str = "postgres") -> None:
     import psycopg2
 

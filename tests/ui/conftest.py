@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.stack import ROOT, AirflowStack
+from tests.integration.stack import ROOT, AirflowStack, require_services
 
 CANARY = "canary-ui-key-7f3c2a91"
 POOL = "magi"
@@ -45,6 +45,7 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="package")
 def ui_stack() -> Iterator[AirflowStack]:
+    require_services()
     dag_files = [
         ROOT / "example_dags" / "example_magi_text_to_video.py",
         ROOT / "example_dags" / "example_magi_daily.py",
