@@ -43,13 +43,14 @@ demo: $(DEMO_STAMP)
 	$(BIN)/python scripts/demo.py
 
 ## Lint, type-check and package while the older Airflow venvs install; the whole suite on the
-## newest Airflow (with the full-stack and browser stages); then, two at a time, the unit and DAG
-## tests on Airflow 3.0 and the money tests on 3.1 and 3.2. Parallel stages print their output
+## newest Airflow (unit and DAG tests over $(TEST_WORKERS) processes, then the full-stack and
+## browser stages); then the unit and DAG tests on Airflow 3.0 and the money tests on 3.1 and 3.2,
+## one minor at a time, each over $(TEST_WORKERS) processes. Parallel stages print their output
 ## whole when each ends.
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck package older-venvs
 	$(MAKE) --no-print-directory unit
-	$(MAKE) --no-print-directory -j2 --output-sync=target older-minors
+	$(MAKE) --no-print-directory older-minors
 
 older-venvs: $(foreach minor,$(OLDEST) $(BETWEEN),.venv-airflow-$(minor)/.installed)
 
@@ -66,8 +67,14 @@ typecheck: $(STAMP)
 package: $(STAMP)
 	PYTHON_BIN=$(BIN)/python bash ci/check_package.sh
 
+# Test files are spread over this many processes (pytest-xdist, a file stays on one): most of a
+# test's time is spent waiting on polls and DAG runs, so two cores keep two files busy.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
+
 unit: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST) --ignore=tests/integration --ignore=tests/ui
+	$(BIN)/python -m pytest -q tests/integration tests/ui
 
 ## Debian's chromium for tests/ui (skipped without it, failed without it under CI=true).
 browser:
@@ -81,14 +88,14 @@ screenshots: $(STAMP) browser
 
 # The full-stack integration stage runs on the newest Airflow only (in `unit`).
 unit-oldest: .venv-airflow-$(OLDEST)/.installed
-	.venv-airflow-$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/integration --ignore=tests/ui
+	.venv-airflow-$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) --ignore=tests/integration --ignore=tests/ui
 
 ## What a retry, a kill or an odd answer may cost, proven on every minor between oldest and newest.
 unit-between: $(foreach minor,$(BETWEEN),unit-$(minor))
 
 unit-%: .venv-airflow-%/.installed
 	@echo "== money tests on Airflow $*"
-	.venv-airflow-$*/bin/python -m pytest -q -p no:cacheprovider -m money --ignore=tests/integration --ignore=tests/ui
+	.venv-airflow-$*/bin/python -m pytest -q -p no:cacheprovider $(XDIST) -m money --ignore=tests/integration --ignore=tests/ui
 
 ## Benchmarks (not part of `make test`): print tables and append them to bench/RESULTS.md.
 bench: $(STAMP)
