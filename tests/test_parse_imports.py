@@ -21,6 +21,7 @@ PARSE_TIME_MODULES = {
     "airflow_provider_magi.metrics",  # via waiting; imports only logging until a metric is sent
     "airflow_provider_magi.operators",
     "airflow_provider_magi.operators.download",
+    "airflow_provider_magi.operators.long_video",
     "airflow_provider_magi.operators.magi",
     "airflow_provider_magi.sensors",
     "airflow_provider_magi.sensors.magi",
@@ -39,13 +40,14 @@ import airflow.sdk
 before = set(sys.modules)
 import airflow_provider_magi.operators.magi
 import airflow_provider_magi.operators.download
+import airflow_provider_magi.operators.long_video
 import airflow_provider_magi.sensors.magi
 print("PARSE-IMPORTS " + json.dumps(sorted(set(sys.modules) - before)))
 """
 
 
 def parse_time_imports() -> set[str]:
-    """The modules the three imports add, in a fresh interpreter (this one has loaded them all)."""
+    """The modules the four imports add, in a fresh interpreter (this one has loaded them all)."""
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("PARSE-IMPORTS ")]
     return set(json.loads(line.removeprefix("PARSE-IMPORTS ")))
