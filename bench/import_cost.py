@@ -24,7 +24,7 @@ from pathlib import Path
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median, report, table
+from _common import median, median_ratio, report, table
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("requests", "httpx", "httpcore", "h11", "aiohttp", "yarl", "multidict", "tenacity", "urllib3")
@@ -190,7 +190,7 @@ def main() -> None:
         def col(key: str) -> float:
             return median([r[key] for r in runs])
 
-        share = median([r["provider_cpu_ms"] / r["sdk_cpu_ms"] * 100 for r in runs])
+        share = median_ratio([r["provider_cpu_ms"] for r in runs], [r["sdk_cpu_ms"] for r in runs]) * 100
         return [
             [f"{label}import airflow.sdk (baseline)", f"{col('sdk_ms'):.0f}", f"{col('sdk_cpu_ms'):.0f}", ""],
             [f"{label}then the provider's operators and sensor", f"{col('provider_ms'):.1f}",
