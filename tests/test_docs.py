@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,17 @@ def test_every_file_a_doc_cites_is_in_the_repository(path: Path) -> None:
         span for span in cited if not (ROOT / span).exists() and not (path.parent / span).exists()
     )
     assert missing == []
+
+
+def test_every_airflow_home_the_readme_makes_in_the_checkout_is_git_ignored() -> None:
+    """A user who follows the README must not find its throw-away Airflow home in `git status`."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    readme = (ROOT / "README.md").read_text()
+    homes = set(re.findall(r"AIRFLOW_HOME=\"\$PWD/([^\"]+)\"", readme))
+    assert ".airflow-offline" in homes
+    for home in homes:
+        ignored = subprocess.run(
+            ["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", f"{home}/airflow.db"]
+        )
+        assert ignored.returncode == 0, f"{home} is not in .gitignore"
