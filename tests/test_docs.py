@@ -106,3 +106,10 @@ def test_every_airflow_home_the_readme_makes_in_the_checkout_is_git_ignored() ->
             ["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", f"{home}/airflow.db"]
         )
         assert ignored.returncode == 0, f"{home} is not in .gitignore"
+
+
+def test_the_readme_says_what_make_test_needs_beyond_python() -> None:
+    readme = (ROOT / "README.md").read_text()
+    needs = readme[readme.index("`make test` also needs") :].split("\n\n")[1]  # the list after it
+    for what in ("PostgreSQL", "Redis", "Chromium from apt", "GB of disk"):
+        assert what in needs, what
