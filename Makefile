@@ -38,9 +38,10 @@ $(DEMO_STAMP): pyproject.toml
 	@rm -f $(VENV)/.demo-installed-*
 	@touch $@
 
-## Run the text-to-video example DAG end to end (local server unless WAVESPEED_API_KEY is set).
+## Run the text-to-video example DAG end to end on the local server; with WAVESPEED_API_KEY or a
+## magi_default connection to the real API, only with PAY=1 (it bills one video).
 demo: $(DEMO_STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py $(if $(PAY),--pay)
 
 ## Lint, type-check and package while the older Airflow venvs install; the whole suite on the
 ## newest Airflow (unit and DAG tests over $(TEST_WORKERS) processes, then the full-stack and

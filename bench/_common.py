@@ -36,6 +36,12 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def median_ratio(values: Sequence[float], baselines: Sequence[float]) -> float:
+    """The median over rounds of each round's own ``value / baseline``: load that slows one round
+    slows both of its figures alike and cancels out, where a ratio of two medians would not."""
+    return statistics.median(value / baseline for value, baseline in zip(values, baselines, strict=False))
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

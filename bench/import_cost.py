@@ -3,6 +3,8 @@
 1. In a fresh interpreter: ``import airflow.sdk`` (the baseline every DAG file pays), then the
    provider's operator, sensor and download modules; which modules the provider adds (requests,
    httpx and aiohttp must not be among them: they load only when a task runs).
+   With ``--against REF`` the same import is measured for the provider at git ``REF`` too, the two
+   interleaved run by run, so a busy machine slows both alike and the two ratios compare.
 2. DAG parse time of each example DAG that uses the provider, against a twin of the same shape
    (same task ids, edges and schedule) built from plain ``PythonOperator``s. Each parse runs in a
    forked child of a process with Airflow already imported, as the dag-processor does.
@@ -22,25 +24,30 @@ from pathlib import Path
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median, report, table
+from _common import median, median_ratio, report, table
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("requests", "httpx", "httpcore", "h11", "aiohttp", "yarl", "multidict", "tenacity", "urllib3")
 
 IMPORT_PROBE = f"""
-import json, sys, time
-t0 = time.perf_counter()
+import json, os, sys, time
+if os.environ.get("MAGI_BENCH_SOURCE"):  # --against: that checkout's package before this one
+    sys.path.insert(0, os.environ["MAGI_BENCH_SOURCE"])
+t0, c0 = time.perf_counter(), time.process_time()
 import airflow.sdk
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 before = set(sys.modules)
 import airflow_provider_magi.operators.magi
 import airflow_provider_magi.operators.download
 import airflow_provider_magi.sensors.magi
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 answer = {{
     "sdk_ms": (t1 - t0) * 1000,
     "provider_ms": (t2 - t1) * 1000,
+    "sdk_cpu_ms": (c1 - c0) * 1000,
+    "provider_cpu_ms": (c2 - c1) * 1000,
     "added": sorted(set(sys.modules) - before),
+    "file": airflow_provider_magi.operators.magi.__file__,
     "sdk_has": sorted(m for m in before if m.split(".")[0] in {HEAVY!r}),
 }}
 print("RESULT " + json.dumps(answer))
@@ -75,10 +82,12 @@ print("RESULT " + json.dumps(results))
 """
 
 
-def probe(code: str, *args: str) -> dict:
-    """Run ``code`` in a fresh interpreter; its answer is the line starting with RESULT."""
+def probe(code: str, *args: str, source: Path | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter; its answer is the line starting with RESULT.
+    ``source``: a directory holding another version of the package, imported instead of this one."""
+    env = {**os.environ, "MAGI_BENCH_SOURCE": str(source)} if source else None
     out = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env
     ).stdout
     (line,) = [line for line in out.splitlines() if line.startswith("RESULT ")]
     return dict(json.loads(line.removeprefix("RESULT ")))
@@ -121,6 +130,7 @@ def _schedule(dag: object) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--against", metavar="REF", help="also measure the import at this git ref")
     args = parser.parse_args()
 
     # pip compiles an installed package's bytecode; an editable checkout (or PYTHONDONTWRITEBYTECODE)
@@ -128,8 +138,21 @@ def main() -> None:
     import compileall
 
     compileall.compile_dir(str(ROOT / "airflow_provider_magi"), quiet=1)
-    imports = [probe(IMPORT_PROBE) for _ in range(args.runs)]
-    sdk_ms = median([r["sdk_ms"] for r in imports])
+    before_dir = tempfile.mkdtemp(prefix="magi-bench-before-")
+    if args.against:  # that ref's package alone, compiled as an installed one would be
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.against, "airflow_provider_magi"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", before_dir], input=archive, check=True)
+        compileall.compile_dir(before_dir, quiet=1)
+    imports, before_imports = [], []
+    for _ in range(args.runs):  # interleaved: the machine's load falls on both alike
+        imports.append(probe(IMPORT_PROBE))
+        if args.against:
+            before_imports.append(probe(IMPORT_PROBE, source=Path(before_dir)))
+    assert all(r["file"].startswith(before_dir) for r in before_imports)
     provider_ms = median([r["provider_ms"] for r in imports])
     added = imports[0]["added"]
     heavy_added = sorted({m.split(".")[0] for m in added} & set(HEAVY))
@@ -159,12 +182,28 @@ def main() -> None:
     body = table(
         ["example DAG", "parse ms (provider)", "parse ms (PythonOperator twin)", "added ms", "ratio"], rows
     )
+
+    def import_rows(runs: list[dict], label: str) -> list[list[str]]:
+        """Wall and CPU ms, and the provider's share of airflow.sdk's as the median of each run's
+        own ratio (CPU time: what a busy machine's waiting does not inflate)."""
+
+        def col(key: str) -> float:
+            return median([r[key] for r in runs])
+
+        share = median_ratio([r["provider_cpu_ms"] for r in runs], [r["sdk_cpu_ms"] for r in runs]) * 100
+        return [
+            [f"{label}import airflow.sdk (baseline)", f"{col('sdk_ms'):.0f}", f"{col('sdk_cpu_ms'):.0f}", ""],
+            [f"{label}then the provider's operators and sensor", f"{col('provider_ms'):.1f}",
+             f"{col('provider_cpu_ms'):.1f}", f"{share:.2f} %"],
+        ]  # fmt: skip
+
+    rows_import = import_rows(imports, "")
+    if before_imports:
+        rows_import += import_rows(before_imports, f"at {args.against}: ")
     body += "\n\n" + table(
-        ["import in a fresh interpreter", "ms (median)"],
-        [["import airflow.sdk (baseline)", f"{sdk_ms:.0f}"],
-         ["then the provider's operators and sensor", f"{provider_ms:.1f}"],
-         ["ratio provider / baseline", f"{provider_ms / sdk_ms:.3f}"]],
-    )  # fmt: skip
+        ["import in a fresh interpreter", "wall ms", "CPU ms", "CPU share of airflow.sdk's (target < 2 %)"],
+        rows_import,
+    )
     sdk_heavy = sorted({m.split(".")[0] for m in imports[0]["sdk_has"]})
     notes = textwrap.dedent(f"""\
         {args.runs} runs each, medians. Target: the provider adds under 20 ms to a parse and imports neither

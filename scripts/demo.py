@@ -2,11 +2,14 @@
 
 Without $WAVESPEED_API_KEY (or a magi_default connection) the DAG talks to the bundled
 WaveSpeed-compatible local server; with it, to the real API (and you pay for one generation).
-It prints the endpoint and where the key came from before generating.
+It prints the endpoint and where the key came from before generating, and generates on the real
+API only when asked to with --pay (`make demo PAY=1`): a key or connection exported in the shell
+for other work must not spend money by surprise.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -17,7 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "example_magi_text_to_video"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--pay", action="store_true", help="generate on the real WaveSpeed API, which bills one video"
+    )
+    args = parser.parse_args(argv)
     home = ROOT / ".airflow-demo"
     output_dir = ROOT / "demo-output"
     os.environ.update(
@@ -40,7 +48,11 @@ def main() -> int:
 
     print("Preparing the metadata database (SQLite) ...", flush=True)
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-    print(_where_it_generates(), flush=True)
+    where, billed = _where_it_generates()
+    print(where, flush=True)
+    if billed and not args.pay:
+        print(NOT_WITHOUT_PAY, file=sys.stderr)
+        return 2
 
     try:  # after AIRFLOW_HOME is set; the module moved in Airflow 3.1
         from airflow.dag_processing.dagbag import DagBag
@@ -66,8 +78,16 @@ def main() -> int:
     return 0
 
 
-def _where_it_generates() -> str:
-    """What the hook will actually use: a connection wins over $WAVESPEED_API_KEY."""
+NOT_WITHOUT_PAY = (
+    "Nothing was generated or billed. To make this one video on WaveSpeed and pay for it, run "
+    "`make demo PAY=1` (or `python scripts/demo.py --pay`); to use the free local server instead, "
+    "unset AIRFLOW_CONN_MAGI_DEFAULT and WAVESPEED_API_KEY in this shell."
+)
+
+
+def _where_it_generates() -> tuple[str, bool]:
+    """What the hook will actually use (a connection wins over $WAVESPEED_API_KEY), and whether
+    that generation is billed."""
     from airflow_provider_magi.compat import AirflowNotFoundException
     from airflow_provider_magi.hooks.magi import API_KEY_ENV, MagiHook
 
@@ -75,12 +95,14 @@ def _where_it_generates() -> str:
     try:
         hook.get_connection(hook.magi_conn_id)
         source = f"connection '{hook.magi_conn_id}'"
+        if os.environ.get("AIRFLOW_CONN_MAGI_DEFAULT"):
+            source += " ($AIRFLOW_CONN_MAGI_DEFAULT, exported in this shell)"
     except AirflowNotFoundException:
         source = f"${API_KEY_ENV}"
     where = hook.settings.base_url
     if hook.is_local_server:
-        return f"Generating on the local server at {where} (key from {source}; nothing is billed)."
-    return f"Generating on {where} with the key from {source}: WaveSpeed bills this video."
+        return f"Generating on the local server at {where} (key from {source}; nothing is billed).", False
+    return f"This would generate on {where} with the key from {source}: WaveSpeed bills that video.", True
 
 
 def _safe(run_id: str) -> str:

@@ -210,6 +210,28 @@ def test_test_connection(magi_conn: LocalWaveSpeedServer, monkeypatch) -> None:
     assert len(magi_conn.app.predictions) == 0  # testing never starts a generation
 
 
+def test_airflow_connections_test_shows_the_balance(magi_conn: LocalWaveSpeedServer, monkeypatch) -> None:
+    """The CLI prints only "Connection success!"; the hook prints its own line there, and only
+    there. Logging may write to the same stream, so only the hook's marked line is read."""
+    import io
+    import sys
+
+    def said(stream: io.StringIO) -> list[str]:
+        return [line for line in stream.getvalue().splitlines() if line.startswith("Connection OK")]
+
+    magi_conn.set_balance(7.5)
+    quiet = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", quiet)
+    assert MagiHook().test_connection()[0]  # a worker, the api-server: nothing printed
+    assert said(quiet) == []
+    shown = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", shown)
+    monkeypatch.setattr(sys, "argv", ["airflow", "connections", "test", "magi_default"])
+    ok, message = MagiHook().test_connection()
+    assert ok and said(shown) == [message]
+    assert "balance $7.50" in message
+
+
 def test_test_connection_without_a_balance_endpoint_probes_the_key(
     magi_conn: LocalWaveSpeedServer, monkeypatch
 ) -> None:

@@ -155,6 +155,21 @@ def test_bad_scenes_are_refused(scenes: Any) -> None:
         parse_scenes(scenes)
 
 
+def test_one_prompt_given_as_scenes_is_named_in_the_error() -> None:
+    with pytest.raises(MagiInputError) as refused:
+        parse_scenes("A boat on a river")
+    assert "Invalid scenes: 'A boat on a river'" in str(refused.value)
+    assert "None" not in str(refused.value)
+    assert "scenes=['A boat on a river']" in str(refused.value)
+
+
+def test_a_mistyped_scene_key_is_named_with_its_close_match() -> None:
+    with pytest.raises(MagiInputError, match=r"unknown key 'promt' \(did you mean 'prompt'\?\)"):
+        parse_scenes([{"prompt": "a"}, {"promt": "b"}])
+    with pytest.raises(MagiInputError, match=r"Invalid scene 1: .*: no 'prompt'"):
+        parse_scenes([{"seed": 1}])
+
+
 def test_scenes_as_prompts_dicts_or_json() -> None:
     assert [s.prompt for s in parse_scenes(["a", {"prompt": "b", "seed": 2}])] == ["a", "b"]
     assert parse_scenes('[{"prompt": "a", "seed": 3}]')[0].seed == 3
@@ -187,6 +202,41 @@ def test_editing_scene_3_regenerates_scenes_3_and_4_only(
     assert not set(final[2:]) & set(first_try)  # scenes 3 and 4: new
     prompts = [magi_conn.app.predictions[i].inputs["prompt"] for i in final]
     assert prompts[2].startswith("a whale")
+
+
+class Recorder:
+    """A task logger that keeps each line as written (no stdout to parse)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str, *args: Any) -> None:
+        self.lines.append(message % args)
+
+    warning = info
+
+
+def test_a_scene_paid_in_an_earlier_try_is_logged_as_reused_not_paid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from airflow_provider_magi.api import Prediction
+    from airflow_provider_magi.operators.long_video import MagiLongVideoOperator, Scene
+
+    operator = MagiLongVideoOperator(task_id="long_video", scenes=["a"], destination=str(tmp_path))
+    log = Recorder()
+    monkeypatch.setattr(MagiLongVideoOperator, "log", property(lambda _: log))
+    paid = Prediction(id="a" * 32, model="wavespeed-ai/magi-1-24b", status="completed", outputs=("u",))
+    monkeypatch.setattr(operator, "_resume", lambda ledger, context: paid.id)  # the ledger has it
+    monkeypatch.setattr(operator, "_wait", lambda prediction_id, context: paid)
+
+    class Ledger:
+        def for_record(self, name: str) -> Ledger:
+            return self
+
+    scene = operator._scene({}, Ledger(), 1, 2, Scene("a"), [], tmp_path, tmp_path)  # type: ignore[arg-type]
+    assert scene is paid
+    (line,) = [line for line in log.lines if line.startswith("Long video: scene 1/2")]
+    assert "reused" in line and "paid" not in line, line
 
 
 @pytest.mark.money

@@ -5,6 +5,7 @@ the history in ``hooks/history.py`` and the account reads in ``hooks/account.py`
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -289,7 +290,9 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
             return False, f"WaveSpeed could not be tested: {error}"
         except MagiError as error:
             return False, f"WaveSpeed could not be tested: {error}"
-        return True, f"Connection OK, balance {usd_text(balance)}: {where} accepted the API key."
+        message = f"Connection OK, balance {usd_text(balance)}: {where} accepted the API key."
+        _tell_the_cli(message)
+        return True, message
 
     def _probe_key(self, where: str) -> tuple[bool, str]:
         """The key test without a balance endpoint: a 404 for a prediction that cannot exist."""
@@ -359,6 +362,13 @@ def model_path(model: Any) -> str:
             f"(or 'owner/name/variant'), for example {DEFAULT_MODEL!r}."
         )
     return "/".join(quote(part, safe="") for part in text.split("/"))
+
+
+def _tell_the_cli(message: str) -> None:
+    """``airflow connections test`` prints "Connection success!" and never the hook's message
+    (the UI's Test button shows it): the balance is worth seeing there too, so it is printed."""
+    if sys.argv[1:3] == ["connections", "test"]:
+        sys.stdout.write(f"{message}\n")
 
 
 def _result_path(prediction_id: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow_provider_magi.compat import BaseOperator
 from airflow_provider_magi.exceptions import MagiError, MagiInputError, MagiPredictionFailedError
 from airflow_provider_magi.task_mixin import MagiTaskMixin
-from airflow_provider_magi.validation import check_prediction_id, shorten
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -25,6 +23,14 @@ NSFW_POLICIES = ("keep", "skip", "fail")
 DEFAULT_FILENAME = "{dag_id}/{run_id}/{prediction_id}_{index}.mp4"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _FIELDS = ("dag_id", "task_id", "run_id", "map_index", "prediction_id", "index", "ds")
+
+
+def shorten(value: Any) -> str:
+    """validation.shorten, imported only when an error is worded: a DAG file's parse does not load
+    the validation module (tests/test_parse_imports.py)."""
+    from airflow_provider_magi.validation import shorten
+
+    return shorten(value)
 
 
 def safe_segment(value: Any) -> str:
@@ -47,6 +53,8 @@ def check_filename_fields(pattern: Any) -> None:
     for name in names:
         field = name.split(".")[0].split("[")[0]
         if field not in _FIELDS:
+            import difflib  # only to word this error: not loaded by a parse that passes
+
             close = difflib.get_close_matches(field, _FIELDS, n=1)
             hint = f"did you mean {{{close[0]}}}? " if close else ""
             raise MagiInputError(
@@ -174,6 +182,8 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         self._lineage_paths: list[Any] = []
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        from airflow_provider_magi.validation import check_prediction_id
+
         prediction_id = check_prediction_id(self.prediction)
         self.magi_prediction_id = prediction_id
         directory = destination_path(self.destination)

@@ -29,7 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_magi import costs, metrics
+from airflow_provider_magi import metrics
 from airflow_provider_magi.api import DEFAULT_MODEL, Prediction, final_result
 from airflow_provider_magi.exceptions import MagiInputError
 from airflow_provider_magi.operators.download import (
@@ -39,7 +39,6 @@ from airflow_provider_magi.operators.download import (
     render_filename,
 )
 from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
-from airflow_provider_magi.validation import LocalImage, inputs_fingerprint, magi_inputs, shorten
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL
 
 if TYPE_CHECKING:
@@ -48,9 +47,11 @@ if TYPE_CHECKING:
     from airflow_provider_magi.downloads import WritablePath
     from airflow_provider_magi.ledger import Ledger
 
+# The costs and validation modules load when the task runs, not when a DAG file is parsed.
+
 XCOM_SCENES_DONE = "scenes_done"
 DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}.mp4"
-_SCENE_KEYS = {"prompt", "seed", "extra_inputs"}
+_SCENE_KEYS = ("prompt", "seed", "extra_inputs")
 
 
 @dataclass(frozen=True)
@@ -64,28 +65,50 @@ def parse_scenes(scenes: Any) -> list[Scene]:
     """The rendered ``scenes``: a non-empty list of prompts, or of dicts with ``prompt`` and
     optional ``seed`` and ``extra_inputs`` (a JSON text of that list is accepted, for templates
     rendered as text)."""
+    from airflow_provider_magi.validation import shorten
+
+    given = scenes  # the error names what was passed, not what a failed JSON read left
     if isinstance(scenes, str):
         try:
             scenes = json.loads(scenes)
         except ValueError:
             scenes = None
     if not isinstance(scenes, Sequence) or isinstance(scenes, str) or not scenes:
+        one_prompt = isinstance(given, str) and scenes is None
         raise MagiInputError(
-            f"Invalid scenes: {shorten(scenes)}. Fix: pass a non-empty list of prompts, or of dicts "
-            "with 'prompt' and optional 'seed' and 'extra_inputs'"
+            f"Invalid scenes: {shorten(given)}"
+            + (" (one text that is not a JSON list)" if one_prompt else "")
+            + ". Fix: pass a non-empty list of prompts, or of dicts with 'prompt' and optional "
+            + "'seed' and 'extra_inputs'"
+            + (f", e.g. scenes=[{given!r}]" if one_prompt else "")
         )
     parsed = []
     for number, scene in enumerate(scenes, 1):
         if isinstance(scene, str):
             parsed.append(Scene(prompt=scene))
-        elif isinstance(scene, Mapping) and "prompt" in scene and set(scene) <= _SCENE_KEYS:
+        elif isinstance(scene, Mapping) and "prompt" in scene and set(scene) <= set(_SCENE_KEYS):
             parsed.append(Scene(scene["prompt"], scene.get("seed"), scene.get("extra_inputs")))
         else:
             raise MagiInputError(
-                f"Invalid scene {number}: {shorten(scene)}. Fix: a prompt, or a dict with 'prompt' "
-                "and optional 'seed' and 'extra_inputs'"
+                f"Invalid scene {number}: {shorten(scene)}{_unknown_keys(scene)}. Fix: a prompt, or a "
+                "dict with 'prompt' and optional 'seed' and 'extra_inputs'"
             )
     return parsed
+
+
+def _unknown_keys(scene: Any) -> str:
+    """Name a scene dict's keys that are not scene keys, each with its close match (a typo such
+    as 'promt' is then found at a glance)."""
+    if not isinstance(scene, Mapping):
+        return ""
+    import difflib  # only to word this error
+
+    notes = []
+    for key in (k for k in scene if k not in _SCENE_KEYS):
+        close = difflib.get_close_matches(str(key), _SCENE_KEYS, n=1)
+        notes.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    missing = "" if "prompt" in scene or notes else ": no 'prompt'"
+    return f": unknown key{'s' if len(notes) > 1 else ''} {', '.join(notes)}" if notes else missing
 
 
 class MagiLongVideoOperator(MagiGenerateVideoOperator):
@@ -205,6 +228,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         directory: WritablePath,
     ) -> Prediction:
         """One scene, paid at most once: its completed prediction (waiting, or deferring, first)."""
+        from airflow_provider_magi.validation import LocalImage, inputs_fingerprint, magi_inputs
+
         self._scene_number = number
         self._final = None
         self._inputs = magi_inputs(
@@ -226,8 +251,11 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             prediction_id = self.submit_job(context, scene_ledger)
             self.log.info("Long video: scene %d/%d submitted as %s", number, total, prediction_id)
         else:
-            self.log.info(
-                "Long video: scene %d/%d is prediction %s (paid earlier)", number, total, prediction_id
+            self.log.info(  # "reused", never "paid": the log must not read as a second charge
+                "Long video: scene %d/%d reused: prediction %s from an earlier try (not submitted again)",
+                number,
+                total,
+                prediction_id,
             )
         prediction = self._final if self._final is not None else self._wait(prediction_id, context)
         final_result(prediction)  # a failed scene fails the task (a retry submits it afresh)
@@ -288,6 +316,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
     def _join(
         self, context: Context, done: list[Prediction], work: Path, directory: WritablePath
     ) -> dict[str, Any]:
+        from airflow_provider_magi import costs
         from airflow_provider_magi.downloads import place_file
         from airflow_provider_magi.media import REMUX, join_clips
 

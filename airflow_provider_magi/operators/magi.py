@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_magi import costs, metrics
+from airflow_provider_magi import metrics
 from airflow_provider_magi.api import (
     DEFAULT_MODEL,
     FAILED_STATUSES,
@@ -25,20 +25,17 @@ from airflow_provider_magi.exceptions import (
     MagiRejectedError,
     MagiSubmitUncertainError,
 )
-from airflow_provider_magi.ledger import LOOK_UP, SUBMIT, Ledger, LedgerRecord, decide
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
-from airflow_provider_magi.validation import (
-    LocalImage,
-    check_webhook_url,
-    inputs_fingerprint,
-    inputs_summary,
-    magi_inputs,
-)
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_magi.ledger import Ledger, LedgerRecord
+
+# The ledger, costs and validation modules are imported where a task runs, never when a DAG file
+# is parsed (tests/test_parse_imports.py holds what a parse may import).
 
 
 # XCom key of the predictions an uncertain submit may have started (see MagiSubmitUncertainError).
@@ -165,6 +162,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path
         from airflow_provider_magi.ledger_stores import open_ledger
+        from airflow_provider_magi.validation import check_webhook_url, inputs_fingerprint, magi_inputs
 
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
@@ -186,6 +184,8 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def _resume(self, ledger: Ledger, context: Context) -> str | None:
         """The prediction an earlier try (or a cleared run) already paid for, or None to submit."""
+        from airflow_provider_magi.ledger import LOOK_UP, SUBMIT, decide
+
         decision = decide(ledger.read(), self._fingerprint)
         if decision.action == SUBMIT:
             if decision.record is not None:
@@ -247,6 +247,8 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         )
 
     def submit_job(self, context: Context, ledger: Ledger) -> str:
+        from airflow_provider_magi.validation import LocalImage
+
         self._check_spending()  # before the upload too: nothing that costs money leaves unchecked
         inputs = dict(self._inputs)
         image = inputs.get("image")
@@ -278,6 +280,8 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         :raises MagiBudgetError: a guard refused (not retried).
         :raises MagiBudgetCheckError: a guard could not read what it guards (retried).
         """
+        from airflow_provider_magi import costs
+
         settings = self.hook.settings
         if settings.min_balance_usd is not None:
             balance = self._guard_read(self.hook.get_balance, "the balance", "min_balance_usd")
@@ -459,6 +463,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""
+        from airflow_provider_magi import costs
+        from airflow_provider_magi.validation import inputs_summary
+
         result["inputs"] = inputs_summary(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
         )

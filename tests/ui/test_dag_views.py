@@ -37,6 +37,8 @@ def test_task_page_links_the_prediction_and_logs_its_progress(
     assert statuses[0] in ("created", "processing") and statuses[-1] == "completed", statuses
     assert len(statuses) == len(set(statuses)), statuses
     expect(page.get_by_text(re.compile(r"completed after \d+s \(inference [\d.]+s\)"))).to_be_visible()
+    # What the video cost, read from WaveSpeed's billing when the task resumed (README's picture).
+    expect(page.get_by_text(re.compile(rf"Prediction {prediction_id} cost \$\d+\.\d\d"))).to_be_visible()
     page.screenshot(path=screenshots / "task-log.png")
     assert CANARY not in page.content()
 

@@ -1,0 +1,115 @@
+"""The docs say what the code does: each list a user reads is checked against the code it
+describes (connection extras, metrics, the lineage facet, the result dict, asset events), and no
+doc cites a file the repository does not have."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_magi import metrics
+from airflow_provider_magi.api import Prediction
+from airflow_provider_magi.hooks.settings import KNOWN_EXTRAS
+from airflow_provider_magi.operators.download import MagiDownloadOutputsOperator
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "airflow_provider_magi"
+DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def doc(name: str) -> str:
+    return (ROOT / "docs" / name).read_text()
+
+
+def quoted(text: str) -> set[str]:
+    """Every `code span` of a Markdown text."""
+    return set(re.findall(r"`([^`\n]+)`", text))
+
+
+def test_every_connection_extra_is_in_the_connection_page() -> None:
+    assert {"min_balance_usd", "daily_budget_usd", "cost_lookup_seconds"} <= KNOWN_EXTRAS
+    assert sorted(KNOWN_EXTRAS - quoted(doc("connection.md"))) == []
+
+
+def metric_names() -> set[str]:
+    """Every metric the package sends: literal names, the outcomes of the waits, and cost's pair."""
+    names = set()
+    for path in PACKAGE.rglob("*.py"):
+        names |= set(re.findall(r"metrics\.(?:incr|timing|gauge)\(\s*\"([^\"]+)\"", path.read_text()))
+    names |= {"predictions.completed", "predictions.failed"}  # waiting.py: f"predictions.{outcome}"
+    names |= set(re.findall(r"PREFIX \+ \"([^\"]+)\"", inspect.getsource(metrics)))
+    return {metrics.PREFIX + name for name in names}
+
+
+def test_every_metric_and_tag_is_in_the_observability_page() -> None:
+    page = doc("observability.md")
+    assert {"magi.polls", "magi.cost_usd", "magi.cost_microusd"} <= metric_names()
+    assert sorted(metric_names() - quoted(page)) == []
+    assert {"model", "conn_id", "dag_id"} <= quoted(page)  # the tags
+
+
+def test_the_lineage_facet_fields_are_in_the_observability_page() -> None:
+    pytest.importorskip("airflow.providers.openlineage", reason="the [openlineage] extra is not installed")
+    import attrs
+
+    from airflow_provider_magi.lineage import MagiPredictionRunFacet
+
+    fields = {field.name for field in attrs.fields(MagiPredictionRunFacet) if not field.name.startswith("_")}
+    row = next(line for line in doc("observability.md").splitlines() if "`magi_prediction`" in line)
+    assert "cost_usd" in fields
+    assert sorted(fields - quoted(row)) == []
+
+
+def test_the_result_dict_in_the_operators_page_has_every_key() -> None:
+    page = doc("operators.md")
+    paragraph = page[page.index("Result dict (return value") :].split("\n\n")[0]
+    keys = {*Prediction(id="p", model="m", status="completed").to_result(), "inputs", "cost_usd"}
+    assert sorted(keys - quoted(paragraph)) == []
+
+
+def test_the_asset_event_fields_in_the_operators_page_are_the_ones_sent() -> None:
+    source = inspect.getsource(MagiDownloadOutputsOperator._emit_asset_events)
+    sent = set(re.findall(r"^\s+\"(\w+)\":", source, re.M)) | set(re.findall(r"extra\[\"(\w+)\"\]", source))
+    assert "cost_usd" in sent
+    page = doc("operators.md")
+    sentence = page[page.index("Asset events carry") :].split("\n\n")[0]
+    assert sorted(sent - quoted(sentence)) == []
+
+
+# A code span that names a file or folder of this repository: a relative path with a suffix, or
+# one ending in a slash.
+_PATH = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+(?:/|\.(?:py|md|txt|json|toml|png|sh|cfg|yml|yaml))")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_every_file_a_doc_cites_is_in_the_repository(path: Path) -> None:
+    cited = {span for span in quoted(path.read_text()) if _PATH.fullmatch(span)}
+    missing = sorted(
+        span for span in cited if not (ROOT / span).exists() and not (path.parent / span).exists()
+    )
+    assert missing == []
+
+
+def test_every_airflow_home_the_readme_makes_in_the_checkout_is_git_ignored() -> None:
+    """A user who follows the README must not find its throw-away Airflow home in `git status`."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    readme = (ROOT / "README.md").read_text()
+    homes = set(re.findall(r"AIRFLOW_HOME=\"\$PWD/([^\"]+)\"", readme))
+    assert ".airflow-offline" in homes
+    for home in homes:
+        ignored = subprocess.run(
+            ["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", f"{home}/airflow.db"]
+        )
+        assert ignored.returncode == 0, f"{home} is not in .gitignore"
+
+
+def test_the_readme_says_what_make_test_needs_beyond_python() -> None:
+    readme = (ROOT / "README.md").read_text()
+    needs = readme[readme.index("`make test` also needs") :].split("\n\n")[1]  # the list after it
+    for what in ("PostgreSQL", "Redis", "Chromium from apt", "GB of disk"):
+        assert what in needs, what
