@@ -10,13 +10,21 @@ are resent after transient failures like a GET (``resend_safe`` for the POSTs), 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi import costs
 from airflow_provider_magi.api import ConnectFailure, ExchangeFailure, raise_for_answer
-from airflow_provider_magi.exceptions import MagiError, MagiInputError, MagiRejectedError, MagiResponseError
+from airflow_provider_magi.exceptions import (
+    MagiAuthError,
+    MagiBudgetCheckError,
+    MagiBudgetError,
+    MagiError,
+    MagiInputError,
+    MagiRejectedError,
+    MagiResponseError,
+)
 from airflow_provider_magi.hooks.async_client import asend, shared_async_client
 from airflow_provider_magi.hooks.sync_client import MagiSyncClientMixin
 from airflow_provider_magi.retries import RetryPolicy, settle
@@ -134,6 +142,106 @@ class MagiAccountMixin(MagiSyncClientMixin):
             return costs.parse_unit_price(data, model)
         except ValueError as error:
             raise MagiResponseError(f"{what}: {error}") from None
+
+    # ---------------------------------------------------------------- the spending guards
+
+    def check_spending(self, model: str, *, count: int = 1, paid: str | None = None, log: Any = None) -> None:
+        """The connection's balance floor and daily budget (extras ``min_balance_usd`` and
+        ``daily_budget_usd``), checked before ``count`` predictions of ``model`` are paid for.
+
+        Here, on the hook, so that every way to pay is guarded: the operators call it before
+        they upload a first frame, and :meth:`create_prediction` calls it unless its caller
+        guarded itself. ``paid`` names what the caller already paid (a refusal says so). The
+        decisions are in :mod:`~airflow_provider_magi.costs`.
+
+        :raises MagiBudgetError: a guard refused (not retried).
+        :raises MagiBudgetCheckError: a guard could not read what it guards (retried).
+        """
+        log = log or self.log
+        settings = self.settings
+        if settings.min_balance_usd is not None:
+            balance = self._guard_read(self.get_balance, "the balance", "min_balance_usd", paid)
+            refusal = costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id, paid)
+            if refusal:
+                raise MagiBudgetError(refusal)
+            log.info(
+                "Balance %s, at or above min_balance_usd %s.",
+                costs.usd_text(balance),
+                costs.usd_text(settings.min_balance_usd),
+            )
+        if settings.daily_budget_usd is not None:
+            now = datetime.now(UTC)
+            spent = self._guard_read(
+                lambda: self.get_spend(costs.utc_midnight(now), now),
+                "today's spend from WaveSpeed's usage stats",
+                "daily_budget_usd",
+                paid,
+            )
+            price = self._guard_read(
+                lambda: self.get_unit_price(model),
+                f"the price of {model} from WaveSpeed's usage stats",
+                "daily_budget_usd",
+                paid,
+                none_means_unreadable=False,
+            )
+            decision = costs.daily_budget_decision(
+                spent,
+                price,
+                settings.daily_budget_usd,
+                settings.conn_id,
+                now.date(),
+                model,
+                count=count,
+                paid=paid,
+            )
+            if decision.refusal:
+                raise MagiBudgetError(decision.refusal)
+            if decision.note:
+                log.warning("%s", decision.note)
+            else:
+                log.info(
+                    "Spent today (UTC) %s; with %s at %s, within daily_budget_usd %s.",
+                    costs.usd_text(spent),
+                    "this prediction" if count == 1 else f"{count} predictions",
+                    costs.usd_text(price or 0.0),
+                    costs.usd_text(settings.daily_budget_usd),
+                )
+
+    def _guard_read(
+        self,
+        read: Callable[[], Any],
+        what: str,
+        extra: str,
+        paid: str | None,
+        *,
+        none_means_unreadable: bool = True,
+    ) -> Any:
+        """One read for a guard; what cannot be read fails safe (nothing is submitted, retried).
+
+        A refused key (401/403) stays the non-retried error it is everywhere else.
+        """
+        conn_id = self.settings.conn_id
+
+        left = costs.nothing_sent(paid).rstrip(".")
+        left = left[0].lower() + left[1:]
+
+        def unreadable(why: str) -> MagiBudgetCheckError:
+            return MagiBudgetCheckError(
+                f"Connection '{conn_id}': the {extra} guard could not read {what} ({why}), so it "
+                f"fails safe: {left}, and the task may be retried. Fix: wait for WaveSpeed's "
+                f"account endpoints to answer, or remove {extra} from the connection to submit "
+                "without this guard."
+            )
+
+        try:
+            value = read()
+        except MagiAuthError:
+            raise
+        except MagiError as error:
+            raise unreadable(str(error)) from None
+        if value is None and none_means_unreadable:
+            raise unreadable("WaveSpeed's answer did not state it as USD")
+        return value
 
     # ---------------------------------------------------------------- triggerer
 

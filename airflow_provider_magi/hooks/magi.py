@@ -97,7 +97,12 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         return self.settings.base_url + _result_path(prediction_id)
 
     def create_prediction(
-        self, inputs: Mapping[str, Any], model: str = DEFAULT_MODEL, *, webhook_url: str | None = None
+        self,
+        inputs: Mapping[str, Any],
+        model: str = DEFAULT_MODEL,
+        *,
+        webhook_url: str | None = None,
+        check_guards: bool = True,
     ) -> Prediction:
         """Submit one generation. Sent once; resent only after a provable rejection (429, no connect).
 
@@ -107,7 +112,12 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         an uncertain submit, never resent.
 
         :param webhook_url: WaveSpeed calls it on ``completed`` and ``failed`` (``?webhook=``).
+        :param check_guards: Check the connection's ``min_balance_usd`` and ``daily_budget_usd``
+            first (:meth:`check_spending`), so a DAG calling the hook is guarded as the
+            operators are. ``False`` only for a caller that has just checked them itself.
         """
+        if check_guards:
+            self.check_spending(model)
         path = f"/api/v3/{model_path(model)}"
         if webhook_url:
             path += "?" + urlencode({"webhook": webhook_url})
@@ -270,11 +280,15 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         speak to someone at the connection form: Airflow tests a copy of the connection under a
         random id, so they name neither that id nor the probe prediction.
         """
-        from airflow_provider_magi.costs import usd_text
+        from airflow_provider_magi.costs import balance_floor_refusal, usd_text
 
         where = "WaveSpeed"
         try:
-            where = f"WaveSpeed at {self.settings.base_url}"
+            settings = self.settings
+        except MagiError as error:  # a bad extra (a mistyped guard, say) is the answer itself
+            return False, str(error)
+        try:
+            where = f"WaveSpeed at {settings.base_url}"
             balance = self.get_balance()
         except MagiAPIError as error:
             if error.http_status == 404 and not isinstance(error, MagiAuthError):
@@ -289,7 +303,17 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
             return False, f"WaveSpeed could not be tested: {error}"
         except MagiError as error:
             return False, f"WaveSpeed could not be tested: {error}"
-        return True, f"Connection OK, balance {usd_text(balance)}: {where} accepted the API key."
+        accepted = f"balance {usd_text(balance)}: {where} accepted the API key"
+        problems = list(self.__dict__.get("extra_warnings", []))
+        floor = settings.min_balance_usd
+        if floor is not None and balance_floor_refusal(balance, floor, settings.conn_id):
+            problems.append(
+                f"the balance is below the connection's min_balance_usd of {usd_text(floor)}, so every "
+                "task that would pay is refused until the account is topped up"
+            )
+        if problems:  # a test that says OK while a setting is ignored or every submit would fail
+            return False, f"The key works ({accepted}), but: " + "; ".join(problems) + "."
+        return True, f"Connection OK, {accepted}."
 
     def _probe_key(self, where: str) -> tuple[bool, str]:
         """The key test without a balance endpoint: a 404 for a prediction that cannot exist."""

@@ -295,8 +295,19 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
 
 
 def destination_path(destination: Any) -> WritablePath:
-    """A directory to write into: ObjectStoragePath for URLs, pathlib.Path for plain paths."""
-    if hasattr(destination, "fs") or isinstance(destination, Path):
+    """A directory to write into: ObjectStoragePath for URLs, pathlib.Path for plain paths.
+
+    The rendered URL's filesystem is checked here, before anything is paid or fetched: fsspec
+    would only fail at the first write ("Install s3fs to access S3"), after the video was paid
+    for and without naming the package Airflow needs.
+    """
+    if isinstance(destination, Path):
+        return destination
+    protocol = getattr(destination, "protocol", None)  # an ObjectStoragePath (reading .fs would
+    if protocol is not None:  # already fail, with fsspec's words, for a missing package)
+        scheme = protocol[0] if isinstance(protocol, (tuple, list)) and protocol else protocol
+        if isinstance(scheme, str) and scheme not in ("file", "local"):
+            check_destination_scheme(f"{scheme}://{getattr(destination, 'path', '')}")
         return destination
     if not isinstance(destination, str) or not destination.strip():
         raise MagiInputError(
@@ -305,6 +316,8 @@ def destination_path(destination: Any) -> WritablePath:
         )
     if "://" in destination:
         from airflow.sdk import ObjectStoragePath
+
+        check_destination_scheme(destination)
 
         return ObjectStoragePath(destination)
     return Path(destination).expanduser()

@@ -170,8 +170,9 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
 
         require_av()  # before anything is paid: without it no scene could be chained or joined
         scenes = parse_scenes(self.scenes)
+        self._check_scenes(scenes)  # every scene, before the first one is paid
         model_path(self.model)
-        directory = destination_path(self.destination)
+        directory = destination_path(self.destination)  # its filesystem too, before paying
         self._target_values(context, "check")  # a bad filename fails now, not after paying
         self._webhook_url = None
         ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
@@ -187,6 +188,23 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             return self._join(context, done, work, directory)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _check_scenes(self, scenes: list[Scene]) -> None:
+        """Every scene's inputs, checked before anything is paid: a bad scene 4 must not be
+        found after scenes 1 to 3 were paid for. The error names the scene."""
+        for number, scene in enumerate(scenes, 1):
+            try:
+                magi_inputs(
+                    prompt=scene.prompt,
+                    image=self.image if number == 1 else None,
+                    seed=scene.seed,
+                    extra_inputs=scene.extra_inputs,
+                )
+            except MagiInputError as error:
+                raise MagiInputError(
+                    f"Scene {number} of {len(scenes)}: {error} (every scene is checked before any "
+                    "is paid for)"
+                ) from None
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """A scene finished in the triggerer (or failed: that raises): carry on with the chain."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi import costs, metrics
@@ -19,8 +19,6 @@ from airflow_provider_magi.api import (
 from airflow_provider_magi.compat import BaseOperator, conf
 from airflow_provider_magi.exceptions import (
     MagiAuthError,
-    MagiBudgetCheckError,
-    MagiBudgetError,
     MagiError,
     MagiRejectedError,
     MagiSubmitUncertainError,
@@ -254,7 +252,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             inputs["image"] = self.hook.upload_media(image.read())
         record = ledger.write_intent(self._fingerprint, self.model)
         try:
-            prediction = self.hook.create_prediction(inputs, model=self.model, webhook_url=self._webhook_url)
+            prediction = self.hook.create_prediction(
+                inputs, model=self.model, webhook_url=self._webhook_url, check_guards=False
+            )
         except MagiSubmitUncertainError as error:
             prediction = self._attach_to_candidate(context, error)
         except MagiError:
@@ -270,79 +270,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     # ------------------------------------------------------------ spending guards
 
-    def _check_spending(self) -> None:
-        """The connection's balance floor and daily budget (extras ``min_balance_usd`` and
-        ``daily_budget_usd``), checked just before this task pays: never when the ledger
-        reattaches to a prediction already paid for. The decisions are in ``costs``.
-
-        :raises MagiBudgetError: a guard refused (not retried).
-        :raises MagiBudgetCheckError: a guard could not read what it guards (retried).
-        """
-        settings = self.hook.settings
-        if settings.min_balance_usd is not None:
-            balance = self._guard_read(self.hook.get_balance, "the balance", "min_balance_usd")
-            refusal = costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id)
-            if refusal:
-                raise MagiBudgetError(refusal)
-            self.log.info(
-                "Balance %s, at or above min_balance_usd %s.",
-                costs.usd_text(balance),
-                costs.usd_text(settings.min_balance_usd),
-            )
-        if settings.daily_budget_usd is not None:
-            now = datetime.now(UTC)
-            spent = self._guard_read(
-                lambda: self.hook.get_spend(costs.utc_midnight(now), now),
-                "today's spend from WaveSpeed's usage stats",
-                "daily_budget_usd",
-            )
-            price = self._guard_read(
-                lambda: self.hook.get_unit_price(self.model),
-                f"the price of {self.model} from WaveSpeed's usage stats",
-                "daily_budget_usd",
-                none_means_unreadable=False,
-            )
-            decision = costs.daily_budget_decision(
-                spent, price, settings.daily_budget_usd, settings.conn_id, now.date(), self.model
-            )
-            if decision.refusal:
-                raise MagiBudgetError(decision.refusal)
-            if decision.note:
-                self.log.warning("%s", decision.note)
-            else:
-                self.log.info(
-                    "Spent today (UTC) %s; with this prediction at %s, within daily_budget_usd %s.",
-                    costs.usd_text(spent),
-                    costs.usd_text(price or 0.0),
-                    costs.usd_text(settings.daily_budget_usd),
-                )
-
-    def _guard_read(
-        self, read: Callable[[], Any], what: str, extra: str, *, none_means_unreadable: bool = True
-    ) -> Any:
-        """One read for a guard; what cannot be read fails safe (nothing is submitted, retried).
-
-        A refused key (401/403) stays the non-retried error it is everywhere else.
-        """
-        conn_id = self.hook.settings.conn_id
-
-        def unreadable(why: str) -> MagiBudgetCheckError:
-            return MagiBudgetCheckError(
-                f"Connection '{conn_id}': the {extra} guard could not read {what} ({why}), so it "
-                "fails safe: nothing was uploaded or submitted, and the task may be retried. Fix: "
-                f"wait for WaveSpeed's account endpoints to answer, or remove {extra} from the "
-                "connection to submit without this guard."
-            )
-
-        try:
-            value = read()
-        except MagiAuthError:
-            raise
-        except MagiError as error:
-            raise unreadable(str(error)) from None
-        if value is None and none_means_unreadable:
-            raise unreadable("WaveSpeed's answer did not state it as USD")
-        return value
+    def _check_spending(self, *, count: int = 1, paid: str | None = None) -> None:
+        """The connection's balance floor and daily budget, checked just before this task pays
+        (never when the ledger reattaches to a prediction already paid for): the hook's
+        :meth:`~airflow_provider_magi.hooks.account.MagiAccountMixin.check_spending`."""
+        self.hook.check_spending(self.model, count=count, paid=paid, log=self.log)
 
     # ------------------------------------------------------------ what it cost
 
