@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 XCOM_SCENES_DONE = "scenes_done"
 DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}.mp4"
+# What the default becomes in a mapped task: each map index its own file, never one for all.
+MAPPED_DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}_{map_index}.mp4"
+# Beside the video: which task instance wrote it, so another one never replaces it.
+WRITER_SUFFIX = ".magi-writer.json"
 _SCENE_KEYS = {"prompt", "seed", "extra_inputs"}
 
 
@@ -157,6 +161,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         self.keep_segments = keep_segments
         self.drop_seam_frames = drop_seam_frames
         self._scene_number = 0
+        self._remaining = 1  # scenes still to pay for, the next one included (for the guards)
+        self._paid: str | None = None  # the scenes already paid, named by a guard's refusal
         self._written: list[Any] = []
         self._output_urls: list[str] = []
 
@@ -174,6 +180,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         model_path(self.model)
         directory = destination_path(self.destination)  # its filesystem too, before paying
         self._target_values(context, "check")  # a bad filename fails now, not after paying
+        self._claim(context, directory)  # another task instance's video is never replaced
         self._webhook_url = None
         ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
         work = Path(tempfile.mkdtemp(prefix="magi-long-video-"))
@@ -206,6 +213,11 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
                     "is paid for)"
                 ) from None
 
+    def _check_spending(self, *, count: int = 1, paid: str | None = None) -> None:
+        """The guards for every scene still to pay for, not only the next one: a budget that
+        holds 2 of 4 scenes refuses before scene 1, instead of paying for half a video."""
+        super()._check_spending(count=self._remaining, paid=self._paid)
+
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """A scene finished in the triggerer (or failed: that raises): carry on with the chain."""
         self.result_from_trigger(event)
@@ -236,6 +248,15 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             source["image"] = f"last frame of prediction {done[-1].id}"
         self._fingerprint = inputs_fingerprint(self.model, source)
         scene_ledger = ledger.for_record(f"scene-{number}")
+        # A lost answer is never this video's own earlier scene, whatever the history shows.
+        self.hook.not_candidates = frozenset(p.id for p in done)
+        self._remaining = total - number + 1
+        scenes_paid = "scene 1" if len(done) == 1 else f"scenes 1-{len(done)}"
+        self._paid = (
+            f"{scenes_paid} ({', '.join(p.id for p in done)}), kept in the ledger: a retry reuses them"
+            if done
+            else None
+        )
         prediction_id = self._resume(scene_ledger, context)
         if prediction_id is None:
             if done:
@@ -271,7 +292,57 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
     # ------------------------------------------------------------ clips and the join
 
     def _target_values(self, context: Context, prediction_id: str) -> str:
-        return render_filename(self.filename, filename_values(context, prediction_id, 0))
+        pattern = self.filename
+        if pattern == DEFAULT_FILENAME and self._writer(context)["map_index"] >= 0:
+            pattern = MAPPED_DEFAULT_FILENAME
+        return render_filename(pattern, filename_values(context, prediction_id, 0))
+
+    def _writer(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return {
+            "dag_id": str(ti.dag_id),
+            "task_id": str(ti.task_id),
+            "run_id": str(ti.run_id),
+            "map_index": -1 if map_index is None else int(map_index),
+        }
+
+    def _claim(self, context: Context, directory: WritablePath, target: WritablePath | None = None) -> None:
+        """Refuse a video another task instance wrote (or claimed), and claim ours.
+
+        A mapped task with a filename without ``{map_index}`` would otherwise have every map
+        index pay for its scenes and then replace the one file. A marker beside the video names
+        the task instance that claimed it; this one may replace its own video (a clear), never
+        another's. Checked before scene 1 when the name does not hold ``{prediction_id}``, and
+        again just before the join is moved into place.
+        """
+        if target is None:
+            name = self._target_values(context, "check")
+            if name != self._target_values(context, "check-again"):
+                return  # named after the last scene's prediction: checked at the join
+            target = directory / name
+        marker = target.parent / f"{target.name}{WRITER_SUFFIX}"
+        me = self._writer(context)
+        owner: Any = None
+        if marker.exists():
+            try:
+                owner = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                owner = "unreadable"
+        elif target.exists():
+            owner = "unknown (no writer marker beside it)"
+        if owner is not None and owner != me:
+            described = ", ".join(f"{k}={v}" for k, v in owner.items()) if isinstance(owner, dict) else owner
+            raise MagiInputError(
+                f"Invalid filename: {target} was written by another task instance ({described}); "
+                "this task never replaces it. Fix: put {map_index} (mapped tasks) or {run_id} in "
+                "filename, or delete that file and its marker "
+                f"{marker.name} if it may go. Scenes already paid stay in the ledger: a retry "
+                "with a free filename reuses them."
+            )
+        if owner is None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(me))
 
     def _target(self, context: Context, directory: WritablePath, done: list[Prediction]) -> WritablePath:
         return directory / self._target_values(context, done[-1].id)
@@ -328,6 +399,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             result.duration,
             result.dropped_frames,
         )
+        self._claim(context, directory, target)
         size = place_file(joined, target)
         if self.keep_segments:
             for clip, segment in zip(clips, segments, strict=True):
