@@ -301,13 +301,13 @@ def destination_path(destination: Any) -> WritablePath:
     would only fail at the first write ("Install s3fs to access S3"), after the video was paid
     for and without naming the package Airflow needs.
     """
-    if isinstance(destination, Path):
-        return destination
     protocol = getattr(destination, "protocol", None)  # an ObjectStoragePath (reading .fs would
     if protocol is not None:  # already fail, with fsspec's words, for a missing package)
         scheme = protocol[0] if isinstance(protocol, (tuple, list)) and protocol else protocol
         if isinstance(scheme, str) and scheme not in ("file", "local"):
             check_destination_scheme(f"{scheme}://{getattr(destination, 'path', '')}")
+        return destination
+    if isinstance(destination, Path):
         return destination
     if not isinstance(destination, str) or not destination.strip():
         raise MagiInputError(
