@@ -172,6 +172,7 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         self.magi_conn_id = magi_conn_id
         self._lineage_urls: list[str] = []
         self._lineage_paths: list[Any] = []
+        self._cost: float | None = None
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         prediction_id = check_prediction_id(self.prediction)
@@ -197,8 +198,19 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             self._download(prediction, index, url, target)
             for (index, url), target in zip(wanted, targets, strict=True)
         ]
+        self._cost = self._upstream_cost(prediction)
         self._emit_asset_events(context, prediction, written)
         return written
+
+    def _upstream_cost(self, prediction: Prediction) -> float | None:
+        """What the prediction cost: the upstream result's ``cost_usd``, else the price an
+        earlier task counted, else its billing now, counted in the metrics here. A price billed
+        only after the generating task ended (billing lags completion) is so counted once, by
+        the first download that sees it billed."""
+        given = self.prediction.get("cost_usd") if isinstance(self.prediction, Mapping) else None
+        if given is not None:
+            return float(given)
+        return self._count_cost(prediction.id, prediction.model, counted_only=True)
 
     def _wanted(self, prediction: Prediction, index: int) -> bool:
         flags = prediction.has_nsfw_contents
@@ -265,13 +277,11 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             "paths": [item["path"] for item in written],
             "sizes": [item["size"] for item in written],
         }
-        # The generate task's result dict carries what was asked for; a bare id does not,
-        # and what it cost (None: unknown, as for a bare id).
-        extra["cost_usd"] = None
+        # The generate task's result dict carries what was asked for; a bare id does not.
         if isinstance(self.prediction, Mapping):
             inputs = self.prediction.get("inputs") or {}
             extra.update({key: inputs[key] for key in ("prompt", "seed", "image") if key in inputs})
-            extra["cost_usd"] = self.prediction.get("cost_usd")
+        extra["cost_usd"] = self._cost
         outlet_events = context["outlet_events"]
         for outlet in self.outlets:
             if type(outlet).__name__ == "Asset":

@@ -29,7 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_magi import costs, metrics
+from airflow_provider_magi import costs
 from airflow_provider_magi.api import DEFAULT_MODEL, Prediction, final_result
 from airflow_provider_magi.exceptions import MagiInputError
 from airflow_provider_magi.operators.download import (
@@ -407,11 +407,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
                     place_file(clip, segment)
         self._written = [target]
         self.log.info("Wrote %s (%d bytes)", target, size)
-        scene_costs = [self._look_up_cost(p.id) for p in done]
+        scene_costs = [self._count_cost(p.id, self.model) for p in done]
         total = None if None in scene_costs else round(sum(c for c in scene_costs if c is not None), 6)
-        for cost in scene_costs:
-            if cost is not None:
-                metrics.cost(cost, model=self.model, conn_id=self.magi_conn_id, dag_id=self.dag_id)
         self.log.info(
             "Long video cost: %s",
             costs.usd_text(total) if total is not None else "unknown (a scene's billing is not readable yet)",

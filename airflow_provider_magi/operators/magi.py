@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_magi import costs, metrics
 from airflow_provider_magi.api import (
     DEFAULT_MODEL,
     FAILED_STATUSES,
@@ -18,7 +17,6 @@ from airflow_provider_magi.api import (
 )
 from airflow_provider_magi.compat import BaseOperator, conf
 from airflow_provider_magi.exceptions import (
-    MagiAuthError,
     MagiError,
     MagiRejectedError,
     MagiSubmitUncertainError,
@@ -46,9 +44,6 @@ STATUS_NOT_FOUND = "not_found"
 # A submit intent younger than this is left to land before WaveSpeed's history is asked about it:
 # a POST cut off by a killed worker may still be creating its prediction on the server.
 INTENT_SETTLE_SECONDS = 30.0
-# A finished task reads its price at most this many times within the connection's
-# cost_lookup_seconds (billing can lag completion), then says "cost unknown" and ends.
-COST_LOOKUP_READS = 3
 
 
 def stored_job(external_id: Any) -> tuple[str, str | None]:
@@ -276,51 +271,6 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         :meth:`~airflow_provider_magi.hooks.account.MagiAccountMixin.check_spending`."""
         self.hook.check_spending(self.model, count=count, paid=paid, log=self.log)
 
-    # ------------------------------------------------------------ what it cost
-
-    def _look_up_cost(self, prediction_id: str) -> float | None:
-        """The price of a finished prediction from its billing records, looked up at most
-        :data:`COST_LOOKUP_READS` times within ``cost_lookup_seconds``; None when it is not
-        billed by then, or billing cannot be read. Never raises: the video is done and paid.
-        """
-        try:
-            seconds = self.hook.settings.cost_lookup_seconds
-        except Exception as error:  # the connection was read before; be safe all the same
-            self.log.warning("Prediction %s: cost unknown (%s)", prediction_id, error)
-            return None
-        if seconds <= 0:
-            self.log.info("Prediction %s: cost not looked up (cost_lookup_seconds=0).", prediction_id)
-            return None
-        deadline = time.time() + seconds
-        for read in range(1, COST_LOOKUP_READS + 1):
-            try:
-                cost = self.hook.get_prediction_cost(prediction_id, deadline=deadline)
-            except Exception as error:  # a failing billing endpoint never fails a finished, paid task
-                self.log.warning(
-                    "Prediction %s: reading its billing failed (read %d of %d): %s",
-                    prediction_id,
-                    read,
-                    COST_LOOKUP_READS,
-                    error,
-                )
-                if isinstance(error, (MagiRejectedError, MagiAuthError)):
-                    break  # refused (no billing endpoint, no permission): asking again cannot help
-                cost = None
-            if cost is not None:
-                return cost
-            left = deadline - time.time()
-            if read == COST_LOOKUP_READS or left <= 0:
-                break
-            time.sleep(min(left, seconds / COST_LOOKUP_READS))
-        self.log.warning(
-            "Prediction %s: cost unknown: WaveSpeed showed no readable billing record within "
-            "%gs (billing can lag completion; raise the connection's cost_lookup_seconds to wait "
-            "longer). The task goes on; cost_usd is None.",
-            prediction_id,
-            seconds,
-        )
-        return None
-
     def _attach_to_candidate(self, context: Context, error: MagiSubmitUncertainError) -> Prediction:
         """Publish the candidates; carry on with the only one if asked to, else fail as before."""
         context["ti"].xcom_push(key=XCOM_CANDIDATES, value=error.candidates)
@@ -397,16 +347,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         self.log.info(
             "Prediction %s completed: %d output(s)", result["prediction_id"], len(result["outputs"])
         )
-        cost = self._look_up_cost(result["prediction_id"])
-        result["cost_usd"] = cost
-        if cost is not None:
-            self.log.info("Prediction %s cost %s.", result["prediction_id"], costs.usd_text(cost))
-            metrics.cost(
-                cost,
-                model=str(result.get("model") or self.model),
-                conn_id=self.magi_conn_id,
-                dag_id=getattr(self, "dag_id", None),
-            )
+        result["cost_usd"] = self._count_cost(result["prediction_id"], str(result.get("model") or self.model))
         self._lineage_result = result
         return result
 

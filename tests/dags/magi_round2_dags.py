@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import requests
@@ -85,3 +85,41 @@ for deferrable in (True, False):
             task_id="wait", prediction_id=submit.output, deferrable=deferrable, **FAST
         )
         MagiDownloadOutputsOperator(task_id="download", prediction=wait.output, destination=OUTPUT_DIR)
+
+
+class DiesAfterCosting(MagiGenerateVideoOperator):
+    """Try 1 dies right after its result (and cost) was made; try 2 reattaches to the completed
+    prediction, as a retry or a clear of a finished task does."""
+
+    def _result(self, result: dict[str, Any]) -> dict[str, Any]:
+        costed = super()._result(result)
+        if self._context_try == 1:
+            raise RuntimeError("simulated crash after the cost was counted")
+        return costed
+
+    def execute(self, context: Any) -> Any:
+        self._context_try = context["ti"].try_number
+        return super().execute(context)
+
+
+with _dag("magi_r2_cost_reattached"):
+    DiesAfterCosting(
+        task_id="generate",
+        prompt="a video costed once [[duration: 0.2]]",
+        deferrable=False,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+# Billed only after the generating task ended: its connection does not wait for the price
+# (cost_lookup_seconds=0), the download's does.
+with _dag("magi_r2_cost_billed_later"):
+    generate = MagiGenerateVideoOperator(
+        task_id="generate",
+        prompt="a video billed later [[duration: 0.2]]",
+        magi_conn_id="magi_no_cost_lookup",
+        deferrable=False,
+        **FAST,
+    )
+    MagiDownloadOutputsOperator(task_id="download", prediction=generate.output, destination=OUTPUT_DIR)
