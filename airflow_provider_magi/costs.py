@@ -322,6 +322,8 @@ def daily_budget_decision(
     *,
     count: int = 1,
     paid: str | None = None,
+    pending: float = 0.0,
+    pending_count: int = 0,
 ) -> BudgetDecision:
     """May ``count`` more predictions of ``model`` start, with ``spent`` USD spent on ``day`` (UTC)?
 
@@ -331,13 +333,24 @@ def daily_budget_decision(
     reach), the spend alone is checked, and the note says the budget may be passed by these
     predictions' price: refusing every first use of a model would make the budget unusable, and
     guessing a price would be wrong. ``paid`` names what was already paid (a refusal says so).
+
+    ``pending`` is what the ``pending_count`` predictions started today but not billed yet will
+    cost (billing lags completion): counted as spent, so a budget holds while billing lags.
     """
     where = f"Connection '{conn_id}'"
+    if pending_count:
+        started = (
+            f"{usd_text(spent)} was billed on {day.isoformat()} (UTC) and {pending_count} started "
+            f"prediction(s) not billed yet count {usd_text(pending)}, {usd_text(spent + pending)} in all"
+        )
+        spent += pending
+    else:
+        started = f"{usd_text(spent)} was spent on {day.isoformat()} (UTC)"
     these = "this prediction" if count == 1 else f"these {count} predictions"
     if price is None:
         if _micro(spent) >= _micro(budget):
             return BudgetDecision(
-                f"{where}: {usd_text(spent)} was spent on {day.isoformat()} (UTC), which reaches "
+                f"{where}: {started}, which reaches "
                 f"the connection's daily_budget_usd of {usd_text(budget)}. {nothing_sent(paid)} "
                 "Fix: wait for the next UTC day or raise daily_budget_usd."
             )
@@ -356,7 +369,7 @@ def daily_budget_decision(
         else f"{count} more predictions of {model} at {usd_text(price)} each"
     )
     return BudgetDecision(
-        f"{where}: {usd_text(spent)} was spent on {day.isoformat()} (UTC); {more} would make "
+        f"{where}: {started}; {more} would make "
         f"{usd_text(spent + count * price)}, above the connection's daily_budget_usd of "
         f"{usd_text(budget)}. {nothing_sent(paid)} Fix: wait for the next UTC day or raise "
         "daily_budget_usd."

@@ -15,7 +15,19 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi import costs
-from airflow_provider_magi.api import ConnectFailure, ExchangeFailure, raise_for_answer
+from airflow_provider_magi.api import (
+    FAILED_STATUSES,
+    HISTORY_PAGE_SIZE,
+    HISTORY_PATH,
+    ConnectFailure,
+    ExchangeFailure,
+    Prediction,
+    as_utc,
+    history_query,
+    parse_timestamp,
+    raise_for_answer,
+    read_whole_history,
+)
 from airflow_provider_magi.exceptions import (
     MagiAuthError,
     MagiBudgetCheckError,
@@ -184,6 +196,13 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 paid,
                 none_means_unreadable=False,
             )
+            unbilled = self._guard_read(
+                lambda: self.get_unbilled_since(costs.utc_midnight(now)),
+                "today's started predictions from WaveSpeed's history and billing records",
+                "daily_budget_usd",
+                paid,
+            )
+            pending = self._pending_cost(unbilled, model, price, paid)
             decision = costs.daily_budget_decision(
                 spent,
                 price,
@@ -193,19 +212,103 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 model,
                 count=count,
                 paid=paid,
+                pending=pending,
+                pending_count=len(unbilled),
             )
             if decision.refusal:
                 raise MagiBudgetError(decision.refusal)
             if decision.note:
                 log.warning("%s", decision.note)
             else:
+                if unbilled:
+                    log.info(
+                        "%d prediction(s) started today are not billed yet: counted as %s spent.",
+                        len(unbilled),
+                        costs.usd_text(pending),
+                    )
                 log.info(
                     "Spent today (UTC) %s; with %s at %s, within daily_budget_usd %s.",
-                    costs.usd_text(spent),
+                    costs.usd_text(spent + pending),
                     "this prediction" if count == 1 else f"{count} predictions",
                     costs.usd_text(price or 0.0),
                     costs.usd_text(settings.daily_budget_usd),
                 )
+
+    def _pending_cost(
+        self, unbilled: list[Prediction], model: str, price: float | None, paid: str | None
+    ) -> float:
+        """What the started, unbilled predictions will cost: each at its model's unit price
+        (another model's read from the usage stats once); a model whose price is unknown counts at
+        this model's price, so the budget never counts one as free while a price is known."""
+        prices: dict[str, float | None] = {model.strip().strip("/"): price}
+        total = 0.0
+        for prediction in unbilled:
+            other = (prediction.model or model).strip().strip("/")
+            if other not in prices:
+                prices[other] = self._guard_read(
+                    lambda other=other: self.get_unit_price(other),  # type: ignore[misc]
+                    f"the price of {other} from WaveSpeed's usage stats",
+                    "daily_budget_usd",
+                    paid,
+                    none_means_unreadable=False,
+                )
+            known = prices[other]
+            total += known if known is not None else (price or 0.0)
+        return total
+
+    def get_unbilled_since(self, since: datetime, *, deadline: float | None = None) -> list[Prediction]:
+        """This key's predictions created since ``since`` (UTC midnight, for the daily budget)
+        that WaveSpeed's billing records do not show yet: started, not failed, not billed.
+
+        Billing lags completion (and usage stats lag billing), so a budget that counted only
+        billed spend let every task pass while earlier ones waited to be billed. The history is
+        read whole or not at all (``MagiHistoryIncompleteError``): "unknown" is never "none".
+        An item whose ``created_at`` cannot be read counts (it may be today's).
+        """
+        query = history_query(created_after=since)
+        what = "Listing today's predictions for the daily budget"
+
+        def fetch_page(number: int) -> Mapping[str, Any]:
+            body = {**query, "page": number, "page_size": HISTORY_PAGE_SIZE}
+            return self._call(
+                "POST", HISTORY_PATH, what=what, body=_json(body), resend_safe=True, deadline=deadline
+            )
+
+        started: dict[str, Prediction] = {}
+        for prediction in read_whole_history(fetch_page):
+            created = parse_timestamp(prediction.created_at)
+            if prediction.status in FAILED_STATUSES or (created is not None and created < as_utc(since)):
+                continue
+            started.setdefault(prediction.id, prediction)
+        billed = self._billed_among(list(started), deadline=deadline)
+        return [prediction for pid, prediction in started.items() if pid not in billed]
+
+    def _billed_among(self, prediction_ids: list[str], *, deadline: float | None) -> set[str]:
+        """Which of these predictions have a billing record (a deduction), 100 ids per search."""
+        billed: set[str] = set()
+        what = "Reading today's billing records for the daily budget"
+        for start in range(0, len(prediction_ids), PAGE_SIZE):
+            chunk = prediction_ids[start : start + PAGE_SIZE]
+            for page in range(1, MAX_BILLING_PAGES + 1):
+                data = self._call(
+                    "POST",
+                    costs.BILLINGS_PATH,
+                    what=what,
+                    body=_json(costs.billing_query(chunk, page=page, page_size=PAGE_SIZE)),
+                    resend_safe=True,
+                    deadline=deadline,
+                )
+                parsed = costs.parse_billing_page(data)
+                if parsed is None:
+                    raise MagiResponseError(
+                        f"{what}: the answer is not a page of records: {dict(data)!r:.200}"
+                    )
+                billed.update(parsed.prices)
+                if parsed.items == 0 or page * PAGE_SIZE >= parsed.total:
+                    break
+            else:
+                raise MagiResponseError(f"{what}: more than {MAX_BILLING_PAGES} pages for {len(chunk)} ids")
+        return billed
 
     def _guard_read(
         self,

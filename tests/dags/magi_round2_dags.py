@@ -123,3 +123,9 @@ with _dag("magi_r2_cost_billed_later"):
         **FAST,
     )
     MagiDownloadOutputsOperator(task_id="download", prediction=generate.output, destination=OUTPUT_DIR)
+
+# Six videos one after another while billing lags completion (the daily budget's case).
+with _dag("magi_r2_budget_billing_lags"):
+    MagiGenerateVideoOperator.partial(task_id="generate", deferrable=False, **FAST).expand(
+        prompt=[f"video {k} of the day [[duration: 0.2]]" for k in range(6)]
+    )
