@@ -234,6 +234,18 @@ class MagiAccountMixin(MagiSyncClientMixin):
                     costs.usd_text(settings.daily_budget_usd),
                 )
 
+    def connection_problems(self, balance: float) -> list[str]:
+        """What the connection test reports beside a working key: unknown extras (a typo leaves
+        a setting at its default) and a balance already under ``min_balance_usd``."""
+        problems = list(self.__dict__.get("extra_warnings", []))
+        floor = self.settings.min_balance_usd
+        if floor is not None and costs.balance_floor_refusal(balance, floor, self.settings.conn_id):
+            problems.append(
+                f"the balance is below the connection's min_balance_usd of {costs.usd_text(floor)}, "
+                "so every task that would pay is refused until the account is topped up"
+            )
+        return problems
+
     def _pending_cost(
         self, unbilled: list[Prediction], model: str, price: float | None, paid: str | None
     ) -> float:

@@ -280,7 +280,7 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         speak to someone at the connection form: Airflow tests a copy of the connection under a
         random id, so they name neither that id nor the probe prediction.
         """
-        from airflow_provider_magi.costs import balance_floor_refusal, usd_text
+        from airflow_provider_magi.costs import usd_text
 
         where = "WaveSpeed"
         try:
@@ -304,13 +304,7 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         except MagiError as error:
             return False, f"WaveSpeed could not be tested: {error}"
         accepted = f"balance {usd_text(balance)}: {where} accepted the API key"
-        problems = list(self.__dict__.get("extra_warnings", []))
-        floor = settings.min_balance_usd
-        if floor is not None and balance_floor_refusal(balance, floor, settings.conn_id):
-            problems.append(
-                f"the balance is below the connection's min_balance_usd of {usd_text(floor)}, so every "
-                "task that would pay is refused until the account is topped up"
-            )
+        problems = self.connection_problems(balance)
         if problems:  # a test that says OK while a setting is ignored or every submit would fail
             return False, f"The key works ({accepted}), but: " + "; ".join(problems) + "."
         return True, f"Connection OK, {accepted}."
