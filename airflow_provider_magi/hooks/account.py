@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 # prediction, so one page is the normal case; more only if a service ignored that filter).
 MAX_BILLING_PAGES = 5
 PAGE_SIZE = 100
+# The daily budget reads the whole of today's history: up to this many pages of 100 (5,000
+# predictions a day); a longer one cannot be read whole, and the guard then fails safe.
+BUDGET_HISTORY_PAGES = 50
 
 
 class MagiAccountMixin(MagiSyncClientMixin):
@@ -287,7 +290,7 @@ class MagiAccountMixin(MagiSyncClientMixin):
             )
 
         started: dict[str, Prediction] = {}
-        for prediction in read_whole_history(fetch_page):
+        for prediction in read_whole_history(fetch_page, max_pages=BUDGET_HISTORY_PAGES):
             created = parse_timestamp(prediction.created_at)
             if prediction.status in FAILED_STATUSES or (created is not None and created < as_utc(since)):
                 continue
