@@ -107,6 +107,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/import_cost.py
 	$(BIN)/python bench/end_to_end.py
 	$(BIN)/python bench/full_stack_triggerer.py
+	$(BIN)/python bench/budget_overrun.py
 
 clean:
 	rm -rf $(VENV) .venv-airflow-* .airflow-demo demo-output .pytest_cache .mypy_cache .ruff_cache

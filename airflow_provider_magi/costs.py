@@ -285,13 +285,20 @@ def usd_text(amount: float) -> str:
     return "$" + (text[:-1] if text.endswith("0") else text)
 
 
-def balance_floor_refusal(balance: float, floor: float, conn_id: str) -> str | None:
+def nothing_sent(paid: str | None = None) -> str:
+    """What a refusal left behind: nothing, or (a long video's later scene) what was paid before."""
+    if paid:
+        return f"Nothing more was uploaded or submitted; already paid: {paid}."
+    return "Nothing was uploaded or submitted."
+
+
+def balance_floor_refusal(balance: float, floor: float, conn_id: str, paid: str | None = None) -> str | None:
     """Why the submit is refused when ``balance`` is below ``floor``; None when it may go ahead."""
     if _micro(balance) >= _micro(floor):
         return None
     return (
         f"Connection '{conn_id}': the WaveSpeed balance is {usd_text(balance)}, below the "
-        f"connection's min_balance_usd of {usd_text(floor)}. Nothing was uploaded or submitted. "
+        f"connection's min_balance_usd of {usd_text(floor)}. {nothing_sent(paid)} "
         "Fix: top up the account (https://wavespeed.ai) or lower min_balance_usd."
     )
 
@@ -306,35 +313,64 @@ class BudgetDecision:
 
 
 def daily_budget_decision(
-    spent: float, price: float | None, budget: float, conn_id: str, day: date, model: str
+    spent: float,
+    price: float | None,
+    budget: float,
+    conn_id: str,
+    day: date,
+    model: str,
+    *,
+    count: int = 1,
+    paid: str | None = None,
+    pending: float = 0.0,
+    pending_count: int = 0,
 ) -> BudgetDecision:
-    """May one more prediction of ``model`` start, with ``spent`` USD spent on ``day`` (UTC)?
+    """May ``count`` more predictions of ``model`` start, with ``spent`` USD spent on ``day`` (UTC)?
 
-    Yes when the spend plus its ``price`` fits in ``budget`` (equal fits). When the price is not
-    known (the model was not used within the usage stats' reach), the spend alone is checked,
-    and the note says the budget may be passed by this one prediction's price: refusing every
-    first use of a model would make the budget unusable, and guessing a price would be wrong.
+    Yes when the spend plus ``count`` times their ``price`` fits in ``budget`` (equal fits): a
+    long video asks for all its remaining scenes at once, so it never pays for half a video and
+    then stops. When the price is not known (the model was not used within the usage stats'
+    reach), the spend alone is checked, and the note says the budget may be passed by these
+    predictions' price: refusing every first use of a model would make the budget unusable, and
+    guessing a price would be wrong. ``paid`` names what was already paid (a refusal says so).
+
+    ``pending`` is what the ``pending_count`` predictions started today but not billed yet will
+    cost (billing lags completion): counted as spent, so a budget holds while billing lags.
     """
     where = f"Connection '{conn_id}'"
+    if pending_count:
+        started = (
+            f"{usd_text(spent)} was billed on {day.isoformat()} (UTC) and {pending_count} started "
+            f"prediction(s) not billed yet count {usd_text(pending)}, {usd_text(spent + pending)} in all"
+        )
+        spent += pending
+    else:
+        started = f"{usd_text(spent)} was spent on {day.isoformat()} (UTC)"
+    these = "this prediction" if count == 1 else f"these {count} predictions"
     if price is None:
         if _micro(spent) >= _micro(budget):
             return BudgetDecision(
-                f"{where}: {usd_text(spent)} was spent on {day.isoformat()} (UTC), which reaches "
-                f"the connection's daily_budget_usd of {usd_text(budget)}. Nothing was uploaded "
-                "or submitted. Fix: wait for the next UTC day or raise daily_budget_usd."
+                f"{where}: {started}, which reaches "
+                f"the connection's daily_budget_usd of {usd_text(budget)}. {nothing_sent(paid)} "
+                "Fix: wait for the next UTC day or raise daily_budget_usd."
             )
         return BudgetDecision(
             None,
             f"{where}: the price of {model} is unknown (WaveSpeed's usage stats list no use of it "
             f"in the last 30 days); only the day's spend ({usd_text(spent)} of "
-            f"{usd_text(budget)}) was checked, so this prediction may pass daily_budget_usd by "
-            "its own price.",
+            f"{usd_text(budget)}) was checked, so {these} may pass daily_budget_usd by "
+            f"{'its' if count == 1 else 'their'} own price.",
         )
-    if _micro(spent) + _micro(price) <= _micro(budget):
+    if _micro(spent) + count * _micro(price) <= _micro(budget):
         return BudgetDecision(None)
+    more = (
+        f"one more prediction of {model} at {usd_text(price)}"
+        if count == 1
+        else f"{count} more predictions of {model} at {usd_text(price)} each"
+    )
     return BudgetDecision(
-        f"{where}: {usd_text(spent)} was spent on {day.isoformat()} (UTC); one more prediction "
-        f"of {model} at {usd_text(price)} would make {usd_text(spent + price)}, above the "
-        f"connection's daily_budget_usd of {usd_text(budget)}. Nothing was uploaded or "
-        "submitted. Fix: wait for the next UTC day or raise daily_budget_usd."
+        f"{where}: {started}; {more} would make "
+        f"{usd_text(spent + count * price)}, above the connection's daily_budget_usd of "
+        f"{usd_text(budget)}. {nothing_sent(paid)} Fix: wait for the next UTC day or raise "
+        "daily_budget_usd."
     )

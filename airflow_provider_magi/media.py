@@ -175,11 +175,18 @@ def _reencode(
     drop_seam_frames: bool,
     reason: str,
 ) -> JoinResult:
-    """Decode every clip and encode one stream at the first clip's size and frame rate."""
+    """Decode every clip and encode one stream at the first clip's size and frame rate.
+
+    A clip at another frame rate keeps its duration: its frames are repeated or dropped to fill
+    its own time at the output's rate (numbering them one after another would play a 12 fps clip
+    at twice its speed). The size is rounded down to even numbers, which H.264's 4:2:0 needs: an
+    odd-sized clip would otherwise fail the join after every scene was paid for.
+    """
     with av.open(os.fspath(paths[0])) as first:
         model = first.streams.video[0]
         width, height = model.codec_context.width, model.codec_context.height
         fps = Fraction(model.average_rate or 24)
+    width, height = max(2, width - width % 2), max(2, height - height % 2)
     audio_model = _first_audio(av, paths)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(os.fspath(target), "w", format="mp4") as output:
@@ -192,7 +199,9 @@ def _reencode(
             with av.open(os.fspath(path)) as clip:
                 video = clip.streams.video[0]
                 video.thread_type = "AUTO"
+                rate = Fraction(video.average_rate or fps)  # this clip's own frame rate
                 audio = clip.streams.audio[0] if clip.streams.audio and sound else None
+                start, kept = frames, 0  # output frames before this clip; its frames kept
                 for frame in clip.decode(*[s for s in (video, audio) if s is not None]):
                     if isinstance(frame, av.AudioFrame):
                         assert sound is not None
@@ -202,13 +211,19 @@ def _reencode(
                         skip -= 1
                         dropped += 1
                         continue
+                    kept += 1
+                    # This frame fills the output up to where its own time ends.
+                    until = start + round(kept / rate * fps)
+                    if frames >= until:
+                        continue
                     out = frame.reformat(width=width, height=height, format="yuv420p")
-                    out.pts, out.time_base = frames, 1 / fps
-                    frames += 1
-                    output.mux(video_out.encode(out))
+                    while frames < until:
+                        out.pts, out.time_base = frames, 1 / fps
+                        frames += 1
+                        output.mux(video_out.encode(out))
             if sound is not None:  # this clip's audio, cut or padded to the video it gave
                 sound.end_clip(
-                    skip_seconds=Fraction(1 if drop_seam_frames and index else 0) / fps,
+                    skip_seconds=Fraction(1 if drop_seam_frames and index else 0) / rate,
                     until_seconds=frames / fps,
                 )
         output.mux(video_out.encode(None))

@@ -1,4 +1,5 @@
-"""What the generate operator and the sensor share: a lazy hook, and waiting in the triggerer."""
+"""What the operators and the sensor share: a lazy hook, waiting in the triggerer, and what a
+prediction cost (looked up, and counted in the metrics once)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ if TYPE_CHECKING:
     from airflow_provider_magi.hooks.magi import MagiHook
     from airflow_provider_magi.waiting import Waiter
 
+# A finished task reads its price at most this many times within the connection's
+# cost_lookup_seconds (billing can lag completion), then says "cost unknown" and ends.
+COST_LOOKUP_READS = 3
 # Airflow's own deferral timeout is a backstop behind the trigger's deadline (for a triggerer
 # that is down when it passes); the trigger's own timeout event, with its clearer message, comes
 # first.
@@ -38,6 +42,11 @@ class MagiTaskMixin:
 
     magi_conn_id: str
     magi_prediction_id: str | None = None  # read by MagiPredictionLink when the task ends
+
+    if TYPE_CHECKING:  # provided by BaseOperator
+
+        @property
+        def log(self) -> Any: ...
 
     @cached_property
     def hook(self) -> MagiHook:
@@ -70,3 +79,80 @@ class MagiTaskMixin:
         if isinstance(event, dict):  # a resumed task is a fresh instance: the link needs the id
             self.magi_prediction_id = event.get("prediction_id")
         return result_from_event(event)
+
+    # ------------------------------------------------------------ what it cost
+
+    def _look_up_cost(self, prediction_id: str) -> float | None:
+        """The price of a finished prediction from its billing records, looked up at most
+        :data:`COST_LOOKUP_READS` times within ``cost_lookup_seconds``; None when it is not
+        billed by then, or billing cannot be read. Never raises: the video is done and paid.
+        """
+        from airflow_provider_magi.exceptions import MagiAuthError, MagiRejectedError
+
+        try:
+            seconds = self.hook.settings.cost_lookup_seconds
+        except Exception as error:  # the connection was read before; be safe all the same
+            self.log.warning("Prediction %s: cost unknown (%s)", prediction_id, error)
+            return None
+        if seconds <= 0:
+            self.log.info("Prediction %s: cost not looked up (cost_lookup_seconds=0).", prediction_id)
+            return None
+        deadline = time.time() + seconds
+        for read in range(1, COST_LOOKUP_READS + 1):
+            try:
+                cost = self.hook.get_prediction_cost(prediction_id, deadline=deadline)
+            except Exception as error:  # a failing billing endpoint never fails a finished, paid task
+                self.log.warning(
+                    "Prediction %s: reading its billing failed (read %d of %d): %s",
+                    prediction_id,
+                    read,
+                    COST_LOOKUP_READS,
+                    error,
+                )
+                if isinstance(error, (MagiRejectedError, MagiAuthError)):
+                    break  # refused (no billing endpoint, no permission): asking again cannot help
+                cost = None
+            if cost is not None:
+                return cost
+            left = deadline - time.time()
+            if read == COST_LOOKUP_READS or left <= 0:
+                break
+            time.sleep(min(left, seconds / COST_LOOKUP_READS))
+        self.log.warning(
+            "Prediction %s: cost unknown: WaveSpeed showed no readable billing record within "
+            "%gs (billing can lag completion; raise the connection's cost_lookup_seconds to wait "
+            "longer). The task goes on; cost_usd is None.",
+            prediction_id,
+            seconds,
+        )
+        return None
+
+    def _count_cost(
+        self, prediction_id: str, model: str | None, *, counted_only: bool = False
+    ) -> float | None:
+        """The prediction's price, sent to the cost metrics by the first task that sees it billed
+        (:mod:`airflow_provider_magi.counted`): never twice for one prediction, whichever task
+        (a retry, the sensor, the download) sees it again. ``counted_only`` first asks whether
+        it was counted already, and takes that price without reading the billing.
+        """
+        from airflow_provider_magi import costs
+        from airflow_provider_magi.counted import count_once, counted_cost
+
+        if counted_only:
+            known = counted_cost(prediction_id, self.log)
+            if known is not None:
+                return known
+        cost = self._look_up_cost(prediction_id)
+        if cost is not None:
+            self.log.info("Prediction %s cost %s.", prediction_id, costs.usd_text(cost))
+            dag_id = getattr(self, "dag_id", None)
+            count_once(
+                prediction_id,
+                cost,
+                model=model,
+                conn_id=self.magi_conn_id,
+                dag_id=dag_id,
+                by=f"{dag_id}.{getattr(self, 'task_id', '?')}",
+                log=self.log,
+            )
+        return cost

@@ -182,7 +182,9 @@ def test_a_price_not_found_in_time_is_none_and_the_task_still_succeeds(
         assert extra["cost_usd"] is None and extra["prediction_id"] == result["prediction_id"]
         assert f"Prediction {result['prediction_id']}: cost unknown" in task_logs()
         if why == "lagging":
-            assert server.count("billings") == 3  # three reads within the second, then on
+            # Three reads within the second by the generate task, then three by the download
+            # (a price billed after the task ended is counted there: issue 26 item 9).
+            assert server.count("billings") == 6
             assert server.billings == []  # None meant "not billed yet", not a guessed price
         else:
             assert server.count("billings", status=500) >= 3

@@ -276,23 +276,24 @@ def test_pruning_deletes_only_readable_records_older_than_the_cutoff(dag_bag) ->
     from airflow_provider_magi.ledger_prune import main, prune
 
     now = datetime.now(UTC)
+    old, new, garbage = ("magi_ledger." + digit * 40 for digit in "abc")  # keys as the store makes them
     rows = {
-        "magi_ledger.old": LedgerRecord(FINGERPRINT, "m", now - timedelta(days=10)).paid("p1").to_json(),
-        "magi_ledger.new": LedgerRecord(FINGERPRINT, "m", now - timedelta(days=1)).paid("p2").to_json(),
-        "magi_ledger.garbage": "{not a record",
+        old: LedgerRecord(FINGERPRINT, "m", now - timedelta(days=10)).paid("p1").to_json(),
+        new: LedgerRecord(FINGERPRINT, "m", now - timedelta(days=1)).paid("p2").to_json(),
+        garbage: "{not a record",
         "magiXledger.other": LedgerRecord(FINGERPRINT, "m", now - timedelta(days=10)).to_json(),
     }
     with create_session() as session:
         for key, value in rows.items():
             session.add(Variable(key=key, val=value))
     deleted, unreadable = prune(timedelta(days=8), dry_run=True)  # other tests' records may be there too
-    assert "magi_ledger.old" in deleted and "magi_ledger.new" not in deleted
-    assert "magi_ledger.garbage" in unreadable and "magi_ledger.old" not in unreadable
+    assert old in deleted and new not in deleted
+    assert garbage in unreadable and old not in unreadable
     assert main(["--older-than-days", "8"]) == 0
     with create_session() as session:
         left = set(session.scalars(select(Variable.key).where(Variable.key.in_(list(rows)))))
         for key in left:
             session.delete(session.scalars(select(Variable).where(Variable.key == key)).one())
-    assert left == {"magi_ledger.new", "magi_ledger.garbage", "magiXledger.other"}
+    assert left == {new, garbage, "magiXledger.other"}
     with pytest.raises(SystemExit):
         main(["--older-than-days", "3"])

@@ -10,13 +10,33 @@ are resent after transient failures like a GET (``resend_safe`` for the POSTs), 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi import costs
-from airflow_provider_magi.api import ConnectFailure, ExchangeFailure, raise_for_answer
-from airflow_provider_magi.exceptions import MagiError, MagiInputError, MagiRejectedError, MagiResponseError
+from airflow_provider_magi.api import (
+    FAILED_STATUSES,
+    HISTORY_PAGE_SIZE,
+    HISTORY_PATH,
+    ConnectFailure,
+    ExchangeFailure,
+    Prediction,
+    as_utc,
+    history_query,
+    parse_timestamp,
+    raise_for_answer,
+    read_whole_history,
+)
+from airflow_provider_magi.exceptions import (
+    MagiAuthError,
+    MagiBudgetCheckError,
+    MagiBudgetError,
+    MagiError,
+    MagiInputError,
+    MagiRejectedError,
+    MagiResponseError,
+)
 from airflow_provider_magi.hooks.async_client import asend, shared_async_client
 from airflow_provider_magi.hooks.sync_client import MagiSyncClientMixin
 from airflow_provider_magi.retries import RetryPolicy, settle
@@ -28,6 +48,9 @@ if TYPE_CHECKING:
 # prediction, so one page is the normal case; more only if a service ignored that filter).
 MAX_BILLING_PAGES = 5
 PAGE_SIZE = 100
+# The daily budget reads the whole of today's history: up to this many pages of 100 (5,000
+# predictions a day); a longer one cannot be read whole, and the guard then fails safe.
+BUDGET_HISTORY_PAGES = 50
 
 
 class MagiAccountMixin(MagiSyncClientMixin):
@@ -134,6 +157,209 @@ class MagiAccountMixin(MagiSyncClientMixin):
             return costs.parse_unit_price(data, model)
         except ValueError as error:
             raise MagiResponseError(f"{what}: {error}") from None
+
+    # ---------------------------------------------------------------- the spending guards
+
+    def check_spending(self, model: str, *, count: int = 1, paid: str | None = None, log: Any = None) -> None:
+        """The connection's balance floor and daily budget (extras ``min_balance_usd`` and
+        ``daily_budget_usd``), checked before ``count`` predictions of ``model`` are paid for.
+
+        Here, on the hook, so that every way to pay is guarded: the operators call it before
+        they upload a first frame, and :meth:`create_prediction` calls it unless its caller
+        guarded itself. ``paid`` names what the caller already paid (a refusal says so). The
+        decisions are in :mod:`~airflow_provider_magi.costs`.
+
+        :raises MagiBudgetError: a guard refused (not retried).
+        :raises MagiBudgetCheckError: a guard could not read what it guards (retried).
+        """
+        log = log or self.log
+        settings = self.settings
+        if settings.min_balance_usd is not None:
+            balance = self._guard_read(self.get_balance, "the balance", "min_balance_usd", paid)
+            refusal = costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id, paid)
+            if refusal:
+                raise MagiBudgetError(refusal)
+            log.info(
+                "Balance %s, at or above min_balance_usd %s.",
+                costs.usd_text(balance),
+                costs.usd_text(settings.min_balance_usd),
+            )
+        if settings.daily_budget_usd is not None:
+            now = datetime.now(UTC)
+            spent = self._guard_read(
+                lambda: self.get_spend(costs.utc_midnight(now), now),
+                "today's spend from WaveSpeed's usage stats",
+                "daily_budget_usd",
+                paid,
+            )
+            price = self._guard_read(
+                lambda: self.get_unit_price(model),
+                f"the price of {model} from WaveSpeed's usage stats",
+                "daily_budget_usd",
+                paid,
+                none_means_unreadable=False,
+            )
+            unbilled = self._guard_read(
+                lambda: self.get_unbilled_since(costs.utc_midnight(now)),
+                "today's started predictions from WaveSpeed's history and billing records",
+                "daily_budget_usd",
+                paid,
+            )
+            pending = self._pending_cost(unbilled, model, price, paid)
+            decision = costs.daily_budget_decision(
+                spent,
+                price,
+                settings.daily_budget_usd,
+                settings.conn_id,
+                now.date(),
+                model,
+                count=count,
+                paid=paid,
+                pending=pending,
+                pending_count=len(unbilled),
+            )
+            if decision.refusal:
+                raise MagiBudgetError(decision.refusal)
+            if decision.note:
+                log.warning("%s", decision.note)
+            else:
+                if unbilled:
+                    log.info(
+                        "%d prediction(s) started today are not billed yet: counted as %s spent.",
+                        len(unbilled),
+                        costs.usd_text(pending),
+                    )
+                log.info(
+                    "Spent today (UTC) %s; with %s at %s, within daily_budget_usd %s.",
+                    costs.usd_text(spent + pending),
+                    "this prediction" if count == 1 else f"{count} predictions",
+                    costs.usd_text(price or 0.0),
+                    costs.usd_text(settings.daily_budget_usd),
+                )
+
+    def connection_problems(self, balance: float) -> list[str]:
+        """What the connection test reports beside a working key: unknown extras (a typo leaves
+        a setting at its default) and a balance already under ``min_balance_usd``."""
+        problems = list(self.__dict__.get("extra_warnings", []))
+        floor = self.settings.min_balance_usd
+        if floor is not None and costs.balance_floor_refusal(balance, floor, self.settings.conn_id):
+            problems.append(
+                f"the balance is below the connection's min_balance_usd of {costs.usd_text(floor)}, "
+                "so every task that would pay is refused until the account is topped up"
+            )
+        return problems
+
+    def _pending_cost(
+        self, unbilled: list[Prediction], model: str, price: float | None, paid: str | None
+    ) -> float:
+        """What the started, unbilled predictions will cost: each at its model's unit price
+        (another model's read from the usage stats once); a model whose price is unknown counts at
+        this model's price, so the budget never counts one as free while a price is known."""
+        prices: dict[str, float | None] = {model.strip().strip("/"): price}
+        total = 0.0
+        for prediction in unbilled:
+            other = (prediction.model or model).strip().strip("/")
+            if other not in prices:
+                prices[other] = self._guard_read(
+                    lambda other=other: self.get_unit_price(other),  # type: ignore[misc]
+                    f"the price of {other} from WaveSpeed's usage stats",
+                    "daily_budget_usd",
+                    paid,
+                    none_means_unreadable=False,
+                )
+            known = prices[other]
+            total += known if known is not None else (price or 0.0)
+        return total
+
+    def get_unbilled_since(self, since: datetime, *, deadline: float | None = None) -> list[Prediction]:
+        """This key's predictions created since ``since`` (UTC midnight, for the daily budget)
+        that WaveSpeed's billing records do not show yet: started, not failed, not billed.
+
+        Billing lags completion (and usage stats lag billing), so a budget that counted only
+        billed spend let every task pass while earlier ones waited to be billed. The history is
+        read whole or not at all (``MagiHistoryIncompleteError``): "unknown" is never "none".
+        An item whose ``created_at`` cannot be read counts (it may be today's).
+        """
+        query = history_query(created_after=since)
+        what = "Listing today's predictions for the daily budget"
+
+        def fetch_page(number: int) -> Mapping[str, Any]:
+            body = {**query, "page": number, "page_size": HISTORY_PAGE_SIZE}
+            return self._call(
+                "POST", HISTORY_PATH, what=what, body=_json(body), resend_safe=True, deadline=deadline
+            )
+
+        started: dict[str, Prediction] = {}
+        for prediction in read_whole_history(fetch_page, max_pages=BUDGET_HISTORY_PAGES):
+            created = parse_timestamp(prediction.created_at)
+            if prediction.status in FAILED_STATUSES or (created is not None and created < as_utc(since)):
+                continue
+            started.setdefault(prediction.id, prediction)
+        billed = self._billed_among(list(started), deadline=deadline)
+        return [prediction for pid, prediction in started.items() if pid not in billed]
+
+    def _billed_among(self, prediction_ids: list[str], *, deadline: float | None) -> set[str]:
+        """Which of these predictions have a billing record (a deduction), 100 ids per search."""
+        billed: set[str] = set()
+        what = "Reading today's billing records for the daily budget"
+        for start in range(0, len(prediction_ids), PAGE_SIZE):
+            chunk = prediction_ids[start : start + PAGE_SIZE]
+            for page in range(1, MAX_BILLING_PAGES + 1):
+                data = self._call(
+                    "POST",
+                    costs.BILLINGS_PATH,
+                    what=what,
+                    body=_json(costs.billing_query(chunk, page=page, page_size=PAGE_SIZE)),
+                    resend_safe=True,
+                    deadline=deadline,
+                )
+                parsed = costs.parse_billing_page(data)
+                if parsed is None:
+                    raise MagiResponseError(
+                        f"{what}: the answer is not a page of records: {dict(data)!r:.200}"
+                    )
+                billed.update(parsed.prices)
+                if parsed.items == 0 or page * PAGE_SIZE >= parsed.total:
+                    break
+            else:
+                raise MagiResponseError(f"{what}: more than {MAX_BILLING_PAGES} pages for {len(chunk)} ids")
+        return billed
+
+    def _guard_read(
+        self,
+        read: Callable[[], Any],
+        what: str,
+        extra: str,
+        paid: str | None,
+        *,
+        none_means_unreadable: bool = True,
+    ) -> Any:
+        """One read for a guard; what cannot be read fails safe (nothing is submitted, retried).
+
+        A refused key (401/403) stays the non-retried error it is everywhere else.
+        """
+        conn_id = self.settings.conn_id
+
+        left = costs.nothing_sent(paid).rstrip(".")
+        left = left[0].lower() + left[1:]
+
+        def unreadable(why: str) -> MagiBudgetCheckError:
+            return MagiBudgetCheckError(
+                f"Connection '{conn_id}': the {extra} guard could not read {what} ({why}), so it "
+                f"fails safe: {left}, and the task may be retried. Fix: wait for WaveSpeed's "
+                f"account endpoints to answer, or remove {extra} from the connection to submit "
+                "without this guard."
+            )
+
+        try:
+            value = read()
+        except MagiAuthError:
+            raise
+        except MagiError as error:
+            raise unreadable(str(error)) from None
+        if value is None and none_means_unreadable:
+            raise unreadable("WaveSpeed's answer did not state it as USD")
+        return value
 
     # ---------------------------------------------------------------- triggerer
 

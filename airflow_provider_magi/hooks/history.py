@@ -51,6 +51,9 @@ class MagiHistoryMixin(MagiSyncClientMixin):
     """History reads for :class:`~airflow_provider_magi.hooks.magi.MagiHook`, on its transport."""
 
     magi_conn_id: str
+    # Predictions the caller knows are not what a lost submit started (a long video's earlier
+    # scenes): never named as candidates, so never attached to.
+    not_candidates: frozenset[str] = frozenset()
 
     def _with_candidates(
         self, error: MagiSubmitUncertainError, model: str, submitted_at: datetime
@@ -119,7 +122,8 @@ class MagiHistoryMixin(MagiSyncClientMixin):
                 cap_by_deadline=True,
             )
 
-        return submit_candidates(read_whole_history(fetch_page), model, start, end)
+        found = submit_candidates(read_whole_history(fetch_page), model, start, end)
+        return [p for p in found if p.id not in self.not_candidates]
 
     def list_predictions(
         self,

@@ -1,11 +1,11 @@
 """MagiHook: the facade of WaveSpeed's endpoints. The connection lives in ``hooks/settings.py``,
 the worker's transport in ``hooks/sync_client.py``, the triggerer's in ``hooks/async_client.py``,
-the history in ``hooks/history.py`` and the account reads in ``hooks/account.py``."""
+the history in ``hooks/history.py``, the account reads in ``hooks/account.py`` and the Test button
+in ``hooks/connection_test.py``."""
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -30,7 +30,6 @@ from airflow_provider_magi.compat import BaseHook, mask_secret
 from airflow_provider_magi.downloads import DownloadedFile, WritablePath, download
 from airflow_provider_magi.exceptions import (
     MagiAPIError,
-    MagiAuthError,
     MagiError,
     MagiInputError,
     MagiRejectedError,
@@ -43,6 +42,7 @@ from airflow_provider_magi.hooks.async_client import (
     count_poll,
     shared_async_client,
 )
+from airflow_provider_magi.hooks.connection_test import MagiConnectionTestMixin
 from airflow_provider_magi.retries import RetryPolicy, settle
 
 if TYPE_CHECKING:
@@ -58,12 +58,8 @@ from airflow_provider_magi.hooks.settings import (
 
 __all__ = ["API_KEY_ENV", "MagiHook", "MagiSettings", "json_body", "model_path", "normalise_api_key"]
 
-# Used by test_connection: asking for a prediction that cannot exist proves the key without
-# starting (and paying for) a generation.
-_PROBE_PREDICTION_ID = "airflow-connection-test"
 
-
-class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook):
+class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, MagiConnectionTestMixin, BaseHook):
     """Talks to WaveSpeed's prediction API for MAGI-1 24B (or any model path on the same API).
 
     :param magi_conn_id: Airflow connection of type ``magi``: API key as password, optional host
@@ -98,7 +94,12 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         return self.settings.base_url + _result_path(prediction_id)
 
     def create_prediction(
-        self, inputs: Mapping[str, Any], model: str = DEFAULT_MODEL, *, webhook_url: str | None = None
+        self,
+        inputs: Mapping[str, Any],
+        model: str = DEFAULT_MODEL,
+        *,
+        webhook_url: str | None = None,
+        check_guards: bool = True,
     ) -> Prediction:
         """Submit one generation. Sent once; resent only after a provable rejection (429, no connect).
 
@@ -108,7 +109,12 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         an uncertain submit, never resent.
 
         :param webhook_url: WaveSpeed calls it on ``completed`` and ``failed`` (``?webhook=``).
+        :param check_guards: Check the connection's ``min_balance_usd`` and ``daily_budget_usd``
+            first (:meth:`check_spending`), so a DAG calling the hook is guarded as the
+            operators are. ``False`` only for a caller that has just checked them itself.
         """
+        if check_guards:
+            self.check_spending(model)
         path = f"/api/v3/{model_path(model)}"
         if webhook_url:
             path += "?" + urlencode({"webhook": webhook_url})
@@ -262,50 +268,6 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         except Exception:  # lineage must never fail a download that succeeded
             self.log.debug("Could not report %s to the hook lineage collector", uri, exc_info=True)
 
-    def test_connection(self) -> tuple[bool, str]:
-        """Prove the key by reading the balance (free): "Connection OK, balance $X".
-
-        Where the balance endpoint answers 404 (a service without it), the key is proved the old
-        way instead: reading a prediction that cannot exist, which is refused with 401/403 for a
-        wrong key and answered 404 for a good one. Nothing is billed either way. The messages
-        speak to someone at the connection form: Airflow tests a copy of the connection under a
-        random id, so they name neither that id nor the probe prediction.
-        """
-        from airflow_provider_magi.costs import usd_text
-
-        where = "WaveSpeed"
-        try:
-            where = f"WaveSpeed at {self.settings.base_url}"
-            balance = self.get_balance()
-        except MagiAPIError as error:
-            if error.http_status == 404 and not isinstance(error, MagiAuthError):
-                return self._probe_key(where)
-            return _refused(where, error)
-        except MagiResponseError as error:
-            if error.http_status is not None and 200 <= error.http_status < 300:  # the key was taken
-                return (
-                    True,
-                    f"Connection OK: {where} accepted the API key (the balance is unreadable: {error}).",
-                )
-            return False, f"WaveSpeed could not be tested: {error}"
-        except MagiError as error:
-            return False, f"WaveSpeed could not be tested: {error}"
-        message = f"Connection OK, balance {usd_text(balance)}: {where} accepted the API key."
-        _tell_the_cli(message)
-        return True, message
-
-    def _probe_key(self, where: str) -> tuple[bool, str]:
-        """The key test without a balance endpoint: a 404 for a prediction that cannot exist."""
-        try:
-            self.get_prediction(_PROBE_PREDICTION_ID)
-        except MagiAPIError as error:
-            if error.http_status == 404 and not isinstance(error, MagiAuthError):
-                return True, f"{where} accepted the API key."
-            return _refused(where, error)
-        except MagiError as error:
-            return False, f"WaveSpeed could not be tested: {error}"
-        return True, f"{where} accepted the API key."
-
     async def aget_prediction(self, prediction_id: str, *, deadline: float | None = None) -> Prediction:
         """Same rules and parser as :meth:`get_prediction`, on a client shared across triggers."""
         settings = await self.aget_settings()
@@ -364,28 +326,7 @@ def model_path(model: Any) -> str:
     return "/".join(quote(part, safe="") for part in text.split("/"))
 
 
-def _tell_the_cli(message: str) -> None:
-    """``airflow connections test`` prints "Connection success!" and never the hook's message
-    (the UI's Test button shows it): the balance is worth seeing there too, so it is printed."""
-    if sys.argv[1:3] == ["connections", "test"]:
-        sys.stdout.write(f"{message}\n")
-
-
 def _result_path(prediction_id: str) -> str:
     if not isinstance(prediction_id, str) or not prediction_id.strip():
         raise MagiError(f"prediction_id must be a non-empty string, got {prediction_id!r}")
     return f"/api/v3/predictions/{quote(prediction_id.strip(), safe='')}/result"
-
-
-def _refused(where: str, error: MagiAPIError) -> tuple[bool, str]:
-    """The connection test's answer to an error status (a refused key says what to fix)."""
-    if isinstance(error, MagiAuthError):
-        if error.http_status is None:  # refused before sending: the message says why
-            return False, str(error)
-        fix = "check the API key" if error.http_status == 401 else "check the key's permissions and balance"
-        return False, f"{where} refused the API key: {_api_detail(error)}. Fix: {fix}."
-    return False, f"{where} answered {error.http_status}: {_api_detail(error)}."
-
-
-def _api_detail(error: MagiAPIError) -> str:
-    return f"{error.http_status} {error.api_message}".strip() if error.api_message else str(error.http_status)

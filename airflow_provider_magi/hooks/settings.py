@@ -117,6 +117,33 @@ _NUMERIC_EXTRAS = {
     "cost_lookup_seconds": float,
 }
 KNOWN_EXTRAS = frozenset({*_NUMERIC_EXTRAS, "ledger_path"})
+# The extras that stop a payment: a typo in one of them must not leave the guard silently off.
+GUARD_EXTRAS = ("min_balance_usd", "daily_budget_usd")
+_GUARD_WORDS = ("balance", "budget")
+
+
+def guard_typos(extra: Mapping[str, Any], conn_id: str) -> list[str]:
+    """An error per unknown extra that looks like a spending guard (``min_balance``,
+    ``daily_budget``, ``Daily_Budget_USD``): ignored, it would let every task pay unguarded
+    while its author believes the guard holds, so it is refused, never merely warned about."""
+    errors = []
+    for name in sorted(extra):
+        bare = name.removeprefix("extra__magi__")
+        if bare in KNOWN_EXTRAS:
+            continue
+        folded = bare.strip().lower()
+        close = difflib.get_close_matches(folded, sorted(KNOWN_EXTRAS), n=1)
+        guard = close[0] if close and close[0] in GUARD_EXTRAS else None
+        if guard is None and any(word in folded for word in _GUARD_WORDS):
+            guard = GUARD_EXTRAS[0] if "balance" in folded else GUARD_EXTRAS[1]
+        if guard is not None:
+            errors.append(
+                f"Connection '{conn_id}': extra '{name}' is not one this provider reads, and it "
+                f"looks like the spending guard '{guard}'. Ignored, it would leave that guard off "
+                f"and let tasks pay unguarded, so nothing is sent. Fix: rename it to '{guard}' "
+                f"(the guards are {', '.join(GUARD_EXTRAS)}), or remove it."
+            )
+    return errors
 
 
 def unknown_extras(extra: Mapping[str, Any]) -> list[str]:
@@ -134,6 +161,9 @@ def unknown_extras(extra: Mapping[str, Any]) -> list[str]:
 
 
 def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
+    typos = guard_typos(extra, conn_id)
+    if typos:
+        raise MagiError("\n".join(typos))
     values: dict[str, Any] = {}
     for name, cast in _NUMERIC_EXTRAS.items():
         # Older connection forms stored fields as extra__<conn_type>__<name>.
@@ -264,7 +294,9 @@ class MagiConnectionMixin:
         return self._checked(settings)
 
     def _warn_unknown_extras(self, extra: Mapping[str, Any]) -> None:
-        for warning in unknown_extras(extra):
+        warnings = unknown_extras(extra)
+        self.__dict__["extra_warnings"] = warnings  # for the connection test, which reports them
+        for warning in warnings:
             self.log.warning("Connection '%s': %s", self.magi_conn_id, warning)
 
     def _checked(self, settings: MagiSettings) -> MagiSettings:

@@ -180,6 +180,7 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         self.magi_conn_id = magi_conn_id
         self._lineage_urls: list[str] = []
         self._lineage_paths: list[Any] = []
+        self._cost: float | None = None
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from airflow_provider_magi.validation import check_prediction_id
@@ -207,8 +208,19 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             self._download(prediction, index, url, target)
             for (index, url), target in zip(wanted, targets, strict=True)
         ]
+        self._cost = self._upstream_cost(prediction)
         self._emit_asset_events(context, prediction, written)
         return written
+
+    def _upstream_cost(self, prediction: Prediction) -> float | None:
+        """What the prediction cost: the upstream result's ``cost_usd``, else the price an
+        earlier task counted, else its billing now, counted in the metrics here. A price billed
+        only after the generating task ended (billing lags completion) is so counted once, by
+        the first download that sees it billed."""
+        given = self.prediction.get("cost_usd") if isinstance(self.prediction, Mapping) else None
+        if given is not None:
+            return float(given)
+        return self._count_cost(prediction.id, prediction.model, counted_only=True)
 
     def _wanted(self, prediction: Prediction, index: int) -> bool:
         flags = prediction.has_nsfw_contents
@@ -275,13 +287,11 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             "paths": [item["path"] for item in written],
             "sizes": [item["size"] for item in written],
         }
-        # The generate task's result dict carries what was asked for; a bare id does not,
-        # and what it cost (None: unknown, as for a bare id).
-        extra["cost_usd"] = None
+        # The generate task's result dict carries what was asked for; a bare id does not.
         if isinstance(self.prediction, Mapping):
             inputs = self.prediction.get("inputs") or {}
             extra.update({key: inputs[key] for key in ("prompt", "seed", "image") if key in inputs})
-            extra["cost_usd"] = self.prediction.get("cost_usd")
+        extra["cost_usd"] = self._cost
         outlet_events = context["outlet_events"]
         for outlet in self.outlets:
             if type(outlet).__name__ == "Asset":
@@ -305,8 +315,19 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
 
 
 def destination_path(destination: Any) -> WritablePath:
-    """A directory to write into: ObjectStoragePath for URLs, pathlib.Path for plain paths."""
-    if hasattr(destination, "fs") or isinstance(destination, Path):
+    """A directory to write into: ObjectStoragePath for URLs, pathlib.Path for plain paths.
+
+    The rendered URL's filesystem is checked here, before anything is paid or fetched: fsspec
+    would only fail at the first write ("Install s3fs to access S3"), after the video was paid
+    for and without naming the package Airflow needs.
+    """
+    protocol = getattr(destination, "protocol", None)  # an ObjectStoragePath (reading .fs would
+    if protocol is not None:  # already fail, with fsspec's words, for a missing package)
+        scheme = protocol[0] if isinstance(protocol, (tuple, list)) and protocol else protocol
+        if isinstance(scheme, str) and scheme not in ("file", "local"):
+            check_destination_scheme(f"{scheme}://{getattr(destination, 'path', '')}")
+        return destination
+    if isinstance(destination, Path):
         return destination
     if not isinstance(destination, str) or not destination.strip():
         raise MagiInputError(
@@ -315,6 +336,8 @@ def destination_path(destination: Any) -> WritablePath:
         )
     if "://" in destination:
         from airflow.sdk import ObjectStoragePath
+
+        check_destination_scheme(destination)
 
         return ObjectStoragePath(destination)
     return Path(destination).expanduser()

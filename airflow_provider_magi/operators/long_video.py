@@ -29,7 +29,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_magi import metrics
 from airflow_provider_magi.api import DEFAULT_MODEL, Prediction, final_result
 from airflow_provider_magi.exceptions import MagiInputError
 from airflow_provider_magi.operators.download import (
@@ -51,6 +50,10 @@ if TYPE_CHECKING:
 
 XCOM_SCENES_DONE = "scenes_done"
 DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}.mp4"
+# What the default becomes in a mapped task: each map index its own file, never one for all.
+MAPPED_DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}_{map_index}.mp4"
+# Beside the video: which task instance wrote it, so another one never replaces it.
+WRITER_SUFFIX = ".magi-writer.json"
 _SCENE_KEYS = ("prompt", "seed", "extra_inputs")
 
 
@@ -180,6 +183,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         self.keep_segments = keep_segments
         self.drop_seam_frames = drop_seam_frames
         self._scene_number = 0
+        self._remaining = 1  # scenes still to pay for, the next one included (for the guards)
+        self._paid: str | None = None  # the scenes already paid, named by a guard's refusal
         self._written: list[Any] = []
         self._output_urls: list[str] = []
 
@@ -193,9 +198,11 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
 
         require_av()  # before anything is paid: without it no scene could be chained or joined
         scenes = parse_scenes(self.scenes)
+        self._check_scenes(scenes)  # every scene, before the first one is paid
         model_path(self.model)
-        directory = destination_path(self.destination)
+        directory = destination_path(self.destination)  # its filesystem too, before paying
         self._target_values(context, "check")  # a bad filename fails now, not after paying
+        self._claim(context, directory)  # another task instance's video is never replaced
         self._webhook_url = None
         ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
         work = Path(tempfile.mkdtemp(prefix="magi-long-video-"))
@@ -210,6 +217,30 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             return self._join(context, done, work, directory)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _check_scenes(self, scenes: list[Scene]) -> None:
+        """Every scene's inputs, checked before anything is paid: a bad scene 4 must not be
+        found after scenes 1 to 3 were paid for. The error names the scene."""
+        from airflow_provider_magi.validation import magi_inputs
+
+        for number, scene in enumerate(scenes, 1):
+            try:
+                magi_inputs(
+                    prompt=scene.prompt,
+                    image=self.image if number == 1 else None,
+                    seed=scene.seed,
+                    extra_inputs=scene.extra_inputs,
+                )
+            except MagiInputError as error:
+                raise MagiInputError(
+                    f"Scene {number} of {len(scenes)}: {error} (every scene is checked before any "
+                    "is paid for)"
+                ) from None
+
+    def _check_spending(self, *, count: int = 1, paid: str | None = None) -> None:
+        """The guards for every scene still to pay for, not only the next one: a budget that
+        holds 2 of 4 scenes refuses before scene 1, instead of paying for half a video."""
+        super()._check_spending(count=self._remaining, paid=self._paid)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """A scene finished in the triggerer (or failed: that raises): carry on with the chain."""
@@ -243,6 +274,15 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             source["image"] = f"last frame of prediction {done[-1].id}"
         self._fingerprint = inputs_fingerprint(self.model, source)
         scene_ledger = ledger.for_record(f"scene-{number}")
+        # A lost answer is never this video's own earlier scene, whatever the history shows.
+        self.hook.not_candidates = frozenset(p.id for p in done)
+        self._remaining = total - number + 1
+        scenes_paid = "scene 1" if len(done) == 1 else f"scenes 1-{len(done)}"
+        self._paid = (
+            f"{scenes_paid} ({', '.join(p.id for p in done)}), kept in the ledger: a retry reuses them"
+            if done
+            else None
+        )
         prediction_id = self._resume(scene_ledger, context)
         if prediction_id is None:
             if done:
@@ -281,7 +321,57 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
     # ------------------------------------------------------------ clips and the join
 
     def _target_values(self, context: Context, prediction_id: str) -> str:
-        return render_filename(self.filename, filename_values(context, prediction_id, 0))
+        pattern = self.filename
+        if pattern == DEFAULT_FILENAME and self._writer(context)["map_index"] >= 0:
+            pattern = MAPPED_DEFAULT_FILENAME
+        return render_filename(pattern, filename_values(context, prediction_id, 0))
+
+    def _writer(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return {
+            "dag_id": str(ti.dag_id),
+            "task_id": str(ti.task_id),
+            "run_id": str(ti.run_id),
+            "map_index": -1 if map_index is None else int(map_index),
+        }
+
+    def _claim(self, context: Context, directory: WritablePath, target: WritablePath | None = None) -> None:
+        """Refuse a video another task instance wrote (or claimed), and claim ours.
+
+        A mapped task with a filename without ``{map_index}`` would otherwise have every map
+        index pay for its scenes and then replace the one file. A marker beside the video names
+        the task instance that claimed it; this one may replace its own video (a clear), never
+        another's. Checked before scene 1 when the name does not hold ``{prediction_id}``, and
+        again just before the join is moved into place.
+        """
+        if target is None:
+            name = self._target_values(context, "check")
+            if name != self._target_values(context, "check-again"):
+                return  # named after the last scene's prediction: checked at the join
+            target = directory / name
+        marker = target.parent / f"{target.name}{WRITER_SUFFIX}"
+        me = self._writer(context)
+        owner: Any = None
+        if marker.exists():
+            try:
+                owner = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                owner = "unreadable"
+        elif target.exists():
+            owner = "unknown (no writer marker beside it)"
+        if owner is not None and owner != me:
+            described = ", ".join(f"{k}={v}" for k, v in owner.items()) if isinstance(owner, dict) else owner
+            raise MagiInputError(
+                f"Invalid filename: {target} was written by another task instance ({described}); "
+                "this task never replaces it. Fix: put {map_index} (mapped tasks) or {run_id} in "
+                "filename, or delete that file and its marker "
+                f"{marker.name} if it may go. Scenes already paid stay in the ledger: a retry "
+                "with a free filename reuses them."
+            )
+        if owner is None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(me))
 
     def _target(self, context: Context, directory: WritablePath, done: list[Prediction]) -> WritablePath:
         return directory / self._target_values(context, done[-1].id)
@@ -339,6 +429,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             result.duration,
             result.dropped_frames,
         )
+        self._claim(context, directory, target)
         size = place_file(joined, target)
         if self.keep_segments:
             for clip, segment in zip(clips, segments, strict=True):
@@ -346,11 +437,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
                     place_file(clip, segment)
         self._written = [target]
         self.log.info("Wrote %s (%d bytes)", target, size)
-        scene_costs = [self._look_up_cost(p.id) for p in done]
+        scene_costs = [self._count_cost(p.id, self.model) for p in done]
         total = None if None in scene_costs else round(sum(c for c in scene_costs if c is not None), 6)
-        for cost in scene_costs:
-            if cost is not None:
-                metrics.cost(cost, model=self.model, conn_id=self.magi_conn_id, dag_id=self.dag_id)
         self.log.info(
             "Long video cost: %s",
             costs.usd_text(total) if total is not None else "unknown (a scene's billing is not readable yet)",

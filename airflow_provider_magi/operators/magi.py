@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_magi import metrics
 from airflow_provider_magi.api import (
     DEFAULT_MODEL,
     FAILED_STATUSES,
@@ -18,9 +17,6 @@ from airflow_provider_magi.api import (
 )
 from airflow_provider_magi.compat import BaseOperator, conf
 from airflow_provider_magi.exceptions import (
-    MagiAuthError,
-    MagiBudgetCheckError,
-    MagiBudgetError,
     MagiError,
     MagiRejectedError,
     MagiSubmitUncertainError,
@@ -45,9 +41,6 @@ STATUS_NOT_FOUND = "not_found"
 # A submit intent younger than this is left to land before WaveSpeed's history is asked about it:
 # a POST cut off by a killed worker may still be creating its prediction on the server.
 INTENT_SETTLE_SECONDS = 30.0
-# A finished task reads its price at most this many times within the connection's
-# cost_lookup_seconds (billing can lag completion), then says "cost unknown" and ends.
-COST_LOOKUP_READS = 3
 
 
 def stored_job(external_id: Any) -> tuple[str, str | None]:
@@ -256,7 +249,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             inputs["image"] = self.hook.upload_media(image.read())
         record = ledger.write_intent(self._fingerprint, self.model)
         try:
-            prediction = self.hook.create_prediction(inputs, model=self.model, webhook_url=self._webhook_url)
+            prediction = self.hook.create_prediction(
+                inputs, model=self.model, webhook_url=self._webhook_url, check_guards=False
+            )
         except MagiSubmitUncertainError as error:
             prediction = self._attach_to_candidate(context, error)
         except MagiError:
@@ -272,126 +267,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     # ------------------------------------------------------------ spending guards
 
-    def _check_spending(self) -> None:
-        """The connection's balance floor and daily budget (extras ``min_balance_usd`` and
-        ``daily_budget_usd``), checked just before this task pays: never when the ledger
-        reattaches to a prediction already paid for. The decisions are in ``costs``.
-
-        :raises MagiBudgetError: a guard refused (not retried).
-        :raises MagiBudgetCheckError: a guard could not read what it guards (retried).
-        """
-        from airflow_provider_magi import costs
-
-        settings = self.hook.settings
-        if settings.min_balance_usd is not None:
-            balance = self._guard_read(self.hook.get_balance, "the balance", "min_balance_usd")
-            refusal = costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id)
-            if refusal:
-                raise MagiBudgetError(refusal)
-            self.log.info(
-                "Balance %s, at or above min_balance_usd %s.",
-                costs.usd_text(balance),
-                costs.usd_text(settings.min_balance_usd),
-            )
-        if settings.daily_budget_usd is not None:
-            now = datetime.now(UTC)
-            spent = self._guard_read(
-                lambda: self.hook.get_spend(costs.utc_midnight(now), now),
-                "today's spend from WaveSpeed's usage stats",
-                "daily_budget_usd",
-            )
-            price = self._guard_read(
-                lambda: self.hook.get_unit_price(self.model),
-                f"the price of {self.model} from WaveSpeed's usage stats",
-                "daily_budget_usd",
-                none_means_unreadable=False,
-            )
-            decision = costs.daily_budget_decision(
-                spent, price, settings.daily_budget_usd, settings.conn_id, now.date(), self.model
-            )
-            if decision.refusal:
-                raise MagiBudgetError(decision.refusal)
-            if decision.note:
-                self.log.warning("%s", decision.note)
-            else:
-                self.log.info(
-                    "Spent today (UTC) %s; with this prediction at %s, within daily_budget_usd %s.",
-                    costs.usd_text(spent),
-                    costs.usd_text(price or 0.0),
-                    costs.usd_text(settings.daily_budget_usd),
-                )
-
-    def _guard_read(
-        self, read: Callable[[], Any], what: str, extra: str, *, none_means_unreadable: bool = True
-    ) -> Any:
-        """One read for a guard; what cannot be read fails safe (nothing is submitted, retried).
-
-        A refused key (401/403) stays the non-retried error it is everywhere else.
-        """
-        conn_id = self.hook.settings.conn_id
-
-        def unreadable(why: str) -> MagiBudgetCheckError:
-            return MagiBudgetCheckError(
-                f"Connection '{conn_id}': the {extra} guard could not read {what} ({why}), so it "
-                "fails safe: nothing was uploaded or submitted, and the task may be retried. Fix: "
-                f"wait for WaveSpeed's account endpoints to answer, or remove {extra} from the "
-                "connection to submit without this guard."
-            )
-
-        try:
-            value = read()
-        except MagiAuthError:
-            raise
-        except MagiError as error:
-            raise unreadable(str(error)) from None
-        if value is None and none_means_unreadable:
-            raise unreadable("WaveSpeed's answer did not state it as USD")
-        return value
-
-    # ------------------------------------------------------------ what it cost
-
-    def _look_up_cost(self, prediction_id: str) -> float | None:
-        """The price of a finished prediction from its billing records, looked up at most
-        :data:`COST_LOOKUP_READS` times within ``cost_lookup_seconds``; None when it is not
-        billed by then, or billing cannot be read. Never raises: the video is done and paid.
-        """
-        try:
-            seconds = self.hook.settings.cost_lookup_seconds
-        except Exception as error:  # the connection was read before; be safe all the same
-            self.log.warning("Prediction %s: cost unknown (%s)", prediction_id, error)
-            return None
-        if seconds <= 0:
-            self.log.info("Prediction %s: cost not looked up (cost_lookup_seconds=0).", prediction_id)
-            return None
-        deadline = time.time() + seconds
-        for read in range(1, COST_LOOKUP_READS + 1):
-            try:
-                cost = self.hook.get_prediction_cost(prediction_id, deadline=deadline)
-            except Exception as error:  # a failing billing endpoint never fails a finished, paid task
-                self.log.warning(
-                    "Prediction %s: reading its billing failed (read %d of %d): %s",
-                    prediction_id,
-                    read,
-                    COST_LOOKUP_READS,
-                    error,
-                )
-                if isinstance(error, (MagiRejectedError, MagiAuthError)):
-                    break  # refused (no billing endpoint, no permission): asking again cannot help
-                cost = None
-            if cost is not None:
-                return cost
-            left = deadline - time.time()
-            if read == COST_LOOKUP_READS or left <= 0:
-                break
-            time.sleep(min(left, seconds / COST_LOOKUP_READS))
-        self.log.warning(
-            "Prediction %s: cost unknown: WaveSpeed showed no readable billing record within "
-            "%gs (billing can lag completion; raise the connection's cost_lookup_seconds to wait "
-            "longer). The task goes on; cost_usd is None.",
-            prediction_id,
-            seconds,
-        )
-        return None
+    def _check_spending(self, *, count: int = 1, paid: str | None = None) -> None:
+        """The connection's balance floor and daily budget, checked just before this task pays
+        (never when the ledger reattaches to a prediction already paid for): the hook's
+        :meth:`~airflow_provider_magi.hooks.account.MagiAccountMixin.check_spending`."""
+        self.hook.check_spending(self.model, count=count, paid=paid, log=self.log)
 
     def _attach_to_candidate(self, context: Context, error: MagiSubmitUncertainError) -> Prediction:
         """Publish the candidates; carry on with the only one if asked to, else fail as before."""
@@ -463,7 +343,6 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""
-        from airflow_provider_magi import costs
         from airflow_provider_magi.validation import inputs_summary
 
         result["inputs"] = inputs_summary(
@@ -472,16 +351,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         self.log.info(
             "Prediction %s completed: %d output(s)", result["prediction_id"], len(result["outputs"])
         )
-        cost = self._look_up_cost(result["prediction_id"])
-        result["cost_usd"] = cost
-        if cost is not None:
-            self.log.info("Prediction %s cost %s.", result["prediction_id"], costs.usd_text(cost))
-            metrics.cost(
-                cost,
-                model=str(result.get("model") or self.model),
-                conn_id=self.magi_conn_id,
-                dag_id=getattr(self, "dag_id", None),
-            )
+        result["cost_usd"] = self._count_cost(result["prediction_id"], str(result.get("model") or self.model))
         self._lineage_result = result
         return result
 

@@ -79,11 +79,18 @@ class MagiPredictionSensor(MagiTaskMixin, BaseSensorOperator):
         )
         waiter.observe(prediction, self.log)
         if prediction.is_terminal:
-            return final_result(prediction)
+            return self._costed(final_result(prediction))
         self.defer_to_trigger(waiter, context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._softened(lambda: self.result_from_trigger(event))
+        return self._softened(lambda: self._costed(self.result_from_trigger(event)))
+
+    def _costed(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The result with what the prediction cost (``cost_usd``, None when not billed yet), sent
+        to the cost metrics unless a task already counted it: a batch submitted without waiting
+        is costed here, as the generate task costs the videos it waits for."""
+        result["cost_usd"] = self._count_cost(result["prediction_id"], result.get("model"))
+        return result
 
     def _softened(self, step: Callable[[], _T]) -> _T:
         """Apply ``soft_fail``/``never_fail`` as BaseSensorOperator does for ``poke``, so a failed
@@ -108,7 +115,7 @@ class MagiPredictionSensor(MagiTaskMixin, BaseSensorOperator):
         self.log.info("Prediction %s is %s", prediction.id, prediction.status)
         if not prediction.is_terminal:
             return False
-        return PokeReturnValue(is_done=True, xcom_value=final_result(prediction))
+        return PokeReturnValue(is_done=True, xcom_value=self._costed(final_result(prediction)))
 
     def _prediction_id(self) -> str:
         from airflow_provider_magi.validation import check_prediction_id

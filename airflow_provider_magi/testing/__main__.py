@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import sys
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sync-mode-limit", type=float, default=30.0, help="seconds a sync-mode submit is held at most"
     )
-    parser.add_argument("--balance", type=float, default=100.0, help="USD the account starts with")
+    parser.add_argument("--balance", type=_finite, default=100.0, help="USD the account starts with")
     parser.add_argument(
         "--price",
         action="append",
@@ -98,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     asyncio.run(_serve_forever(server, args.port_file))
     return 0
+
+
+def _finite(text: str) -> float:
+    """A finite number (``nan`` and ``inf`` are no balance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _price(text: str) -> tuple[str, float]:

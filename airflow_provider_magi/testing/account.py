@@ -78,6 +78,8 @@ class Account:
                 raise ValueError(f"the price of {model} must be a non-negative number, got {price!r}")
         if not usd(default_price).is_finite() or usd(default_price) < 0:
             raise ValueError(f"the default price must be a non-negative number, got {default_price!r}")
+        if not usd(balance).is_finite():
+            raise ValueError(f"the balance must be a finite number of USD, got {balance!r}")
         if billing_delay < 0:
             raise ValueError(f"billing_delay must be >= 0, got {billing_delay!r}")
         self.starting_balance = usd(balance)
@@ -100,6 +102,9 @@ class Account:
             return self._balance
 
     def set_balance(self, amount: float | str | Decimal) -> None:
+        """A finite amount (negative is allowed: predictions in flight can take it below zero)."""
+        if not usd(amount).is_finite():
+            raise ValueError(f"the balance must be a finite number of USD, got {amount!r}")
         with self._lock:
             self._balance = usd(amount)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import re
 import threading
@@ -63,6 +64,16 @@ __all__ = [
 ]
 
 _WEBHOOK_SECRET_ROUTE = "/api/v3/webhook/secret"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address serves this machine only (a wildcard or any other address does not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 _BALANCE_ROUTE = "/api/v3/balance"
@@ -250,6 +261,10 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
         if handler is None:
             return envelope_error(404, f"No route for {request.method} {request.path}")
         if route == "admin":
+            if not is_loopback(self.config.bind_host) and not self._authorized(request):
+                # Bound beyond this machine, the control plane (faults, reset, balance, every
+                # request seen) is for the key's holder only.
+                return envelope_error(401, "Unauthorized: /_testing/* needs the API key off loopback")
             return self._admin(request)
         if route in (
             "submit",
@@ -366,7 +381,9 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
             try:
                 self.set_balance(float(request.query.get("usd", "")))
             except ValueError:
-                return json_response({"error": "usage: POST /_testing/balance?usd=<amount>"}, status=400)
+                return json_response(
+                    {"error": "usage: POST /_testing/balance?usd=<a finite amount of USD>"}, status=400
+                )
             return json_response({"balance": self.balance})
         if action == "forget" and request.method == "POST":
             self.settle()  # a prediction deleted later stays billed, as on the real service

@@ -30,3 +30,4 @@ class ServerConfig:
     prices: dict[str, float] = field(default_factory=dict)  # model -> USD per completed prediction
     default_price: float = DEFAULT_PRICE_USD  # a stand-in: the real prices are on WaveSpeed's site
     billing_delay: float = 0.0  # seconds from completion to the billing record (and deduction)
+    bind_host: str = "127.0.0.1"  # off loopback, /_testing/* needs the API key

@@ -80,6 +80,14 @@ class Fault:
             if isinstance(value, bool) or not isinstance(value, kinds):
                 nullable = " or null" if type(None) in kinds else ""
                 raise ValueError(f"fault field {name!r} must be a number{nullable}, got {value!r}")
+        if self.times is not None and self.times < 0:
+            raise ValueError(f"fault field 'times' must be >= 0 or null, got {self.times!r}")
+        if not 0.0 <= self.probability <= 1.0:  # NaN fails this too
+            raise ValueError(f"fault field 'probability' must be from 0 to 1, got {self.probability!r}")
+        for name in ("delay", "window", "retry_after"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < float("inf"):  # NaN fails this too
+                raise ValueError(f"fault field {name!r} must be a finite number >= 0, got {value!r}")
         if self.route not in ROUTES:
             raise ValueError(f"fault route must be one of {ROUTES}, got {self.route!r}")
         if self.kind not in KINDS:

@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
-MAX_REQUEST_BODY = 64 * 1024 * 1024
+# The largest request body read: the SDK's 200 MiB media cap, plus room for a multipart form's
+# framing. A bigger one is answered 413 (Payload Too Large), never a dropped connection.
+MAX_REQUEST_BODY = 201 * 1024 * 1024
+# A body past the cap is read and discarded up to this many times the cap (so the client gets to
+# read the 413), then the connection is closed.
+_DISCARD_FACTOR = 4
+
+
 _READ_CHUNK = 64 * 1024
+
+
+class _BodyTooLarge(Exception):
+    """A request body over MAX_REQUEST_BODY: answered 413 once the client is done sending."""
 
 
 @dataclass
@@ -73,7 +85,11 @@ class HTTPServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BODY)
         try:
             while True:
-                request = await _read_request(conn, reader, client)
+                try:
+                    request = await _read_request(conn, reader, client)
+                except _BodyTooLarge:
+                    await _answer_too_large(conn, writer)
+                    return
                 if request is None:
                     return
                 response = await self.handler(request)
@@ -95,9 +111,27 @@ class HTTPServer:
                 writer.close()
 
 
+async def _answer_too_large(conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
+    """413 with the API's envelope, then close (the rest of the body is not read)."""
+    limit = MAX_REQUEST_BODY // 2**20
+    body = json.dumps(
+        {"code": 413, "message": f"Request body too large: the limit is {limit} MiB", "data": None}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    writer.write(conn.send(h11.Response(status_code=413, headers=headers)))
+    writer.write(conn.send(h11.Data(data=body)))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+
+
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, client: str) -> Request | None:
     head: h11.Request | None = None
     body = bytearray()
+    received = 0
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
@@ -113,11 +147,17 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, clie
         if isinstance(event, h11.Request):
             head = event
         elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_REQUEST_BODY:
-                raise ConnectionError("request body too large")
+            received += len(event.data)
+            if received <= MAX_REQUEST_BODY:
+                body += event.data
+            elif received > _DISCARD_FACTOR * MAX_REQUEST_BODY:
+                raise _BodyTooLarge()  # still sending: answered now, then closed
+            else:
+                body.clear()  # over the cap: read on (discarding) so the client reads the 413
         elif isinstance(event, h11.EndOfMessage):
             assert head is not None
+            if received > MAX_REQUEST_BODY:
+                raise _BodyTooLarge()
             target = urlsplit(head.target.decode("latin-1"))
             return Request(
                 method=head.method.decode("ascii"),

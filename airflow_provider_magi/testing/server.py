@@ -68,6 +68,7 @@ class LocalWaveSpeedServer:
                 prices=dict(prices or {}),
                 default_price=default_price,
                 billing_delay=billing_delay,
+                bind_host=host,
             ),
             FaultPlan(faults, seed=seed),
         )
