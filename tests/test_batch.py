@@ -1,0 +1,244 @@
+"""#27: MagiBatchOperator against the local server: every video paid once, one manifest in order.
+
+Each DAG test counts what the server created (what WaveSpeed bills) and the status reads it saw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_magi.batch_inputs import check_items, load_items
+from airflow_provider_magi.exceptions import MagiInputError
+from airflow_provider_magi.manifest import ManifestLine, parse, render, summary
+from airflow_provider_magi.testing import LocalWaveSpeedServer
+from airflow_provider_magi.testing.faults import Fault
+from tests.helpers import CANARY_KEY, DAG_TEST_LOGS_EXCEPTIONS, connection_json, run_dag, task_instance, xcom
+
+MAGI = "wavespeed-ai/magi-1-24b"
+PRICE = 0.37
+
+
+@pytest.fixture
+def books(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalWaveSpeedServer]:
+    """The local server with a price of its own, as ``magi_default``; billing is immediate."""
+    with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.3, prices={MAGI: PRICE}) as running:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(running))
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An intent is left 30 s to land before the history is asked; tests need not wait that long."""
+    from airflow_provider_magi.operators import batch
+
+    monkeypatch.setattr(batch, "INTENT_SETTLE_SECONDS", 0.3)
+
+
+def manifest(dag_run: Any) -> list[dict[str, Any]]:
+    path = Path(xcom(dag_run, "batch", key="batch_progress")["manifest_path"])
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def status_reads(server: LocalWaveSpeedServer) -> int:
+    return server.count("history") + server.count("result")
+
+
+def most_unfinished_at_once(server: LocalWaveSpeedServer) -> int:
+    """The most predictions the server held unfinished at any submit (its own clock decides)."""
+    predictions = list(server.app.predictions.values())
+    return max(
+        sum(1 for q in predictions if q.started <= p.started < (q.completes_at() or float("inf")))
+        for p in predictions
+    )
+
+
+# ---------------------------------------------------------------- inputs, checked before paying
+
+
+def test_inputs_come_as_a_list_json_text_or_a_json_lines_file(tmp_path: Path) -> None:
+    table = tmp_path / "table.jsonl"
+    table.write_text('"a fox"\n\n{"prompt": "a kite", "seed": 7}\n')
+    assert load_items(["a", {"prompt": "b"}]) == ["a", {"prompt": "b"}]
+    assert load_items(' ["a", {"prompt": "b"}]') == ["a", {"prompt": "b"}]
+    assert load_items(str(table)) == ["a fox", {"prompt": "a kite", "seed": 7}]
+    assert load_items(f"file://{table}") == ["a fox", {"prompt": "a kite", "seed": 7}]
+    items = check_items(load_items(table), MAGI)
+    assert [item.inputs for item in items] == [{"prompt": "a fox"}, {"prompt": "a kite", "seed": 7}]
+    assert items[0].fingerprint != check_items(["a fox"], "wavespeed-ai/other")[0].fingerprint
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (["ok", "ok", {"prompt": "x", "seed": "soon"}], r"inputs\[2\]: Invalid seed"),
+        (["ok", {"prompt": "x", "sead": 4}], r"inputs\[1\]: unknown key\(s\) sead.*extra_inputs"),
+        (["ok", {"seed": 4}], r"inputs\[1\]: no 'prompt'"),
+        (["ok", 7], r"inputs\[1\]: int 7"),
+        (["ok", "  "], r"inputs\[1\]: Invalid prompt: is empty"),
+        ([], "the batch is empty"),
+        ("[not json", "not valid JSON"),
+        ("relative/table.jsonl", "neither a JSON list nor an absolute path"),
+    ],
+)
+def test_a_bad_item_is_named_by_its_index_with_the_fix(raw: Any, message: str) -> None:
+    with pytest.raises(MagiInputError, match=message):
+        check_items(load_items(raw), MAGI)
+
+
+def test_a_bad_json_lines_row_is_named_by_its_line(tmp_path: Path) -> None:
+    table = tmp_path / "table.jsonl"
+    table.write_text('"a"\n{"prompt": \n')
+    with pytest.raises(MagiInputError, match=r"line 2 \(item 1\) is not JSON"):
+        load_items(str(table))
+
+
+def test_the_manifest_round_trips_in_input_order() -> None:
+    lines = [
+        ManifestLine(2, "failed", "p2", None, [], [], "boom"),
+        ManifestLine(0, "completed", "p0", 0.3, ["/a"], [9]),
+    ]
+    text = render(lines)
+    assert [json.loads(line)["index"] for line in text.splitlines()] == [0, 2]
+    assert parse(text + "{broken\n") == {line.index: line for line in lines}
+    assert summary(lines, "m")["cost_usd"] == 0.3
+
+
+@pytest.mark.money
+def test_a_bad_item_fails_the_batch_before_anything_is_paid(
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
+) -> None:
+    table = json.dumps(["fine", "fine too", {"prompt": "bad", "seed": 2**40}])
+    dag_run = run_dag(dag_bag, "magi_batch_test_table", table=table)
+    assert dag_run.state == "failed"
+    assert books.count("submit") == 0 and not books.app.predictions
+    assert not DAG_TEST_LOGS_EXCEPTIONS or "inputs[2]: Invalid seed" in task_logs()
+
+
+# ---------------------------------------------------------------- the batch, end to end
+
+
+@pytest.mark.money
+def test_thirty_inputs_ten_in_flight_thirty_paid_files_and_an_ordered_manifest(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_thirty")
+    assert dag_run.state == "success"
+    assert len(books.app.predictions) == 30 and books.count("submit") == 30
+    assert most_unfinished_at_once(books) <= 10
+    assert status_reads(books) < 2 * 30
+    lines = manifest(dag_run)
+    assert [line["index"] for line in lines] == list(range(30))
+    assert {line["status"] for line in lines} == {"completed"}
+    assert {line["prediction_id"] for line in lines} == set(books.app.predictions)
+    assert all(line["cost_usd"] == PRICE for line in lines)
+    paths = [line["paths"][0] for line in lines]
+    assert len(set(paths)) == 30 and all(Path(path).stat().st_size > 0 for path in paths)
+    assert paths[7].endswith("/batch/7.mp4")
+    result = xcom(dag_run, "batch")
+    assert result["succeeded"] == 30 and result["failed"] == 0 and result["not_submitted"] == 0
+    assert result["cost_usd"] == pytest.approx(30 * PRICE)
+    assert result["manifest_path"].endswith("/batch/manifest.jsonl")
+    # each input asked for what it said
+    prompts = {p.id: p.inputs["prompt"] for p in books.app.predictions.values()}
+    assert all(prompts[line["prediction_id"]].startswith(f"video {line['index']} ") for line in lines)
+
+
+@pytest.mark.money
+def test_a_batch_whose_worker_dies_mid_wait_pays_for_nothing_again(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_dies_mid_wait")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "batch").try_number == 2
+    assert books.count("submit") == 6 and len(books.app.predictions) == 6
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 6
+    assert {line["prediction_id"] for line in lines} == set(books.app.predictions)
+
+
+@pytest.mark.money
+def test_a_budget_with_room_for_four_of_ten_pays_for_exactly_four(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, task_logs: Any
+) -> None:
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from tests.helpers import wait_until
+
+    earlier = MagiHook().create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)  # the price
+    wait_until(lambda: any(b.prediction_id == earlier.id for b in books.billings), 10)
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=PRICE * 5))
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget")
+    assert dag_run.state == "failed"
+    assert task_instance(dag_run, "batch").try_number == 1  # a budget refusal is not retried
+    assert len(books.app.predictions) == 1 + 4 and books.count("submit") == 1 + 4
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 4 + ["not_submitted"] * 6
+    assert all("daily_budget_usd" in line["error"] for line in lines[4:])
+    if DAG_TEST_LOGS_EXCEPTIONS:
+        assert "Not submitted: inputs 4, 5, 6, 7, 8, 9" in task_logs()
+
+
+@pytest.mark.money
+def test_two_failing_of_six_are_the_only_ones_submitted_again_on_the_retry(
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_partial")
+    assert dag_run.state == "failed"
+    assert task_instance(dag_run, "batch").try_number == 2
+    prompts = [p.inputs["prompt"] for p in books.app.predictions.values()]
+    assert len(prompts) == 8 and books.count("submit") == 8
+    assert sorted(prompts[6:]) == sorted(p for p in prompts[:6] if "[[fail" in p)
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == [
+        "completed",
+        "failed",
+        "completed",
+        "completed",
+        "failed",
+        "completed",
+    ]
+    assert lines[1]["error"] == "safety filter"
+    assert not DAG_TEST_LOGS_EXCEPTIONS or "failed: inputs 1, 4" in task_logs()
+
+
+@pytest.mark.money
+def test_partial_errors_tolerated_succeed_and_the_summary_tells(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_tolerant")
+    assert dag_run.state == "success"
+    result = xcom(dag_run, "batch")
+    assert (result["succeeded"], result["failed"], result["not_submitted"]) == (1, 1, 0)
+    assert result["cost_usd"] == pytest.approx(PRICE)
+
+
+@pytest.mark.money
+def test_a_lost_answer_is_never_paid_twice(dag_bag: Any, books: LocalWaveSpeedServer) -> None:
+    books.set_faults([Fault(route="submit", kind="drop_after_accept", times=1)])
+    dag_run = run_dag(dag_bag, "magi_batch_test_lost_answer")
+    assert dag_run.state == "failed"
+    assert len(books.app.predictions) == 3 and books.count("submit") == 3
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["uncertain", "completed", "completed"]
+    (lost,) = set(books.app.predictions) - {line["prediction_id"] for line in lines}
+    assert lost in lines[0]["error"]  # named, so a person can claim it
+
+
+@pytest.mark.money
+def test_a_json_lines_table_waits_in_the_worker_and_writes_where_asked(
+    dag_bag: Any, books: LocalWaveSpeedServer, tmp_path: Path
+) -> None:
+    table = tmp_path / "table.jsonl"
+    table.write_text("\n".join(json.dumps({"prompt": f"row {i} [[duration: 0.2]]"}) for i in range(3)) + "\n")
+    dag_run = run_dag(
+        dag_bag, "magi_batch_test_table", table=f"file://{table}", destination=str(tmp_path / "out")
+    )
+    assert dag_run.state == "success"
+    assert books.count("submit") == 3
+    written = sorted((tmp_path / "out" / "table").rglob("*.mp4"))
+    assert len(written) == 3 and written[0].name.startswith("0_")
+    assert len((written[0].parent / "manifest.jsonl").read_text().splitlines()) == 3
