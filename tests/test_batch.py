@@ -242,3 +242,33 @@ def test_a_json_lines_table_waits_in_the_worker_and_writes_where_asked(
     written = sorted((tmp_path / "out" / "table").rglob("*.mp4"))
     assert len(written) == 3 and written[0].name.startswith("0_")
     assert len((written[0].parent / "manifest.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_dag_file_importing_the_batch_operator_loads_no_money_or_http_module() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from airflow.sdk import BaseOperator, DAG\n"
+        "baseline = set(sys.modules)\n"
+        "import airflow_provider_magi.operators.batch\n"
+        "added = set(sys.modules) - baseline\n"
+        "heavy = {'requests', 'httpx', 'aiohttp', 'tenacity', 'difflib'}\n"
+        "ours = {'ledger', 'ledger_stores', 'costs', 'validation', 'batch_inputs', 'batch_ledger',"
+        " 'manifest'}\n"
+        "bad = {m for m in added if m in heavy or m.split('.')[-1] in ours or '.hooks' in m}\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.money
+def test_the_table_example_runs_end_to_end(dag_bag: Any, magi_conn: LocalWaveSpeedServer) -> None:
+    dag_run = run_dag(dag_bag, "example_magi_batch_table")
+    assert dag_run.state == "success"
+    assert magi_conn.count("submit") == 4
+    published = xcom(dag_run, "publish")
+    assert len(published) == 4 and all(Path(path).stat().st_size > 0 for path in published)
+    seeds = sorted(p.inputs["seed"] for p in magi_conn.app.predictions.values())
+    assert seeds == [11, 12, 13, 14]
