@@ -143,6 +143,8 @@ def test_thirty_inputs_ten_in_flight_thirty_paid_files_and_an_ordered_manifest(
     assert result["succeeded"] == 30 and result["failed"] == 0 and result["not_submitted"] == 0
     assert result["cost_usd"] == pytest.approx(30 * PRICE)
     assert result["manifest_path"].endswith("/batch/manifest.jsonl")
+    (extra,) = asset_extras("magi_test_batch_videos", dag_run.run_id)  # one event, the summary
+    assert extra["succeeded"] == 30 and extra["cost_usd"] == pytest.approx(30 * PRICE)
     # each input asked for what it said
     prompts = {p.id: p.inputs["prompt"] for p in books.app.predictions.values()}
     assert all(prompts[line["prediction_id"]].startswith(f"video {line['index']} ") for line in lines)
@@ -272,3 +274,63 @@ def test_the_table_example_runs_end_to_end(dag_bag: Any, magi_conn: LocalWaveSpe
     assert len(published) == 4 and all(Path(path).stat().st_size > 0 for path in published)
     seeds = sorted(p.inputs["seed"] for p in magi_conn.app.predictions.values())
     assert seeds == [11, 12, 13, 14]
+
+
+@pytest.mark.money
+def test_a_429_on_a_submit_paces_the_batch_and_loses_no_item(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    # 1 + max_retries (3) answers of 429 exhaust the hook's own retries: the batch waits for the
+    # next wave; the two 429s after that the hook's retries absorb.
+    books.set_faults([Fault(route="submit", kind="status", status=429, retry_after=0.05, times=6)])
+    dag_run = run_dag(dag_bag, "magi_batch_test_paced")
+    assert dag_run.state == "success"
+    assert len(books.app.predictions) == 4
+    assert books.count("submit", status=429) == 6
+    assert [line["status"] for line in manifest(dag_run)] == ["completed"] * 4
+
+
+def asset_extras(asset: str, run_id: str) -> list[dict[str, Any]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == asset, AssetEvent.source_run_id == run_id)
+        ).all()
+        return [dict(event.extra) for event in events]
+
+
+# ---------------------------------------------------------------- status in pages of the history
+
+
+def test_status_is_read_a_hundred_per_call_and_the_trigger_row_holds_no_key(
+    magi_conn: LocalWaveSpeedServer,
+) -> None:
+    import asyncio
+    import math
+    from datetime import UTC, datetime, timedelta
+
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from airflow_provider_magi.triggers.batch import MagiBatchTrigger, aread_statuses, pages_for
+
+    hook = MagiHook()
+    since = datetime.now(UTC) - timedelta(seconds=60)
+    ours = [hook.create_prediction({"prompt": f"ours {i} [[duration: 30]]"}).id for i in range(250)]
+    before = magi_conn.count("history")
+    found, _ = asyncio.run(aread_statuses(hook, ours, MAGI, since))
+    assert set(found) == set(ours)
+    assert magi_conn.count("history") - before == math.ceil(250 / 100)
+    assert magi_conn.count("result") == 0
+    # Someone else's predictions crowd the window: at most ⌈250/100⌉ + 1 pages, then a few single reads.
+    for i in range(200):
+        hook.create_prediction({"prompt": f"theirs {i} [[duration: 30]]"})
+    before = magi_conn.count("history")
+    found, _ = asyncio.run(aread_statuses(hook, ours, MAGI, since))
+    assert magi_conn.count("history") - before == pages_for(250) == 4
+    assert magi_conn.count("result") <= 10
+    trigger = MagiBatchTrigger(prediction_ids=ours, model=MAGI, created_after=since.isoformat())
+    assert CANARY_KEY not in json.dumps(trigger.serialize())

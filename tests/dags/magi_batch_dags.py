@@ -105,3 +105,12 @@ with _dag("magi_batch_test_table", params={"table": "", "destination": OUTPUT_DI
         deferrable=False,
         **FAST,
     )
+
+with _dag("magi_batch_test_paced"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[f"paced {i} [[duration: 0.2]]" for i in range(4)],
+        destination=OUTPUT_DIR,
+        max_in_flight=4,
+        **FAST,
+    )
