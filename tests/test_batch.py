@@ -334,3 +334,16 @@ def test_status_is_read_a_hundred_per_call_and_the_trigger_row_holds_no_key(
     assert magi_conn.count("result") <= 10
     trigger = MagiBatchTrigger(prediction_ids=ours, model=MAGI, created_after=since.isoformat())
     assert CANARY_KEY not in json.dumps(trigger.serialize())
+
+
+@pytest.mark.money
+def test_an_input_wavespeed_refuses_fails_alone_and_is_not_sent_again_in_the_same_try(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    books.set_faults([Fault(route="submit", kind="status", status=400, times=1)])
+    dag_run = run_dag(dag_bag, "magi_batch_test_tolerant")
+    assert dag_run.state == "success"
+    assert books.count("submit") == 2 and len(books.app.predictions) == 1
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["failed", "failed"]
+    assert "refused by WaveSpeed, not paid" in lines[0]["error"] and lines[1]["error"] == "GPU lost"

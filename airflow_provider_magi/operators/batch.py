@@ -266,7 +266,9 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         for item in self._items:
             entry = self._book.entry_for(item.index, item.fingerprint)
             old = manifest.get(item.index)
-            if entry is None:
+            if entry is None and old and old.status == FAILED and not fresh:
+                lines[item.index] = old  # refused by WaveSpeed (not paid) within this try: final
+            elif entry is None:
                 lines[item.index] = ManifestLine(item.index, NOT_SUBMITTED, error=old.error if old else None)
             elif entry.prediction_id is None:
                 lines[item.index] = ManifestLine(
@@ -394,7 +396,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
 
     def _complete(self, line: ManifestLine, prediction: Prediction) -> None:
         """The download operator's rules: atomic files, the NSFW policy, no key to output hosts."""
-        from airflow_provider_magi.downloads import MagiDownloadError
         from airflow_provider_magi.manifest import COMPLETED, FAILED
 
         flags = prediction.has_nsfw_contents
@@ -421,7 +422,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 )
                 paths.append(written.path)
                 sizes.append(written.size)
-        except (_Refused, MagiDownloadError) as error:
+        except (_Refused, MagiError) as error:  # paid and made: a retry downloads it, never pays again
             line.status, line.error = FAILED, str(error)
         else:
             line.status, line.error = COMPLETED, None
@@ -701,7 +702,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         )
 
         ti = context["ti"]
-        mapped = (getattr(ti, "map_index", -1) or -1) >= 0
+        map_index = getattr(ti, "map_index", -1)
+        mapped = map_index is not None and map_index >= 0
         self._pattern = self.filename or (DEFAULT_MAPPED_BATCH_FILENAME if mapped else DEFAULT_BATCH_FILENAME)
         _check_pattern(self._pattern)
         self._directory = destination_path(self.destination)
