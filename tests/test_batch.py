@@ -204,6 +204,7 @@ def test_two_failing_of_six_are_the_only_ones_submitted_again_on_the_retry(
         "completed",
     ]
     assert lines[1]["error"] == "safety filter"
+    assert books.count("output") == 4  # the retry kept the four whole files: none downloaded again
     assert not DAG_TEST_LOGS_EXCEPTIONS or "failed: inputs 1, 4" in task_logs()
 
 
