@@ -348,3 +348,25 @@ def test_an_input_wavespeed_refuses_fails_alone_and_is_not_sent_again_in_the_sam
     lines = manifest(dag_run)
     assert [line["status"] for line in lines] == ["failed", "failed"]
     assert "refused by WaveSpeed, not paid" in lines[0]["error"] and lines[1]["error"] == "GPU lost"
+
+
+def test_the_local_server_pages_a_thousand_predictions_by_the_documented_filters(
+    magi_conn: LocalWaveSpeedServer,
+) -> None:
+    """What the batch's status reads rest on: 1,000+ predictions, 100 per page, newest first, the
+    filters as the docs describe them."""
+    from datetime import UTC, datetime
+
+    from airflow_provider_magi.hooks.magi import MagiHook
+
+    hook = MagiHook()
+    ids = [hook.create_prediction({"prompt": f"n{i} [[duration: 600]]"}).id for i in range(1000)]
+    middle = datetime.now(UTC)
+    later = [hook.create_prediction({"prompt": f"late{i} [[duration: 0]]"}).id for i in range(50)]
+    listed = hook.list_predictions(model=MAGI, page_size=100, max_pages=11)
+    assert [p.id for p in listed] == (ids + later)[::-1]  # every page, newest first
+    assert magi_conn.count("history") == 11
+    assert [p.id for p in hook.list_predictions(created_after=middle)] == later[::-1]
+    running = hook.list_predictions(status="processing", max_pages=11)
+    assert {p.id for p in running} == set(ids)  # not yet started ("created") included
+    assert hook.list_predictions(model="wavespeed-ai/other-model") == []
