@@ -370,3 +370,14 @@ def test_the_local_server_pages_a_thousand_predictions_by_the_documented_filters
     running = hook.list_predictions(status="processing", max_pages=11)
     assert {p.id for p in running} == set(ids)  # not yet started ("created") included
     assert hook.list_predictions(model="wavespeed-ai/other-model") == []
+
+
+def test_lineage_names_the_output_folder(tmp_path: Path) -> None:
+    pytest.importorskip("airflow.providers.openlineage")
+    from airflow_provider_magi.operators.batch import MagiBatchOperator
+
+    operator = MagiBatchOperator(task_id="batch", inputs=["a"], destination=str(tmp_path))
+    assert operator.get_openlineage_facets_on_complete(None).outputs == []  # nothing known yet
+    operator._lineage_folder = tmp_path / "d" / "r" / "batch"
+    (dataset,) = operator.get_openlineage_facets_on_complete(None).outputs
+    assert dataset.namespace.startswith("file") and dataset.name.endswith("d/r/batch")
