@@ -314,10 +314,12 @@ def test_status_is_read_a_hundred_per_call_and_the_trigger_row_holds_no_key(
 ) -> None:
     import asyncio
     import math
+    import time
     from datetime import UTC, datetime, timedelta
 
+    from airflow_provider_magi.api import parse_timestamp
     from airflow_provider_magi.hooks.magi import MagiHook
-    from airflow_provider_magi.triggers.batch import MagiBatchTrigger, aread_statuses, pages_for
+    from airflow_provider_magi.triggers.batch import MagiBatchTrigger, aread_statuses, window
 
     hook = MagiHook()
     since = datetime.now(UTC) - timedelta(seconds=60)
@@ -327,13 +329,19 @@ def test_status_is_read_a_hundred_per_call_and_the_trigger_row_holds_no_key(
     assert set(found) == set(ours)
     assert magi_conn.count("history") - before == math.ceil(250 / 100)
     assert magi_conn.count("result") == 0
-    # Someone else's predictions crowd the window: at most ⌈250/100⌉ + 1 pages, then a few single reads.
+    # Someone else's predictions after ours: a window cut at our newest leaves them out (they come
+    # more than the window's one-second pad later: not a race, a gap in creation times).
+    time.sleep(1.2)
     for i in range(200):
         hook.create_prediction({"prompt": f"theirs {i} [[duration: 30]]"})
     before = magi_conn.count("history")
-    found, _ = asyncio.run(aread_statuses(hook, ours, MAGI, since))
-    assert magi_conn.count("history") - before == pages_for(250) == 4
-    assert magi_conn.count("result") <= 10
+    after, newest = window(ours, {p.id: parse_timestamp(p.created_at) for p in found.values()}, since)
+    found, _ = asyncio.run(aread_statuses(hook, ours, MAGI, after, newest))
+    assert set(found) == set(ours) and magi_conn.count("history") - before == math.ceil(250 / 100)
+    before = magi_conn.count("history")
+    asyncio.run(aread_statuses(hook, ours, MAGI, since))  # the open window: every page it holds
+    assert magi_conn.count("history") - before == math.ceil(450 / 100)
+    assert magi_conn.count("result") == 0
     trigger = MagiBatchTrigger(prediction_ids=ours, model=MAGI, created_after=since.isoformat())
     assert CANARY_KEY not in json.dumps(trigger.serialize())
 
@@ -356,17 +364,22 @@ def test_the_local_server_pages_a_thousand_predictions_by_the_documented_filters
 ) -> None:
     """What the batch's status reads rest on: 1,000+ predictions, 100 per page, newest first, the
     filters as the docs describe them."""
-    from datetime import UTC, datetime
+    import time
+    from datetime import timedelta
 
+    from airflow_provider_magi.api import parse_timestamp
     from airflow_provider_magi.hooks.magi import MagiHook
 
     hook = MagiHook()
-    ids = [hook.create_prediction({"prompt": f"n{i} [[duration: 600]]"}).id for i in range(1000)]
-    middle = datetime.now(UTC)
+    made = [hook.create_prediction({"prompt": f"n{i} [[duration: 600]]"}) for i in range(1000)]
+    ids = [p.id for p in made]
+    middle = parse_timestamp(made[-1].created_at) + timedelta(milliseconds=1)  # the server's clock
+    time.sleep(0.01)  # the next creation time is a later millisecond (a gap, not a race)
     later = [hook.create_prediction({"prompt": f"late{i} [[duration: 0]]"}).id for i in range(50)]
     listed = hook.list_predictions(model=MAGI, page_size=100, max_pages=11)
     assert [p.id for p in listed] == (ids + later)[::-1]  # every page, newest first
-    assert magi_conn.count("history") == 11
+    pages = {r.json["page"] for r in magi_conn.requests if r.route == "history"}
+    assert pages == set(range(1, 12))  # (a page retried under load is asked for again)
     assert [p.id for p in hook.list_predictions(created_after=middle)] == later[::-1]
     running = hook.list_predictions(status="processing", max_pages=11)
     assert {p.id for p in running} == set(ids)  # not yet started ("created") included

@@ -1,15 +1,17 @@
 """MagiBatchTrigger: one wait for a whole batch, reading status 100 predictions per call.
 
 WaveSpeed has no batch endpoint, but its history (``POST /api/v3/predictions``) lists up to 100
-predictions per page, filtered by model and creation time. One poll cycle reads at most
-⌈in flight / 100⌉ + 1 pages of the window the batch's predictions were created in, and reads
-one by one only the few ids the pages did not show (another user of the key crowding the
-window). A trigger per video would instead cost one GET per video per cycle, and Airflow's
-per-trigger bookkeeping on top.
+predictions per page, filtered by model and creation time. One poll cycle reads the pages of the
+window the running predictions were created in (from the oldest to the newest of them, once the
+first read told their creation times): about ⌈in flight / 100⌉ pages when they were submitted
+together, more when predictions that already ended (or another user of the key) sit between
+them. The few ids the pages did not show are read one by one. A trigger per video would
+instead cost one GET per video per cycle, and Airflow's per-trigger bookkeeping on top.
 
 The trigger row holds ids, times and the connection id, never the key. It fires once: when
-enough predictions ended to be worth a resume of the task (``resume_after``), when all ended,
-or when the deadline passes.
+enough predictions ended to be worth a resume of the task (``resume_after``), when the first
+one that ended has waited a poll interval (so a finished video reaches the manifest within about
+two), or when the deadline passes.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
-from datetime import datetime
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_magi.api import HISTORY_PAGE_SIZE, Prediction
+from airflow_provider_magi.api import HISTORY_PAGE_SIZE, Prediction, parse_timestamp
 from airflow_provider_magi.exceptions import MagiAuthError, MagiError, MagiRejectedError
 from airflow_provider_magi.waiting import MAX_POLL_INTERVAL, poll_delay
 
@@ -32,10 +34,14 @@ EVENT_TIMEOUT = "timeout"
 EVENT_ERROR = "error"
 # Ids the history pages did not show are read one by one, at most this many per cycle.
 MAX_SINGLE_READS = 10
+# The most history pages one cycle reads (5,000 predictions in the window).
+MAX_PAGES = 50
+# Creation times come from WaveSpeed's clock; the window is padded for its rounding.
+WINDOW_PAD = timedelta(seconds=1)
 
 
 def pages_for(count: int) -> int:
-    """The most history pages one cycle reads for ``count`` predictions in flight."""
+    """The history pages one cycle needs when the window holds only ``count`` predictions."""
     return math.ceil(count / HISTORY_PAGE_SIZE) + 1
 
 
@@ -44,18 +50,39 @@ def match_ids(listed: Iterable[Prediction], wanted: set[str]) -> dict[str, Predi
     return {p.id: p for p in listed if p.id in wanted}
 
 
-async def aread_statuses(
-    hook: Any, ids: list[str], model: str, created_after: datetime
-) -> tuple[dict[str, Prediction], int]:
-    """Our predictions' current state from history pages, then single reads for the unseen few;
-    also the number of HTTP reads it took."""
-    wanted = set(ids)
-    pages = pages_for(len(ids))
-    listed = await hook.alist_predictions(
-        model=model, created_after=created_after, page_size=HISTORY_PAGE_SIZE, max_pages=pages
+def window(
+    ids: list[str], created: Mapping[str, datetime], fallback_after: datetime
+) -> tuple[datetime, datetime | None]:
+    """The creation-time window to read: from the oldest to the newest of ``ids`` once their
+    creation times are known (the server's own clock, padded a second each side), else from
+    ``fallback_after`` on. A tight window keeps the pages to about ⌈in flight / 100⌉."""
+    known = [created[i] for i in ids if i in created]
+    if not known or len(known) < len(ids):
+        return fallback_after, None
+    return min(known) - WINDOW_PAD, max(known) + WINDOW_PAD
+
+
+def _gone(prediction_id: str, model: str) -> Prediction:
+    return Prediction(
+        id=prediction_id, model=model, status="deleted", error="WaveSpeed no longer knows it (404)"
     )
-    found = match_ids(listed, wanted)
-    reads = max(1, min(pages, math.ceil(len(listed) / HISTORY_PAGE_SIZE)))
+
+
+async def aread_statuses(
+    hook: Any, ids: list[str], model: str, created_after: datetime, created_before: datetime | None = None
+) -> tuple[dict[str, Prediction], int]:
+    """Our predictions' current state from the history pages of their window (every page the
+    total promises, up to :data:`MAX_PAGES`), then single reads for the few the pages did not
+    show; also the number of HTTP reads it took."""
+    listed = await hook.alist_predictions(
+        model=model,
+        created_after=created_after,
+        created_before=created_before,
+        page_size=HISTORY_PAGE_SIZE,
+        max_pages=MAX_PAGES,
+    )
+    found = match_ids(listed, set(ids))
+    reads = max(1, math.ceil(len(listed) / HISTORY_PAGE_SIZE))
     for prediction_id in [i for i in ids if i not in found][:MAX_SINGLE_READS]:
         reads += 1
         try:
@@ -63,23 +90,23 @@ async def aread_statuses(
         except MagiRejectedError as error:
             if error.http_status != 404:
                 raise
-            found[prediction_id] = Prediction(
-                id=prediction_id, model=model, status="deleted", error="WaveSpeed no longer knows it (404)"
-            )
+            found[prediction_id] = _gone(prediction_id, model)
     return found, reads
 
 
 def read_statuses(
-    hook: Any, ids: list[str], model: str, created_after: datetime
+    hook: Any, ids: list[str], model: str, created_after: datetime, created_before: datetime | None = None
 ) -> tuple[dict[str, Prediction], int]:
     """:func:`aread_statuses` on the worker's transport."""
-    wanted = set(ids)
-    pages = pages_for(len(ids))
     listed = hook.list_predictions(
-        model=model, created_after=created_after, page_size=HISTORY_PAGE_SIZE, max_pages=pages
+        model=model,
+        created_after=created_after,
+        created_before=created_before,
+        page_size=HISTORY_PAGE_SIZE,
+        max_pages=MAX_PAGES,
     )
-    found = match_ids(listed, wanted)
-    reads = max(1, min(pages, math.ceil(len(listed) / HISTORY_PAGE_SIZE)))
+    found = match_ids(listed, set(ids))
+    reads = max(1, math.ceil(len(listed) / HISTORY_PAGE_SIZE))
     for prediction_id in [i for i in ids if i not in found][:MAX_SINGLE_READS]:
         reads += 1
         try:
@@ -87,9 +114,7 @@ def read_statuses(
         except MagiRejectedError as error:
             if error.http_status != 404:
                 raise
-            found[prediction_id] = Prediction(
-                id=prediction_id, model=model, status="deleted", error="WaveSpeed no longer knows it (404)"
-            )
+            found[prediction_id] = _gone(prediction_id, model)
     return found, reads
 
 
@@ -159,13 +184,16 @@ class MagiBatchTrigger(BaseTrigger):
         if not self.prediction_ids:
             yield self._event(EVENT_PROGRESS, "paced", [])
             return
-        after = datetime.fromisoformat(self.created_after)
+        fallback_after = datetime.fromisoformat(self.created_after)
         ended: dict[str, Prediction] = {}
+        created: dict[str, datetime] = {}
+        first_ended_at: float | None = None
         reads = 0
         while True:
             running = [i for i in self.prediction_ids if i not in ended]
+            after, before = window(running, created, fallback_after)
             try:
-                found, cost = await self._bounded(aread_statuses(hook, running, self.model, after))
+                found, cost = await self._bounded(aread_statuses(hook, running, self.model, after, before))
             except TimeoutError:
                 yield self._event(EVENT_TIMEOUT, "the batch's deadline passed", list(ended.values()), reads)
                 return
@@ -179,8 +207,18 @@ class MagiBatchTrigger(BaseTrigger):
                 cost = 1
                 found = {}
             reads += cost
+            for prediction_id, prediction in found.items():
+                when = parse_timestamp(prediction.created_at)
+                if when is not None:
+                    created[prediction_id] = when
             ended.update({i: p for i, p in found.items() if p.is_terminal})
-            if len(ended) >= min(self.resume_after, len(self.prediction_ids)):
+            if ended and first_ended_at is None:
+                first_ended_at = time.time()
+            # Back to the task once enough ended to be worth a resume, or once the first of them
+            # has waited a poll interval: a finished video reaches the manifest within two.
+            if len(ended) >= min(self.resume_after, len(self.prediction_ids)) or (
+                first_ended_at is not None and time.time() - first_ended_at >= self.poll_interval
+            ):
                 yield self._event(EVENT_PROGRESS, "predictions ended", list(ended.values()), reads)
                 return
             delay = poll_delay(time.time() - self.started_at, self.poll_interval, self.max_poll_interval)
