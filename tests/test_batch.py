@@ -395,3 +395,29 @@ def test_lineage_names_the_output_folder(tmp_path: Path) -> None:
     operator._lineage_folder = tmp_path / "d" / "r" / "batch"
     (dataset,) = operator.get_openlineage_facets_on_complete(None).outputs
     assert dataset.namespace.startswith("file") and dataset.name.endswith("d/r/batch")
+
+
+@pytest.mark.money
+def test_a_flagged_output_fails_its_item_under_nsfw_policy_fail_and_nothing_is_written(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_nsfw")
+    assert dag_run.state == "success"  # fail_on_partial_error=False
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed", "failed"]
+    assert "nsfw_policy='fail'" in lines[1]["error"] and lines[1]["paths"] == []
+    assert books.count("output") == 1
+
+
+@pytest.mark.money
+def test_the_timeout_fails_without_retry_naming_what_still_runs(
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_timeout")
+    assert dag_run.state == "failed"
+    assert task_instance(dag_run, "batch").try_number == 1  # a timeout is not retried
+    assert books.count("submit") == 2
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed", "running"]
+    assert "may still be billed" in lines[1]["error"]
+    assert not DAG_TEST_LOGS_EXCEPTIONS or "running: inputs 1" in task_logs()

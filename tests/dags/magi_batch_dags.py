@@ -114,3 +114,24 @@ with _dag("magi_batch_test_paced"):
         max_in_flight=4,
         **FAST,
     )
+
+with _dag("magi_batch_test_nsfw"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=["clean [[duration: 0.2]]", "flagged [[duration: 0.2]] [[nsfw]]"],
+        destination=OUTPUT_DIR,
+        nsfw_policy="fail",
+        fail_on_partial_error=False,
+        **FAST,
+    )
+
+with _dag("magi_batch_test_timeout"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=["quick [[duration: 0.2]]", "endless [[never]]"],
+        destination=OUTPUT_DIR,
+        timeout=3,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
