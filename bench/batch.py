@@ -77,13 +77,15 @@ async def wait_batch(ids: list[str], poll: float, max_in_flight: int) -> tuple[d
 
     noticed: dict[str, float] = {}
     since = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
+    running_span: list[str] | None = None
     fires = 0
     while len(noticed) < len(ids):
         running = [i for i in ids if i not in noticed]
-        trigger = MagiBatchTrigger(
+        trigger = MagiBatchTrigger(  # as the task defers again after a resume
             prediction_ids=running,
             model=MODEL,
-            created_after=since,
+            created_after=running_span[0] if running_span else since,
+            created_before=running_span[1] if running_span else None,
             resume_after=max(1, min(len(running), math.ceil(max_in_flight * 0.25))),
             poll_interval=poll,
             max_poll_interval=poll,
@@ -93,6 +95,7 @@ async def wait_batch(ids: list[str], poll: float, max_in_flight: int) -> tuple[d
             now = time.time()
             for result in event.payload["ended"]:
                 noticed.setdefault(result["prediction_id"], now)
+            running_span = event.payload["running_span"]
     return noticed, fires
 
 

@@ -194,6 +194,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
         self._last_write = 0.0
         self._progress: tuple[int, ...] | None = None
+        self._running_span: list[str] | None = (event or {}).get("running_span")
+        self._submitted_since = False
         self._carry: dict[str, Any]
         if event is None:
             self._carry = {
@@ -226,6 +228,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                         prediction_ids=[line.prediction_id for line in running if line.prediction_id],
                         model=self.model,
                         created_after=self._created_after(running).isoformat(),
+                        created_before=self._created_before(),
                         magi_conn_id=self.magi_conn_id,
                         resume_after=self._resume_after(len(running)),
                         poll_interval=self.poll_interval,
@@ -520,6 +523,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 unsent.add(line.index)
                 fatal = error
             else:
+                self._submitted_since = True
                 paid[line.index] = prediction.id
                 line.status, line.prediction_id, line.error = RUNNING, prediction.id, None
         refused = {line.index for line in pending if line.status == FAILED}
@@ -678,9 +682,19 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         return max(1, min(running, math.ceil(self.max_in_flight * RESUME_SHARE)))
 
     def _created_after(self, running: list[ManifestLine]) -> datetime:
+        """From the oldest running prediction's creation time when the last trigger told it (the
+        trigger pads it), else from the oldest running wave's start, less a margin for clocks."""
+        if self._running_span is not None:
+            return datetime.fromisoformat(self._running_span[0])
         waves = [self._book.entries[line.index].wave for line in running if line.index in self._book.entries]
         since = min((self._book.waves[wave] for wave in waves), default=datetime.now(UTC))
         return since - CLOCK_MARGIN
+
+    def _created_before(self) -> str | None:
+        """The newest running prediction's creation time, when the last trigger told it and no
+        wave went out since (a new wave's predictions are newer)."""
+        span = self._running_span
+        return None if span is None or self._submitted_since else span[1]
 
     def _deadline(self, context: Context) -> float | None:
         deadlines = [d for d in (execution_deadline(self, context),) if d is not None]

@@ -51,15 +51,27 @@ def match_ids(listed: Iterable[Prediction], wanted: set[str]) -> dict[str, Predi
 
 
 def window(
-    ids: list[str], created: Mapping[str, datetime], fallback_after: datetime
+    ids: list[str],
+    created: Mapping[str, datetime],
+    fallback_after: datetime,
+    fallback_before: datetime | None = None,
 ) -> tuple[datetime, datetime | None]:
     """The creation-time window to read: from the oldest to the newest of ``ids`` once their
-    creation times are known (the server's own clock, padded a second each side), else from
-    ``fallback_after`` on. A tight window keeps the pages to about ⌈in flight / 100⌉."""
+    creation times are known (the server's own clock, padded a second each side), else the
+    fallback the task gave. A tight window keeps the pages to about ⌈in flight / 100⌉."""
     known = [created[i] for i in ids if i in created]
     if not known or len(known) < len(ids):
-        return fallback_after, None
+        return fallback_after, fallback_before
     return min(known) - WINDOW_PAD, max(known) + WINDOW_PAD
+
+
+def span(ids: list[str], created: Mapping[str, datetime]) -> list[str] | None:
+    """The window of ``ids`` (ISO 8601, padded as :func:`window` pads it) when all their creation
+    times are known: the next trigger's first window, so a resume does not reopen it."""
+    known = [created[i] for i in ids if i in created]
+    if not known or len(known) < len(ids):
+        return None
+    return [(min(known) - WINDOW_PAD).isoformat(), (max(known) + WINDOW_PAD).isoformat()]
 
 
 def _gone(prediction_id: str, model: str) -> Prediction:
@@ -124,6 +136,7 @@ class MagiBatchTrigger(BaseTrigger):
     :param prediction_ids: The batch's predictions in flight.
     :param created_after: ISO 8601 time before which none of them was created (with a margin for
         clocks that differ): the window the history pages are read in.
+    :param created_before: ISO 8601 time after which none of them was created, when known.
     :param resume_after: Fire once this many of them have ended (all of them always fire).
     :param pause: Seconds to wait before the first read (a 429's ``Retry-After`` on a submit).
     :param carry: JSON the task hands itself across the wait (its try number, deadline ...).
@@ -135,6 +148,7 @@ class MagiBatchTrigger(BaseTrigger):
         model: str,
         created_after: str,
         magi_conn_id: str = "magi_default",
+        created_before: str | None = None,
         resume_after: int = 1,
         poll_interval: float = 10.0,
         max_poll_interval: float = MAX_POLL_INTERVAL,
@@ -147,6 +161,7 @@ class MagiBatchTrigger(BaseTrigger):
         self.prediction_ids = list(prediction_ids)
         self.model = model
         self.created_after = created_after
+        self.created_before = created_before
         self.magi_conn_id = magi_conn_id
         self.resume_after = max(1, int(resume_after))
         self.poll_interval = float(poll_interval)
@@ -163,6 +178,7 @@ class MagiBatchTrigger(BaseTrigger):
                 "prediction_ids": self.prediction_ids,
                 "model": self.model,
                 "created_after": self.created_after,
+                "created_before": self.created_before,
                 "magi_conn_id": self.magi_conn_id,
                 "resume_after": self.resume_after,
                 "poll_interval": self.poll_interval,
@@ -185,13 +201,14 @@ class MagiBatchTrigger(BaseTrigger):
             yield self._event(EVENT_PROGRESS, "paced", [])
             return
         fallback_after = datetime.fromisoformat(self.created_after)
+        fallback_before = datetime.fromisoformat(self.created_before) if self.created_before else None
         ended: dict[str, Prediction] = {}
         created: dict[str, datetime] = {}
         first_ended_at: float | None = None
         reads = 0
         while True:
             running = [i for i in self.prediction_ids if i not in ended]
-            after, before = window(running, created, fallback_after)
+            after, before = window(running, created, fallback_after, fallback_before)
             try:
                 found, cost = await self._bounded(aread_statuses(hook, running, self.model, after, before))
             except TimeoutError:
@@ -219,7 +236,10 @@ class MagiBatchTrigger(BaseTrigger):
             if len(ended) >= min(self.resume_after, len(self.prediction_ids)) or (
                 first_ended_at is not None and time.time() - first_ended_at >= self.poll_interval
             ):
-                yield self._event(EVENT_PROGRESS, "predictions ended", list(ended.values()), reads)
+                still = [i for i in self.prediction_ids if i not in ended]
+                yield self._event(
+                    EVENT_PROGRESS, "predictions ended", list(ended.values()), reads, span(still, created)
+                )
                 return
             delay = poll_delay(time.time() - self.started_at, self.poll_interval, self.max_poll_interval)
             if not await self._sleep(delay):
@@ -243,7 +263,14 @@ class MagiBatchTrigger(BaseTrigger):
         return True
 
     def _event(
-        self, status: str, message: str, ended: list[Prediction], reads: int = 0, *, fatal: bool = False
+        self,
+        status: str,
+        message: str,
+        ended: list[Prediction],
+        reads: int = 0,
+        running_span: list[str] | None = None,
+        *,
+        fatal: bool = False,
     ) -> TriggerEvent:
         return TriggerEvent(
             {
@@ -253,5 +280,6 @@ class MagiBatchTrigger(BaseTrigger):
                 "status_reads": reads,
                 "fatal": fatal,
                 "carry": self.carry,
+                "running_span": running_span,
             }
         )
