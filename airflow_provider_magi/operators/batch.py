@@ -234,7 +234,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                         poll_interval=self.poll_interval,
                         max_poll_interval=self.max_poll_interval,
                         deadline=deadline,
-                        pause=pause,
+                        pause=max(pause, self.poll_interval),  # all was just read or submitted
                         carry=self._carry,
                     ),
                     method_name="execute_complete",

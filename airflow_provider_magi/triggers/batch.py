@@ -138,7 +138,8 @@ class MagiBatchTrigger(BaseTrigger):
         clocks that differ): the window the history pages are read in.
     :param created_before: ISO 8601 time after which none of them was created, when known.
     :param resume_after: Fire once this many of them have ended (all of them always fire).
-    :param pause: Seconds to wait before the first read (a 429's ``Retry-After`` on a submit).
+    :param pause: Seconds to wait before the first read: a poll interval (what was just read or
+        submitted needs no second look at once), or a 429's ``Retry-After`` on a submit.
     :param carry: JSON the task hands itself across the wait (its try number, deadline ...).
     """
 
@@ -206,7 +207,9 @@ class MagiBatchTrigger(BaseTrigger):
         created: dict[str, datetime] = {}
         first_ended_at: float | None = None
         reads = 0
+        self._cycles = 0
         while True:
+            self._cycles += 1
             running = [i for i in self.prediction_ids if i not in ended]
             after, before = window(running, created, fallback_after, fallback_before)
             try:
@@ -281,5 +284,6 @@ class MagiBatchTrigger(BaseTrigger):
                 "fatal": fatal,
                 "carry": self.carry,
                 "running_span": running_span,
+                "cycles": getattr(self, "_cycles", 0),
             }
         )
