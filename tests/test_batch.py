@@ -421,3 +421,23 @@ def test_the_timeout_fails_without_retry_naming_what_still_runs(
     assert [line["status"] for line in lines] == ["completed", "running"]
     assert "may still be billed" in lines[1]["error"]
     assert not DAG_TEST_LOGS_EXCEPTIONS or "running: inputs 1" in task_logs()
+
+
+@pytest.mark.money
+def test_mapped_batches_keep_their_files_and_manifests_apart(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_mapped")
+    assert dag_run.state == "success"
+    assert books.count("submit") == 4
+    results = [xcom(dag_run, "batch", map_index=i) for i in range(2)]
+    assert [r["manifest_path"].rsplit("/", 3)[-3:] for r in results] == [
+        ["batch", "0", "manifest.jsonl"],
+        ["batch", "1", "manifest.jsonl"],
+    ]
+    for shelf, result in enumerate(results):
+        lines = [json.loads(line) for line in Path(result["manifest_path"]).read_text().splitlines()]
+        assert [line["paths"][0].rsplit("/", 2)[-2:] for line in lines] == [
+            [str(shelf), "0.mp4"],
+            [str(shelf), "1.mp4"],
+        ]

@@ -135,3 +135,8 @@ with _dag("magi_batch_test_timeout"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+with _dag("magi_batch_test_mapped"):
+    MagiBatchOperator.partial(task_id="batch", destination=OUTPUT_DIR, max_in_flight=2, **FAST).expand(
+        inputs=[[f"shelf {shelf} item {i} [[duration: 0.2]]" for i in range(2)] for shelf in range(2)]
+    )
