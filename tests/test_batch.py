@@ -441,3 +441,18 @@ def test_mapped_batches_keep_their_files_and_manifests_apart(
             [str(shelf), "0.mp4"],
             [str(shelf), "1.mp4"],
         ]
+
+
+@pytest.mark.money
+def test_a_worker_killed_mid_wave_keeps_the_ids_it_got_and_pays_each_input_once(
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_dies_mid_wave")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "batch").try_number == 2
+    assert len(books.app.predictions) == 5 and books.count("submit") == 5
+    assert books.count("history") >= 1  # the input being sent was looked up before paying for it
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 5
+    assert {line["prediction_id"] for line in lines} == set(books.app.predictions)
+    assert "they never started and are submitted again" in task_logs()

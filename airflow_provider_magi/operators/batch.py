@@ -451,7 +451,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.exceptions import (
             MagiAPIError,
             MagiAuthError,
-            MagiLedgerError,
             MagiRejectedError,
             MagiSubmitUncertainError,
         )
@@ -485,47 +484,79 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         unsent: set[int] = set()
         pause = 0.0
         fatal: BaseException | None = None
-        for number, line in enumerate(pending):
-            if fatal is not None or pause:
-                unsent.add(line.index)
-                continue
-            inputs = dict(by_index[line.index].inputs)
-            try:
-                if isinstance(inputs.get("image"), LocalImage):
-                    inputs["image"] = self.hook.upload_media(inputs["image"].read())
-                prediction = self.hook.create_prediction(inputs, model=self.model)
-            except MagiSubmitUncertainError as error:
-                line.status = UNCERTAIN
-                line.error = f"the submit's answer was lost; it is not sent again: {error}"
-            except MagiAuthError as error:
-                fatal = error
-                unsent.add(line.index)
-            except MagiRejectedError as error:  # 400, 404, 413, 422: this item, provably not started
-                unsent.add(line.index)
-                line.status, line.error = FAILED, f"refused by WaveSpeed, not paid: {error}"
-            except MagiAPIError as error:
-                unsent.add(line.index)
-                if error.http_status != 429:
-                    fatal = error
+        reached = -1
+        try:
+            for number, line in enumerate(pending):
+                reached = number
+                if fatal is not None or pause:
+                    unsent.add(line.index)
                     continue
-                pause = max(error.retry_after or 0.0, self.poll_interval)
-                self.log.warning(
-                    "Batch: WaveSpeed's rate limit refused input %d (429); %d input(s) wait %.1fs for the "
-                    "next wave.",
-                    line.index,
-                    len(pending) - number,
-                    pause,
-                )
-            except MagiInputError as error:  # a local first frame that went bad since the check
-                unsent.add(line.index)
-                line.status, line.error = FAILED, str(error)
-            except MagiError as error:  # never connected: provably not started
-                unsent.add(line.index)
-                fatal = error
-            else:
-                self._submitted_since = True
-                paid[line.index] = prediction.id
-                line.status, line.prediction_id, line.error = RUNNING, prediction.id, None
+                inputs = dict(by_index[line.index].inputs)
+                try:
+                    if isinstance(inputs.get("image"), LocalImage):
+                        inputs["image"] = self.hook.upload_media(inputs["image"].read())
+                    prediction = self.hook.create_prediction(inputs, model=self.model)
+                except MagiSubmitUncertainError as error:
+                    line.status = UNCERTAIN
+                    line.error = f"the submit's answer was lost; it is not sent again: {error}"
+                except MagiAuthError as error:
+                    fatal = error
+                    unsent.add(line.index)
+                except MagiRejectedError as error:  # 400, 404, 413, 422: this item, provably not started
+                    unsent.add(line.index)
+                    line.status, line.error = FAILED, f"refused by WaveSpeed, not paid: {error}"
+                except MagiAPIError as error:
+                    unsent.add(line.index)
+                    if error.http_status != 429:
+                        fatal = error
+                        continue
+                    pause = max(error.retry_after or 0.0, self.poll_interval)
+                    self.log.warning(
+                        "Batch: WaveSpeed's rate limit refused input %d (429); %d input(s) wait %.1fs "
+                        "for the next wave.",
+                        line.index,
+                        len(pending) - number,
+                        pause,
+                    )
+                except MagiInputError as error:  # a local first frame that went bad since the check
+                    unsent.add(line.index)
+                    line.status, line.error = FAILED, str(error)
+                except MagiError as error:  # never connected: provably not started
+                    unsent.add(line.index)
+                    fatal = error
+                else:
+                    self._submitted_since = True
+                    paid[line.index] = prediction.id
+                    line.status, line.prediction_id, line.error = RUNNING, prediction.id, None
+        finally:
+            # Whatever stops the loop, the ids it got are recorded; inputs it never reached go
+            # back to unsent (the one it was sending keeps its intent: a retry looks it up).
+            unsent |= {line.index for line in pending[reached + 1 :]}
+            self._settle(wave, paid, unsent, before, pending)
+        if paid:
+            self.log.info(
+                "Batch: submitted %d input(s) (%s); %d running.",
+                len(paid),
+                _indexes_of(paid),
+                len(self._running()),
+            )
+        if fatal is not None:
+            raise fatal
+        return pause
+
+    def _settle(
+        self,
+        wave: int,
+        paid: dict[int, str],
+        unsent: set[int],
+        before: dict[int, Any],
+        pending: list[ManifestLine],
+    ) -> None:
+        """The wave's second ledger write: the ids, and what went back to unsent or was refused."""
+        from airflow_provider_magi.batch_ledger import write_book
+        from airflow_provider_magi.exceptions import MagiLedgerError
+        from airflow_provider_magi.manifest import FAILED
+
         refused = {line.index for line in pending if line.status == FAILED}
         self._book.settle_wave(wave, paid, unsent | refused, before)
         try:
@@ -538,16 +569,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             ) from error
         finally:
             self._write(force=True)
-        if paid:
-            self.log.info(
-                "Batch: submitted %d input(s) (%s); %d running.",
-                len(paid),
-                _indexes_of(paid),
-                len(self._running()),
-            )
-        if fatal is not None:
-            raise fatal
-        return pause
 
     def _budget_room(self, wanted: int) -> tuple[int, str | None]:
         """How many of ``wanted`` submits the balance floor and daily budget allow, in order.

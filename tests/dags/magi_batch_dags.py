@@ -140,3 +140,34 @@ with _dag("magi_batch_test_mapped"):
     MagiBatchOperator.partial(task_id="batch", destination=OUTPUT_DIR, max_in_flight=2, **FAST).expand(
         inputs=[[f"shelf {shelf} item {i} [[duration: 0.2]]" for i in range(2)] for shelf in range(2)]
     )
+
+
+class DiesMidWave(MagiBatchOperator):
+    """Try 1's worker dies while sending the third submit of its first wave (before it leaves)."""
+
+    def execute(self, context: Any) -> Any:
+        if context["ti"].try_number == 1:
+            send = self.hook.create_prediction
+            sent: list[str] = []
+
+            def dies_on_the_third(*args: Any, **kwargs: Any) -> Any:
+                if len(sent) == 2:
+                    raise RuntimeError("simulated worker kill in the middle of a wave")
+                prediction = send(*args, **kwargs)
+                sent.append(prediction.id)
+                return prediction
+
+            self.hook.create_prediction = dies_on_the_third  # type: ignore[method-assign]
+        return super().execute(context)
+
+
+with _dag("magi_batch_test_dies_mid_wave"):
+    DiesMidWave(
+        task_id="batch",
+        inputs=[f"wave {i} [[duration: 0.3]]" for i in range(5)],
+        destination=OUTPUT_DIR,
+        max_in_flight=5,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
