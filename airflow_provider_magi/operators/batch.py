@@ -158,7 +158,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         self._lineage_folder: Any = None
-        self._summary: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ entry points
 
@@ -649,7 +648,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                     line.error = "still running when the batch's timeout passed (it may still be billed)"
         self._write(force=True)
         result = summary(self._lines.values(), str(self._manifest_path))
-        self._summary = result
         self._report_progress(force=True)
         self._emit_asset_events(result)
         by = {
