@@ -456,3 +456,20 @@ def test_a_worker_killed_mid_wave_keeps_the_ids_it_got_and_pays_each_input_once(
     assert [line["status"] for line in lines] == ["completed"] * 5
     assert {line["prediction_id"] for line in lines} == set(books.app.predictions)
     assert "they never started and are submitted again" in task_logs()
+
+
+@pytest.mark.money
+def test_an_unknown_price_sends_one_first_and_the_rest_once_its_price_is_billed(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=100))
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget")
+    assert dag_run.state == "success"
+    assert len(books.app.predictions) == 10
+    from airflow_provider_magi.api import parse_timestamp
+
+    first = min(books.app.predictions.values(), key=lambda p: p.started)
+    billed = next(b for b in books.billings if b.prediction_id == first.id)
+    later = [p for p in books.app.predictions.values() if p.id != first.id]
+    # the other nine were submitted only after the first one's price was billed (ms precision)
+    assert all(parse_timestamp(p.created_at).timestamp() >= billed.at - 0.001 for p in later)

@@ -465,14 +465,18 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         pending = self._pending()[: max(0, slots)]
         if not pending:
             return 0.0
-        fits, refusal = self._budget_room(len(pending))
+        from airflow_provider_magi.batch_budget import room
+
+        unbilled = sum(1 for line in self._lines.values() if line.prediction_id and line.cost_usd is None)
+        fits, refusal = room(self.hook, self.model, len(pending), unbilled, self.log)
         if fits < len(pending):
-            self._carry["stopped"] = refusal
-            for line in self._pending()[fits:]:
-                line.error = f"not submitted: {refusal}"
+            if refusal:  # the rest are not paid for in this try: the task ends failed, naming them
+                self._carry["stopped"] = refusal
+                for line in self._pending()[fits:]:
+                    line.error = f"not submitted: {refusal}"
             pending = pending[:fits]
             if not pending:
-                return 0.0
+                return 0.0 if refusal else self.poll_interval
         by_index = {item.index: item for item in self._items}
         before = {
             line.index: self._book.entries[line.index] for line in pending if line.index in self._book.entries
@@ -568,63 +572,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             ) from error
         finally:
             self._write(force=True)
-
-    def _budget_room(self, wanted: int) -> tuple[int, str | None]:
-        """How many of ``wanted`` submits the balance floor and daily budget allow, in order.
-
-        The day's spend from WaveSpeed's usage stats counts billed predictions only, so this
-        batch's own started-but-unbilled predictions are added at the model's price.
-        """
-        from airflow_provider_magi import costs
-
-        settings = self.hook.settings
-        if settings.min_balance_usd is None and settings.daily_budget_usd is None:
-            return wanted, None
-        from airflow_provider_magi.exceptions import MagiAuthError, MagiBudgetCheckError
-
-        def read(what: str, extra: str, call: Any) -> Any:
-            try:
-                value = call()
-            except MagiAuthError:
-                raise
-            except MagiError as error:
-                value, why = None, str(error)
-            else:
-                why = "WaveSpeed's answer did not state it as USD"
-            if value is None and what != "price":
-                raise MagiBudgetCheckError(
-                    f"Connection '{settings.conn_id}': the {extra} guard could not read {what} ({why}), "
-                    "so no more inputs were submitted; the task may be retried (what was paid is kept)."
-                )
-            return value
-
-        if settings.min_balance_usd is not None:
-            balance = read("the balance", "min_balance_usd", self.hook.get_balance)
-            refusal = costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id)
-            if refusal:
-                return 0, refusal
-        if settings.daily_budget_usd is None:
-            return wanted, None
-        now = datetime.now(UTC)
-        spent = read(
-            "today's spend", "daily_budget_usd", lambda: self.hook.get_spend(costs.utc_midnight(now), now)
-        )
-        price = read("price", "daily_budget_usd", lambda: self.hook.get_unit_price(self.model))
-        unbilled = sum(1 for line in self._lines.values() if line.prediction_id and line.cost_usd is None)
-        budget = settings.daily_budget_usd
-        if price is None:
-            fits = 1 if _micro(spent) < _micro(budget) else 0
-        else:
-            reserved = _micro(spent) + unbilled * _micro(price)
-            fits = max(0, (_micro(budget) - reserved) // max(1, _micro(price)))
-        fits = min(wanted, int(fits))
-        if fits == wanted:
-            return wanted, None
-        return fits, (
-            f"Connection '{settings.conn_id}': {costs.usd_text(spent)} spent today (UTC) plus "
-            f"{unbilled} of this batch's predictions not billed yet leave room for {fits} more at "
-            f"{costs.usd_text(price or 0.0)} within daily_budget_usd {costs.usd_text(budget)}"
-        )
 
     # ------------------------------------------------------------ the end
 
@@ -822,10 +769,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
 
 class _Refused(Exception):
     """An output the NSFW policy refuses: the item fails, the batch goes on."""
-
-
-def _micro(amount: float) -> int:
-    return round(amount * 1_000_000)
 
 
 def _indexes(lines: list[ManifestLine]) -> str:
