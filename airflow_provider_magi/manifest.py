@@ -1,0 +1,131 @@
+"""A batch's manifest: one JSON line per input, in input order, rewritten whole as items finish.
+
+The manifest is the batch's own truth for what was made and what it cost, kept beside the
+videos (``manifest.jsonl`` in the batch's folder). It is replaced atomically (a temporary name,
+then a rename), so a reader, or a retry after a killed worker, sees the last whole version and
+never half of one. A retry reads it back to skip items whose files are already whole.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MANIFEST_NAME = "manifest.jsonl"
+
+# An item's status in the manifest.
+COMPLETED = "completed"
+FAILED = "failed"
+NOT_SUBMITTED = "not_submitted"
+RUNNING = "running"  # submitted, not finished yet (or still running when the batch gave up)
+UNCERTAIN = "uncertain"  # a submit whose answer was lost: it may be paid; never sent again blindly
+STATUSES = (COMPLETED, FAILED, NOT_SUBMITTED, RUNNING, UNCERTAIN)
+
+
+@dataclass
+class ManifestLine:
+    """What one input became."""
+
+    index: int
+    status: str = NOT_SUBMITTED
+    prediction_id: str | None = None
+    cost_usd: float | None = None
+    paths: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "index": self.index,
+                "prediction_id": self.prediction_id,
+                "status": self.status,
+                "cost_usd": self.cost_usd,
+                "paths": self.paths,
+                "sizes": self.sizes,
+                "error": self.error,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> ManifestLine | None:
+        """A line read back, or None when it is not one of ours (a retry then treats the item as
+        unknown and asks WaveSpeed, never trusting a damaged line)."""
+        index, status = raw.get("index"), raw.get("status")
+        if isinstance(index, bool) or not isinstance(index, int) or status not in STATUSES:
+            return None
+        paths, sizes = raw.get("paths") or [], raw.get("sizes") or []
+        if not (isinstance(paths, list) and isinstance(sizes, list) and len(paths) == len(sizes)):
+            return None
+        cost = raw.get("cost_usd")
+        return cls(
+            index=index,
+            status=str(status),
+            prediction_id=raw.get("prediction_id") if isinstance(raw.get("prediction_id"), str) else None,
+            cost_usd=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+            paths=[str(p) for p in paths],
+            sizes=[int(s) for s in sizes if isinstance(s, int)],
+            error=raw.get("error") if isinstance(raw.get("error"), str) else None,
+        )
+
+
+def render(lines: Iterable[ManifestLine]) -> str:
+    """The manifest's text: one line per input, sorted by index (input order)."""
+    return "".join(line.to_json() + "\n" for line in sorted(lines, key=lambda line: line.index))
+
+
+def parse(text: str) -> dict[int, ManifestLine]:
+    """Lines by index; damaged lines are skipped (see :meth:`ManifestLine.from_mapping`)."""
+    found: dict[int, ManifestLine] = {}
+    for raw_line in text.splitlines():
+        try:
+            raw = json.loads(raw_line)
+        except ValueError:
+            continue
+        if isinstance(raw, Mapping) and (line := ManifestLine.from_mapping(raw)) is not None:
+            found[line.index] = line
+    return found
+
+
+def read_manifest(path: Any) -> dict[int, ManifestLine]:
+    """The manifest at ``path`` (a ``pathlib.Path`` or ``ObjectStoragePath``); empty if none."""
+    try:
+        if not path.exists():
+            return {}
+        with path.open("r") as handle:
+            return parse(handle.read())
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def write_manifest(path: Any, lines: Iterable[ManifestLine]) -> None:
+    """Replace the manifest whole: a temporary name beside it, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.part"
+    with staged.open("w") as handle:
+        handle.write(render(lines))
+    staged.rename(path)
+
+
+def summary(lines: Iterable[ManifestLine], manifest_path: str) -> dict[str, Any]:
+    """The batch's XCom summary: counts by status and the total billed (known costs only)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    total = 0.0
+    for line in lines:
+        counts[line.status] += 1
+        if line.cost_usd is not None:
+            total += line.cost_usd
+    return {
+        "manifest_path": manifest_path,
+        "succeeded": counts[COMPLETED],
+        "failed": counts[FAILED],
+        "not_submitted": counts[NOT_SUBMITTED],
+        "running": counts[RUNNING],
+        "uncertain": counts[UNCERTAIN],
+        "cost_usd": round(total, 6),
+    }

@@ -1,0 +1,784 @@
+"""MagiBatchOperator: N videos in one task: waves of submits, one wait, one manifest, each paid once.
+
+A nightly table of 500 prompts as 500 mapped tasks pays Airflow's per-task cost 500 times (the
+submits, a trigger each, a resume each) and cannot keep a budget exact across parallel tasks.
+This task instead:
+
+1. checks every input before the first payment (``batch_inputs``);
+2. submits a wave of at most ``max_in_flight`` minus what is running, in input order, after the
+   balance floor and daily budget say how many fit, recording the wave in the ledger before and
+   after its POSTs (``batch_ledger``: two writes per wave, not two per video);
+3. defers to one :class:`~airflow_provider_magi.triggers.batch.MagiBatchTrigger`, which reads
+   status 100 predictions per history call and comes back when enough have ended;
+4. downloads each completed item (the download operator's atomic code and NSFW policy), looks
+   up its billed price, and rewrites ``manifest.jsonl`` (``manifest``) as items finish;
+5. repeats until every item is final, then returns the summary (or fails naming what failed).
+
+A retry or a clear resumes from the ledger and the manifest: running predictions are waited
+for, whole files are kept, and only failed and never-submitted items are paid for again.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow_provider_magi.api import DEFAULT_MODEL
+from airflow_provider_magi.compat import BaseOperator
+from airflow_provider_magi.exceptions import MagiError, MagiInputError
+from airflow_provider_magi.task_mixin import MagiTaskMixin, execution_deadline
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_magi.api import Prediction
+    from airflow_provider_magi.manifest import ManifestLine
+
+# WaveSpeed's entry account level runs 2-3 predictions at once (more queue on its side; its
+# docs show two tables) and higher levels 300 to 10,000: a default that never trips the lowest
+# level's rate limits by much, to be raised to your level's concurrency.
+DEFAULT_MAX_IN_FLIGHT = 5
+DEFAULT_BATCH_FILENAME = "{dag_id}/{run_id}/{task_id}/{index}.mp4"
+DEFAULT_MAPPED_BATCH_FILENAME = "{dag_id}/{run_id}/{task_id}/{map_index}/{index}.mp4"
+BATCH_FIELDS = ("dag_id", "task_id", "run_id", "map_index", "ds", "prediction_id", "index", "output")
+# The trigger comes back once this share of the predictions in flight (at least one) ended: a
+# resume costs a worker slot, so it is worth one only for a handful of free slots or files.
+RESUME_SHARE = 0.25
+# An intent without an id younger than this is left to land before the history is asked.
+INTENT_SETTLE_SECONDS = 30.0
+# Predictions created this long before a wave started still count as its (clocks differ).
+CLOCK_MARGIN = timedelta(seconds=60)
+# The manifest is rewritten as items finish, but not more often than this while downloading.
+MANIFEST_EVERY_SECONDS = 1.0
+XCOM_PROGRESS = "batch_progress"
+NsfwPolicy = Literal["keep", "skip", "fail"]
+
+
+class MagiBatchIncompleteError(MagiError):
+    """Every item is final, and some failed or were not submitted (``fail_on_partial_error``).
+
+    Retried like any task failure: a retry pays only for the failed and never-submitted items.
+    """
+
+
+def _check_pattern(pattern: Any) -> None:
+    """Refuse unknown ``{fields}`` when the DAG is parsed, not after the batch paid."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise MagiInputError(f"Invalid filename: {pattern!r}. Fix: pass a string pattern")
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as error:
+        raise MagiInputError(f"Invalid filename: {pattern!r} ({error})") from None
+    for name in names:
+        if name.split(".")[0].split("[")[0] not in BATCH_FIELDS:
+            raise MagiInputError(
+                f"Invalid filename: {pattern!r} uses an unknown field {{{name}}}. Fix: use only "
+                f"{{{'}, {'.join(BATCH_FIELDS)}}}; {{index}} is the item's place in inputs"
+            )
+
+
+class MagiBatchOperator(MagiTaskMixin, BaseOperator):
+    """Generate one video per input with MAGI-1 on WaveSpeed, in one task, each paid for once.
+
+    :param inputs: The batch: a list whose items are a prompt or a dict with ``prompt`` and
+        optional ``image``, ``seed``, ``extra_inputs``; or the JSON text of such a list; or a JSON
+        Lines file (one item per line) as an absolute path, a URL or an ``ObjectStoragePath``, for
+        batches too big for XCom. Templated. Every item is checked before anything is paid.
+    :param destination: Directory for the videos and ``manifest.jsonl``: a local path, an
+        object-storage URL or an ``ObjectStoragePath``. Templated.
+    :param filename: Pattern below ``destination``; fields ``{dag_id}``, ``{task_id}``,
+        ``{run_id}``, ``{map_index}``, ``{ds}``, ``{prediction_id}``, ``{index}`` (the item's
+        place in ``inputs``) and ``{output}`` (an item's output number). Default
+        ``{dag_id}/{run_id}/{task_id}/{index}.mp4`` (``.../{map_index}/{index}.mp4`` when
+        mapped). The manifest goes in the folder of item 0's first file. Templated.
+    :param max_in_flight: How many of the batch's predictions may be unfinished at once. Set it
+        to your WaveSpeed account level's concurrency (the entry level runs 2-3 at once).
+    :param fail_on_partial_error: Fail the task once every item is final if any failed or was
+        not submitted (outputs and manifest kept; a retry or clear pays only for those). False:
+        succeed, and the manifest and summary tell.
+    :param nsfw_policy: What a flagged output does: ``keep`` (warn), ``skip`` (not written) or
+        ``fail`` (the item fails).
+    :param model: WaveSpeed model path. Templated.
+    :param magi_conn_id: Airflow connection of type ``magi``. Templated.
+    :param deferrable: Wait in the triggerer (one trigger for the whole batch).
+    :param poll_interval: Seconds between status reads at first (each read covers 100 videos).
+    :param max_poll_interval: The longest gap between two reads once waits grow long.
+    :param timeout: Give up waiting after this long; the task fails naming what still runs.
+    """
+
+    template_fields: Sequence[str] = ("inputs", "destination", "filename", "model", "magi_conn_id")
+    template_fields_renderers = {"inputs": "json"}
+    ui_color = "#efe3ff"
+
+    def __init__(
+        self,
+        *,
+        inputs: Any,
+        destination: Any,
+        filename: str | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        fail_on_partial_error: bool = True,
+        nsfw_policy: NsfwPolicy = "keep",
+        model: str = DEFAULT_MODEL,
+        magi_conn_id: str = "magi_default",
+        deferrable: bool = True,
+        poll_interval: float = 10.0,
+        max_poll_interval: float = 60.0,
+        timeout: float | timedelta | None = timedelta(hours=6),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if filename is not None:
+            _check_pattern(filename)
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise MagiInputError(
+                f"Invalid max_in_flight: {max_in_flight!r}. Fix: a whole number >= 1 (your WaveSpeed "
+                "account level's concurrency)"
+            )
+        if nsfw_policy not in ("keep", "skip", "fail"):
+            raise MagiInputError(f"Invalid nsfw_policy: {nsfw_policy!r}. Fix: 'keep', 'skip' or 'fail'")
+        if float(poll_interval) <= 0:
+            raise MagiInputError(
+                f"Invalid poll_interval: {poll_interval!r}. Fix: a positive number of seconds"
+            )
+        self.inputs = inputs
+        self.destination = destination
+        self.filename = filename
+        self.max_in_flight = max_in_flight
+        self.fail_on_partial_error = fail_on_partial_error
+        self.nsfw_policy = nsfw_policy
+        self.model = model
+        self.magi_conn_id = magi_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = float(poll_interval)
+        self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
+        self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        self._lineage_folder: Any = None
+
+    # ------------------------------------------------------------ entry points
+
+    def execute(self, context: Context) -> Any:
+        return self._run(context, event=None)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        carry = (event or {}).get("carry") or {}
+        if carry.get("try_number") != context["ti"].try_number:
+            # Airflow 3.0 hands a retry the previous try's event (apache/airflow#56704): start
+            # afresh from the ledger and the manifest, as execute would.
+            self.log.info("Batch: the event is from an earlier try; resuming from the ledger.")
+            return self._run(context, event=None)
+        return self._run(context, event=event)
+
+    # ------------------------------------------------------------ one pass
+
+    def _run(self, context: Context, event: dict[str, Any] | None) -> Any:
+        from airflow_provider_magi.batch_inputs import check_items, load_items
+        from airflow_provider_magi.hooks.magi import model_path
+        from airflow_provider_magi.ledger_stores import open_ledger
+        from airflow_provider_magi.manifest import read_manifest
+
+        model_path(self.model)  # a bad model id is bad input, refused before any request
+        items = check_items(load_items(self.inputs), self.model)
+        self._context = context
+        self._items = items
+        self._prepare_paths(context)
+        self._store = open_ledger(context, ledger_path=self.hook.settings.ledger_path).store
+        from airflow_provider_magi.batch_ledger import read_book
+
+        self._book = read_book(self._store)
+        self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
+        self._last_write = 0.0
+        self._progress: tuple[int, ...] | None = None
+        self._running_span: list[str] | None = (event or {}).get("running_span")
+        self._submitted_since = False
+        self._carry: dict[str, Any]
+        if event is None:
+            self._carry = {
+                "try_number": context["ti"].try_number,
+                "deadline": self._deadline(context),
+                "stopped": None,
+            }
+            self._fresh_start()
+        else:
+            self._carry = dict(event["carry"])
+            self._apply_event(event)
+        return self._loop()
+
+    def _loop(self) -> Any:
+        from airflow_provider_magi.triggers.batch import MagiBatchTrigger, read_statuses
+
+        while True:
+            pause = self._submit_wave()
+            running = self._running()
+            waiting_to_submit = self._pending() and not self._carry.get("stopped")
+            if not running and not waiting_to_submit:
+                return self._finish()
+            deadline = self._carry.get("deadline")
+            if deadline is not None and time.time() >= deadline:
+                return self._finish(timed_out=True)
+            if self.deferrable:
+                self._write(force=True)
+                self.defer(
+                    trigger=MagiBatchTrigger(
+                        prediction_ids=[line.prediction_id for line in running if line.prediction_id],
+                        model=self.model,
+                        created_after=self._created_after(running).isoformat(),
+                        created_before=self._created_before(),
+                        magi_conn_id=self.magi_conn_id,
+                        resume_after=self._resume_after(len(running)),
+                        poll_interval=self.poll_interval,
+                        max_poll_interval=self.max_poll_interval,
+                        deadline=deadline,
+                        pause=max(pause, self.poll_interval),  # all was just read or submitted
+                        carry=self._carry,
+                    ),
+                    method_name="execute_complete",
+                    timeout=None
+                    if deadline is None
+                    else timedelta(seconds=max(0.0, deadline - time.time()) + 60),
+                )
+            time.sleep(max(pause, self.poll_interval))
+            if running:
+                found, _ = read_statuses(
+                    self.hook,
+                    [line.prediction_id or "" for line in running],
+                    self.model,
+                    self._created_after(running),
+                )
+                self._apply_statuses(found, fresh=False)
+
+    # ------------------------------------------------------------ what is already known
+
+    def _reconcile(self, manifest: dict[int, ManifestLine], *, fresh: bool) -> dict[int, ManifestLine]:
+        """Each item's line from the ledger (what was paid) and the manifest (what was made)."""
+        from airflow_provider_magi.manifest import (
+            COMPLETED,
+            FAILED,
+            NOT_SUBMITTED,
+            RUNNING,
+            UNCERTAIN,
+            ManifestLine,
+        )
+
+        lines: dict[int, ManifestLine] = {}
+        for item in self._items:
+            entry = self._book.entry_for(item.index, item.fingerprint)
+            old = manifest.get(item.index)
+            if entry is None and old and old.status == FAILED and not fresh:
+                lines[item.index] = old  # refused by WaveSpeed (not paid) within this try: final
+            elif entry is None:
+                lines[item.index] = ManifestLine(item.index, NOT_SUBMITTED, error=old.error if old else None)
+            elif entry.prediction_id is None:
+                lines[item.index] = ManifestLine(
+                    item.index, UNCERTAIN, error=old.error if old and old.status == UNCERTAIN else None
+                )
+            elif (
+                old
+                and old.prediction_id == entry.prediction_id
+                and ((old.status == COMPLETED and self._whole(old)) or (old.status == FAILED and not fresh))
+            ):
+                lines[item.index] = old  # whole files are kept; a failure within this try is final
+            else:  # running, or a fresh try must learn how it ended (a failed one is paid again)
+                lines[item.index] = ManifestLine(item.index, RUNNING, prediction_id=entry.prediction_id)
+        return lines
+
+    def _whole(self, line: ManifestLine) -> bool:
+        """Every file the line names is there at the size it was written with."""
+        from airflow_provider_magi.operators.download import destination_path
+
+        for path, size in zip(line.paths, line.sizes, strict=True):
+            target = destination_path(path)
+            try:
+                if not target.exists() or target.stat().st_size != size:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def _fresh_start(self) -> None:
+        """A new try (or a clear): how the paid items are now, and what lost answers became."""
+        from airflow_provider_magi.manifest import UNCERTAIN
+        from airflow_provider_magi.triggers.batch import read_statuses
+
+        running = self._running()
+        if running:
+            found, _ = read_statuses(
+                self.hook,
+                [line.prediction_id or "" for line in running],
+                self.model,
+                self._created_after(running),
+            )
+            self._apply_statuses(found, fresh=True)
+        lost = [line for line in self._lines.values() if line.status == UNCERTAIN]
+        if lost:
+            self._look_up_lost(lost)
+        self._write(force=True)
+
+    def _look_up_lost(self, lost: list[ManifestLine]) -> None:
+        """Intents without ids: WaveSpeed's history says whether those submits started anything.
+
+        A prediction of the model created in the wave's window that no item of this batch
+        claims may be one of them: then none of them is paid for again, and each is named.
+        """
+        from airflow_provider_magi.manifest import NOT_SUBMITTED
+
+        waves = {self._book.entries[line.index].wave for line in lost}
+        since = min(self._book.waves[wave] for wave in waves)
+        settle = since.timestamp() + INTENT_SETTLE_SECONDS - time.time()
+        if settle > 0:  # a submit cut off a moment ago may still be landing on WaveSpeed's side
+            time.sleep(settle)
+        found = self.hook.find_submit_candidates(self.model, since)
+        known = self._book.known_ids()
+        unclaimed = [p for p in found if p.id not in known]
+        if not unclaimed:
+            self.log.warning(
+                "Batch: %d submit(s) sent without a recorded id (inputs %s); WaveSpeed's history lists "
+                "no unclaimed prediction of %s created since %s: they never started and are submitted again.",
+                len(lost),
+                _indexes(lost),
+                self.model,
+                since.isoformat(timespec="seconds"),
+            )
+            for line in lost:
+                line.status, line.error = NOT_SUBMITTED, None
+                self._book.entries.pop(line.index, None)
+            self._save_book()
+            return
+        listed = ", ".join(f"{p.id} ({p.status})" for p in unclaimed)
+        for line in lost:
+            line.error = (
+                f"the submit's answer was lost; WaveSpeed lists unclaimed prediction(s) of {self.model} "
+                f"created around it: {listed}. Not submitted again. Fix: fetch the one that is this item's, "
+                "or delete the batch's ledger record to pay for it afresh"
+            )
+
+    # ------------------------------------------------------------ items that ended
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
+        from airflow_provider_magi.api import Prediction
+        from airflow_provider_magi.triggers.batch import EVENT_ERROR, EVENT_TIMEOUT
+
+        ended = {r["prediction_id"]: Prediction.from_result(r) for r in event.get("ended") or []}
+        self._apply_statuses(ended, fresh=False)
+        if event.get("status") == EVENT_TIMEOUT:
+            self._carry["deadline"] = min(self._carry.get("deadline") or time.time(), time.time())
+        elif event.get("status") == EVENT_ERROR and event.get("fatal"):
+            self._write(force=True)
+            raise MagiError(f"Batch: reading the batch's status was refused: {event.get('message')}")
+
+    def _apply_statuses(self, found: dict[str, Prediction], *, fresh: bool) -> None:
+        """Download what completed, record what failed; a fresh try pays again for failures."""
+        from airflow_provider_magi.manifest import FAILED, NOT_SUBMITTED, RUNNING
+
+        for line in list(self._lines.values()):
+            prediction = found.get(line.prediction_id or "")
+            if line.status != RUNNING or prediction is None or not prediction.is_terminal:
+                continue
+            if prediction.is_completed and prediction.outputs:
+                self._complete(line, prediction)
+            elif fresh:
+                self.log.info(
+                    "Batch: input %d's prediction %s %s in an earlier try: submitting it again.",
+                    line.index,
+                    prediction.id,
+                    prediction.status,
+                )
+                line.status, line.prediction_id, line.error = NOT_SUBMITTED, None, None
+            else:
+                line.status = FAILED
+                line.error = prediction.error or (
+                    "completed without any outputs" if prediction.is_completed else prediction.status
+                )
+            self._write()
+        self._report_progress()
+
+    def _complete(self, line: ManifestLine, prediction: Prediction) -> None:
+        """The download operator's rules: atomic files, the NSFW policy, no key to output hosts."""
+        from airflow_provider_magi.manifest import COMPLETED, FAILED
+
+        flags = prediction.has_nsfw_contents
+        paths: list[str] = []
+        sizes: list[int] = []
+        try:
+            for number, url in enumerate(prediction.outputs):
+                if number < len(flags) and flags[number] and self.nsfw_policy != "keep":
+                    if self.nsfw_policy == "fail":
+                        raise _Refused(f"output {number} is flagged NSFW (nsfw_policy='fail')")
+                    self.log.warning(
+                        "Batch: input %d output %d flagged NSFW: not written.", line.index, number
+                    )
+                    continue
+                if number < len(flags) and flags[number]:
+                    self.log.warning(
+                        "Batch: input %d output %d flagged NSFW: written anyway.", line.index, number
+                    )
+                written = self.hook.download_output(
+                    url,
+                    self._target(line.index, prediction.id, number),
+                    allow_insecure_loopback=self.hook.is_local_server,
+                    label=f"Input {line.index} (prediction {prediction.id}) output {number}",
+                )
+                paths.append(written.path)
+                sizes.append(written.size)
+        except (_Refused, MagiError) as error:  # paid and made: a retry downloads it, never pays again
+            line.status, line.error = FAILED, str(error)
+        else:
+            line.status, line.error = COMPLETED, None
+        line.paths, line.sizes = paths, sizes
+        line.cost_usd = self._cost(prediction.id)
+
+    def _cost(self, prediction_id: str) -> float | None:
+        """The billed price, one lookup (billing can lag: None then, never a guess)."""
+        seconds = self.hook.settings.cost_lookup_seconds
+        if seconds <= 0:
+            return None
+        try:
+            return self.hook.get_prediction_cost(prediction_id, deadline=time.time() + seconds)
+        except Exception as error:  # the video is made and paid: its price never fails the batch
+            self.log.warning("Batch: the billing of prediction %s cannot be read: %s", prediction_id, error)
+            return None
+
+    # ------------------------------------------------------------ submitting
+
+    def _submit_wave(self) -> float:
+        """Submit what fits, in input order; returns seconds to pause (a 429's Retry-After)."""
+        from airflow_provider_magi.batch_ledger import write_book
+        from airflow_provider_magi.exceptions import (
+            MagiAPIError,
+            MagiAuthError,
+            MagiRejectedError,
+            MagiSubmitUncertainError,
+        )
+        from airflow_provider_magi.manifest import FAILED, RUNNING, UNCERTAIN
+        from airflow_provider_magi.validation import LocalImage
+
+        if self._carry.get("stopped"):
+            return 0.0
+        deadline = self._carry.get("deadline")
+        if deadline is not None and time.time() >= deadline:
+            return 0.0
+        slots = self.max_in_flight - len(self._running())
+        pending = self._pending()[: max(0, slots)]
+        if not pending:
+            return 0.0
+        from airflow_provider_magi.batch_budget import room
+
+        unbilled = sum(1 for line in self._lines.values() if line.prediction_id and line.cost_usd is None)
+        fits, refusal = room(self.hook, self.model, len(pending), unbilled, self.log)
+        if fits < len(pending):
+            if refusal:  # the rest are not paid for in this try: the task ends failed, naming them
+                self._carry["stopped"] = refusal
+                for line in self._pending()[fits:]:
+                    line.error = f"not submitted: {refusal}"
+            pending = pending[:fits]
+            if not pending:
+                return 0.0 if refusal else self.poll_interval
+        by_index = {item.index: item for item in self._items}
+        before = {
+            line.index: self._book.entries[line.index] for line in pending if line.index in self._book.entries
+        }
+        wave = self._book.start_wave({line.index: by_index[line.index].fingerprint for line in pending})
+        write_book(self._store, self._book)  # the intents, before any POST: a failure here sends nothing
+        paid: dict[int, str] = {}
+        unsent: set[int] = set()
+        pause = 0.0
+        fatal: BaseException | None = None
+        reached = -1
+        try:
+            for number, line in enumerate(pending):
+                reached = number
+                if fatal is not None or pause:
+                    unsent.add(line.index)
+                    continue
+                inputs = dict(by_index[line.index].inputs)
+                try:
+                    if isinstance(inputs.get("image"), LocalImage):
+                        inputs["image"] = self.hook.upload_media(inputs["image"].read())
+                    prediction = self.hook.create_prediction(inputs, model=self.model)
+                except MagiSubmitUncertainError as error:
+                    line.status = UNCERTAIN
+                    line.error = f"the submit's answer was lost; it is not sent again: {error}"
+                except MagiAuthError as error:
+                    fatal = error
+                    unsent.add(line.index)
+                except MagiRejectedError as error:  # 400, 404, 413, 422: this item, provably not started
+                    unsent.add(line.index)
+                    line.status, line.error = FAILED, f"refused by WaveSpeed, not paid: {error}"
+                except MagiAPIError as error:
+                    unsent.add(line.index)
+                    if error.http_status != 429:
+                        fatal = error
+                        continue
+                    pause = max(error.retry_after or 0.0, self.poll_interval)
+                    self.log.warning(
+                        "Batch: WaveSpeed's rate limit refused input %d (429); %d input(s) wait %.1fs "
+                        "for the next wave.",
+                        line.index,
+                        len(pending) - number,
+                        pause,
+                    )
+                except MagiInputError as error:  # a local first frame that went bad since the check
+                    unsent.add(line.index)
+                    line.status, line.error = FAILED, str(error)
+                except MagiError as error:  # never connected: provably not started
+                    unsent.add(line.index)
+                    fatal = error
+                else:
+                    self._submitted_since = True
+                    paid[line.index] = prediction.id
+                    line.status, line.prediction_id, line.error = RUNNING, prediction.id, None
+        finally:
+            # Whatever stops the loop, the ids it got are recorded; inputs it never reached go
+            # back to unsent (the one it was sending keeps its intent: a retry looks it up).
+            unsent |= {line.index for line in pending[reached + 1 :]}
+            self._settle(wave, paid, unsent, before, pending)
+        if paid:
+            self.log.info(
+                "Batch: submitted %d input(s) (%s); %d running.",
+                len(paid),
+                _indexes_of(paid),
+                len(self._running()),
+            )
+        if fatal is not None:
+            raise fatal
+        return pause
+
+    def _settle(
+        self,
+        wave: int,
+        paid: dict[int, str],
+        unsent: set[int],
+        before: dict[int, Any],
+        pending: list[ManifestLine],
+    ) -> None:
+        """The wave's second ledger write: the ids, and what went back to unsent or was refused."""
+        from airflow_provider_magi.batch_ledger import write_book
+        from airflow_provider_magi.exceptions import MagiLedgerError
+        from airflow_provider_magi.manifest import FAILED
+
+        refused = {line.index for line in pending if line.status == FAILED}
+        self._book.settle_wave(wave, paid, unsent | refused, before)
+        try:
+            write_book(self._store, self._book)
+        except Exception as error:
+            raise MagiLedgerError(
+                f"The batch submitted predictions {sorted(paid.values())} (they are billed), but recording "
+                f"them in the ledger failed: {type(error).__name__}: {error}. The task stops here so that "
+                "no retry pays again; the manifest lists them."
+            ) from error
+        finally:
+            self._write(force=True)
+
+    # ------------------------------------------------------------ the end
+
+    def _finish(self, *, timed_out: bool = False) -> dict[str, Any]:
+        from airflow_provider_magi.exceptions import MagiBudgetError, MagiTimeoutError
+        from airflow_provider_magi.manifest import (
+            COMPLETED,
+            FAILED,
+            NOT_SUBMITTED,
+            RUNNING,
+            UNCERTAIN,
+            summary,
+        )
+
+        for line in self._lines.values():  # billing lags completion: one more look for unknown prices
+            if line.status == COMPLETED and line.cost_usd is None and line.prediction_id:
+                line.cost_usd = self._cost(line.prediction_id)
+        if timed_out:
+            for line in self._lines.values():
+                if line.status == RUNNING:
+                    line.error = "still running when the batch's timeout passed (it may still be billed)"
+        self._write(force=True)
+        result = summary(self._lines.values(), str(self._manifest_path))
+        self._report_progress(force=True)
+        self._emit_asset_events(result)
+        by = {
+            status: [line for line in self._lines.values() if line.status == status]
+            for status in (FAILED, NOT_SUBMITTED, RUNNING, UNCERTAIN)
+        }
+        problems = "; ".join(f"{status}: inputs {_indexes(lines)}" for status, lines in by.items() if lines)
+        where = f"The manifest at {self._manifest_path} has a line per input."
+        if timed_out:
+            raise MagiTimeoutError(f"Batch: the timeout passed with {problems}. {where}")
+        stopped = self._carry.get("stopped")
+        if stopped and by[NOT_SUBMITTED]:
+            raise MagiBudgetError(
+                f"Batch: {stopped}. Not submitted: inputs {_indexes(by[NOT_SUBMITTED])}. Fix: raise the "
+                f"budget (or top up) and clear this task: only those are paid for. {where}"
+            )
+        if problems and self.fail_on_partial_error:
+            raise MagiBatchIncompleteError(
+                f"Batch: {result['succeeded']} of {len(self._lines)} completed; {problems}. Outputs are "
+                f"kept; a retry or clear submits only the failed and not-submitted inputs. {where}"
+            )
+        if problems:
+            self.log.warning("Batch: %s (fail_on_partial_error=False). %s", problems, where)
+        return result
+
+    def _emit_asset_events(self, result: dict[str, Any]) -> None:
+        outlets = getattr(self, "outlets", None) or []
+        if not outlets:
+            return
+        events = self._context["outlet_events"]
+        for outlet in outlets:
+            if type(outlet).__name__ == "Asset":
+                events[outlet].extra.update({**result, "model": self.model})
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _running(self) -> list[ManifestLine]:
+        from airflow_provider_magi.manifest import RUNNING
+
+        return [line for line in self._lines.values() if line.status == RUNNING]
+
+    def _pending(self) -> list[ManifestLine]:
+        from airflow_provider_magi.manifest import NOT_SUBMITTED
+
+        return sorted(
+            (line for line in self._lines.values() if line.status == NOT_SUBMITTED),
+            key=lambda line: line.index,
+        )
+
+    def _resume_after(self, running: int) -> int:
+        return max(1, min(running, math.ceil(self.max_in_flight * RESUME_SHARE)))
+
+    def _created_after(self, running: list[ManifestLine]) -> datetime:
+        """From the oldest running prediction's creation time when the last trigger told it (the
+        trigger pads it), else from the oldest running wave's start, less a margin for clocks."""
+        if self._running_span is not None:
+            return datetime.fromisoformat(self._running_span[0])
+        waves = [self._book.entries[line.index].wave for line in running if line.index in self._book.entries]
+        since = min((self._book.waves[wave] for wave in waves), default=datetime.now(UTC))
+        return since - CLOCK_MARGIN
+
+    def _created_before(self) -> str | None:
+        """The newest running prediction's creation time, when the last trigger told it and no
+        wave went out since (a new wave's predictions are newer)."""
+        span = self._running_span
+        return None if span is None or self._submitted_since else span[1]
+
+    def _deadline(self, context: Context) -> float | None:
+        deadlines = [d for d in (execution_deadline(self, context),) if d is not None]
+        if self.timeout:
+            deadlines.append(time.time() + float(self.timeout))
+        return min(deadlines) if deadlines else None
+
+    def _save_book(self) -> None:
+        from airflow_provider_magi.batch_ledger import write_book
+
+        write_book(self._store, self._book)
+
+    def _prepare_paths(self, context: Context) -> None:
+        from airflow_provider_magi.manifest import MANIFEST_NAME
+        from airflow_provider_magi.operators.download import (
+            destination_path,
+            filename_values,
+            render_filename,
+        )
+
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        mapped = map_index is not None and map_index >= 0
+        self._pattern = self.filename or (DEFAULT_MAPPED_BATCH_FILENAME if mapped else DEFAULT_BATCH_FILENAME)
+        _check_pattern(self._pattern)
+        self._directory = destination_path(self.destination)
+        self._values = filename_values(context, "", 0)
+        first = render_filename(
+            self._pattern, {**self._values, "prediction_id": "x", "index": 0, "output": 0}
+        )
+        folder = first.rsplit("/", 1)[0] if "/" in first else ""
+        self._folder = self._directory / folder if folder else self._directory
+        self._manifest_path = self._folder / MANIFEST_NAME
+        self._lineage_folder = self._folder
+
+    def _target(self, index: int, prediction_id: str, output: int) -> Any:
+        from airflow_provider_magi.operators.download import render_filename
+
+        name = render_filename(
+            self._pattern, {**self._values, "prediction_id": prediction_id, "index": index, "output": output}
+        )
+        if output and "{output" not in self._pattern:  # keep an item's second output apart from its first
+            stem, dot, suffix = name.rpartition(".")
+            name = f"{stem}_{output}.{suffix}" if dot and "/" not in suffix else f"{name}_{output}"
+        return self._directory / name
+
+    def _write(self, *, force: bool = False) -> None:
+        """Rewrite the manifest (as items finish; at most once a second while downloading)."""
+        from airflow_provider_magi.manifest import write_manifest
+
+        now = time.monotonic()
+        if not force and now - self._last_write < MANIFEST_EVERY_SECONDS:
+            return
+        write_manifest(self._manifest_path, self._lines.values())
+        self._last_write = now
+
+    def _report_progress(self, *, force: bool = False) -> None:
+        """A log line per change of the batch's counts, and the counts in XCom while it runs."""
+        from airflow_provider_magi import costs
+        from airflow_provider_magi.manifest import summary
+
+        counts = summary(self._lines.values(), str(self._manifest_path))
+        key = (
+            counts["succeeded"],
+            counts["failed"],
+            counts["running"],
+            counts["not_submitted"],
+            counts["uncertain"],
+        )
+        if key == self._progress and not force:
+            return
+        self._progress = key
+        self.log.info(
+            "Batch: %d/%d completed, %d failed, %d running, %d not submitted, %s so far.",
+            counts["succeeded"],
+            len(self._lines),
+            counts["failed"],
+            counts["running"],
+            counts["not_submitted"],
+            costs.usd_text(counts["cost_usd"]),
+        )
+        self._context["ti"].xcom_push(key=XCOM_PROGRESS, value=counts)
+
+    # ------------------------------------------------------------ OpenLineage (provider optional)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self._lineage()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self._lineage()
+
+    def _lineage(self) -> Any:
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from airflow_provider_magi.lineage import path_dataset
+
+        outputs = [path_dataset(self._lineage_folder)] if self._lineage_folder is not None else []
+        return OperatorLineage(outputs=outputs)
+
+    def on_kill(self) -> None:
+        self.log.warning(
+            "Batch killed. WaveSpeed has no cancel endpoint: its running predictions keep running and "
+            "are billed; a retry waits for them (the ledger holds their ids) and pays only for the rest."
+        )
+
+
+class _Refused(Exception):
+    """An output the NSFW policy refuses: the item fails, the batch goes on."""
+
+
+def _indexes(lines: list[ManifestLine]) -> str:
+    return _compact(sorted(line.index for line in lines))
+
+
+def _indexes_of(paid: dict[int, str]) -> str:
+    return _compact(sorted(paid))
+
+
+def _compact(indexes: list[int], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in indexes[:limit])
+    return shown + (f" and {len(indexes) - limit} more" if len(indexes) > limit else "")

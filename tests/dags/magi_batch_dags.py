@@ -1,0 +1,173 @@
+"""DAGs the batch tests run with ``dag.test()``; each isolates one behaviour of MagiBatchOperator."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Asset
+
+from airflow_provider_magi.operators.batch import MagiBatchOperator
+
+OUTPUT_DIR = os.environ.get("MAGI_TEST_OUTPUT_DIR", "/tmp/magi-test-output")
+FAST = {"poll_interval": 0.2, "max_poll_interval": 0.4}
+START = datetime(2026, 1, 1)
+BATCH_VIDEOS = Asset("magi_test_batch_videos")
+
+
+class DiesMidWait(MagiBatchOperator):
+    """Try 1's worker dies the first time the batch resumes from its wait; later tries run on."""
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        if context["ti"].try_number == 1:
+            raise RuntimeError("simulated worker crash while the batch waits")
+        return super().execute_complete(context, event)
+
+
+def _dag(dag_id: str, **kwargs: Any) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=START, catchup=False, **kwargs)
+
+
+with _dag("magi_batch_test_thirty"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[f"video {i} [[duration: 0.6]]" for i in range(30)],
+        destination=OUTPUT_DIR,
+        max_in_flight=10,
+        outlets=[BATCH_VIDEOS],
+        **FAST,
+    )
+
+with _dag("magi_batch_test_dies_mid_wait"):
+    DiesMidWait(
+        task_id="batch",
+        inputs=[{"prompt": f"survivor {i} [[duration: 1.0]]", "seed": i} for i in range(6)],
+        destination=OUTPUT_DIR,
+        max_in_flight=6,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+with _dag("magi_batch_test_budget"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[f"budgeted {i} [[duration: 0.3]]" for i in range(10)],
+        destination=OUTPUT_DIR,
+        max_in_flight=10,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+with _dag("magi_batch_test_partial", params={"fail_on_partial_error": True}):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[
+            f"item {i} [[duration: 0.3]]" + (" [[fail: safety filter]]" if i in (1, 4) else "")
+            for i in range(6)
+        ],
+        destination=OUTPUT_DIR,
+        max_in_flight=6,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+with _dag("magi_batch_test_tolerant"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs='["fine [[duration: 0.2]]", {"prompt": "broken [[duration: 0.2]] [[fail: GPU lost]]"}]',
+        destination=OUTPUT_DIR,
+        fail_on_partial_error=False,
+        **FAST,
+    )
+
+with _dag("magi_batch_test_lost_answer"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[f"lost {i} [[duration: 0.3]]" for i in range(3)],
+        destination=OUTPUT_DIR,
+        max_in_flight=3,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+with _dag("magi_batch_test_table", params={"table": "", "destination": OUTPUT_DIR}):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs="{{ params.table }}",
+        destination="{{ params.destination }}",
+        filename="table/{run_id}/{index}_{prediction_id}.mp4",
+        max_in_flight=2,
+        deferrable=False,
+        **FAST,
+    )
+
+with _dag("magi_batch_test_paced"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[f"paced {i} [[duration: 0.2]]" for i in range(4)],
+        destination=OUTPUT_DIR,
+        max_in_flight=4,
+        **FAST,
+    )
+
+with _dag("magi_batch_test_nsfw"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=["clean [[duration: 0.2]]", "flagged [[duration: 0.2]] [[nsfw]]"],
+        destination=OUTPUT_DIR,
+        nsfw_policy="fail",
+        fail_on_partial_error=False,
+        **FAST,
+    )
+
+with _dag("magi_batch_test_timeout"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=["quick [[duration: 0.2]]", "endless [[never]]"],
+        destination=OUTPUT_DIR,
+        timeout=3,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+with _dag("magi_batch_test_mapped"):
+    MagiBatchOperator.partial(task_id="batch", destination=OUTPUT_DIR, max_in_flight=2, **FAST).expand(
+        inputs=[[f"shelf {shelf} item {i} [[duration: 0.2]]" for i in range(2)] for shelf in range(2)]
+    )
+
+
+class DiesMidWave(MagiBatchOperator):
+    """Try 1's worker dies while sending the third submit of its first wave (before it leaves)."""
+
+    def execute(self, context: Any) -> Any:
+        if context["ti"].try_number == 1:
+            send = self.hook.create_prediction
+            sent: list[str] = []
+
+            def dies_on_the_third(*args: Any, **kwargs: Any) -> Any:
+                if len(sent) == 2:
+                    raise RuntimeError("simulated worker kill in the middle of a wave")
+                prediction = send(*args, **kwargs)
+                sent.append(prediction.id)
+                return prediction
+
+            self.hook.create_prediction = dies_on_the_third  # type: ignore[method-assign]
+        return super().execute(context)
+
+
+with _dag("magi_batch_test_dies_mid_wave"):
+    DiesMidWave(
+        task_id="batch",
+        inputs=[f"wave {i} [[duration: 0.3]]" for i in range(5)],
+        destination=OUTPUT_DIR,
+        max_in_flight=5,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )

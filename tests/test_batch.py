@@ -1,0 +1,475 @@
+"""#27: MagiBatchOperator against the local server: every video paid once, one manifest in order.
+
+Each DAG test counts what the server created (what WaveSpeed bills) and the status reads it saw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_magi.batch_inputs import check_items, load_items
+from airflow_provider_magi.exceptions import MagiInputError
+from airflow_provider_magi.manifest import ManifestLine, parse, render, summary
+from airflow_provider_magi.testing import LocalWaveSpeedServer
+from airflow_provider_magi.testing.faults import Fault
+from tests.helpers import CANARY_KEY, DAG_TEST_LOGS_EXCEPTIONS, connection_json, run_dag, task_instance, xcom
+
+MAGI = "wavespeed-ai/magi-1-24b"
+PRICE = 0.37
+
+
+@pytest.fixture
+def books(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalWaveSpeedServer]:
+    """The local server with a price of its own, as ``magi_default``; billing is immediate."""
+    with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.3, prices={MAGI: PRICE}) as running:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(running))
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An intent is left 30 s to land before the history is asked; tests need not wait that long."""
+    from airflow_provider_magi.operators import batch
+
+    monkeypatch.setattr(batch, "INTENT_SETTLE_SECONDS", 0.3)
+
+
+def manifest(dag_run: Any) -> list[dict[str, Any]]:
+    path = Path(xcom(dag_run, "batch", key="batch_progress")["manifest_path"])
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def status_reads(server: LocalWaveSpeedServer) -> int:
+    return server.count("history") + server.count("result")
+
+
+def most_unfinished_at_once(server: LocalWaveSpeedServer) -> int:
+    """The most predictions the server held unfinished at any submit (its own clock decides)."""
+    predictions = list(server.app.predictions.values())
+    return max(
+        sum(1 for q in predictions if q.started <= p.started < (q.completes_at() or float("inf")))
+        for p in predictions
+    )
+
+
+# ---------------------------------------------------------------- inputs, checked before paying
+
+
+def test_inputs_come_as_a_list_json_text_or_a_json_lines_file(tmp_path: Path) -> None:
+    table = tmp_path / "table.jsonl"
+    table.write_text('"a fox"\n\n{"prompt": "a kite", "seed": 7}\n')
+    assert load_items(["a", {"prompt": "b"}]) == ["a", {"prompt": "b"}]
+    assert load_items(' ["a", {"prompt": "b"}]') == ["a", {"prompt": "b"}]
+    assert load_items(str(table)) == ["a fox", {"prompt": "a kite", "seed": 7}]
+    assert load_items(f"file://{table}") == ["a fox", {"prompt": "a kite", "seed": 7}]
+    items = check_items(load_items(table), MAGI)
+    assert [item.inputs for item in items] == [{"prompt": "a fox"}, {"prompt": "a kite", "seed": 7}]
+    assert items[0].fingerprint != check_items(["a fox"], "wavespeed-ai/other")[0].fingerprint
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (["ok", "ok", {"prompt": "x", "seed": "soon"}], r"inputs\[2\]: Invalid seed"),
+        (["ok", {"prompt": "x", "sead": 4}], r"inputs\[1\]: unknown key\(s\) sead.*extra_inputs"),
+        (["ok", {"seed": 4}], r"inputs\[1\]: no 'prompt'"),
+        (["ok", 7], r"inputs\[1\]: int 7"),
+        (["ok", "  "], r"inputs\[1\]: Invalid prompt: is empty"),
+        ([], "the batch is empty"),
+        ("[not json", "not valid JSON"),
+        ("relative/table.jsonl", "neither a JSON list nor an absolute path"),
+    ],
+)
+def test_a_bad_item_is_named_by_its_index_with_the_fix(raw: Any, message: str) -> None:
+    with pytest.raises(MagiInputError, match=message):
+        check_items(load_items(raw), MAGI)
+
+
+def test_a_bad_json_lines_row_is_named_by_its_line(tmp_path: Path) -> None:
+    table = tmp_path / "table.jsonl"
+    table.write_text('"a"\n{"prompt": \n')
+    with pytest.raises(MagiInputError, match=r"line 2 \(item 1\) is not JSON"):
+        load_items(str(table))
+
+
+def test_the_manifest_round_trips_in_input_order() -> None:
+    lines = [
+        ManifestLine(2, "failed", "p2", None, [], [], "boom"),
+        ManifestLine(0, "completed", "p0", 0.3, ["/a"], [9]),
+    ]
+    text = render(lines)
+    assert [json.loads(line)["index"] for line in text.splitlines()] == [0, 2]
+    assert parse(text + "{broken\n") == {line.index: line for line in lines}
+    assert summary(lines, "m")["cost_usd"] == 0.3
+
+
+@pytest.mark.money
+def test_a_bad_item_fails_the_batch_before_anything_is_paid(
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
+) -> None:
+    table = json.dumps(["fine", "fine too", {"prompt": "bad", "seed": 2**40}])
+    dag_run = run_dag(dag_bag, "magi_batch_test_table", table=table)
+    assert dag_run.state == "failed"
+    assert books.count("submit") == 0 and not books.app.predictions
+    assert not DAG_TEST_LOGS_EXCEPTIONS or "inputs[2]: Invalid seed" in task_logs()
+
+
+# ---------------------------------------------------------------- the batch, end to end
+
+
+@pytest.mark.money
+def test_thirty_inputs_ten_in_flight_thirty_paid_files_and_an_ordered_manifest(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_thirty")
+    assert dag_run.state == "success"
+    assert len(books.app.predictions) == 30 and books.count("submit") == 30
+    assert most_unfinished_at_once(books) <= 10
+    assert status_reads(books) < 2 * 30
+    lines = manifest(dag_run)
+    assert [line["index"] for line in lines] == list(range(30))
+    assert {line["status"] for line in lines} == {"completed"}
+    assert {line["prediction_id"] for line in lines} == set(books.app.predictions)
+    assert all(line["cost_usd"] == PRICE for line in lines)
+    paths = [line["paths"][0] for line in lines]
+    assert len(set(paths)) == 30 and all(Path(path).stat().st_size > 0 for path in paths)
+    assert paths[7].endswith("/batch/7.mp4")
+    result = xcom(dag_run, "batch")
+    assert result["succeeded"] == 30 and result["failed"] == 0 and result["not_submitted"] == 0
+    assert result["cost_usd"] == pytest.approx(30 * PRICE)
+    assert result["manifest_path"].endswith("/batch/manifest.jsonl")
+    (extra,) = asset_extras("magi_test_batch_videos", dag_run.run_id)  # one event, the summary
+    assert extra["succeeded"] == 30 and extra["cost_usd"] == pytest.approx(30 * PRICE)
+    # each input asked for what it said
+    prompts = {p.id: p.inputs["prompt"] for p in books.app.predictions.values()}
+    assert all(prompts[line["prediction_id"]].startswith(f"video {line['index']} ") for line in lines)
+
+
+@pytest.mark.money
+def test_a_batch_whose_worker_dies_mid_wait_pays_for_nothing_again(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_dies_mid_wait")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "batch").try_number == 2
+    assert books.count("submit") == 6 and len(books.app.predictions) == 6
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 6
+    assert {line["prediction_id"] for line in lines} == set(books.app.predictions)
+
+
+@pytest.mark.money
+def test_a_budget_with_room_for_four_of_ten_pays_for_exactly_four(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, task_logs: Any
+) -> None:
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from tests.helpers import wait_until
+
+    earlier = MagiHook().create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)  # the price
+    wait_until(lambda: any(b.prediction_id == earlier.id for b in books.billings), 10)
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=PRICE * 5))
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget")
+    assert dag_run.state == "failed"
+    assert task_instance(dag_run, "batch").try_number == 1  # a budget refusal is not retried
+    assert len(books.app.predictions) == 1 + 4 and books.count("submit") == 1 + 4
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 4 + ["not_submitted"] * 6
+    assert all("daily_budget_usd" in line["error"] for line in lines[4:])
+    if DAG_TEST_LOGS_EXCEPTIONS:
+        assert "Not submitted: inputs 4, 5, 6, 7, 8, 9" in task_logs()
+
+
+@pytest.mark.money
+def test_two_failing_of_six_are_the_only_ones_submitted_again_on_the_retry(
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_partial")
+    assert dag_run.state == "failed"
+    assert task_instance(dag_run, "batch").try_number == 2
+    prompts = [p.inputs["prompt"] for p in books.app.predictions.values()]
+    assert len(prompts) == 8 and books.count("submit") == 8
+    assert sorted(prompts[6:]) == sorted(p for p in prompts[:6] if "[[fail" in p)
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == [
+        "completed",
+        "failed",
+        "completed",
+        "completed",
+        "failed",
+        "completed",
+    ]
+    assert lines[1]["error"] == "safety filter"
+    assert books.count("output") == 4  # the retry kept the four whole files: none downloaded again
+    assert not DAG_TEST_LOGS_EXCEPTIONS or "failed: inputs 1, 4" in task_logs()
+
+
+@pytest.mark.money
+def test_partial_errors_tolerated_succeed_and_the_summary_tells(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_tolerant")
+    assert dag_run.state == "success"
+    result = xcom(dag_run, "batch")
+    assert (result["succeeded"], result["failed"], result["not_submitted"]) == (1, 1, 0)
+    assert result["cost_usd"] == pytest.approx(PRICE)
+
+
+@pytest.mark.money
+def test_a_lost_answer_is_never_paid_twice(dag_bag: Any, books: LocalWaveSpeedServer) -> None:
+    books.set_faults([Fault(route="submit", kind="drop_after_accept", times=1)])
+    dag_run = run_dag(dag_bag, "magi_batch_test_lost_answer")
+    assert dag_run.state == "failed"
+    assert len(books.app.predictions) == 3 and books.count("submit") == 3
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["uncertain", "completed", "completed"]
+    (lost,) = set(books.app.predictions) - {line["prediction_id"] for line in lines}
+    assert lost in lines[0]["error"]  # named, so a person can claim it
+
+
+@pytest.mark.money
+def test_a_json_lines_table_waits_in_the_worker_and_writes_where_asked(
+    dag_bag: Any, books: LocalWaveSpeedServer, tmp_path: Path
+) -> None:
+    table = tmp_path / "table.jsonl"
+    table.write_text("\n".join(json.dumps({"prompt": f"row {i} [[duration: 0.2]]"}) for i in range(3)) + "\n")
+    dag_run = run_dag(
+        dag_bag, "magi_batch_test_table", table=f"file://{table}", destination=str(tmp_path / "out")
+    )
+    assert dag_run.state == "success"
+    assert books.count("submit") == 3
+    written = sorted((tmp_path / "out" / "table").rglob("*.mp4"))
+    assert len(written) == 3 and written[0].name.startswith("0_")
+    assert len((written[0].parent / "manifest.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_dag_file_importing_the_batch_operator_loads_no_money_or_http_module() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from airflow.sdk import BaseOperator, DAG\n"
+        "baseline = set(sys.modules)\n"
+        "import airflow_provider_magi.operators.batch\n"
+        "added = set(sys.modules) - baseline\n"
+        "heavy = {'requests', 'httpx', 'aiohttp', 'tenacity', 'difflib'}\n"
+        "ours = {'ledger', 'ledger_stores', 'costs', 'validation', 'batch_inputs', 'batch_ledger',"
+        " 'manifest'}\n"
+        "ours_hooks = {m for m in added if m.startswith('airflow_provider_magi.hooks')}\n"
+        "bad = {m for m in added if m in heavy or m.split('.')[-1] in ours} | ours_hooks\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.money
+def test_the_table_example_runs_end_to_end(dag_bag: Any, magi_conn: LocalWaveSpeedServer) -> None:
+    dag_run = run_dag(dag_bag, "example_magi_batch_table")
+    assert dag_run.state == "success"
+    assert magi_conn.count("submit") == 4
+    published = xcom(dag_run, "publish")
+    assert len(published) == 4 and all(Path(path).stat().st_size > 0 for path in published)
+    seeds = sorted(p.inputs["seed"] for p in magi_conn.app.predictions.values())
+    assert seeds == [11, 12, 13, 14]
+
+
+@pytest.mark.money
+def test_a_429_on_a_submit_paces_the_batch_and_loses_no_item(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    # 1 + max_retries (3) answers of 429 exhaust the hook's own retries: the batch waits for the
+    # next wave; the two 429s after that the hook's retries absorb.
+    books.set_faults([Fault(route="submit", kind="status", status=429, retry_after=0.05, times=6)])
+    dag_run = run_dag(dag_bag, "magi_batch_test_paced")
+    assert dag_run.state == "success"
+    assert len(books.app.predictions) == 4
+    assert books.count("submit", status=429) == 6
+    assert [line["status"] for line in manifest(dag_run)] == ["completed"] * 4
+
+
+def asset_extras(asset: str, run_id: str) -> list[dict[str, Any]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == asset, AssetEvent.source_run_id == run_id)
+        ).all()
+        return [dict(event.extra) for event in events]
+
+
+# ---------------------------------------------------------------- status in pages of the history
+
+
+def test_status_is_read_a_hundred_per_call_and_the_trigger_row_holds_no_key(
+    magi_conn: LocalWaveSpeedServer,
+) -> None:
+    import asyncio
+    import math
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from airflow_provider_magi.api import parse_timestamp
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from airflow_provider_magi.triggers.batch import MagiBatchTrigger, aread_statuses, window
+
+    hook = MagiHook()
+    since = datetime.now(UTC) - timedelta(seconds=60)
+    ours = [hook.create_prediction({"prompt": f"ours {i} [[duration: 30]]"}).id for i in range(250)]
+    before = magi_conn.count("history")
+    found, _ = asyncio.run(aread_statuses(hook, ours, MAGI, since))
+    assert set(found) == set(ours)
+    assert magi_conn.count("history") - before == math.ceil(250 / 100)
+    assert magi_conn.count("result") == 0
+    # Someone else's predictions after ours: a window cut at our newest leaves them out (they come
+    # more than the window's one-second pad later: not a race, a gap in creation times).
+    time.sleep(1.2)
+    for i in range(200):
+        hook.create_prediction({"prompt": f"theirs {i} [[duration: 30]]"})
+    before = magi_conn.count("history")
+    after, newest = window(ours, {p.id: parse_timestamp(p.created_at) for p in found.values()}, since)
+    found, _ = asyncio.run(aread_statuses(hook, ours, MAGI, after, newest))
+    assert set(found) == set(ours) and magi_conn.count("history") - before == math.ceil(250 / 100)
+    before = magi_conn.count("history")
+    asyncio.run(aread_statuses(hook, ours, MAGI, since))  # the open window: every page it holds
+    assert magi_conn.count("history") - before == math.ceil(450 / 100)
+    assert magi_conn.count("result") == 0
+    trigger = MagiBatchTrigger(prediction_ids=ours, model=MAGI, created_after=since.isoformat())
+    assert CANARY_KEY not in json.dumps(trigger.serialize())
+
+
+@pytest.mark.money
+def test_an_input_wavespeed_refuses_fails_alone_and_is_not_sent_again_in_the_same_try(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    books.set_faults([Fault(route="submit", kind="status", status=400, times=1)])
+    dag_run = run_dag(dag_bag, "magi_batch_test_tolerant")
+    assert dag_run.state == "success"
+    assert books.count("submit") == 2 and len(books.app.predictions) == 1
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["failed", "failed"]
+    assert "refused by WaveSpeed, not paid" in lines[0]["error"] and lines[1]["error"] == "GPU lost"
+
+
+def test_the_local_server_pages_a_thousand_predictions_by_the_documented_filters(
+    magi_conn: LocalWaveSpeedServer,
+) -> None:
+    """What the batch's status reads rest on: 1,000+ predictions, 100 per page, newest first, the
+    filters as the docs describe them."""
+    import time
+    from datetime import timedelta
+
+    from airflow_provider_magi.api import parse_timestamp
+    from airflow_provider_magi.hooks.magi import MagiHook
+
+    hook = MagiHook()
+    made = [hook.create_prediction({"prompt": f"n{i} [[duration: 600]]"}) for i in range(1000)]
+    ids = [p.id for p in made]
+    middle = parse_timestamp(made[-1].created_at) + timedelta(milliseconds=1)  # the server's clock
+    time.sleep(0.01)  # the next creation time is a later millisecond (a gap, not a race)
+    later = [hook.create_prediction({"prompt": f"late{i} [[duration: 0]]"}).id for i in range(50)]
+    listed = hook.list_predictions(model=MAGI, page_size=100, max_pages=11)
+    assert [p.id for p in listed] == (ids + later)[::-1]  # every page, newest first
+    pages = {r.json["page"] for r in magi_conn.requests if r.route == "history"}
+    assert pages == set(range(1, 12))  # (a page retried under load is asked for again)
+    assert [p.id for p in hook.list_predictions(created_after=middle)] == later[::-1]
+    running = hook.list_predictions(status="processing", max_pages=11)
+    assert {p.id for p in running} == set(ids)  # not yet started ("created") included
+    assert hook.list_predictions(model="wavespeed-ai/other-model") == []
+
+
+def test_lineage_names_the_output_folder(tmp_path: Path) -> None:
+    pytest.importorskip("airflow.providers.openlineage")
+    from airflow_provider_magi.operators.batch import MagiBatchOperator
+
+    operator = MagiBatchOperator(task_id="batch", inputs=["a"], destination=str(tmp_path))
+    assert operator.get_openlineage_facets_on_complete(None).outputs == []  # nothing known yet
+    operator._lineage_folder = tmp_path / "d" / "r" / "batch"
+    (dataset,) = operator.get_openlineage_facets_on_complete(None).outputs
+    assert dataset.namespace.startswith("file") and dataset.name.endswith("d/r/batch")
+
+
+@pytest.mark.money
+def test_a_flagged_output_fails_its_item_under_nsfw_policy_fail_and_nothing_is_written(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_nsfw")
+    assert dag_run.state == "success"  # fail_on_partial_error=False
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed", "failed"]
+    assert "nsfw_policy='fail'" in lines[1]["error"] and lines[1]["paths"] == []
+    assert books.count("output") == 1
+
+
+@pytest.mark.money
+def test_the_timeout_fails_without_retry_naming_what_still_runs(
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_timeout")
+    assert dag_run.state == "failed"
+    assert task_instance(dag_run, "batch").try_number == 1  # a timeout is not retried
+    assert books.count("submit") == 2
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed", "running"]
+    assert "may still be billed" in lines[1]["error"]
+    assert not DAG_TEST_LOGS_EXCEPTIONS or "running: inputs 1" in task_logs()
+
+
+@pytest.mark.money
+def test_mapped_batches_keep_their_files_and_manifests_apart(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_mapped")
+    assert dag_run.state == "success"
+    assert books.count("submit") == 4
+    results = [xcom(dag_run, "batch", map_index=i) for i in range(2)]
+    assert [r["manifest_path"].rsplit("/", 3)[-3:] for r in results] == [
+        ["batch", "0", "manifest.jsonl"],
+        ["batch", "1", "manifest.jsonl"],
+    ]
+    for shelf, result in enumerate(results):
+        lines = [json.loads(line) for line in Path(result["manifest_path"]).read_text().splitlines()]
+        assert [line["paths"][0].rsplit("/", 2)[-2:] for line in lines] == [
+            [str(shelf), "0.mp4"],
+            [str(shelf), "1.mp4"],
+        ]
+
+
+@pytest.mark.money
+def test_a_worker_killed_mid_wave_keeps_the_ids_it_got_and_pays_each_input_once(
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_batch_test_dies_mid_wave")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "batch").try_number == 2
+    assert len(books.app.predictions) == 5 and books.count("submit") == 5
+    assert books.count("history") >= 1  # the input being sent was looked up before paying for it
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 5
+    assert {line["prediction_id"] for line in lines} == set(books.app.predictions)
+    assert "they never started and are submitted again" in task_logs()
+
+
+@pytest.mark.money
+def test_an_unknown_price_sends_one_first_and_the_rest_once_its_price_is_billed(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=100))
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget")
+    assert dag_run.state == "success"
+    assert len(books.app.predictions) == 10
+    from airflow_provider_magi.api import parse_timestamp
+
+    first = min(books.app.predictions.values(), key=lambda p: p.started)
+    billed = next(b for b in books.billings if b.prediction_id == first.id)
+    later = [p for p in books.app.predictions.values() if p.id != first.id]
+    # the other nine were submitted only after the first one's price was billed (ms precision)
+    assert all(parse_timestamp(p.created_at).timestamp() >= billed.at - 0.001 for p in later)
