@@ -2,7 +2,7 @@
 
 The single-video guards (``costs``) answer yes or no for one prediction; a batch asks how many,
 in input order, so that a budget with room for 4 of 10 pays for exactly 4. WaveSpeed's usage
-stats count billed predictions only, so the batch's own started-but-unbilled predictions are
+stats count billed predictions only, so the key's started-but-unbilled predictions are
 reserved at the model's price: checking the spend alone would let 500 in flight pass the budget.
 """
 
@@ -21,9 +21,13 @@ def micro(amount: float) -> int:
     return round(amount * 1_000_000)
 
 
-def room(hook: Any, model: str, wanted: int, unbilled: int, log: Any) -> tuple[int, str | None]:
+def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -> tuple[int, str | None]:
     """``(fits, refusal)``: how many of ``wanted`` may be submitted now; ``refusal`` says why the
     rest may not be in this try (None: they may go in a later wave, e.g. once a price is known).
+
+    Spent is what the usage stats show plus every prediction of this key started today and not
+    billed yet (other tasks' too, from the history: the single-video guard's rule), plus this
+    batch's own unbilled ones the history does not list yet, each at its model's price.
 
     :raises MagiBudgetCheckError: a guard could not read what it guards (nothing more is
         submitted; the task may be retried, what was paid is kept in the ledger).
@@ -63,6 +67,12 @@ def room(hook: Any, model: str, wanted: int, unbilled: int, log: Any) -> tuple[i
         lambda: hook.get_unit_price(model),
         none_is_unreadable=False,
     )
+    started_today = read(
+        "today's started predictions from WaveSpeed's history and billing records",
+        "daily_budget_usd",
+        lambda: hook.get_unbilled_since(costs.utc_midnight(now)),
+    )
+    unbilled = len({prediction.id for prediction in started_today} | own_unbilled)
     budget = settings.daily_budget_usd
     where = f"Connection '{settings.conn_id}'"
     if price is None:
@@ -82,12 +92,14 @@ def room(hook: Any, model: str, wanted: int, unbilled: int, log: Any) -> tuple[i
             model,
         )
         return min(1, wanted), None
-    reserved = micro(spent) + unbilled * micro(price)
+    listed = {prediction.id for prediction in started_today}
+    pending = hook.pending_cost(started_today, model, price, None) + len(own_unbilled - listed) * price
+    reserved = micro(spent) + micro(pending)
     fits = min(wanted, max(0, (micro(budget) - reserved) // max(1, micro(price))))
     if fits == wanted:
         return wanted, None
     return fits, (
-        f"{where}: {costs.usd_text(spent)} spent today (UTC) plus {unbilled} of this batch's "
-        f"predictions not billed yet leave room for {fits} more at {costs.usd_text(price)} within "
-        f"daily_budget_usd {costs.usd_text(budget)}"
+        f"{where}: {costs.usd_text(spent)} spent today (UTC) plus {unbilled} of today's "
+        f"predictions not billed yet (this batch's and others') leave room for {fits} more at "
+        f"{costs.usd_text(price)} within daily_budget_usd {costs.usd_text(budget)}"
     )

@@ -185,6 +185,28 @@ def test_a_budget_with_room_for_four_of_ten_pays_for_exactly_four(
 
 
 @pytest.mark.money
+def test_another_task_s_started_unbilled_predictions_count_against_the_batch_s_budget(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two predictions another task started today, not billed yet (they never finish here), are
+    spent money: room for 5 after the billed one leaves 2 for the batch, not 4."""
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from tests.helpers import wait_until
+
+    hook = MagiHook()
+    earlier = hook.create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)  # the price
+    wait_until(lambda: any(b.prediction_id == earlier.id for b in books.billings), 10)
+    for n in range(2):
+        hook.create_prediction({"prompt": f"another task {n} [[never]]"}, MAGI)
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=PRICE * 5))
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget")
+    assert dag_run.state == "failed"
+    assert books.count("submit") == 3 + 2  # the batch paid for 2 of its 10
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 2 + ["not_submitted"] * 8
+
+
+@pytest.mark.money
 def test_two_failing_of_six_are_the_only_ones_submitted_again_on_the_retry(
     dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
 ) -> None:

@@ -205,7 +205,7 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 "daily_budget_usd",
                 paid,
             )
-            pending = self._pending_cost(unbilled, model, price, paid)
+            pending = self.pending_cost(unbilled, model, price, paid)
             decision = costs.daily_budget_decision(
                 spent,
                 price,
@@ -249,7 +249,7 @@ class MagiAccountMixin(MagiSyncClientMixin):
             )
         return problems
 
-    def _pending_cost(
+    def pending_cost(
         self, unbilled: list[Prediction], model: str, price: float | None, paid: str | None
     ) -> float:
         """What the started, unbilled predictions will cost: each at its model's unit price

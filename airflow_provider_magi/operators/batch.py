@@ -467,8 +467,12 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             return 0.0
         from airflow_provider_magi.batch_budget import room
 
-        unbilled = sum(1 for line in self._lines.values() if line.prediction_id and line.cost_usd is None)
-        fits, refusal = room(self.hook, self.model, len(pending), unbilled, self.log)
+        own_unbilled = {
+            line.prediction_id
+            for line in self._lines.values()
+            if line.prediction_id and line.cost_usd is None
+        }
+        fits, refusal = room(self.hook, self.model, len(pending), own_unbilled, self.log)
         if fits < len(pending):
             if refusal:  # the rest are not paid for in this try: the task ends failed, naming them
                 self._carry["stopped"] = refusal
