@@ -46,9 +46,32 @@ def test_serialize_round_trip_carries_no_secret(magi_conn: LocalWaveSpeedServer)
         "max_poll_interval",
         "started_at",
         "deadline_reason",
+        "last_status",
     }
     again = MagiPredictionTrigger(**json.loads(text))
     assert again.serialize() == (classpath, kwargs)
+
+
+@pytest.mark.parametrize("worker_saw", [None, "processing"])
+def test_the_trigger_logs_only_changes_from_the_status_the_worker_logged(
+    magi_conn: LocalWaveSpeedServer,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    worker_saw: str | None,
+) -> None:
+    """A status seen by the worker before the deferral and again by the trigger is logged once
+    (the task log showed "created" twice when the machine was slow to hand over)."""
+    prediction_id = submit("held [[status: processing]]")
+    with caplog.at_level("INFO"):
+        (event,) = run_trigger(
+            MagiPredictionTrigger(
+                prediction_id, poll_interval=0.1, deadline=time.time() + 0.5, last_status=worker_saw
+            )
+        )
+    assert event["status"] == "timeout"
+    out, err = capfd.readouterr()  # Airflow's structured logs go to stdout, others to logging
+    logged = f"Prediction {prediction_id} is processing after" in out + err + caplog.text
+    assert logged == (worker_saw is None)
 
 
 def test_success_event(magi_conn: LocalWaveSpeedServer) -> None:

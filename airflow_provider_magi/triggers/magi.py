@@ -48,6 +48,7 @@ class MagiPredictionTrigger(BaseTrigger):
         max_poll_interval: float = MAX_POLL_INTERVAL,
         started_at: float | None = None,
         deadline_reason: str = DEADLINE_TIMEOUT,
+        last_status: str | None = None,
     ) -> None:
         super().__init__()
         self.prediction_id = prediction_id
@@ -57,6 +58,9 @@ class MagiPredictionTrigger(BaseTrigger):
         self.max_poll_interval = float(max_poll_interval)
         self.started_at = started_at if started_at is not None else time.time()
         self.deadline_reason = deadline_reason
+        # The status the worker last logged: the trigger logs changes from there, so a status
+        # seen on both sides of the deferral is not logged twice.
+        self.last_status = last_status
 
     @classmethod
     def for_waiter(cls, waiter: Waiter, magi_conn_id: str) -> MagiPredictionTrigger:
@@ -69,6 +73,7 @@ class MagiPredictionTrigger(BaseTrigger):
             deadline=waiter.deadline,
             started_at=waiter.started_at,
             deadline_reason=waiter.deadline_reason,
+            last_status=waiter.last_status,
         )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -82,6 +87,7 @@ class MagiPredictionTrigger(BaseTrigger):
                 "max_poll_interval": self.max_poll_interval,
                 "started_at": self.started_at,
                 "deadline_reason": self.deadline_reason,
+                "last_status": self.last_status,
             },
         )
 
@@ -96,6 +102,7 @@ class MagiPredictionTrigger(BaseTrigger):
             deadline=self.deadline,
             started_at=self.started_at,
             deadline_reason=self.deadline_reason,
+            last_status=self.last_status,
             conn_id=self.magi_conn_id,
         )
         while True:
