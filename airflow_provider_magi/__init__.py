@@ -28,7 +28,12 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "WaveSpeed MAGI-1",
-                "python-modules": ["airflow_provider_magi.operators.magi"],
+                "python-modules": [
+                    "airflow_provider_magi.operators.magi",
+                    "airflow_provider_magi.operators.download",
+                    "airflow_provider_magi.operators.long_video",
+                    "airflow_provider_magi.operators.batch",
+                ],
             }
         ],
         "sensors": [
@@ -40,7 +45,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "WaveSpeed MAGI-1",
-                "python-modules": ["airflow_provider_magi.triggers.magi"],
+                "python-modules": [
+                    "airflow_provider_magi.triggers.magi",
+                    "airflow_provider_magi.triggers.batch",
+                ],
             }
         ],
         "hooks": [

@@ -126,6 +126,11 @@ def download_lineage(
     )
 
 
+def folder_lineage(folder: Any) -> OperatorLineage:
+    """A batch's lineage: the folder its videos and manifest land in (none before it is known)."""
+    return OperatorLineage(outputs=[path_dataset(folder)] if folder is not None else [])
+
+
 def _as_int(value: Any) -> int | None:
     try:
         return int(value) if value not in (None, "") and not isinstance(value, bool) else None

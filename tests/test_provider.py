@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from airflow_provider_magi import get_provider_info
 from airflow_provider_magi.compat import AIRFLOW_V_3_2_PLUS
@@ -19,12 +20,16 @@ def test_provider_info_lists_every_piece() -> None:
     modules = {
         kind: info[kind][0]["python-modules"] for kind in ("hooks", "operators", "sensors", "triggers")
     }
-    assert modules == {
-        "hooks": ["airflow_provider_magi.hooks.magi"],
-        "operators": ["airflow_provider_magi.operators.magi"],
-        "sensors": ["airflow_provider_magi.sensors.magi"],
-        "triggers": ["airflow_provider_magi.triggers.magi"],
-    }
+    assert modules["hooks"] == ["airflow_provider_magi.hooks.magi"]
+    # Every operator, sensor and trigger module the package ships is listed (a new one included).
+    package = Path(__file__).resolve().parent.parent / "airflow_provider_magi"
+    for kind in ("operators", "sensors", "triggers"):
+        shipped = {
+            f"airflow_provider_magi.{kind}.{path.stem}"
+            for path in (package / kind).glob("*.py")
+            if path.stem != "__init__"
+        }
+        assert sorted(modules[kind]) == sorted(shipped), kind
 
 
 def test_importing_the_package_and_operators_stays_cheap() -> None:

@@ -757,12 +757,9 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         return self._lineage()
 
     def _lineage(self) -> Any:
-        from airflow.providers.openlineage.extractors import OperatorLineage
+        from airflow_provider_magi.lineage import folder_lineage
 
-        from airflow_provider_magi.lineage import path_dataset
-
-        outputs = [path_dataset(self._lineage_folder)] if self._lineage_folder is not None else []
-        return OperatorLineage(outputs=outputs)
+        return folder_lineage(self._lineage_folder)
 
     def on_kill(self) -> None:
         self.log.warning(
