@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -97,7 +97,12 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         return self.settings.base_url + _result_path(prediction_id)
 
     def create_prediction(
-        self, inputs: Mapping[str, Any], model: str = DEFAULT_MODEL, *, webhook_url: str | None = None
+        self,
+        inputs: Mapping[str, Any],
+        model: str = DEFAULT_MODEL,
+        *,
+        webhook_url: str | None = None,
+        before_resend: Callable[[], None] | None = None,
     ) -> Prediction:
         """Submit one generation. Sent once; resent only after a provable rejection (429, no connect).
 
@@ -107,6 +112,8 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         an uncertain submit, never resent.
 
         :param webhook_url: WaveSpeed calls it on ``completed`` and ``failed`` (``?webhook=``).
+        :param before_resend: Called before each resend (after a 429 or a connection never
+            made), so the caller can record when the submit was last sent.
         """
         path = f"/api/v3/{model_path(model)}"
         if webhook_url:
@@ -115,7 +122,7 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, BaseHook
         what = f"Submitting to {model}"
         submitted_at = datetime.now(UTC)
         try:
-            data = self._call("POST", path, what=what, body=body, submit=True)
+            data = self._call("POST", path, what=what, body=body, submit=True, before_resend=before_resend)
         except MagiSubmitUncertainError as error:
             metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
             raise self._with_candidates(error, model, submitted_at) from None

@@ -22,6 +22,7 @@ from airflow_provider_magi.exceptions import (
     MagiBudgetCheckError,
     MagiBudgetError,
     MagiError,
+    MagiInputError,
     MagiRejectedError,
     MagiSubmitUncertainError,
 )
@@ -69,6 +70,22 @@ def _candidate(prediction: Prediction) -> dict[str, Any]:
     }
 
 
+def regenerate_flag(value: Any) -> bool:
+    """``regenerate_on_clear`` as rendered: a bool, or its text from a template; else refused
+    before anything is paid."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", "", "none"):
+        return False
+    raise MagiInputError(
+        f"Invalid regenerate_on_clear: expected true or false (got {value!r:.80}). Fix: pass a bool, "
+        "or a template that renders to 'true' or 'false'."
+    )
+
+
 def _seconds(value: float | timedelta | None, name: str) -> float | None:
     if value is None:
         return None
@@ -107,6 +124,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         carry on with that one instead of failing. Off by default: another task, DAG or person
         using the same key may have submitted the same model in the same minute, and attaching to
         their prediction would hand this run someone else's video.
+    :param regenerate_on_clear: When a clear re-runs this task after it succeeded, pay for a new
+        video instead of handing back the one already delivered. Off by default (a clear then
+        costs nothing). Retries of a try that failed never regenerate. Templated (a bool, or
+        ``"true"``/``"false"`` from a template such as ``{{ params.regenerate }}``).
     :param timeout: Give up waiting after this long (seconds or timedelta). The prediction keeps
         running on WaveSpeed (there is no cancel endpoint); the task fails without retrying. A
         shorter ``execution_timeout`` also bounds a deferred wait (and then fails as Airflow fails
@@ -121,8 +142,14 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         "webhook_url",
         "model",
         "magi_conn_id",
+        "regenerate_on_clear",
     )
     template_fields_renderers = {"extra_inputs": "json"}
+    # A digest of the template fields before rendering (set by render_template_fields), and the
+    # one this task's ledger matches on; None where unknown (then only rendered inputs match).
+    _template_source: str | None = None
+    _source_fingerprint: str | None = None
+    _regenerate = False
     operator_extra_links = (MagiPredictionLink(),)
     ui_color = "#f3e8ff"
 
@@ -142,9 +169,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         timeout: float | timedelta | None = timedelta(hours=2),
         webhook_url: str | None = None,
         attach_to_single_candidate: bool = False,
+        regenerate_on_clear: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.regenerate_on_clear = regenerate_on_clear
         self.prompt = prompt
         self.image = image
         self.seed = seed
@@ -162,10 +191,19 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         self._final: Prediction | None = None
         self._lineage_result: dict[str, Any] | None = None
 
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        """Keep a digest of the fields as written in the DAG before they render (see ``decide``)."""
+        from airflow_provider_magi.ledger import template_source
+
+        self._template_source = template_source(
+            {field: getattr(self, field, None) for field in self.template_fields}
+        )
+        super().render_template_fields(context, jinja_env)
+
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path
-        from airflow_provider_magi.ledger_stores import open_ledger
 
+        self._regenerate = regenerate_flag(self.regenerate_on_clear)
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
         )
@@ -174,7 +212,8 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             self.webhook_url, allow_insecure_loopback=bool(self.webhook_url) and self.hook.is_local_server
         )
         self._fingerprint = inputs_fingerprint(self.model, self._inputs)
-        ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
+        self._source_fingerprint = self._template_source
+        ledger = self._open_ledger(context)
         prediction_id = self._resume(ledger, context)
         if prediction_id is None:
             prediction_id = self.submit_job(context, ledger)
@@ -184,9 +223,22 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     # ------------------------------------------------------------ never pay twice
 
+    def _open_ledger(self, context: Context) -> Ledger:
+        from airflow_provider_magi.ledger_stores import open_ledger
+
+        ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
+        ledger.clock = self.hook.server_now  # WaveSpeed's clock, as its Date headers put it
+        return ledger
+
     def _resume(self, ledger: Ledger, context: Context) -> str | None:
         """The prediction an earlier try (or a cleared run) already paid for, or None to submit."""
-        decision = decide(ledger.read(), self._fingerprint)
+        decision = decide(
+            ledger.read(), self._fingerprint, self._source_fingerprint, regenerate=self._regenerate
+        )
+        if ledger.found_in:
+            self.log.info(
+                "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
+            )
         if decision.action == SUBMIT:
             if decision.record is not None:
                 self.log.warning("Not reusing the recorded submit: %s. Submitting afresh.", decision.reason)
@@ -208,10 +260,22 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def _look_up_intent(self, ledger: Ledger, record: LedgerRecord, context: Context) -> str | None:
         """An intent without an id: WaveSpeed's history says whether that submit started anything."""
-        settle = record.intent_at.timestamp() + INTENT_SETTLE_SECONDS - time.time()
-        if settle > 0:  # a submit cut off a moment ago may still be landing on WaveSpeed's side
+        # A submit cut off a moment ago may still be landing on WaveSpeed's side: leave its last
+        # attempt INTENT_SETTLE_SECONDS to land, on WaveSpeed's clock (one read of its Date).
+        settle = record.sent_until.timestamp() + INTENT_SETTLE_SECONDS - self.hook.wavespeed_now()
+        if settle > 0:
+            self.log.info(
+                "Ledger: leaving the last submit attempt %.1fs more to land before the look-up.", settle
+            )
+            if self.deferrable:  # no worker slot is held for it
+                from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+                self.defer(
+                    trigger=TimeDeltaTrigger(timedelta(seconds=settle)), method_name="resume_after_settle"
+                )
             time.sleep(settle)
-        until = record.intent_at + timedelta(seconds=self.hook.settings.request_timeout)
+        # Every attempt actually sent (429 Retry-After, connect failures) is inside the window.
+        until = record.sent_until + timedelta(seconds=self.hook.settings.request_timeout)
         found = self.hook.find_submit_candidates(record.model, record.intent_at, until=until)
         if not found:
             self.log.warning(
@@ -252,9 +316,16 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         image = inputs.get("image")
         if isinstance(image, LocalImage):  # read and checked now, before the first request
             inputs["image"] = self.hook.upload_media(image.read())
-        record = ledger.write_intent(self._fingerprint, self.model)
+        record = ledger.write_intent(self._fingerprint, self.model, source=self._source_fingerprint)
+
+        def before_resend() -> None:
+            nonlocal record
+            record = ledger.write_attempt(record)
+
         try:
-            prediction = self.hook.create_prediction(inputs, model=self.model, webhook_url=self._webhook_url)
+            prediction = self.hook.create_prediction(
+                inputs, model=self.model, webhook_url=self._webhook_url, before_resend=before_resend
+            )
         except MagiSubmitUncertainError as error:
             prediction = self._attach_to_candidate(context, error)
         except MagiError:
@@ -440,7 +511,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         if not self.wait_for_completion:
             return prediction_id
         prediction = self._final or self.hook.get_prediction(prediction_id)
-        return self._result(final_result(prediction))
+        result = self._result(final_result(prediction))
+        self._mark_delivered(context, prediction_id)
+        return result
 
     # ------------------------------------------------------------ deferral
 
@@ -454,8 +527,28 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             conn_id=self.magi_conn_id,
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._result(self.result_from_trigger(event))
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        if self.event_from_an_earlier_try(event, context):
+            return self.execute(context)  # the ledger reattaches: nothing is paid again
+        result = self._result(self.result_from_trigger(event))
+        self._mark_delivered(context, result["prediction_id"])
+        return result
+
+    def resume_after_settle(self, context: Context, event: Any = None) -> Any:
+        """Back from the settle before a history look-up (deferred, so no worker slot waited)."""
+        return self.execute(context)
+
+    def _mark_delivered(self, context: Context, prediction_id: str) -> None:
+        """Note in the ledger that this task succeeded with ``prediction_id``, so that only a
+        clear of a successful task (never a retry) can regenerate on purpose."""
+        try:
+            ledger = self._open_ledger(context)
+            record = ledger.read()
+        except Exception as error:  # the video is done and paid: never fail the task for this
+            self.log.warning("The ledger could not note prediction %s as delivered: %s", prediction_id, error)
+            return
+        if record is not None and record.prediction_id == prediction_id and not record.delivered:
+            ledger.write_delivered(record)
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""

@@ -48,8 +48,12 @@ class MagiPredictionTrigger(BaseTrigger):
         max_poll_interval: float = MAX_POLL_INTERVAL,
         started_at: float | None = None,
         deadline_reason: str = DEADLINE_TIMEOUT,
+        try_number: int | None = None,
     ) -> None:
         super().__init__()
+        # The try that deferred, echoed in the event: Airflow 3.0 may hand this event to a later
+        # try (apache/airflow#56704), which must then start afresh, not fail on it.
+        self.try_number = try_number
         self.prediction_id = prediction_id
         self.magi_conn_id = magi_conn_id
         self.poll_interval = float(poll_interval)
@@ -59,7 +63,9 @@ class MagiPredictionTrigger(BaseTrigger):
         self.deadline_reason = deadline_reason
 
     @classmethod
-    def for_waiter(cls, waiter: Waiter, magi_conn_id: str) -> MagiPredictionTrigger:
+    def for_waiter(
+        cls, waiter: Waiter, magi_conn_id: str, *, try_number: int | None = None
+    ) -> MagiPredictionTrigger:
         """Carry on a wait that started in the worker: same pace, deadline and start time."""
         return cls(
             prediction_id=waiter.prediction_id,
@@ -69,6 +75,7 @@ class MagiPredictionTrigger(BaseTrigger):
             deadline=waiter.deadline,
             started_at=waiter.started_at,
             deadline_reason=waiter.deadline_reason,
+            try_number=try_number,
         )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -82,6 +89,7 @@ class MagiPredictionTrigger(BaseTrigger):
                 "max_poll_interval": self.max_poll_interval,
                 "started_at": self.started_at,
                 "deadline_reason": self.deadline_reason,
+                "try_number": self.try_number,
             },
         )
 
@@ -154,6 +162,7 @@ class MagiPredictionTrigger(BaseTrigger):
                 "message": message,
                 "result": prediction.to_result() if prediction is not None else None,
                 "fatal": fatal,
+                "try_number": self.try_number,
                 **extra,
             }
         )
