@@ -294,3 +294,104 @@ def test_wavespeeds_clock_is_read_from_the_date_header() -> None:
     assert 3598 < hook.server_now() - time.time() < 3601
     hook._note_server_clock("not a date")  # ignored: the last good reading stays
     assert 3598 < hook.server_now() - time.time() < 3601
+
+
+# ---------------------------------------------------------------- 6: a new video on purpose
+
+
+class DictState:
+    """A task state store accessor (Airflow 3.3's, by its get/set/delete), held in a dict."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+def _run_task(operator: Any, state: DictState, try_number: int) -> Any:
+    """One try of ``operator`` in the same DAG run (a clear raises the try number)."""
+    from types import SimpleNamespace
+
+    ti = SimpleNamespace(
+        dag_id="d", task_id=operator.task_id, run_id="manual__cleared", map_index=-1, try_number=try_number
+    )
+    ti.xcom_push = lambda **_: None
+    run = SimpleNamespace(run_after=datetime(2026, 12, 1, tzinfo=UTC))
+    operator.__dict__.pop("hook", None)
+    return operator.execute({"ti": ti, "dag_run": run, "task_state_store": state})
+
+
+@pytest.mark.parametrize("regenerate", [False, True, "{{ params.regenerate }}"])
+def test_a_clear_of_a_successful_task_regenerates_only_when_asked(
+    dag_bag: Any,
+    server: LocalWaveSpeedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    regenerate: Any,
+) -> None:
+    from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT", connection_json(server, ledger_path=_ledger_path(tmp_path, "ledger"))
+    )
+    rendered = "true" if isinstance(regenerate, str) else regenerate  # as the template renders
+    operator = MagiGenerateVideoOperator(
+        task_id="generate",
+        prompt="a cleared video [[duration: 0.1]]",
+        regenerate_on_clear=rendered,
+        deferrable=False,
+        poll_interval=0.1,
+    )
+    state = DictState()
+    first = _run_task(operator, state, try_number=1)
+    second = _run_task(operator, state, try_number=2)  # the user clears the successful task
+    asked = rendered in (True, "true")
+    assert paid(server) == (2 if asked else 1)
+    assert (first["prediction_id"] != second["prediction_id"]) is asked
+
+
+def test_a_retry_after_a_failure_never_regenerates(
+    dag_bag: Any, server: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Try 1 paid and died before succeeding: nothing was delivered, so try 2 reattaches."""
+    from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
+
+    class DiesWaiting(MagiGenerateVideoOperator):
+        def poll_until_complete(self, external_id: Any, context: Any) -> Any:
+            if context["ti"].try_number == 1:
+                raise RuntimeError("killed while waiting")
+            return super().poll_until_complete(external_id, context)
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT", connection_json(server, ledger_path=_ledger_path(tmp_path, "ledger"))
+    )
+    operator = DiesWaiting(
+        task_id="generate",
+        prompt="a retried video [[duration: 0.1]]",
+        regenerate_on_clear=True,
+        deferrable=False,
+    )
+    state = DictState()
+    with pytest.raises(RuntimeError, match="killed"):
+        _run_task(operator, state, try_number=1)
+    _run_task(operator, state, try_number=2)
+    assert paid(server) == 1
+
+
+def test_regenerate_on_clear_that_is_not_a_bool_is_refused_before_any_request(
+    dag_bag: Any, magi_conn: LocalWaveSpeedServer
+) -> None:
+    from airflow_provider_magi.exceptions import MagiInputError
+    from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
+
+    operator = MagiGenerateVideoOperator(task_id="generate", prompt="x", regenerate_on_clear="maybe")
+    with pytest.raises(MagiInputError, match="regenerate_on_clear"):
+        _run_task(operator, DictState(), try_number=1)
+    assert magi_conn.count("submit") == 0
