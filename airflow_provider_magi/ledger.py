@@ -217,7 +217,9 @@ class Ledger:
         *,
         mirrors: Sequence[LedgerStore] = (),
         fallbacks: Sequence[tuple[LedgerStore, datetime | None]] = (),
+        by_inputs: LedgerStore | None = None,
     ) -> None:
+        self.by_inputs = by_inputs  # mapped tasks: paid records by inputs, shared by map indexes
         self.store = store
         self.identity = identity
         self.record = record
@@ -230,7 +232,14 @@ class Ledger:
 
     def for_record(self, name: str) -> Ledger:
         """The same ledger, defaulting to the record ``name`` (e.g. ``"scene-3"``)."""
-        ledger = Ledger(self.store, self.identity, name, mirrors=self.mirrors, fallbacks=self.fallbacks)
+        ledger = Ledger(
+            self.store,
+            self.identity,
+            name,
+            mirrors=self.mirrors,
+            fallbacks=self.fallbacks,
+            by_inputs=self.by_inputs,
+        )
         ledger.clock = self.clock
         return ledger
 
@@ -300,6 +309,24 @@ class Ledger:
         except Exception as error:
             log.warning("The ledger could not mark %s as delivered: %s", record.prediction_id, error)
 
+    def read_by_inputs(self, fingerprint: str) -> LedgerRecord | None:
+        """A paid record for these inputs written by any map index of this task and run."""
+        if self.by_inputs is None:
+            return None
+        name = _by_inputs_name(fingerprint)
+        text = self.by_inputs.read(name)
+        return None if text is None else LedgerRecord.from_json(text, where=self.by_inputs.where(name))
+
+    def write_by_inputs(self, record: LedgerRecord) -> None:
+        """Share a paid record with the other map indexes (best effort: this task's own record
+        holds it): a mapped list that comes back in another order then pays for nothing again."""
+        if self.by_inputs is None or record.prediction_id is None:
+            return
+        try:
+            self.by_inputs.write(_by_inputs_name(record.fingerprint), record.to_json())
+        except Exception as error:
+            log.warning("The ledger's record by inputs was not written: %s", error)
+
     def forget(self, name: str | None = None) -> None:
         name = name or self.record
         self.store.delete(name)
@@ -310,6 +337,10 @@ class Ledger:
     def _now(self) -> datetime:
         now = datetime.fromtimestamp(self.clock(), UTC)
         return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _by_inputs_name(fingerprint: str) -> str:
+    return f"inputs-{fingerprint[:40]}"
 
 
 def template_source(values: Mapping[str, Any]) -> str:

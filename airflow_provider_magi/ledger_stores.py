@@ -68,7 +68,13 @@ def open_ledger(context: Mapping[str, Any], *, ledger_path: str | None = None) -
     fallbacks.append((VariableLedgerStore(plain.without_run_after()), created))
     if ledger_path:
         fallbacks.append((ObjectStorageLedgerStore(ledger_path, plain.without_run_after()), created))
-    return Ledger(store, identity, mirrors=mirrors, fallbacks=fallbacks)
+    by_inputs: LedgerStore | None = None
+    if identity.map_index >= 0:  # shared by every map index: Variables, or the ledger_path
+        unmapped = plain.unmapped()  # (each map index has its own task state store, and token)
+        by_inputs = (
+            ObjectStorageLedgerStore(ledger_path, unmapped) if ledger_path else VariableLedgerStore(unmapped)
+        )
+    return Ledger(store, identity, mirrors=mirrors, fallbacks=fallbacks, by_inputs=by_inputs)
 
 
 RUN_TOKEN_KEY = TASK_STATE_PREFIX + "run"

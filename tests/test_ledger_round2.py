@@ -395,3 +395,19 @@ def test_regenerate_on_clear_that_is_not_a_bool_is_refused_before_any_request(
     with pytest.raises(MagiInputError, match="regenerate_on_clear"):
         _run_task(operator, DictState(), try_number=1)
     assert magi_conn.count("submit") == 0
+
+
+# ---------------------------------------------------------------- 4: mapped lists reordered
+
+
+def test_a_mapped_list_that_comes_back_reordered_pays_for_nothing_again(
+    dag_bag: Any, magi_conn: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_ledger_mapped_list_reordered")
+    assert dag_run.state == "success"
+    assert paid(magi_conn) == 3  # one per prompt, whichever map index asks for it
+    by_prompt = {p.id: p.inputs["prompt"] for p in magi_conn.app.predictions.values()}
+    for index in range(3):
+        assert task_instance(dag_run, "generate", map_index=index).try_number == 2
+        result = xcom(dag_run, "generate", map_index=index)
+        assert by_prompt[result["prediction_id"]] == result["inputs"]["prompt"]

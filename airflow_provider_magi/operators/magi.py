@@ -26,7 +26,7 @@ from airflow_provider_magi.exceptions import (
     MagiRejectedError,
     MagiSubmitUncertainError,
 )
-from airflow_provider_magi.ledger import LOOK_UP, SUBMIT, Ledger, LedgerRecord, decide
+from airflow_provider_magi.ledger import LOOK_UP, REATTACH, SUBMIT, Decision, Ledger, LedgerRecord, decide
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.validation import (
@@ -239,6 +239,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             self.log.info(
                 "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
             )
+        if decision.action == SUBMIT and not (
+            decision.record and decision.record.delivered and self._regenerate
+        ):
+            decision = self._from_another_map_index(ledger, context) or decision
         if decision.action == SUBMIT:
             if decision.record is not None:
                 self.log.warning("Not reusing the recorded submit: %s. Submitting afresh.", decision.reason)
@@ -257,6 +261,22 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             return None
         self.log.info("Ledger: %s; not submitting again.", decision.reason)
         return prediction_id
+
+    def _from_another_map_index(self, ledger: Ledger, context: Context) -> Decision | None:
+        """A retry or clear of a mapped task: these inputs may have been paid for under another
+        map index of this task and run (the mapped list came back in another order)."""
+        if ledger.by_inputs is None or getattr(context["ti"], "try_number", 1) <= 1:
+            return None  # a first try: duplicate inputs in one list are each paid for, as asked
+        found = ledger.read_by_inputs(self._fingerprint)
+        if found is None or found.prediction_id is None:
+            return None
+        ledger.write_paid(found, found.prediction_id)  # this map index's own record from now on
+        return Decision(
+            REATTACH,
+            f"prediction {found.prediction_id} was paid for these inputs under another map index of "
+            "this task and run (the mapped list came back in another order)",
+            found,
+        )
 
     def _look_up_intent(self, ledger: Ledger, record: LedgerRecord, context: Context) -> str | None:
         """An intent without an id: WaveSpeed's history says whether that submit started anything."""
@@ -335,7 +355,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
                 ledger.forget()
             raise
         # The id goes into the ledger before anything else (XCom, logs) can fail or be killed.
-        ledger.write_paid(record, prediction.id)
+        ledger.write_by_inputs(ledger.write_paid(record, prediction.id))
         self._announce(context, prediction.id, "Submitted")
         return prediction.id
 

@@ -93,3 +93,27 @@ with _dag("magi_ledger_retry_after_a_deferred_timeout"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+MAPPED_PROMPTS = ["a fox [[duration: 0.3]]", "a hare [[duration: 0.3]]", "an owl [[duration: 0.3]]"]
+
+
+class ReorderedOnRetry(MagiGenerateVideoOperator):
+    """Try 1 pays, then dies; on try 2 each map index gets the next one's prompt, as when an
+    upstream list comes back in another order and the mapped task is cleared."""
+
+    def execute(self, context: Any) -> Any:
+        if context["ti"].try_number > 1:
+            self.prompt = MAPPED_PROMPTS[(context["ti"].map_index + 1) % len(MAPPED_PROMPTS)]
+        return super().execute(context)
+
+    def submit_job(self, context: Any, ledger: Any) -> Any:
+        prediction_id = super().submit_job(context, ledger)
+        if context["ti"].try_number == 1:
+            raise RuntimeError(f"simulated worker crash right after submitting {prediction_id}")
+        return prediction_id
+
+
+with _dag("magi_ledger_mapped_list_reordered"):
+    ReorderedOnRetry.partial(task_id="generate", deferrable=False, **RETRY, **FAST).expand(
+        prompt=MAPPED_PROMPTS
+    )
