@@ -95,8 +95,10 @@ class LedgerRecord:
     # resend): the history look-up searches up to past this, not only past the intent.
     last_attempt_at: datetime | None = None
     # Set once the task succeeded with this prediction: only then may ``regenerate_on_clear``
-    # pay for a new video instead of handing this one back.
+    # pay for a new video instead of handing this one back. ``delivered_at_clear`` is the DAG
+    # run's clear_number then: a retry keeps it, a clear raises it.
     delivered: bool = False
+    delivered_at_clear: int | None = None
 
     @property
     def is_paid(self) -> bool:
@@ -124,6 +126,8 @@ class LedgerRecord:
             raw["last_attempt_at"] = _utc_text(self.last_attempt_at)
         if self.delivered:
             raw["delivered"] = True
+        if self.delivered_at_clear is not None:
+            raw["delivered_at_clear"] = self.delivered_at_clear
         return json.dumps(raw, ensure_ascii=True, separators=(",", ":"))
 
     @classmethod
@@ -149,6 +153,9 @@ class LedgerRecord:
             raise _corrupt(where, "source is not a digest")
         if not isinstance(delivered, bool):
             raise _corrupt(where, "delivered is not true or false")
+        at_clear = raw.get("delivered_at_clear")
+        if at_clear is not None and (isinstance(at_clear, bool) or not isinstance(at_clear, int)):
+            raise _corrupt(where, "delivered_at_clear is not a number")
         return cls(
             fingerprint=fingerprint,
             model=model,
@@ -157,6 +164,7 @@ class LedgerRecord:
             source=source,
             last_attempt_at=None if last is None else _stored_time(last, "last_attempt_at", where),
             delivered=delivered,
+            delivered_at_clear=at_clear,
         )
 
 
@@ -302,10 +310,13 @@ class Ledger:
             ) from error
         return paid
 
-    def write_delivered(self, record: LedgerRecord, name: str | None = None) -> None:
+    def write_delivered(
+        self, record: LedgerRecord, clear_number: int | None, name: str | None = None
+    ) -> None:
         """The task succeeded with this record's prediction (best effort: it is done and paid)."""
+        delivered = replace(record, delivered=True, delivered_at_clear=clear_number)
         try:
-            self._write(name or self.record, replace(record, delivered=True).to_json())
+            self._write(name or self.record, delivered.to_json())
         except Exception as error:
             log.warning("The ledger could not mark %s as delivered: %s", record.prediction_id, error)
 
@@ -337,6 +348,15 @@ class Ledger:
     def _now(self) -> datetime:
         now = datetime.fromtimestamp(self.clock(), UTC)
         return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def is_cleared_since_delivery(record: LedgerRecord, clear_number: int | None) -> bool:
+    """The record's video was delivered, and this is a later clear of the run (where known)."""
+    if not record.delivered:
+        return False
+    if record.delivered_at_clear is None or clear_number is None:
+        return True
+    return clear_number > record.delivered_at_clear
 
 
 def _by_inputs_name(fingerprint: str) -> str:
@@ -374,17 +394,19 @@ def decide(
     source: str | None = None,
     *,
     regenerate: bool = False,
+    clear_number: int | None = None,
 ) -> Decision:
     """What a try does with what the ledger holds (before asking WaveSpeed anything).
 
     ``source`` is the digest of the template fields before rendering: inputs that rendered
     differently from an unchanged source (a random seed, ``now()``, a presigned URL) are the same
     logical inputs. ``regenerate`` pays for a new video when the recorded one was delivered
-    (a clear of a successful task, on purpose).
+    (a clear of a successful task, on purpose): in a later clear of the DAG run than the one
+    that delivered it (``clear_number``), where both are known; a retry never regenerates.
     """
     if record is None:
         return Decision(SUBMIT, "no earlier submit is recorded")
-    if regenerate and record.delivered:
+    if regenerate and is_cleared_since_delivery(record, clear_number):
         return Decision(
             SUBMIT,
             f"prediction {record.prediction_id} was delivered by an earlier run of this task and "

@@ -315,15 +315,31 @@ class DictState:
         self.values.pop(key, None)
 
 
-def _run_task(operator: Any, state: DictState, try_number: int) -> Any:
-    """One try of ``operator`` in the same DAG run (a clear raises the try number)."""
+@pytest.fixture
+def variables(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Ledger Variables in a dict: these tests call ``execute`` outside a task runner, where
+    Airflow 3.0's Task SDK cannot reach Variables."""
+    from airflow_provider_magi.ledger_stores import VariableLedgerStore
+
+    held: dict[str, str] = {}
+    monkeypatch.setattr(VariableLedgerStore, "read", lambda self, name: held.get(self.key(name)))
+    monkeypatch.setattr(
+        VariableLedgerStore, "write", lambda self, name, text: held.update({self.key(name): text})
+    )
+    monkeypatch.setattr(VariableLedgerStore, "delete", lambda self, name: held.pop(self.key(name), None))
+    return held
+
+
+def _run_task(operator: Any, state: DictState, try_number: int, clear_number: int = 0) -> Any:
+    """One try of ``operator`` in the same DAG run (a clear raises the try number and the run's
+    clear_number; a retry only the try number)."""
     from types import SimpleNamespace
 
     ti = SimpleNamespace(
         dag_id="d", task_id=operator.task_id, run_id="manual__cleared", map_index=-1, try_number=try_number
     )
     ti.xcom_push = lambda **_: None
-    run = SimpleNamespace(run_after=datetime(2026, 12, 1, tzinfo=UTC))
+    run = SimpleNamespace(run_after=datetime(2026, 12, 1, tzinfo=UTC), clear_number=clear_number)
     operator.__dict__.pop("hook", None)
     return operator.execute({"ti": ti, "dag_run": run, "task_state_store": state})
 
@@ -334,6 +350,7 @@ def test_a_clear_of_a_successful_task_regenerates_only_when_asked(
     server: LocalWaveSpeedServer,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    variables: dict[str, str],
     regenerate: Any,
 ) -> None:
     from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
@@ -351,14 +368,21 @@ def test_a_clear_of_a_successful_task_regenerates_only_when_asked(
     )
     state = DictState()
     first = _run_task(operator, state, try_number=1)
-    second = _run_task(operator, state, try_number=2)  # the user clears the successful task
+    retried = _run_task(operator, state, try_number=2)  # a retry (no clear): never regenerates
+    assert paid(server) == 1
+    cleared = _run_task(operator, state, try_number=3, clear_number=1)  # the user clears it
     asked = rendered in (True, "true")
     assert paid(server) == (2 if asked else 1)
-    assert (first["prediction_id"] != second["prediction_id"]) is asked
+    assert retried["prediction_id"] == first["prediction_id"]
+    assert (cleared["prediction_id"] != first["prediction_id"]) is asked
 
 
 def test_a_retry_after_a_failure_never_regenerates(
-    dag_bag: Any, server: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    dag_bag: Any,
+    server: LocalWaveSpeedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    variables: dict[str, str],
 ) -> None:
     """Try 1 paid and died before succeeding: nothing was delivered, so try 2 reattaches."""
     from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
@@ -386,7 +410,7 @@ def test_a_retry_after_a_failure_never_regenerates(
 
 
 def test_regenerate_on_clear_that_is_not_a_bool_is_refused_before_any_request(
-    dag_bag: Any, magi_conn: LocalWaveSpeedServer
+    dag_bag: Any, magi_conn: LocalWaveSpeedServer, variables: dict[str, str]
 ) -> None:
     from airflow_provider_magi.exceptions import MagiInputError
     from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator

@@ -26,7 +26,16 @@ from airflow_provider_magi.exceptions import (
     MagiRejectedError,
     MagiSubmitUncertainError,
 )
-from airflow_provider_magi.ledger import LOOK_UP, REATTACH, SUBMIT, Decision, Ledger, LedgerRecord, decide
+from airflow_provider_magi.ledger import (
+    LOOK_UP,
+    REATTACH,
+    SUBMIT,
+    Decision,
+    Ledger,
+    LedgerRecord,
+    decide,
+    is_cleared_since_delivery,
+)
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.validation import (
@@ -68,6 +77,12 @@ def _candidate(prediction: Prediction) -> dict[str, Any]:
         "created_at": prediction.created_at,
         "model": prediction.model,
     }
+
+
+def _clear_number(context: Context) -> int | None:
+    """How many times the DAG run was cleared (a retry keeps it, a clear raises it)."""
+    number = getattr(context.get("dag_run"), "clear_number", None)
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
 
 
 def regenerate_flag(value: Any) -> bool:
@@ -232,15 +247,20 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def _resume(self, ledger: Ledger, context: Context) -> str | None:
         """The prediction an earlier try (or a cleared run) already paid for, or None to submit."""
+        clears = _clear_number(context)
         decision = decide(
-            ledger.read(), self._fingerprint, self._source_fingerprint, regenerate=self._regenerate
+            ledger.read(),
+            self._fingerprint,
+            self._source_fingerprint,
+            regenerate=self._regenerate,
+            clear_number=clears,
         )
         if ledger.found_in:
             self.log.info(
                 "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
             )
         if decision.action == SUBMIT and not (
-            decision.record and decision.record.delivered and self._regenerate
+            decision.record and self._regenerate and is_cleared_since_delivery(decision.record, clears)
         ):
             decision = self._from_another_map_index(ledger, context) or decision
         if decision.action == SUBMIT:
@@ -513,6 +533,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         prediction_id, _ = stored_job(external_id)
         self._announce(context, prediction_id, "Reattached to")
         if not self.wait_for_completion:
+            self._mark_delivered(context, prediction_id)  # the id is what this task delivers
             return prediction_id
         waiter = self._waiter(prediction_id)
         if self.deferrable:
@@ -529,6 +550,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         prediction_id, _ = stored_job(external_id)
         self._announce(context, prediction_id, "Reusing completed")
         if not self.wait_for_completion:
+            self._mark_delivered(context, prediction_id)  # the id is what this task delivers
             return prediction_id
         prediction = self._final or self.hook.get_prediction(prediction_id)
         result = self._result(final_result(prediction))
@@ -568,7 +590,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             self.log.warning("The ledger could not note prediction %s as delivered: %s", prediction_id, error)
             return
         if record is not None and record.prediction_id == prediction_id and not record.delivered:
-            ledger.write_delivered(record)
+            ledger.write_delivered(record, _clear_number(context))
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""
