@@ -79,6 +79,10 @@ def _candidate(prediction: Prediction) -> dict[str, Any]:
     }
 
 
+# Template fields that are not model inputs: left out of the template source's digest.
+_NOT_INPUTS = frozenset({"magi_conn_id", "webhook_url", "regenerate_on_clear"})
+
+
 def _clear_number(context: Context) -> int | None:
     """How many times the DAG run was cleared (a retry keeps it, a clear raises it)."""
     number = getattr(context.get("dag_run"), "clear_number", None)
@@ -211,7 +215,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.ledger import template_source
 
         self._template_source = template_source(
-            {field: getattr(self, field, None) for field in self.template_fields}
+            {
+                field: getattr(self, field, None)
+                for field in self.template_fields
+                if field not in _NOT_INPUTS  # these never change what a video is made of
+            }
         )
         super().render_template_fields(context, jinja_env)
 
