@@ -401,6 +401,7 @@ def test_a_retry_after_a_failure_never_regenerates(
         prompt="a retried video [[duration: 0.1]]",
         regenerate_on_clear=True,
         deferrable=False,
+        poll_interval=0.1,
     )
     state = DictState()
     with pytest.raises(RuntimeError, match="killed"):
