@@ -53,18 +53,28 @@ class TaskIdentity:
     # with the same run id gets a new one, so its records are not the deleted run's. None where
     # unknown (then the run id alone names the run, as before).
     run_after: str | None = None
+    # When the run started, and how often it was cleared: not part of any key, but stamped on
+    # each record. A record from a run that started at another time, in no earlier clear, was
+    # written by a deleted run of the same run id and run_after (a scheduled run made again).
+    run_started: str | None = None
+    run_clears: int | None = None
 
     @classmethod
     def of(cls, context: Mapping[str, Any]) -> TaskIdentity:
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
-        run_after = getattr(context.get("dag_run"), "run_after", None)
+        run = context.get("dag_run")
+        run_after = getattr(run, "run_after", None)
+        started = getattr(run, "start_date", None)
+        clears = getattr(run, "clear_number", None)
         return cls(
             dag_id=str(ti.dag_id),
             task_id=str(ti.task_id),
             run_id=str(ti.run_id),
             map_index=-1 if map_index is None else int(map_index),
             run_after=_utc_text(run_after) if isinstance(run_after, datetime) else None,
+            run_started=_utc_text(started) if isinstance(started, datetime) else None,
+            run_clears=clears if isinstance(clears, int) and not isinstance(clears, bool) else None,
         )
 
     def without_run_after(self) -> TaskIdentity:
@@ -99,6 +109,9 @@ class LedgerRecord:
     # run's clear_number then: a retry keeps it, a clear raises it.
     delivered: bool = False
     delivered_at_clear: int | None = None
+    # The run's start and clear_number when the intent was written (see TaskIdentity).
+    run_started: str | None = None
+    run_clears: int | None = None
 
     @property
     def is_paid(self) -> bool:
@@ -128,6 +141,10 @@ class LedgerRecord:
             raw["delivered"] = True
         if self.delivered_at_clear is not None:
             raw["delivered_at_clear"] = self.delivered_at_clear
+        if self.run_started is not None:
+            raw["run_started"] = self.run_started
+        if self.run_clears is not None:
+            raw["run_clears"] = self.run_clears
         return json.dumps(raw, ensure_ascii=True, separators=(",", ":"))
 
     @classmethod
@@ -153,9 +170,16 @@ class LedgerRecord:
             raise _corrupt(where, "source is not a digest")
         if not isinstance(delivered, bool):
             raise _corrupt(where, "delivered is not true or false")
-        at_clear = raw.get("delivered_at_clear")
-        if at_clear is not None and (isinstance(at_clear, bool) or not isinstance(at_clear, int)):
-            raise _corrupt(where, "delivered_at_clear is not a number")
+        at_clear, run_started, run_clears = (
+            raw.get("delivered_at_clear"),
+            raw.get("run_started"),
+            raw.get("run_clears"),
+        )
+        for name, number in (("delivered_at_clear", at_clear), ("run_clears", run_clears)):
+            if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
+                raise _corrupt(where, f"{name} is not a number")
+        if run_started is not None and not isinstance(run_started, str):
+            raise _corrupt(where, "run_started is not a time")
         return cls(
             fingerprint=fingerprint,
             model=model,
@@ -165,6 +189,8 @@ class LedgerRecord:
             last_attempt_at=None if last is None else _stored_time(last, "last_attempt_at", where),
             delivered=delivered,
             delivered_at_clear=at_clear,
+            run_started=run_started,
+            run_clears=run_clears,
         )
 
 
@@ -259,7 +285,9 @@ class Ledger:
         self.found_in = None
         text = self.store.read(name)
         if text is not None:
-            return LedgerRecord.from_json(text, where=self.where(name))
+            record = LedgerRecord.from_json(text, where=self.where(name))
+            if not self._from_a_deleted_run(record, self.store, name):
+                return record
         for store, not_before in self.fallbacks:
             text = store.read(name)
             if text is None:
@@ -267,9 +295,36 @@ class Ledger:
             record = LedgerRecord.from_json(text, where=store.where(name))
             if not_before is not None and record.intent_at < not_before:
                 continue  # a deleted run's record under the same run id: not this run's
+            if self._from_a_deleted_run(record, store, name):
+                continue
             self.found_in = store.where(name)
             return record
         return None
+
+    def _from_a_deleted_run(self, record: LedgerRecord, store: LedgerStore, name: str) -> bool:
+        """True for a record a deleted DAG run of the same run id and run_after wrote: its run
+        started at another time and this run was not cleared since (a clear restarts a finished
+        run and raises clear_number; a retry changes neither). A store scoped to the run's
+        database row (3.3's task state store, ``exact_run``) needs no such check."""
+        run = self.identity
+        if getattr(store, "exact_run", False):
+            return False
+        if not (record.run_started and run.run_started) or record.run_started == run.run_started:
+            return False
+        if (
+            record.run_clears is not None
+            and run.run_clears is not None
+            and run.run_clears > record.run_clears
+        ):
+            return False
+        log.warning(
+            "Ignoring the ledger record at %s: an earlier DAG run with this run id wrote it (that run "
+            "started %s, this one %s, not cleared since).",
+            store.where(name),
+            record.run_started,
+            run.run_started,
+        )
+        return True
 
     def _write(self, name: str, text: str) -> None:
         self.store.write(name, text)
@@ -283,7 +338,14 @@ class Ledger:
         self, fingerprint: str, model: str, name: str | None = None, *, source: str | None = None
     ) -> LedgerRecord:
         """Before the POST: if this write fails, nothing has been sent (the error is retryable)."""
-        record = LedgerRecord(fingerprint, model, self._now(), source=source)
+        record = LedgerRecord(
+            fingerprint,
+            model,
+            self._now(),
+            source=source,
+            run_started=self.identity.run_started,
+            run_clears=self.identity.run_clears,
+        )
         self._write(name or self.record, record.to_json())
         return record
 
@@ -326,7 +388,10 @@ class Ledger:
             return None
         name = _by_inputs_name(fingerprint)
         text = self.by_inputs.read(name)
-        return None if text is None else LedgerRecord.from_json(text, where=self.by_inputs.where(name))
+        if text is None:
+            return None
+        record = LedgerRecord.from_json(text, where=self.by_inputs.where(name))
+        return None if self._from_a_deleted_run(record, self.by_inputs, name) else record
 
     def write_by_inputs(self, record: LedgerRecord) -> None:
         """Share a paid record with the other map indexes (best effort: this task's own record

@@ -96,6 +96,8 @@ def _run_token(accessor: Any) -> str:
 class TaskStateLedgerStore:
     """Airflow 3.3+'s task state store, scoped by Airflow to this task instance across tries."""
 
+    exact_run = True  # keyed by the run's database id: a run made again starts empty
+
     def __init__(self, accessor: Any) -> None:
         self.accessor = accessor
 

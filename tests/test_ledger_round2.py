@@ -436,3 +436,25 @@ def test_a_mapped_list_that_comes_back_reordered_pays_for_nothing_again(
         assert task_instance(dag_run, "generate", map_index=index).try_number == 2
         result = xcom(dag_run, "generate", map_index=index)
         assert by_prompt[result["prediction_id"]] == result["inputs"]["prompt"]
+
+
+def _context(started: datetime, clears: int) -> dict[str, Any]:
+    """A scheduled run's context: its run id and run_after come from the schedule, so a copy
+    made after the run is deleted has the same ones; only its start (and clears) differ."""
+    from types import SimpleNamespace
+
+    when = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id="scheduled__2026-11-30T06:00:00+00:00", map_index=-1)
+    return {"ti": ti, "dag_run": SimpleNamespace(run_after=when, start_date=started, clear_number=clears)}
+
+
+def test_a_scheduled_run_made_again_is_told_from_a_retry_and_a_clear(variables: dict[str, str]) -> None:
+    from airflow_provider_magi.ledger_stores import open_ledger
+
+    started = datetime(2026, 11, 30, 6, 0, 5, tzinfo=UTC)
+    ledger = open_ledger(_context(started, clears=0))
+    ledger.write_paid(ledger.write_intent(FINGERPRINT, "m"), "p1")
+    assert open_ledger(_context(started, clears=0)).read() is not None  # a retry
+    cleared = started + timedelta(hours=2)
+    assert open_ledger(_context(cleared, clears=1)).read() is not None  # a clear restarts the run
+    assert open_ledger(_context(cleared, clears=0)).read() is None  # deleted and scheduled again
