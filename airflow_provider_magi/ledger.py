@@ -4,8 +4,12 @@ XCom is cleared at the start of every try, so it cannot remember a paid predicti
 retry. The ledger can: it is keyed by what stays the same across tries (DAG, task, run, map
 index; never the try number), and it is written in two phases:
 
-1. **intent**, just before the submit POST: the inputs' fingerprint, the model, the time.
+1. **intent**, just before the submit POST: the inputs' fingerprint, the model, the time (and,
+   before every resend of the same submit, the time of that last attempt).
 2. **paid**, the moment an answer names a prediction id: the same record plus that id.
+
+The run part of the key tells a DAG run from one deleted and made again under the same run id
+(``run_after``, the run's start and clear count; on 3.3 the task state store's own scoping).
 
 A retry reads the record back and decides (:func:`decide`): reattach to the paid prediction, look
 an intent without an id up in WaveSpeed's history, or submit afresh. The records hold ids and
