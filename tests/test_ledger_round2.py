@@ -123,6 +123,17 @@ def test_a_template_that_renders_differently_on_the_retry_reattaches(
     assert xcom(dag_run, "generate")["prediction_id"] == prediction.id
 
 
+def test_a_mapped_template_that_renders_differently_on_the_retry_reattaches(
+    dag_bag: Any, magi_conn: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_ledger_mapped_rerendered_seed")
+    assert dag_run.state == "success"
+    assert paid(magi_conn) == 2  # one per map index (was 4: each retry re-rendered its seed)
+    assert {p.inputs["seed"] for p in magi_conn.app.predictions.values()} == {1001}
+    for index in range(2):
+        assert task_instance(dag_run, "generate", map_index=index).try_number == 2
+
+
 def test_the_decision_tells_a_re_rendered_template_from_an_edited_one() -> None:
     source = template_source({"prompt": "a boat", "seed": "{{ range(0, 100000) | random }}"})
     edited = template_source({"prompt": "a ship", "seed": "{{ range(0, 100000) | random }}"})

@@ -209,9 +209,17 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         self._announced: str | None = None
         self._final: Prediction | None = None
         self._lineage_result: dict[str, Any] | None = None
+        self._keep_template_source()
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
         """Keep a digest of the fields as written in the DAG before they render (see ``decide``)."""
+        self._keep_template_source()
+        super().render_template_fields(context, jinja_env)
+
+    def _keep_template_source(self) -> None:
+        """The digest of the input fields as they are now, unrendered. Also taken when the
+        operator is made: a mapped task is made (unmapped) from the DAG's values and rendered
+        by its MappedOperator, which never calls this operator's render_template_fields."""
         from airflow_provider_magi.ledger import template_source
 
         self._template_source = template_source(
@@ -221,7 +229,6 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
                 if field not in _NOT_INPUTS  # these never change what a video is made of
             }
         )
-        super().render_template_fields(context, jinja_env)
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path

@@ -102,8 +102,9 @@ class ReorderedOnRetry(MagiGenerateVideoOperator):
     upstream list comes back in another order and the mapped task is cleared."""
 
     def execute(self, context: Any) -> Any:
-        if context["ti"].try_number > 1:
+        if context["ti"].try_number > 1:  # made from the reordered list, as Airflow would
             self.prompt = MAPPED_PROMPTS[(context["ti"].map_index + 1) % len(MAPPED_PROMPTS)]
+            getattr(self, "_keep_template_source", lambda: None)()
         return super().execute(context)
 
     def submit_job(self, context: Any, ledger: Any) -> Any:
@@ -117,3 +118,9 @@ with _dag("magi_ledger_mapped_list_reordered"):
     ReorderedOnRetry.partial(task_id="generate", deferrable=False, **RETRY, **FAST).expand(
         prompt=MAPPED_PROMPTS
     )
+
+# A mapped task is rendered by its MappedOperator: its template source is taken when it is made.
+with _dag("magi_ledger_mapped_rerendered_seed"):
+    DiesAfterSubmit.partial(
+        task_id="generate", seed="{{ 1000 + ti.try_number }}", deferrable=False, **RETRY, **FAST
+    ).expand(prompt=["a mapped fox [[duration: 0.2]]", "a mapped owl [[duration: 0.2]]"])
