@@ -515,15 +515,17 @@ def submit_candidates(
     """The predictions that could be a submit's: of ``model``, created within [start, end].
 
     Checked here, not left to the server's filters: a history answer listing another model's
-    prediction from 2019 was once attached to as "the only one". An unparseable ``created_at`` is
-    dropped; an id listed twice (pages shift while new predictions arrive) counts once.
+    prediction from 2019 was once attached to as "the only one". An item whose ``created_at`` or
+    ``model`` cannot be read is kept (fail safe): it may be this submit's, and calling it "not
+    ours" would pay again. An id listed twice (pages shift while new predictions arrive) counts
+    once.
     """
     kept: dict[str, Prediction] = {}
     for prediction in predictions:
         created = parse_timestamp(prediction.created_at)
-        if created is None or not as_utc(start) <= created <= as_utc(end):
+        if created is not None and not as_utc(start) <= created <= as_utc(end):
             continue
-        if same_model(prediction.model, model):
+        if not str(prediction.model or "").strip().strip("/") or same_model(prediction.model, model):
             kept.setdefault(prediction.id, prediction)
     return list(kept.values())
 

@@ -4,8 +4,12 @@ XCom is cleared at the start of every try, so it cannot remember a paid predicti
 retry. The ledger can: it is keyed by what stays the same across tries (DAG, task, run, map
 index; never the try number), and it is written in two phases:
 
-1. **intent**, just before the submit POST: the inputs' fingerprint, the model, the time.
+1. **intent**, just before the submit POST: the inputs' fingerprint, the model, the time (and,
+   before every resend of the same submit, the time of that last attempt).
 2. **paid**, the moment an answer names a prediction id: the same record plus that id.
+
+The run part of the key tells a DAG run from one deleted and made again under the same run id
+(``run_after``, the run's start and clear count; on 3.3 the task state store's own scoping).
 
 A retry reads the record back and decides (:func:`decide`): reattach to the paid prediction, look
 an intent without an id up in WaveSpeed's history, or submit afresh. The records hold ids and
@@ -17,8 +21,13 @@ The logic here is pure; the stores it writes through are the small adapters in
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Mapping
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -26,7 +35,12 @@ from typing import Any, Protocol
 from airflow_provider_magi.api import is_valid_prediction_id
 from airflow_provider_magi.exceptions import MagiLedgerError
 
-RECORD_VERSION = 1
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = 2
+# Version 1 records (no template source, no attempt time) are still read: a retry that straddles a
+# provider upgrade finds them.
+READABLE_VERSIONS = (1, 2)
 # The record every generate task keeps; a long video keeps one per scene ("scene-1", ...).
 DEFAULT_RECORD = "prediction"
 
@@ -39,17 +53,41 @@ class TaskIdentity:
     task_id: str
     run_id: str
     map_index: int = -1
+    # When the DAG run was created to run (its ``run_after``): a run deleted and created again
+    # with the same run id gets a new one, so its records are not the deleted run's. None where
+    # unknown (then the run id alone names the run, as before).
+    run_after: str | None = None
+    # When the run started, and how often it was cleared: not part of any key, but stamped on
+    # each record. A record from a run that started at another time, in no earlier clear, was
+    # written by a deleted run of the same run id and run_after (a scheduled run made again).
+    run_started: str | None = None
+    run_clears: int | None = None
 
     @classmethod
     def of(cls, context: Mapping[str, Any]) -> TaskIdentity:
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
+        run = context.get("dag_run")
+        run_after = getattr(run, "run_after", None)
+        started = getattr(run, "start_date", None)
+        clears = getattr(run, "clear_number", None)
         return cls(
             dag_id=str(ti.dag_id),
             task_id=str(ti.task_id),
             run_id=str(ti.run_id),
             map_index=-1 if map_index is None else int(map_index),
+            run_after=_utc_text(run_after) if isinstance(run_after, datetime) else None,
+            run_started=_utc_text(started) if isinstance(started, datetime) else None,
+            run_clears=clears if isinstance(clears, int) and not isinstance(clears, bool) else None,
         )
+
+    def without_run_after(self) -> TaskIdentity:
+        """The identity as records written before ``run_after`` was part of it name it."""
+        return replace(self, run_after=None)
+
+    def unmapped(self) -> TaskIdentity:
+        """The identity every map index of this task and run shares."""
+        return replace(self, map_index=-1)
 
     def describe(self) -> str:
         mapped = f", map_index={self.map_index}" if self.map_index >= 0 else ""
@@ -64,26 +102,54 @@ class LedgerRecord:
     model: str
     intent_at: datetime
     prediction_id: str | None = None
+    # A digest of the template fields before rendering: a retry whose inputs render differently
+    # (a random seed, now(), a presigned URL) from the same source is the same logical task.
+    source: str | None = None
+    # When the last submit attempt was about to be sent (429 Retry-After and connect failures
+    # resend): the history look-up searches up to past this, not only past the intent.
+    last_attempt_at: datetime | None = None
+    # Set once the task succeeded with this prediction: only then may ``regenerate_on_clear``
+    # pay for a new video instead of handing this one back. ``delivered_at_clear`` is the DAG
+    # run's clear_number then: a retry keeps it, a clear raises it.
+    delivered: bool = False
+    delivered_at_clear: int | None = None
+    # The run's start and clear_number when the intent was written (see TaskIdentity).
+    run_started: str | None = None
+    run_clears: int | None = None
 
     @property
     def is_paid(self) -> bool:
         return self.prediction_id is not None
 
+    @property
+    def sent_until(self) -> datetime:
+        """When the last attempt of this submit was about to be sent (the intent, if only one)."""
+        return self.last_attempt_at or self.intent_at
+
     def paid(self, prediction_id: str) -> LedgerRecord:
         return replace(self, prediction_id=prediction_id)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "v": RECORD_VERSION,
-                "fingerprint": self.fingerprint,
-                "model": self.model,
-                "intent_at": self.intent_at.astimezone(UTC).isoformat(timespec="milliseconds"),
-                "prediction_id": self.prediction_id,
-            },
-            ensure_ascii=True,
-            separators=(",", ":"),
-        )
+        raw: dict[str, Any] = {
+            "v": RECORD_VERSION,
+            "fingerprint": self.fingerprint,
+            "model": self.model,
+            "intent_at": _utc_text(self.intent_at),
+            "prediction_id": self.prediction_id,
+        }
+        if self.source is not None:
+            raw["source"] = self.source
+        if self.last_attempt_at is not None:
+            raw["last_attempt_at"] = _utc_text(self.last_attempt_at)
+        if self.delivered:
+            raw["delivered"] = True
+        if self.delivered_at_clear is not None:
+            raw["delivered_at_clear"] = self.delivered_at_clear
+        if self.run_started is not None:
+            raw["run_started"] = self.run_started
+        if self.run_clears is not None:
+            raw["run_clears"] = self.run_clears
+        return json.dumps(raw, ensure_ascii=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str, *, where: str) -> LedgerRecord:
@@ -92,7 +158,7 @@ class LedgerRecord:
             raw = json.loads(text)
         except (TypeError, ValueError, RecursionError):
             raise _corrupt(where, "it is not JSON") from None
-        if not isinstance(raw, dict) or raw.get("v") != RECORD_VERSION:
+        if not isinstance(raw, dict) or raw.get("v") not in READABLE_VERSIONS or raw.get("v") is True:
             raise _corrupt(where, f"expected a version {RECORD_VERSION} record")
         fingerprint, model, prediction_id = raw.get("fingerprint"), raw.get("model"), raw.get("prediction_id")
         if not isinstance(fingerprint, str) or not fingerprint or not isinstance(model, str) or not model:
@@ -101,13 +167,49 @@ class LedgerRecord:
             isinstance(prediction_id, str) and is_valid_prediction_id(prediction_id)
         ):
             raise _corrupt(where, "its prediction id is not a WaveSpeed id")
-        try:
-            intent_at = datetime.fromisoformat(str(raw.get("intent_at")))
-        except ValueError:
-            raise _corrupt(where, "intent_at is not a time") from None
-        if intent_at.tzinfo is None:
-            raise _corrupt(where, "intent_at has no time zone")
-        return cls(fingerprint=fingerprint, model=model, intent_at=intent_at, prediction_id=prediction_id)
+        intent_at = _stored_time(raw.get("intent_at"), "intent_at", where)
+        last = raw.get("last_attempt_at")
+        source, delivered = raw.get("source"), raw.get("delivered", False)
+        if source is not None and not (isinstance(source, str) and source):
+            raise _corrupt(where, "source is not a digest")
+        if not isinstance(delivered, bool):
+            raise _corrupt(where, "delivered is not true or false")
+        at_clear, run_started, run_clears = (
+            raw.get("delivered_at_clear"),
+            raw.get("run_started"),
+            raw.get("run_clears"),
+        )
+        for name, number in (("delivered_at_clear", at_clear), ("run_clears", run_clears)):
+            if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
+                raise _corrupt(where, f"{name} is not a number")
+        if run_started is not None and not isinstance(run_started, str):
+            raise _corrupt(where, "run_started is not a time")
+        return cls(
+            fingerprint=fingerprint,
+            model=model,
+            intent_at=intent_at,
+            prediction_id=prediction_id,
+            source=source,
+            last_attempt_at=None if last is None else _stored_time(last, "last_attempt_at", where),
+            delivered=delivered,
+            delivered_at_clear=at_clear,
+            run_started=run_started,
+            run_clears=run_clears,
+        )
+
+
+def _utc_text(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _stored_time(value: Any, name: str, where: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise _corrupt(where, f"{name} is not a time") from None
+    if when.tzinfo is None:
+        raise _corrupt(where, f"{name} has no time zone")
+    return when
 
 
 def _corrupt(where: str, why: str) -> MagiLedgerError:
@@ -137,38 +239,133 @@ class Ledger:
 
     A generate task keeps one record; a long video keeps one per scene and hands each scene's
     steps the ledger :meth:`for_record` gives, so those steps are the generate task's own.
+
+    ``mirrors`` get a copy of every write (best effort: the primary store is the truth), and
+    ``fallbacks`` are read when the primary store has no record: together they make a record
+    findable wherever an earlier try wrote it (``ledger_path`` switched on, off or moved between
+    tries; Variables before an upgrade to 3.3's task state store). A fallback pair's time, when
+    set, drops records whose intent is older (written by a deleted run of the same run id).
     """
 
-    def __init__(self, store: LedgerStore, identity: TaskIdentity, record: str = DEFAULT_RECORD) -> None:
+    def __init__(
+        self,
+        store: LedgerStore,
+        identity: TaskIdentity,
+        record: str = DEFAULT_RECORD,
+        *,
+        mirrors: Sequence[LedgerStore] = (),
+        fallbacks: Sequence[tuple[LedgerStore, datetime | None]] = (),
+        by_inputs: LedgerStore | None = None,
+    ) -> None:
+        self.by_inputs = by_inputs  # mapped tasks: paid records by inputs, shared by map indexes
         self.store = store
         self.identity = identity
         self.record = record
+        self.mirrors = tuple(mirrors)
+        self.fallbacks = tuple(fallbacks)
+        self.found_in: str | None = None  # where the last read found its record, if not the primary
+        # Unix time of the records' times: the operator sets WaveSpeed's clock (its ``Date``), so
+        # a look-up compares them with the history's times and the settle on one clock.
+        self.clock: Callable[[], float] = time.time
 
     def for_record(self, name: str) -> Ledger:
         """The same ledger, defaulting to the record ``name`` (e.g. ``"scene-3"``)."""
-        return Ledger(self.store, self.identity, name)
+        ledger = Ledger(
+            self.store,
+            self.identity,
+            name,
+            mirrors=self.mirrors,
+            fallbacks=self.fallbacks,
+            by_inputs=self.by_inputs,
+        )
+        ledger.clock = self.clock
+        return ledger
 
     def where(self, name: str | None = None) -> str:
         return self.store.where(name or self.record)
 
     def read(self, name: str | None = None) -> LedgerRecord | None:
         name = name or self.record
+        self.found_in = None
         text = self.store.read(name)
-        return None if text is None else LedgerRecord.from_json(text, where=self.where(name))
+        if text is not None:
+            record = LedgerRecord.from_json(text, where=self.where(name))
+            if not self._from_a_deleted_run(record, self.store, name):
+                return record
+        for store, not_before in self.fallbacks:
+            text = store.read(name)
+            if text is None:
+                continue
+            record = LedgerRecord.from_json(text, where=store.where(name))
+            if not_before is not None and record.intent_at < not_before:
+                continue  # a deleted run's record under the same run id: not this run's
+            if self._from_a_deleted_run(record, store, name):
+                continue
+            self.found_in = store.where(name)
+            return record
+        return None
 
-    def write_intent(self, fingerprint: str, model: str, name: str | None = None) -> LedgerRecord:
+    def _from_a_deleted_run(self, record: LedgerRecord, store: LedgerStore, name: str) -> bool:
+        """True for a record a deleted DAG run of the same run id and run_after wrote: its run
+        started at another time and this run was not cleared since (a clear restarts a finished
+        run and raises clear_number; a retry changes neither). A store scoped to the run's
+        database row (3.3's task state store, ``exact_run``) needs no such check."""
+        run = self.identity
+        if getattr(store, "exact_run", False):
+            return False
+        if not (record.run_started and run.run_started) or record.run_started == run.run_started:
+            return False
+        if (
+            record.run_clears is not None
+            and run.run_clears is not None
+            and run.run_clears > record.run_clears
+        ):
+            return False
+        log.warning(
+            "Ignoring the ledger record at %s: an earlier DAG run with this run id wrote it (that run "
+            "started %s, this one %s, not cleared since).",
+            store.where(name),
+            record.run_started,
+            run.run_started,
+        )
+        return True
+
+    def _write(self, name: str, text: str) -> None:
+        self.store.write(name, text)
+        for mirror in self.mirrors:
+            try:
+                mirror.write(name, text)
+            except Exception as error:  # the primary holds the record; a copy is a convenience
+                log.warning("The ledger's copy at %s was not written: %s", mirror.where(name), error)
+
+    def write_intent(
+        self, fingerprint: str, model: str, name: str | None = None, *, source: str | None = None
+    ) -> LedgerRecord:
         """Before the POST: if this write fails, nothing has been sent (the error is retryable)."""
-        now = datetime.now(UTC)
-        record = LedgerRecord(fingerprint, model, now.replace(microsecond=now.microsecond // 1000 * 1000))
-        self.store.write(name or self.record, record.to_json())
+        record = LedgerRecord(
+            fingerprint,
+            model,
+            self._now(),
+            source=source,
+            run_started=self.identity.run_started,
+            run_clears=self.identity.run_clears,
+        )
+        self._write(name or self.record, record.to_json())
         return record
+
+    def write_attempt(self, record: LedgerRecord, name: str | None = None) -> LedgerRecord:
+        """Before a resend of the same submit (after a 429 or a connection never made): a later
+        look-up then searches the history up to past this attempt."""
+        attempt = replace(record, last_attempt_at=self._now())
+        self._write(name or self.record, attempt.to_json())
+        return attempt
 
     def write_paid(self, record: LedgerRecord, prediction_id: str, name: str | None = None) -> LedgerRecord:
         """After the POST named an id: a failure here must fail the run loudly, naming the id."""
         name = name or self.record
         paid = record.paid(prediction_id)
         try:
-            self.store.write(name, paid.to_json())
+            self._write(name, paid.to_json())
         except Exception as error:
             raise MagiLedgerError(
                 f"Prediction {prediction_id} was submitted (and is billed), but recording it in the "
@@ -179,8 +376,71 @@ class Ledger:
             ) from error
         return paid
 
+    def write_delivered(
+        self, record: LedgerRecord, clear_number: int | None, name: str | None = None
+    ) -> None:
+        """The task succeeded with this record's prediction (best effort: it is done and paid)."""
+        delivered = replace(record, delivered=True, delivered_at_clear=clear_number)
+        try:
+            self._write(name or self.record, delivered.to_json())
+        except Exception as error:
+            log.warning("The ledger could not mark %s as delivered: %s", record.prediction_id, error)
+
+    def read_by_inputs(self, fingerprint: str) -> LedgerRecord | None:
+        """A paid record for these inputs written by any map index of this task and run."""
+        if self.by_inputs is None:
+            return None
+        name = _by_inputs_name(fingerprint)
+        text = self.by_inputs.read(name)
+        if text is None:
+            return None
+        record = LedgerRecord.from_json(text, where=self.by_inputs.where(name))
+        return None if self._from_a_deleted_run(record, self.by_inputs, name) else record
+
+    def write_by_inputs(self, record: LedgerRecord) -> None:
+        """Share a paid record with the other map indexes (best effort: this task's own record
+        holds it): a mapped list that comes back in another order then pays for nothing again."""
+        if self.by_inputs is None or record.prediction_id is None:
+            return
+        try:
+            self.by_inputs.write(_by_inputs_name(record.fingerprint), record.to_json())
+        except Exception as error:
+            log.warning("The ledger's record by inputs was not written: %s", error)
+
     def forget(self, name: str | None = None) -> None:
-        self.store.delete(name or self.record)
+        name = name or self.record
+        self.store.delete(name)
+        for mirror in self.mirrors:
+            with contextlib.suppress(Exception):
+                mirror.delete(name)
+
+    def _now(self) -> datetime:
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def is_cleared_since_delivery(record: LedgerRecord, clear_number: int | None) -> bool:
+    """The record's video was delivered, and this is a later clear of the run (where known)."""
+    if not record.delivered:
+        return False
+    if record.delivered_at_clear is None or clear_number is None:
+        return True
+    return clear_number > record.delivered_at_clear
+
+
+def _by_inputs_name(fingerprint: str) -> str:
+    return f"inputs-{fingerprint[:40]}"
+
+
+def template_source(values: Mapping[str, Any]) -> str:
+    """A digest of template fields before rendering (the DAG's code, not what it rendered to)."""
+    text = json.dumps(values, sort_keys=True, default=_stable_text, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _stable_text(value: Any) -> str:
+    """Objects by their text, without the memory address a default repr carries."""
+    return f"{type(value).__qualname__}:{re.sub(r' at 0x[0-9a-f]+', '', str(value))}"
 
 
 # ------------------------------------------------------------------ the retry decision
@@ -197,22 +457,52 @@ class Decision:
     record: LedgerRecord | None = None
 
 
-def decide(record: LedgerRecord | None, fingerprint: str) -> Decision:
-    """What a try does with what the ledger holds (before asking WaveSpeed anything)."""
+def decide(
+    record: LedgerRecord | None,
+    fingerprint: str,
+    source: str | None = None,
+    *,
+    regenerate: bool = False,
+    clear_number: int | None = None,
+) -> Decision:
+    """What a try does with what the ledger holds (before asking WaveSpeed anything).
+
+    ``source`` is the digest of the template fields before rendering: inputs that rendered
+    differently from an unchanged source (a random seed, ``now()``, a presigned URL) are the same
+    logical inputs. ``regenerate`` pays for a new video when the recorded one was delivered
+    (a clear of a successful task, on purpose): in a later clear of the DAG run than the one
+    that delivered it (``clear_number``), where both are known; a retry never regenerates.
+    """
     if record is None:
         return Decision(SUBMIT, "no earlier submit is recorded")
-    if record.fingerprint != fingerprint:
+    if regenerate and is_cleared_since_delivery(record, clear_number):
+        return Decision(
+            SUBMIT,
+            f"prediction {record.prediction_id} was delivered by an earlier run of this task and "
+            "regenerate_on_clear is set: paying for a new video on purpose",
+            record,
+        )
+    rerendered = record.fingerprint != fingerprint and source is not None and record.source == source
+    if record.fingerprint != fingerprint and not rerendered:
         return Decision(
             SUBMIT,
             f"the recorded submit ({record.prediction_id or 'intent only'}) was made for other inputs "
             "(the model, prompt, image, seed or extra_inputs changed since)",
             record,
         )
+    note = (
+        " (the inputs rendered differently this time, e.g. a random seed, now() or a presigned URL, "
+        "but the template source is unchanged: the same task)"
+        if rerendered
+        else ""
+    )
     if record.prediction_id is not None:
-        return Decision(REATTACH, f"prediction {record.prediction_id} was paid for these inputs", record)
+        return Decision(
+            REATTACH, f"prediction {record.prediction_id} was paid for these inputs{note}", record
+        )
     return Decision(
         LOOK_UP,
-        f"a submit was about to be sent at {record.intent_at.isoformat(timespec='seconds')} but no "
-        "prediction id was recorded (the worker died mid-submit, or the answer was lost)",
+        f"a submit was about to be sent at {record.sent_until.isoformat(timespec='seconds')} but no "
+        f"prediction id was recorded (the worker died mid-submit, or the answer was lost){note}",
         record,
     )

@@ -20,6 +20,8 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -34,20 +36,67 @@ LEGACY_TASK_STATE_KEY = "magi_prediction_id"
 
 
 def open_ledger(context: Mapping[str, Any], *, ledger_path: str | None = None) -> Ledger:
-    """The ledger of the running task: object storage if asked, else the best store Airflow has."""
+    """The ledger of the running task: object storage if asked, else the best store Airflow has.
+
+    With ``ledger_path``, Airflow's own store keeps a copy of every record, so a try after
+    ``ledger_path`` is removed or moved still finds it. A try that finds nothing in its store
+    reads the others before paying: Airflow's own store (``ledger_path`` switched on between
+    tries), Variables under 3.3's task state store (a task that straddled the upgrade), and
+    records keyed as before a run's creation was part of the key (only if written after this run
+    was created: an older one belongs to a deleted run of the same run id).
+    """
     identity = TaskIdentity.of(context)
+    accessor = context.get("task_state_store")
+    if accessor is not None:  # 3.3+: the task state store lives and dies with this very run
+        identity = replace(identity, run_after=f"run-{_run_token(accessor)}")
+    airflow_store: LedgerStore = (
+        TaskStateLedgerStore(accessor) if accessor is not None else VariableLedgerStore(identity)
+    )
+    fallbacks: list[tuple[LedgerStore, datetime | None]] = []
+    mirrors: list[LedgerStore] = []
     store: LedgerStore
     if ledger_path:
         store = ObjectStorageLedgerStore(ledger_path, identity)
-    elif context.get("task_state_store") is not None:
-        store = TaskStateLedgerStore(context["task_state_store"])
+        mirrors.append(airflow_store)
+        fallbacks.append((airflow_store, None))
     else:
-        store = VariableLedgerStore(identity)
-    return Ledger(store, identity)
+        store = airflow_store
+    plain = TaskIdentity.of(context)
+    if accessor is not None and plain.run_after is not None:
+        fallbacks.append((VariableLedgerStore(plain), None))  # written on 3.2, before the upgrade
+    created = None if plain.run_after is None else datetime.fromisoformat(plain.run_after)
+    fallbacks.append((VariableLedgerStore(plain.without_run_after()), created))
+    if ledger_path:
+        fallbacks.append((ObjectStorageLedgerStore(ledger_path, plain.without_run_after()), created))
+    by_inputs: LedgerStore | None = None
+    if identity.map_index >= 0:  # shared by every map index: Variables, or the ledger_path
+        unmapped = plain.unmapped()  # (each map index has its own task state store, and token)
+        by_inputs = (
+            ObjectStorageLedgerStore(ledger_path, unmapped) if ledger_path else VariableLedgerStore(unmapped)
+        )
+    return Ledger(store, identity, mirrors=mirrors, fallbacks=fallbacks, by_inputs=by_inputs)
+
+
+RUN_TOKEN_KEY = TASK_STATE_PREFIX + "run"
+
+
+def _run_token(accessor: Any) -> str:
+    """A random name for this run, kept in its task state store (keyed by the run's database id,
+    so a run deleted and created again under the same run id gets a new one)."""
+    try:
+        token = accessor.get(RUN_TOKEN_KEY)
+        if not isinstance(token, str) or not token:
+            token = uuid.uuid4().hex
+            accessor.set(RUN_TOKEN_KEY, token)
+    except Exception as error:
+        raise MagiLedgerUnavailableError(f"Reading this task's task state store failed: {error}") from error
+    return token
 
 
 class TaskStateLedgerStore:
     """Airflow 3.3+'s task state store, scoped by Airflow to this task instance across tries."""
+
+    exact_run = True  # keyed by the run's database id: a run made again starts empty
 
     def __init__(self, accessor: Any) -> None:
         self.accessor = accessor
@@ -194,4 +243,7 @@ class ObjectStorageLedgerStore:
 
 
 def _identity_parts(identity: TaskIdentity) -> list[str]:
-    return [identity.dag_id, identity.run_id, identity.task_id, str(identity.map_index)]
+    """The parts that name a task run's records; ``run_after`` (when known) tells a run deleted
+    and created again under the same run id from the one before."""
+    run = identity.run_id if identity.run_after is None else f"{identity.run_id}@{identity.run_after}"
+    return [identity.dag_id, run, identity.task_id, str(identity.map_index)]

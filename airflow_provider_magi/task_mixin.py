@@ -66,11 +66,32 @@ class MagiTaskMixin:
         timeout = None
         if waiter.deadline is not None:
             timeout = timedelta(seconds=max(0.0, waiter.deadline - time.time())) + DEFER_TIMEOUT_GRACE
+        try_number = getattr(context.get("ti"), "try_number", None)
         self.defer(  # type: ignore[attr-defined]  # BaseOperator.defer, on the class this mixes into
-            trigger=MagiPredictionTrigger.for_waiter(waiter, self.magi_conn_id),
+            trigger=MagiPredictionTrigger.for_waiter(waiter, self.magi_conn_id, try_number=try_number),
             method_name="execute_complete",
             timeout=timeout,
         )
+
+    def event_from_an_earlier_try(self, event: Any, context: Context) -> bool:
+        """True for an event a trigger fired for an earlier try of this task.
+
+        Airflow 3.0 keeps a deferred task's ``next_method`` across retries (apache/airflow#56704):
+        a retry resumes with the old try's event instead of running ``execute``. Such an event is
+        not this try's outcome: the caller starts the try afresh (the ledger reattaches).
+        """
+        sent = event.get("try_number") if isinstance(event, dict) else None
+        current = getattr(context.get("ti"), "try_number", None)
+        if not isinstance(sent, int) or not isinstance(current, int) or sent == current:
+            return False
+        self.log.warning(
+            "The trigger's event (%s) is from try %d; this is try %d (Airflow 3.0 resumes a retry "
+            "with an earlier try's event): starting this try afresh.",
+            event.get("status"),
+            sent,
+            current,
+        )
+        return True
 
     def result_from_trigger(self, event: dict[str, Any] | None) -> dict[str, Any]:
         """The result the trigger's event carries, or the error that fails the task."""

@@ -7,6 +7,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -99,3 +100,25 @@ def test_soft_fail_skips_in_every_mode(
     dag_run = run_dag(dag_bag, f"magi_test_sensor_soft_fail_{outcome}_{mode}")
     assert task_instance(dag_run, "wait").state == "skipped"
     assert task_instance(dag_run, "submit").state == "success"
+
+
+@pytest.mark.parametrize("operator_class", ["sensor", "long_video"])
+def test_an_event_from_an_earlier_try_starts_the_try_afresh(
+    monkeypatch: pytest.MonkeyPatch, operator_class: str
+) -> None:
+    """Airflow 3.0 resumes a retry with the earlier try's event (apache/airflow#56704): the
+    sensor and the long video start afresh (the ledger reattaches) instead of failing on it."""
+    from airflow_provider_magi.operators.long_video import MagiLongVideoOperator
+
+    operator: Any = (
+        MagiPredictionSensor(task_id="s", prediction_id="p1", deferrable=True)
+        if operator_class == "sensor"
+        else MagiLongVideoOperator(task_id="l", scenes=["a", "b"], destination="/tmp/x")
+    )
+    monkeypatch.setattr(operator, "execute", lambda context: "started afresh")
+    stale = {"status": "timeout", "prediction_id": "p1", "try_number": 1, "message": "old try"}
+    context: Any = {"ti": SimpleNamespace(try_number=2)}
+    assert operator.execute_complete(context, stale) == "started afresh"
+    this_try: Any = {"ti": SimpleNamespace(try_number=1)}
+    with pytest.raises(Exception, match=r"old try|timeout|did not finish"):
+        operator.execute_complete(this_try, stale)

@@ -181,7 +181,7 @@ def test_a_poll_answer_with_an_invalid_id_is_a_response_error(monkeypatch: pytes
 # ------------------------------------------------------------------ 5. candidates are checked
 
 
-def test_candidates_of_another_model_or_outside_the_window_are_dropped(
+def test_candidates_of_another_model_or_outside_the_window_are_dropped_unreadable_ones_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = datetime.now(UTC)
@@ -196,7 +196,8 @@ def test_candidates_of_another_model_or_outside_the_window_are_dropped(
     with api(dropped, history=lambda number: page(items, len(items), number)) as server:
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", conn_json(server.base_url))
         found = MagiHook().find_submit_candidates(MODEL, now)
-    assert [p.id for p in found] == ["e" * 32]
+    # An unreadable created_at ("soon") or model (none) may be this submit's: kept, fail safe.
+    assert [p.id for p in found] == ["c" * 32, "d" * 32, "e" * 32]
 
 
 def test_a_single_listed_prediction_of_another_model_from_2019_is_not_attached(

@@ -125,6 +125,18 @@ class MagiHistoryMixin(MagiSyncClientMixin):
         found = submit_candidates(read_whole_history(fetch_page), model, start, end)
         return [p for p in found if p.id not in self.not_candidates]
 
+    def wavespeed_now(self) -> float:
+        """Now on WaveSpeed's clock (Unix time), from the ``Date`` of one small history read:
+        how old a submit attempt is must not depend on which worker's clock asks."""
+        self._call(
+            "POST",
+            HISTORY_PATH,
+            what="Reading WaveSpeed's clock",
+            body=json_body({"page": 1, "page_size": 1}),
+            resend_safe=True,
+        )
+        return self.server_now()
+
     def list_predictions(
         self,
         *,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -100,6 +100,7 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, MagiConn
         *,
         webhook_url: str | None = None,
         check_guards: bool = True,
+        before_resend: Callable[[], None] | None = None,
     ) -> Prediction:
         """Submit one generation. Sent once; resent only after a provable rejection (429, no connect).
 
@@ -112,6 +113,8 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, MagiConn
         :param check_guards: Check the connection's ``min_balance_usd`` and ``daily_budget_usd``
             first (:meth:`check_spending`), so a DAG calling the hook is guarded as the
             operators are. ``False`` only for a caller that has just checked them itself.
+        :param before_resend: Called before each resend (after a 429 or a connection never
+            made), so the caller can record when the submit was last sent.
         """
         if check_guards:
             self.check_spending(model)
@@ -122,7 +125,7 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, MagiConn
         what = f"Submitting to {model}"
         submitted_at = datetime.now(UTC)
         try:
-            data = self._call("POST", path, what=what, body=body, submit=True)
+            data = self._call("POST", path, what=what, body=body, submit=True, before_resend=before_resend)
         except MagiSubmitUncertainError as error:
             metrics.incr("submits.uncertain", model=model, conn_id=self.magi_conn_id)
             raise self._with_candidates(error, model, submitted_at) from None

@@ -8,7 +8,7 @@ whole, and the answer is read capped and scrubbed of the key.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -82,16 +82,23 @@ class MagiSyncClientMixin:
         cap_by_deadline: bool = False,
         is_poll: bool = False,
         submit: bool = False,
+        before_resend: Callable[[], None] | None = None,
     ) -> Mapping[str, Any]:
         """One exchange with its retries. ``deadline`` stops retries; with ``cap_by_deadline`` it
         also ends the request in flight. ``submit`` reads the answer as a submit's (an id in a
-        2xx is kept whatever the envelope's code says)."""
+        2xx is kept whatever the envelope's code says). ``before_resend`` runs before every
+        attempt but the first (the ledger records when a submit was last sent)."""
         settings = self.settings
         url = settings.base_url + path
         # The retry rules key on whether resending can start a second generation, not on the verb.
         rule = "GET" if method == "GET" or resend_safe else method
+        attempts = 0
 
         def attempt() -> Mapping[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and before_resend is not None:
+                before_resend()
             answer = self._send(
                 method, url, body=body, files=files, deadline=deadline if cap_by_deadline else None
             )
@@ -171,11 +178,32 @@ class MagiSyncClientMixin:
                 if isinstance(error, requests.ConnectionError) and _never_sent(error):
                     raise ConnectFailure(error_text(error, settings.api_key)) from error
                 raise ExchangeFailure(error_text(error, settings.api_key)) from error
+        self._note_server_clock(response.headers.get("Date"))
         if watch.expired:
             # Cut while header lines trickled, http.client can read the cut as the end of the
             # headers: an empty "200" that is no answer at all.
             raise ExchangeFailure(_cut_off(limit, settings.request_timeout))
         return answer_from(response.status_code, response.headers, raw, settings.api_key)
+
+    _server_offset: float | None = None  # WaveSpeed's clock minus this worker's, from ``Date``
+
+    def _note_server_clock(self, date: str | None) -> None:
+        """Keep how far WaveSpeed's clock is from this worker's, from an answer's ``Date``."""
+        if not date:
+            return
+        import email.utils
+
+        try:
+            when = email.utils.parsedate_to_datetime(date)
+        except (TypeError, ValueError, IndexError):
+            return
+        if when.tzinfo is not None:
+            self._server_offset = when.timestamp() - time.time()
+
+    def server_now(self) -> float:
+        """Now on WaveSpeed's clock (Unix time), as its last ``Date`` header put it (to the
+        second); this worker's clock until an answer has arrived."""
+        return time.time() + (self._server_offset or 0.0)
 
     def wait_for_prediction(self, waiter: Waiter) -> Prediction:
         """Poll in this process (a worker slot) until terminal; the trigger is the async twin."""

@@ -244,7 +244,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """A scene finished in the triggerer (or failed: that raises): carry on with the chain."""
-        self.result_from_trigger(event)
+        if not self.event_from_an_earlier_try(event, context):  # Airflow 3.0: else start afresh
+            self.result_from_trigger(event)
         return self.execute(context)
 
     def _scene(

@@ -18,6 +18,7 @@ from airflow_provider_magi.api import (
 from airflow_provider_magi.compat import BaseOperator, conf
 from airflow_provider_magi.exceptions import (
     MagiError,
+    MagiInputError,
     MagiRejectedError,
     MagiSubmitUncertainError,
 )
@@ -28,7 +29,7 @@ from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERV
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_magi.ledger import Ledger, LedgerRecord
+    from airflow_provider_magi.ledger import Decision, Ledger, LedgerRecord
 
 # The ledger, costs and validation modules are imported where a task runs, never when a DAG file
 # is parsed (tests/test_parse_imports.py holds what a parse may import).
@@ -57,6 +58,32 @@ def _candidate(prediction: Prediction) -> dict[str, Any]:
         "created_at": prediction.created_at,
         "model": prediction.model,
     }
+
+
+# Template fields that are not model inputs: left out of the template source's digest.
+_NOT_INPUTS = frozenset({"magi_conn_id", "webhook_url", "regenerate_on_clear"})
+
+
+def _clear_number(context: Context) -> int | None:
+    """How many times the DAG run was cleared (a retry keeps it, a clear raises it)."""
+    number = getattr(context.get("dag_run"), "clear_number", None)
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+def regenerate_flag(value: Any) -> bool:
+    """``regenerate_on_clear`` as rendered: a bool, or its text from a template; else refused
+    before anything is paid."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", "", "none"):
+        return False
+    raise MagiInputError(
+        f"Invalid regenerate_on_clear: expected true or false (got {value!r:.80}). Fix: pass a bool, "
+        "or a template that renders to 'true' or 'false'."
+    )
 
 
 def _seconds(value: float | timedelta | None, name: str) -> float | None:
@@ -97,6 +124,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         carry on with that one instead of failing. Off by default: another task, DAG or person
         using the same key may have submitted the same model in the same minute, and attaching to
         their prediction would hand this run someone else's video.
+    :param regenerate_on_clear: When a clear re-runs this task after it succeeded, pay for a new
+        video instead of handing back the one already delivered. Off by default (a clear then
+        costs nothing). Retries of a try that failed never regenerate. Templated (a bool, or
+        ``"true"``/``"false"`` from a template such as ``{{ params.regenerate }}``).
     :param timeout: Give up waiting after this long (seconds or timedelta). The prediction keeps
         running on WaveSpeed (there is no cancel endpoint); the task fails without retrying. A
         shorter ``execution_timeout`` also bounds a deferred wait (and then fails as Airflow fails
@@ -111,8 +142,14 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         "webhook_url",
         "model",
         "magi_conn_id",
+        "regenerate_on_clear",
     )
     template_fields_renderers = {"extra_inputs": "json"}
+    # A digest of the template fields before rendering (set by render_template_fields), and the
+    # one this task's ledger matches on; None where unknown (then only rendered inputs match).
+    _template_source: str | None = None
+    _source_fingerprint: str | None = None
+    _regenerate = False
     operator_extra_links = (MagiPredictionLink(),)
     ui_color = "#f3e8ff"
 
@@ -132,9 +169,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         timeout: float | timedelta | None = timedelta(hours=2),
         webhook_url: str | None = None,
         attach_to_single_candidate: bool = False,
+        regenerate_on_clear: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.regenerate_on_clear = regenerate_on_clear
         self.prompt = prompt
         self.image = image
         self.seed = seed
@@ -151,12 +190,32 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         self._announced: str | None = None
         self._final: Prediction | None = None
         self._lineage_result: dict[str, Any] | None = None
+        self._keep_template_source()
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        """Keep a digest of the fields as written in the DAG before they render (see ``decide``)."""
+        self._keep_template_source()
+        super().render_template_fields(context, jinja_env)
+
+    def _keep_template_source(self) -> None:
+        """The digest of the input fields as they are now, unrendered. Also taken when the
+        operator is made: a mapped task is made (unmapped) from the DAG's values and rendered
+        by its MappedOperator, which never calls this operator's render_template_fields."""
+        from airflow_provider_magi.ledger import template_source
+
+        self._template_source = template_source(
+            {
+                field: getattr(self, field, None)
+                for field in self.template_fields
+                if field not in _NOT_INPUTS  # these never change what a video is made of
+            }
+        )
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path
-        from airflow_provider_magi.ledger_stores import open_ledger
         from airflow_provider_magi.validation import check_webhook_url, inputs_fingerprint, magi_inputs
 
+        self._regenerate = regenerate_flag(self.regenerate_on_clear)
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
         )
@@ -165,7 +224,8 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             self.webhook_url, allow_insecure_loopback=bool(self.webhook_url) and self.hook.is_local_server
         )
         self._fingerprint = inputs_fingerprint(self.model, self._inputs)
-        ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
+        self._source_fingerprint = self._template_source
+        ledger = self._open_ledger(context)
         prediction_id = self._resume(ledger, context)
         if prediction_id is None:
             prediction_id = self.submit_job(context, ledger)
@@ -175,11 +235,33 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     # ------------------------------------------------------------ never pay twice
 
+    def _open_ledger(self, context: Context) -> Ledger:
+        from airflow_provider_magi.ledger_stores import open_ledger
+
+        ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
+        ledger.clock = self.hook.server_now  # WaveSpeed's clock, as its Date headers put it
+        return ledger
+
     def _resume(self, ledger: Ledger, context: Context) -> str | None:
         """The prediction an earlier try (or a cleared run) already paid for, or None to submit."""
-        from airflow_provider_magi.ledger import LOOK_UP, SUBMIT, decide
+        from airflow_provider_magi.ledger import LOOK_UP, SUBMIT, decide, is_cleared_since_delivery
 
-        decision = decide(ledger.read(), self._fingerprint)
+        clears = _clear_number(context)
+        decision = decide(
+            ledger.read(),
+            self._fingerprint,
+            self._source_fingerprint,
+            regenerate=self._regenerate,
+            clear_number=clears,
+        )
+        if ledger.found_in:
+            self.log.info(
+                "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
+            )
+        if decision.action == SUBMIT and not (
+            decision.record and self._regenerate and is_cleared_since_delivery(decision.record, clears)
+        ):
+            decision = self._from_another_map_index(ledger, context) or decision
         if decision.action == SUBMIT:
             if decision.record is not None:
                 self.log.warning("Not reusing the recorded submit: %s. Submitting afresh.", decision.reason)
@@ -199,12 +281,42 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         self.log.info("Ledger: %s; not submitting again.", decision.reason)
         return prediction_id
 
+    def _from_another_map_index(self, ledger: Ledger, context: Context) -> Decision | None:
+        """A retry or clear of a mapped task: these inputs may have been paid for under another
+        map index of this task and run (the mapped list came back in another order)."""
+        from airflow_provider_magi.ledger import REATTACH, Decision
+
+        if ledger.by_inputs is None or getattr(context["ti"], "try_number", 1) <= 1:
+            return None  # a first try: duplicate inputs in one list are each paid for, as asked
+        found = ledger.read_by_inputs(self._fingerprint)
+        if found is None or found.prediction_id is None:
+            return None
+        ledger.write_paid(found, found.prediction_id)  # this map index's own record from now on
+        return Decision(
+            REATTACH,
+            f"prediction {found.prediction_id} was paid for these inputs under another map index of "
+            "this task and run (the mapped list came back in another order)",
+            found,
+        )
+
     def _look_up_intent(self, ledger: Ledger, record: LedgerRecord, context: Context) -> str | None:
         """An intent without an id: WaveSpeed's history says whether that submit started anything."""
-        settle = record.intent_at.timestamp() + INTENT_SETTLE_SECONDS - time.time()
-        if settle > 0:  # a submit cut off a moment ago may still be landing on WaveSpeed's side
+        # A submit cut off a moment ago may still be landing on WaveSpeed's side: leave its last
+        # attempt INTENT_SETTLE_SECONDS to land, on WaveSpeed's clock (one read of its Date).
+        settle = record.sent_until.timestamp() + INTENT_SETTLE_SECONDS - self.hook.wavespeed_now()
+        if settle > 0:
+            self.log.info(
+                "Ledger: leaving the last submit attempt %.1fs more to land before the look-up.", settle
+            )
+            if self.deferrable:  # no worker slot is held for it
+                from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+                self.defer(
+                    trigger=TimeDeltaTrigger(timedelta(seconds=settle)), method_name="resume_after_settle"
+                )
             time.sleep(settle)
-        until = record.intent_at + timedelta(seconds=self.hook.settings.request_timeout)
+        # Every attempt actually sent (429 Retry-After, connect failures) is inside the window.
+        until = record.sent_until + timedelta(seconds=self.hook.settings.request_timeout)
         found = self.hook.find_submit_candidates(record.model, record.intent_at, until=until)
         if not found:
             self.log.warning(
@@ -247,10 +359,19 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         image = inputs.get("image")
         if isinstance(image, LocalImage):  # read and checked now, before the first request
             inputs["image"] = self.hook.upload_media(image.read())
-        record = ledger.write_intent(self._fingerprint, self.model)
+        record = ledger.write_intent(self._fingerprint, self.model, source=self._source_fingerprint)
+
+        def before_resend() -> None:
+            nonlocal record
+            record = ledger.write_attempt(record)
+
         try:
             prediction = self.hook.create_prediction(
-                inputs, model=self.model, webhook_url=self._webhook_url, check_guards=False
+                inputs,
+                model=self.model,
+                webhook_url=self._webhook_url,
+                check_guards=False,
+                before_resend=before_resend,
             )
         except MagiSubmitUncertainError as error:
             prediction = self._attach_to_candidate(context, error)
@@ -261,7 +382,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
                 ledger.forget()
             raise
         # The id goes into the ledger before anything else (XCom, logs) can fail or be killed.
-        ledger.write_paid(record, prediction.id)
+        ledger.write_by_inputs(ledger.write_paid(record, prediction.id))
         self._announce(context, prediction.id, "Submitted")
         return prediction.id
 
@@ -306,6 +427,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         prediction_id, _ = stored_job(external_id)
         self._announce(context, prediction_id, "Reattached to")
         if not self.wait_for_completion:
+            self._mark_delivered(context, prediction_id)  # the id is what this task delivers
             return prediction_id
         waiter = self._waiter(prediction_id)
         if self.deferrable:
@@ -322,9 +444,12 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         prediction_id, _ = stored_job(external_id)
         self._announce(context, prediction_id, "Reusing completed")
         if not self.wait_for_completion:
+            self._mark_delivered(context, prediction_id)  # the id is what this task delivers
             return prediction_id
         prediction = self._final or self.hook.get_prediction(prediction_id)
-        return self._result(final_result(prediction))
+        result = self._result(final_result(prediction))
+        self._mark_delivered(context, prediction_id)
+        return result
 
     # ------------------------------------------------------------ deferral
 
@@ -338,8 +463,28 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             conn_id=self.magi_conn_id,
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._result(self.result_from_trigger(event))
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        if self.event_from_an_earlier_try(event, context):
+            return self.execute(context)  # the ledger reattaches: nothing is paid again
+        result = self._result(self.result_from_trigger(event))
+        self._mark_delivered(context, result["prediction_id"])
+        return result
+
+    def resume_after_settle(self, context: Context, event: Any = None) -> Any:
+        """Back from the settle before a history look-up (deferred, so no worker slot waited)."""
+        return self.execute(context)
+
+    def _mark_delivered(self, context: Context, prediction_id: str) -> None:
+        """Note in the ledger that this task succeeded with ``prediction_id``, so that only a
+        clear of a successful task (never a retry) can regenerate on purpose."""
+        try:
+            ledger = self._open_ledger(context)
+            record = ledger.read()
+        except Exception as error:  # the video is done and paid: never fail the task for this
+            self.log.warning("The ledger could not note prediction %s as delivered: %s", prediction_id, error)
+            return
+        if record is not None and record.prediction_id == prediction_id and not record.delivered:
+            ledger.write_delivered(record, _clear_number(context))
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""

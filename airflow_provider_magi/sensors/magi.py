@@ -83,6 +83,8 @@ class MagiPredictionSensor(MagiTaskMixin, BaseSensorOperator):
         self.defer_to_trigger(waiter, context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self.event_from_an_earlier_try(event, context):  # Airflow 3.0 (apache/airflow#56704)
+            return self.execute(context)  # wait afresh for this try
         return self._softened(lambda: self._costed(self.result_from_trigger(event)))
 
     def _costed(self, result: dict[str, Any]) -> dict[str, Any]:

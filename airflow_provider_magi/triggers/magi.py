@@ -49,8 +49,12 @@ class MagiPredictionTrigger(BaseTrigger):
         started_at: float | None = None,
         deadline_reason: str = DEADLINE_TIMEOUT,
         last_status: str | None = None,
+        try_number: int | None = None,
     ) -> None:
         super().__init__()
+        # The try that deferred, echoed in the event: Airflow 3.0 may hand this event to a later
+        # try (apache/airflow#56704), which must then start afresh, not fail on it.
+        self.try_number = try_number
         self.prediction_id = prediction_id
         self.magi_conn_id = magi_conn_id
         self.poll_interval = float(poll_interval)
@@ -63,7 +67,9 @@ class MagiPredictionTrigger(BaseTrigger):
         self.last_status = last_status
 
     @classmethod
-    def for_waiter(cls, waiter: Waiter, magi_conn_id: str) -> MagiPredictionTrigger:
+    def for_waiter(
+        cls, waiter: Waiter, magi_conn_id: str, *, try_number: int | None = None
+    ) -> MagiPredictionTrigger:
         """Carry on a wait that started in the worker: same pace, deadline and start time."""
         return cls(
             prediction_id=waiter.prediction_id,
@@ -74,6 +80,7 @@ class MagiPredictionTrigger(BaseTrigger):
             started_at=waiter.started_at,
             deadline_reason=waiter.deadline_reason,
             last_status=waiter.last_status,
+            try_number=try_number,
         )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -88,6 +95,7 @@ class MagiPredictionTrigger(BaseTrigger):
                 "started_at": self.started_at,
                 "deadline_reason": self.deadline_reason,
                 "last_status": self.last_status,
+                "try_number": self.try_number,
             },
         )
 
@@ -161,6 +169,7 @@ class MagiPredictionTrigger(BaseTrigger):
                 "message": message,
                 "result": prediction.to_result() if prediction is not None else None,
                 "fatal": fatal,
+                "try_number": self.try_number,
                 **extra,
             }
         )

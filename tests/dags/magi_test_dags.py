@@ -227,7 +227,13 @@ for outcome, prompt in (("failed", "x [[duration: 0.1]] [[fail: bad frame]]"), (
 
 
 class EditedBetweenTries(MagiGenerateVideoOperator):
-    """Try 1 dies while waiting; try 2 renders another prompt, as after an edit and a clear."""
+    """Try 1 dies while waiting; try 2 runs edited DAG code (another prompt source), as after an
+    edit and a clear. (A template that merely renders differently is not an edit: see #26.)"""
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        if context["ti"].try_number > 1:
+            self.prompt = "{{ 'second' }} take [[duration: 0.3]]"
+        super().render_template_fields(context, jinja_env)
 
     def poll_until_complete(self, external_id: Any, context: Any) -> Any:
         if context["ti"].try_number == 1:
@@ -238,7 +244,7 @@ class EditedBetweenTries(MagiGenerateVideoOperator):
 with _dag("magi_test_prompt_edited_before_retry"):
     EditedBetweenTries(
         task_id="generate",
-        prompt="{{ 'first' if ti.try_number == 1 else 'second' }} take [[duration: 0.3]]",
+        prompt="{{ 'first' }} take [[duration: 0.3]]",
         retries=1,
         retry_delay=timedelta(seconds=0),
         deferrable=False,
