@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import json
 import math
 import os
 import weakref
@@ -69,6 +70,7 @@ class MagiSettings:
 
     @classmethod
     def from_connection(cls, conn: Connection, conn_id: str, extra: Mapping[str, Any]) -> MagiSettings:
+        _check_extra_read(conn, conn_id, extra)
         host = (conn.host or "").strip()
         if host and "://" not in host:
             host = f"https://{host}"
@@ -85,6 +87,27 @@ class MagiSettings:
     @property
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}", "User-Agent": _USER_AGENT}
+
+
+def _check_extra_read(conn: Connection, conn_id: str, extra: Any) -> None:
+    """Refuse an extra field that did not read as a JSON object. Airflow's ``extra_dejson``
+    logs a parse error and answers ``{}``, which would read as "no min_balance_usd, no
+    daily_budget_usd": every task would pay unguarded. The text is not quoted (it may hold
+    secrets)."""
+    raw = getattr(conn, "extra", None)
+    if isinstance(extra, Mapping) and (extra or not isinstance(raw, str) or not raw.strip()):
+        return
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not isinstance(extra, Mapping):
+        raise MagiError(
+            f"Connection '{conn_id}': its extra field is not a JSON object, so none of its "
+            "settings (the spending guards min_balance_usd and daily_budget_usd among them) can "
+            "be read, and nothing is sent. Fix: correct the extra field's JSON (a trailing comma "
+            "or single quotes are common causes)."
+        )
 
 
 def normalise_api_key(raw: str, conn_id: str) -> str:

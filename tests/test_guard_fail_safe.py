@@ -1,0 +1,54 @@
+"""The spending guards fail safe where an earlier reading let tasks pay unguarded.
+
+- a connection whose extra field is not valid JSON: Airflow's ``extra_dejson`` logs the error and
+  answers ``{}``, which read as "no guard";
+- a model whose price is unknown (no use in the usage stats' reach) with predictions started
+  today and not billed yet: those counted as free, so every task passed.
+
+Each test counts the paid submits the local server saw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_magi.exceptions import MagiBudgetCheckError, MagiError
+from airflow_provider_magi.hooks.magi import MagiHook
+from airflow_provider_magi.testing import LocalWaveSpeedServer
+from tests.helpers import CANARY_KEY, connection_json
+
+pytestmark = pytest.mark.money
+
+MAGI = "wavespeed-ai/magi-1-24b"
+
+
+@pytest.fixture
+def books() -> Iterator[LocalWaveSpeedServer]:
+    with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.2, prices={MAGI: 0.30}) as server:
+        server.app.account.billing_delay = 3600.0  # nothing started in the test is billed
+        yield server
+
+
+def test_an_extra_field_that_is_not_json_refuses_instead_of_dropping_the_guards(
+    books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = books.connection_uri_json()
+    conn["extra"] = '{"min_balance_usd": 1000, "max_retries": 1,}'  # a trailing comma: not JSON
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", json.dumps(conn))
+    with pytest.raises(MagiError, match="extra field is not a JSON object"):
+        MagiHook().create_prediction({"prompt": "guarded [[duration: 0]]"}, MAGI)
+    assert books.count("submit") == 0  # the old code: 1 (balance $100, floor $1,000 ignored)
+
+
+def test_an_unknown_price_with_unbilled_predictions_lets_one_go_not_all(
+    books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=0.5))
+    MagiHook().create_prediction({"prompt": "first of the day [[duration: 0]]"}, MAGI)
+    for _ in range(2):
+        with pytest.raises(MagiBudgetCheckError, match="started today and not billed yet"):
+            MagiHook().create_prediction({"prompt": "more [[duration: 0]]"}, MAGI)
+    assert books.count("submit") == 1  # the old code: 3 ($0.90 against a $0.50 budget)
