@@ -254,7 +254,12 @@ class MagiAccountMixin(MagiSyncClientMixin):
     ) -> float:
         """What the started, unbilled predictions will cost: each at its model's unit price
         (another model's read from the usage stats once); a model whose price is unknown counts at
-        this model's price, so the budget never counts one as free while a price is known."""
+        this model's price, so the budget never counts one as free while a price is known.
+
+        :raises MagiBudgetCheckError: one's price is unknown and so is this model's (a model's
+            first use today): counted as free, every task would pass while the first waits to
+            be billed. The guard fails safe until it is billed (its price then shows).
+        """
         prices: dict[str, float | None] = {model.strip().strip("/"): price}
         total = 0.0
         for prediction in unbilled:
@@ -268,6 +273,15 @@ class MagiAccountMixin(MagiSyncClientMixin):
                     none_means_unreadable=False,
                 )
             known = prices[other]
+            if known is None and price is None:
+                left = costs.nothing_sent(paid).rstrip(".")
+                raise MagiBudgetCheckError(
+                    f"Connection '{self.settings.conn_id}': the daily_budget_usd guard cannot count "
+                    f"prediction {prediction.id}, started today and not billed yet: neither its "
+                    f"model's price nor that of {model} is known (WaveSpeed's usage stats list no "
+                    f"use of them in the last 30 days), so it fails safe: {left[0].lower()}"
+                    f"{left[1:]}, and the task may be retried once it is billed."
+                )
             total += known if known is not None else (price or 0.0)
         return total
 
