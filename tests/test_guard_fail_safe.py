@@ -11,14 +11,15 @@ Each test counts the paid submits the local server saw.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_magi.exceptions import MagiBudgetCheckError, MagiError
+from airflow_provider_magi.exceptions import MagiBudgetCheckError, MagiBudgetError, MagiError
 from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.testing import LocalWaveSpeedServer
-from tests.helpers import CANARY_KEY, connection_json
+from tests.helpers import CANARY_KEY, connection_json, wait_until
 
 pytestmark = pytest.mark.money
 
@@ -52,3 +53,28 @@ def test_an_unknown_price_with_unbilled_predictions_lets_one_go_not_all(
         with pytest.raises(MagiBudgetCheckError, match="started today and not billed yet"):
             MagiHook().create_prediction({"prompt": "more [[duration: 0]]"}, MAGI)
     assert books.count("submit") == 1  # the old code: 3 ($0.90 against a $0.50 budget)
+
+
+def test_billed_predictions_the_usage_stats_do_not_show_yet_still_count(
+    books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Usage stats lag billing: a prediction billed a moment ago is in neither the usage stats'
+    spend nor the unbilled ones, and was counted by neither."""
+    books.app.account.billing_delay = 0.0
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books))
+    first = MagiHook().create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)
+    wait_until(
+        lambda: any(b.prediction_id == first.id for b in books.billings), 10
+    )  # the price is known: $0.30
+    books.app.account.usage_until = time.time()  # from now on, billed but not in the usage stats
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=0.9))
+    refused = 0
+    for _ in range(4):  # one after another, each billed before the next checks
+        try:
+            paid = MagiHook().create_prediction({"prompt": "more [[duration: 0]]"}, MAGI)
+        except MagiBudgetError:
+            refused += 1
+            continue
+        wait_until(lambda p=paid.id: any(b.prediction_id == p for b in books.billings), 10)
+    assert books.count("submit") == 1 + 2  # room for 2 at $0.30; the old code: 1 + 4 ($1.50)
+    assert refused == 2

@@ -199,12 +199,15 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 paid,
                 none_means_unreadable=False,
             )
-            unbilled = self._guard_read(
-                lambda: self.get_unbilled_since(costs.utc_midnight(now)),
+            unbilled, billed = self._guard_read(
+                lambda: self.get_started_since(costs.utc_midnight(now)),
                 "today's started predictions from WaveSpeed's history and billing records",
                 "daily_budget_usd",
                 paid,
             )
+            # Usage stats lag billing: what today's predictions were billed counts even before
+            # the usage stats show it (else a prediction just billed is counted nowhere).
+            spent = max(spent, billed)
             pending = self.pending_cost(unbilled, model, price, paid)
             decision = costs.daily_budget_decision(
                 spent,
@@ -287,7 +290,16 @@ class MagiAccountMixin(MagiSyncClientMixin):
 
     def get_unbilled_since(self, since: datetime, *, deadline: float | None = None) -> list[Prediction]:
         """This key's predictions created since ``since`` (UTC midnight, for the daily budget)
-        that WaveSpeed's billing records do not show yet: started, not failed, not billed.
+        that WaveSpeed's billing records do not show yet: started, not failed, not billed
+        (:meth:`get_started_since`'s first half)."""
+        return self.get_started_since(since, deadline=deadline)[0]
+
+    def get_started_since(
+        self, since: datetime, *, deadline: float | None = None
+    ) -> tuple[list[Prediction], float]:
+        """``(unbilled, billed)``: this key's predictions created since ``since`` that WaveSpeed's
+        billing records do not show yet (started, not failed, not billed), and what the billing
+        records say the others cost, in USD (a record whose price does not read adds nothing).
 
         Billing lags completion (and usage stats lag billing), so a budget that counted only
         billed spend let every task pass while earlier ones waited to be billed. The history is
@@ -310,11 +322,13 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 continue
             started.setdefault(prediction.id, prediction)
         billed = self._billed_among(list(started), deadline=deadline)
-        return [prediction for pid, prediction in started.items() if pid not in billed]
+        unbilled = [prediction for pid, prediction in started.items() if pid not in billed]
+        return unbilled, sum(price for price in billed.values() if price is not None)
 
-    def _billed_among(self, prediction_ids: list[str], *, deadline: float | None) -> set[str]:
-        """Which of these predictions have a billing record (a deduction), 100 ids per search."""
-        billed: set[str] = set()
+    def _billed_among(self, prediction_ids: list[str], *, deadline: float | None) -> dict[str, float | None]:
+        """Which of these predictions have a billing record (a deduction), with what it says
+        each cost (None: not readable as USD), 100 ids per search."""
+        billed: dict[str, float | None] = {}
         what = "Reading today's billing records for the daily budget"
         for start in range(0, len(prediction_ids), PAGE_SIZE):
             chunk = prediction_ids[start : start + PAGE_SIZE]
