@@ -323,7 +323,8 @@ class MagiAccountMixin(MagiSyncClientMixin):
             started.setdefault(prediction.id, prediction)
         billed = self._billed_among(list(started), deadline=deadline)
         unbilled = [prediction for pid, prediction in started.items() if pid not in billed]
-        return unbilled, sum(price for price in billed.values() if price is not None)
+        paid = (billed[pid] for pid in started if pid in billed)  # a page may list others too
+        return unbilled, sum(price for price in paid if price is not None)
 
     def _billed_among(self, prediction_ids: list[str], *, deadline: float | None) -> dict[str, float | None]:
         """Which of these predictions have a billing record (a deduction), with what it says
