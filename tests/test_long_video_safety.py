@@ -205,3 +205,17 @@ def test_a_claim_raced_by_another_map_index_is_refused_before_paying(
     with pytest.raises(MagiInputError, match="written by another task instance"):
         claim(1)
     assert '"map_index": 0' in marker.read_text()  # the first claim stands
+
+
+@pytest.mark.money
+def test_an_unknown_price_does_not_stop_a_long_video_on_its_own_unbilled_scenes(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model's first use today, billing lagging: the check before scene 1 covered every scene
+    (the spend alone, the price being unknown), so the video's own unbilled scenes do not make
+    the next scene's check fail safe (another task's would)."""
+    books.app.account.billing_delay = 3600.0
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=5 * PRICE))
+    dag_run = run_dag(dag_bag, "magi_r2_long_video_budget")
+    assert dag_run.state == "success"
+    assert paid(books) == 4 and task_instance(dag_run, "long_video").try_number == 1

@@ -261,7 +261,8 @@ class MagiAccountMixin(MagiSyncClientMixin):
 
         :raises MagiBudgetCheckError: one's price is unknown and so is this model's (a model's
             first use today): counted as free, every task would pass while the first waits to
-            be billed. The guard fails safe until it is billed (its price then shows).
+            be billed. The guard fails safe until it is billed (its price then shows). The
+            hook's ``not_candidates`` (a long video's earlier scenes) are not held against it.
         """
         prices: dict[str, float | None] = {model.strip().strip("/"): price}
         total = 0.0
@@ -276,7 +277,10 @@ class MagiAccountMixin(MagiSyncClientMixin):
                     none_means_unreadable=False,
                 )
             known = prices[other]
-            if known is None and price is None:
+            # The caller's own earlier predictions (a long video's scenes) were counted by its
+            # first check, which covered all of them.
+            own = prediction.id in getattr(self, "not_candidates", frozenset())
+            if known is None and price is None and not own:
                 left = costs.nothing_sent(paid).rstrip(".")
                 raise MagiBudgetCheckError(
                     f"Connection '{self.settings.conn_id}': the daily_budget_usd guard cannot count "
