@@ -78,3 +78,16 @@ def test_billed_predictions_the_usage_stats_do_not_show_yet_still_count(
         wait_until(lambda p=paid.id: any(b.prediction_id == p for b in books.billings), 10)
     assert books.count("submit") == 1 + 2  # room for 2 at $0.30; the old code: 1 + 4 ($1.50)
     assert refused == 2
+
+
+def test_an_empty_field_does_not_hide_the_older_form_s_guard_value(
+    books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection saved by the older form (``extra__magi__<name>``) and then by a newer one
+    that stores an empty field as "": the empty one hid the value, and the guard was off."""
+    conn = books.connection_uri_json()
+    conn["extra"] = {"min_balance_usd": "", "extra__magi__min_balance_usd": "1000"}
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", json.dumps(conn))
+    with pytest.raises(MagiBudgetError, match="below the connection's min_balance_usd of \\$1,000"):
+        MagiHook().create_prediction({"prompt": "guarded [[duration: 0]]"}, MAGI)
+    assert books.count("submit") == 0  # the old code: 1 (balance $100, the $1,000 floor unread)

@@ -189,9 +189,8 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
         raise MagiError("\n".join(typos))
     values: dict[str, Any] = {}
     for name, cast in _NUMERIC_EXTRAS.items():
-        # Older connection forms stored fields as extra__<conn_type>__<name>.
-        raw = extra.get(name, extra.get(f"extra__magi__{name}"))
-        if raw in (None, ""):
+        raw = _given(extra, name, conn_id)
+        if raw is None:
             continue
         try:
             value = cast(raw)
@@ -207,9 +206,22 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
     return values
 
 
+def _given(extra: Mapping[str, Any], name: str, conn_id: str) -> Any:
+    """An extra's value, None when not set. Older connection forms stored fields as
+    ``extra__<conn_type>__<name>``: an empty field of one form must not hide the other's value
+    (a guard would be off), and two values that disagree are not guessed between."""
+    given = [raw for raw in (extra.get(name), extra.get(f"extra__magi__{name}")) if raw not in (None, "")]
+    if len(given) == 2 and given[0] != given[1]:
+        raise MagiError(
+            f"Connection '{conn_id}': extras '{name}' ({given[0]!r:.40}) and "
+            f"'extra__magi__{name}' ({given[1]!r:.40}) disagree. Fix: keep one of them."
+        )
+    return given[0] if given else None
+
+
 def _ledger_path(extra: Mapping[str, Any], conn_id: str) -> str | None:
-    raw = extra.get("ledger_path", extra.get("extra__magi__ledger_path"))
-    if raw in (None, ""):
+    raw = _given(extra, "ledger_path", conn_id)
+    if raw is None:
         return None
     if not isinstance(raw, str) or "://" not in raw:
         raise MagiError(
