@@ -14,6 +14,7 @@ import av
 import pytest
 
 from airflow_provider_magi import costs
+from airflow_provider_magi.exceptions import MagiInputError
 from airflow_provider_magi.hooks.magi import MagiHook
 from airflow_provider_magi.media import join_clips, last_frame_png
 from airflow_provider_magi.testing import LocalWaveSpeedServer
@@ -174,3 +175,47 @@ def test_odd_sized_clips_are_encoded_rounded_to_even(tmp_path: Path) -> None:
         context = video.streams.video[0].codec_context
         assert (context.width, context.height) == (160, 120)
         assert sum(1 for _ in video.decode(video=0)) == 23
+
+
+# ---------------------------------------------------------------- the claim, raced
+
+
+def test_a_claim_raced_by_another_map_index_is_refused_before_paying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mapped task instances start together: two may both see no marker. The second to write
+    must not replace the first's claim and go on to pay for every scene, only to be refused at
+    the join (the old code: both claims passed, both paid)."""
+    from types import SimpleNamespace
+
+    from airflow_provider_magi.operators.long_video import WRITER_SUFFIX, MagiLongVideoOperator
+
+    def claim(map_index: int) -> None:
+        operator = MagiLongVideoOperator(
+            task_id="long_video", scenes=["a"], destination=str(tmp_path), filename="shared.mp4"
+        )
+        ti = SimpleNamespace(dag_id="d", task_id="long_video", run_id="r", map_index=map_index)
+        operator._claim({"ti": ti}, tmp_path)  # type: ignore[arg-type]
+
+    claim(0)  # map index 0 claims the name...
+    marker = tmp_path / f"shared.mp4{WRITER_SUFFIX}"
+    real_exists = Path.exists
+    # ...just after map index 1 looked and saw no marker: the race window, made to happen.
+    monkeypatch.setattr(Path, "exists", lambda self: False if self == marker else real_exists(self))
+    with pytest.raises(MagiInputError, match="written by another task instance"):
+        claim(1)
+    assert '"map_index": 0' in marker.read_text()  # the first claim stands
+
+
+@pytest.mark.money
+def test_an_unknown_price_does_not_stop_a_long_video_on_its_own_unbilled_scenes(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model's first use today, billing lagging: the check before scene 1 covered every scene
+    (the spend alone, the price being unknown), so the video's own unbilled scenes do not make
+    the next scene's check fail safe (another task's would)."""
+    books.app.account.billing_delay = 3600.0
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=5 * PRICE))
+    dag_run = run_dag(dag_bag, "magi_r2_long_video_budget")
+    assert dag_run.state == "success"
+    assert paid(books) == 4 and task_instance(dag_run, "long_video").try_number == 1

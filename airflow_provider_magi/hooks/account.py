@@ -199,12 +199,15 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 paid,
                 none_means_unreadable=False,
             )
-            unbilled = self._guard_read(
-                lambda: self.get_unbilled_since(costs.utc_midnight(now)),
+            unbilled, billed = self._guard_read(
+                lambda: self.get_started_since(costs.utc_midnight(now)),
                 "today's started predictions from WaveSpeed's history and billing records",
                 "daily_budget_usd",
                 paid,
             )
+            # Usage stats lag billing: what today's predictions were billed counts even before
+            # the usage stats show it (else a prediction just billed is counted nowhere).
+            spent = max(spent, billed)
             pending = self.pending_cost(unbilled, model, price, paid)
             decision = costs.daily_budget_decision(
                 spent,
@@ -254,7 +257,13 @@ class MagiAccountMixin(MagiSyncClientMixin):
     ) -> float:
         """What the started, unbilled predictions will cost: each at its model's unit price
         (another model's read from the usage stats once); a model whose price is unknown counts at
-        this model's price, so the budget never counts one as free while a price is known."""
+        this model's price, so the budget never counts one as free while a price is known.
+
+        :raises MagiBudgetCheckError: one's price is unknown and so is this model's (a model's
+            first use today): counted as free, every task would pass while the first waits to
+            be billed. The guard fails safe until it is billed (its price then shows). The
+            hook's ``not_candidates`` (a long video's earlier scenes) are not held against it.
+        """
         prices: dict[str, float | None] = {model.strip().strip("/"): price}
         total = 0.0
         for prediction in unbilled:
@@ -268,12 +277,33 @@ class MagiAccountMixin(MagiSyncClientMixin):
                     none_means_unreadable=False,
                 )
             known = prices[other]
+            # The caller's own earlier predictions (a long video's scenes) were counted by its
+            # first check, which covered all of them.
+            own = prediction.id in getattr(self, "not_candidates", frozenset())
+            if known is None and price is None and not own:
+                left = costs.nothing_sent(paid).rstrip(".")
+                raise MagiBudgetCheckError(
+                    f"Connection '{self.settings.conn_id}': the daily_budget_usd guard cannot count "
+                    f"prediction {prediction.id}, started today and not billed yet: neither its "
+                    f"model's price nor that of {model} is known (WaveSpeed's usage stats list no "
+                    f"use of them in the last 30 days), so it fails safe: {left[0].lower()}"
+                    f"{left[1:]}, and the task may be retried once it is billed."
+                )
             total += known if known is not None else (price or 0.0)
         return total
 
     def get_unbilled_since(self, since: datetime, *, deadline: float | None = None) -> list[Prediction]:
         """This key's predictions created since ``since`` (UTC midnight, for the daily budget)
-        that WaveSpeed's billing records do not show yet: started, not failed, not billed.
+        that WaveSpeed's billing records do not show yet: started, not failed, not billed
+        (:meth:`get_started_since`'s first half)."""
+        return self.get_started_since(since, deadline=deadline)[0]
+
+    def get_started_since(
+        self, since: datetime, *, deadline: float | None = None
+    ) -> tuple[list[Prediction], float]:
+        """``(unbilled, billed)``: this key's predictions created since ``since`` that WaveSpeed's
+        billing records do not show yet (started, not failed, not billed), and what the billing
+        records say the others cost, in USD (a record whose price does not read adds nothing).
 
         Billing lags completion (and usage stats lag billing), so a budget that counted only
         billed spend let every task pass while earlier ones waited to be billed. The history is
@@ -296,11 +326,14 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 continue
             started.setdefault(prediction.id, prediction)
         billed = self._billed_among(list(started), deadline=deadline)
-        return [prediction for pid, prediction in started.items() if pid not in billed]
+        unbilled = [prediction for pid, prediction in started.items() if pid not in billed]
+        paid = (billed[pid] for pid in started if pid in billed)  # a page may list others too
+        return unbilled, sum(price for price in paid if price is not None)
 
-    def _billed_among(self, prediction_ids: list[str], *, deadline: float | None) -> set[str]:
-        """Which of these predictions have a billing record (a deduction), 100 ids per search."""
-        billed: set[str] = set()
+    def _billed_among(self, prediction_ids: list[str], *, deadline: float | None) -> dict[str, float | None]:
+        """Which of these predictions have a billing record (a deduction), with what it says
+        each cost (None: not readable as USD), 100 ids per search."""
+        billed: dict[str, float | None] = {}
         what = "Reading today's billing records for the daily budget"
         for start in range(0, len(prediction_ids), PAGE_SIZE):
             chunk = prediction_ids[start : start + PAGE_SIZE]

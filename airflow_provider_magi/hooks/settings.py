@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import json
 import math
 import os
 import weakref
@@ -69,6 +70,7 @@ class MagiSettings:
 
     @classmethod
     def from_connection(cls, conn: Connection, conn_id: str, extra: Mapping[str, Any]) -> MagiSettings:
+        _check_extra_read(conn, conn_id, extra)
         host = (conn.host or "").strip()
         if host and "://" not in host:
             host = f"https://{host}"
@@ -85,6 +87,27 @@ class MagiSettings:
     @property
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}", "User-Agent": _USER_AGENT}
+
+
+def _check_extra_read(conn: Connection, conn_id: str, extra: Any) -> None:
+    """Refuse an extra field that did not read as a JSON object. Airflow's ``extra_dejson``
+    logs a parse error and answers ``{}``, which would read as "no min_balance_usd, no
+    daily_budget_usd": every task would pay unguarded. The text is not quoted (it may hold
+    secrets)."""
+    raw = getattr(conn, "extra", None)
+    if isinstance(extra, Mapping) and (extra or not isinstance(raw, str) or not raw.strip()):
+        return
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not isinstance(extra, Mapping):
+        raise MagiError(
+            f"Connection '{conn_id}': its extra field is not a JSON object, so none of its "
+            "settings (the spending guards min_balance_usd and daily_budget_usd among them) can "
+            "be read, and nothing is sent. Fix: correct the extra field's JSON (a trailing comma "
+            "or single quotes are common causes)."
+        )
 
 
 def normalise_api_key(raw: str, conn_id: str) -> str:
@@ -166,9 +189,8 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
         raise MagiError("\n".join(typos))
     values: dict[str, Any] = {}
     for name, cast in _NUMERIC_EXTRAS.items():
-        # Older connection forms stored fields as extra__<conn_type>__<name>.
-        raw = extra.get(name, extra.get(f"extra__magi__{name}"))
-        if raw in (None, ""):
+        raw = _given(extra, name, conn_id)
+        if raw is None:
             continue
         try:
             value = cast(raw)
@@ -184,9 +206,22 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
     return values
 
 
+def _given(extra: Mapping[str, Any], name: str, conn_id: str) -> Any:
+    """An extra's value, None when not set. Older connection forms stored fields as
+    ``extra__<conn_type>__<name>``: an empty field of one form must not hide the other's value
+    (a guard would be off), and two values that disagree are not guessed between."""
+    given = [raw for raw in (extra.get(name), extra.get(f"extra__magi__{name}")) if raw not in (None, "")]
+    if len(given) == 2 and given[0] != given[1]:
+        raise MagiError(
+            f"Connection '{conn_id}': extras '{name}' ({given[0]!r:.40}) and "
+            f"'extra__magi__{name}' ({given[1]!r:.40}) disagree. Fix: keep one of them."
+        )
+    return given[0] if given else None
+
+
 def _ledger_path(extra: Mapping[str, Any], conn_id: str) -> str | None:
-    raw = extra.get("ledger_path", extra.get("extra__magi__ledger_path"))
-    if raw in (None, ""):
+    raw = _given(extra, "ledger_path", conn_id)
+    if raw is None:
         return None
     if not isinstance(raw, str) or "://" not in raw:
         raise MagiError(

@@ -355,12 +355,13 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         me = self._writer(context)
         owner: Any = None
         if marker.exists():
-            try:
-                owner = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                owner = "unreadable"
+            owner = _read_marker(marker)
         elif target.exists():
             owner = "unknown (no writer marker beside it)"
+        else:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            if not _create_marker(marker, json.dumps(me)):  # another instance claimed it just now
+                owner = _read_marker(marker)
         if owner is not None and owner != me:
             described = ", ".join(f"{k}={v}" for k, v in owner.items()) if isinstance(owner, dict) else owner
             raise MagiInputError(
@@ -370,9 +371,6 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
                 f"{marker.name} if it may go. Scenes already paid stay in the ledger: a retry "
                 "with a free filename reuses them."
             )
-        if owner is None:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps(me))
 
     def _target(self, context: Context, directory: WritablePath, done: list[Prediction]) -> WritablePath:
         return directory / self._target_values(context, done[-1].id)
@@ -481,3 +479,28 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             output_urls=self._output_urls,
             written_paths=self._written,
         )
+
+
+def _read_marker(marker: WritablePath) -> Any:
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return "unreadable"
+
+
+def _create_marker(marker: WritablePath, text: str) -> bool:
+    """Write a new marker; False when one exists already. Mapped task instances start together,
+    so on a local path the file is created exclusively: of two that both saw no marker, the second
+    is refused before paying, instead of replacing the first's claim and being refused at the
+    join after paying for every scene. Object storage has no exclusive create: checked before."""
+    if isinstance(marker, Path):
+        try:
+            with marker.open("x") as file:
+                file.write(text)
+        except FileExistsError:
+            return False
+        return True
+    if marker.exists():
+        return False
+    marker.write_text(text)
+    return True

@@ -86,6 +86,9 @@ class Account:
         self.prices = {model: usd(price) for model, price in (prices or {}).items()}
         self.default_price = usd(default_price)
         self.billing_delay = float(billing_delay)
+        # Usage stats lag billing on WaveSpeed: when set, they show only what was billed at or
+        # before this Unix time (a test's stand-in for that lag; None: no lag).
+        self.usage_until: float | None = None
         self._balance = self.starting_balance
         self._billings: list[BillingRecord] = []
         self._submissions: list[Submission] = []
@@ -203,6 +206,8 @@ class Account:
         if model is not None and not isinstance(model, str):
             return "model_uuid must be a string"
         low, high = start.timestamp(), end.timestamp()
+        if self.usage_until is not None:
+            high = min(high, self.usage_until)
         with self._lock:
             billed = [
                 r for r in self._billings if low <= r.at <= high and (model is None or r.model == model)
