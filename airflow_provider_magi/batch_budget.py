@@ -67,11 +67,13 @@ def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -
         lambda: hook.get_unit_price(model),
         none_is_unreadable=False,
     )
-    started_today = read(
+    started_today, billed = read(
         "today's started predictions from WaveSpeed's history and billing records",
         "daily_budget_usd",
-        lambda: hook.get_unbilled_since(costs.utc_midnight(now)),
+        lambda: hook.get_started_since(costs.utc_midnight(now)),
     )
+    # Usage stats lag billing: today's billing records count even before the stats show them.
+    spent = max(spent, billed)
     unbilled = len({prediction.id for prediction in started_today} | own_unbilled)
     budget = settings.daily_budget_usd
     where = f"Connection '{settings.conn_id}'"

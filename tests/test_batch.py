@@ -207,6 +207,33 @@ def test_another_task_s_started_unbilled_predictions_count_against_the_batch_s_b
 
 
 @pytest.mark.money
+def test_predictions_billed_before_the_usage_stats_show_them_count_against_the_batch(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Usage stats lag billing: two videos billed a moment ago, not in the stats yet, are spent
+    money. Room for 5 leaves 2 for the batch (it read 4), and the rest end not_submitted."""
+    import time
+
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from tests.helpers import wait_until
+
+    hook = MagiHook()
+    earlier = hook.create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)  # the price
+    wait_until(lambda: any(b.prediction_id == earlier.id for b in books.billings), 10)
+    books.app.account.usage_until = time.time()  # billed from now on, not in the usage stats
+    for n in range(2):
+        done = hook.create_prediction({"prompt": f"another task {n} [[duration: 0]]"}, MAGI)
+        wait_until(lambda p=done.id: any(b.prediction_id == p for b in books.billings), 10)
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=PRICE * 5))
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget")
+    assert dag_run.state == "failed"
+    assert books.count("submit") == 3 + 2
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 2 + ["not_submitted"] * 8
+    assert all("daily_budget_usd" in line["error"] for line in lines[2:])
+
+
+@pytest.mark.money
 def test_two_failing_of_six_are_the_only_ones_submitted_again_on_the_retry(
     dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
 ) -> None:
