@@ -209,7 +209,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         return self._loop()
 
     def _loop(self) -> Any:
-        from airflow_provider_magi.triggers.batch import MagiBatchTrigger, read_statuses
+        from airflow_provider_magi.triggers.batch import MagiBatchTrigger
 
         while True:
             pause = self._submit_wave()
@@ -243,13 +243,19 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 )
             time.sleep(max(pause, self.poll_interval))
             if running:
-                found, _ = read_statuses(
-                    self.hook,
-                    [line.prediction_id or "" for line in running],
-                    self.model,
-                    self._created_after(running),
-                )
-                self._apply_statuses(found, fresh=False)
+                self._refresh(running, fresh=False)
+
+    def _refresh(self, running: list[ManifestLine], *, fresh: bool) -> None:
+        """Read the running items' statuses from the history pages (in the worker) and apply them."""
+        from airflow_provider_magi.triggers.batch import read_statuses
+
+        found, _ = read_statuses(
+            self.hook,
+            [line.prediction_id or "" for line in running],
+            self.model,
+            self._created_after(running),
+        )
+        self._apply_statuses(found, fresh=fresh)
 
     # ------------------------------------------------------------ what is already known
 
@@ -302,17 +308,10 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     def _fresh_start(self) -> None:
         """A new try (or a clear): how the paid items are now, and what lost answers became."""
         from airflow_provider_magi.manifest import UNCERTAIN
-        from airflow_provider_magi.triggers.batch import read_statuses
 
         running = self._running()
         if running:
-            found, _ = read_statuses(
-                self.hook,
-                [line.prediction_id or "" for line in running],
-                self.model,
-                self._created_after(running),
-            )
-            self._apply_statuses(found, fresh=True)
+            self._refresh(running, fresh=True)
         lost = [line for line in self._lines.values() if line.status == UNCERTAIN]
         if lost:
             self._look_up_lost(lost)
