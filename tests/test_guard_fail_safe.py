@@ -39,7 +39,9 @@ def test_an_extra_field_that_is_not_json_refuses_instead_of_dropping_the_guards(
     conn = books.connection_uri_json()
     conn["extra"] = '{"min_balance_usd": 1000, "max_retries": 1,}'  # a trailing comma: not JSON
     monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", json.dumps(conn))
-    with pytest.raises(MagiError, match="extra field is not a JSON object"):
+    # Airflow 3.0 drops a connection whose extra does not parse (it "does not exist"); later
+    # versions keep it with an empty extra, which the hook refuses. Either way nothing is paid.
+    with pytest.raises(MagiError, match=r"extra field is not a JSON object|'magi_default' does not exist"):
         MagiHook().create_prediction({"prompt": "guarded [[duration: 0]]"}, MAGI)
     assert books.count("submit") == 0  # the old code: 1 (balance $100, floor $1,000 ignored)
 
