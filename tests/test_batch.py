@@ -495,3 +495,27 @@ def test_an_unknown_price_sends_one_first_and_the_rest_once_its_price_is_billed(
     later = [p for p in books.app.predictions.values() if p.id != first.id]
     # the other nine were submitted only after the first one's price was billed (ms precision)
     assert all(parse_timestamp(p.created_at).timestamp() >= billed.at - 0.001 for p in later)
+
+
+@pytest.mark.money
+def test_an_input_list_that_shifts_between_tries_pays_no_input_twice(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    """A re-rendered list with an item inserted first: the two paid in try 1 are found by their
+    inputs, not by their old places, and only the new one is paid for."""
+    dag_run = run_dag(dag_bag, "magi_batch_test_inputs_change")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "batch").try_number == 2
+    prompts = sorted(p.inputs["prompt"] for p in books.app.predictions.values())
+    assert books.count("submit") == 3 and len(prompts) == 3
+    assert prompts == sorted(
+        ["inserted [[duration: 0.3]]", "kept a [[duration: 0.3]]", "kept b [[duration: 0.3]]"]
+    )
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 3
+    by_id = {p.id: p.inputs["prompt"] for p in books.app.predictions.values()}
+    assert [by_id[line["prediction_id"]] for line in lines] == [
+        "inserted [[duration: 0.3]]",
+        "kept a [[duration: 0.3]]",
+        "kept b [[duration: 0.3]]",
+    ]

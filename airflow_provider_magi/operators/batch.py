@@ -190,6 +190,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.batch_ledger import read_book
 
         self._book = read_book(self._store)
+        self._match_book()
         self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
         self._last_write = 0.0
         self._progress: tuple[int, ...] | None = None
@@ -252,6 +253,39 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 self._apply_statuses(found, fresh=False)
 
     # ------------------------------------------------------------ what is already known
+
+    def _match_book(self) -> None:
+        """Key the ledger's entries by the items' current places, matched by their inputs.
+
+        A re-rendered input list may differ between tries (an item inserted, removed or moved):
+        an entry stays with its item where it is now (same place first, else the first unclaimed
+        entry with the same fingerprint), and an entry no item claims is kept past the last item,
+        never dropped or overwritten, so an item that comes back is not paid for again.
+        """
+        from airflow_provider_magi.batch_ledger import short
+
+        old = self._book.entries
+        matched: dict[int, int] = {}  # item index -> old index
+        for item in self._items:
+            entry = old.get(item.index)
+            if entry is not None and entry.fingerprint == short(item.fingerprint):
+                matched[item.index] = item.index
+        spare: dict[str, list[int]] = {}
+        for index in sorted(set(old) - set(matched.values())):
+            spare.setdefault(old[index].fingerprint, []).append(index)
+        for item in self._items:
+            pool = spare.get(short(item.fingerprint))
+            if item.index not in matched and pool:
+                matched[item.index] = pool.pop(0)
+        entries = {index: old[was] for index, was in matched.items()}
+        orphans = sorted(set(old) - set(matched.values()))
+        entries.update({len(self._items) + n: old[was] for n, was in enumerate(orphans)})
+        if entries != old:
+            moved = {index: was for index, was in matched.items() if index != was}
+            if moved:
+                self.log.info("Batch: inputs moved since the last try (now: was): %s.", moved)
+            self._book.entries = entries
+            self._save_book()
 
     def _reconcile(self, manifest: dict[int, ManifestLine], *, fresh: bool) -> dict[int, ManifestLine]:
         """Each item's line from the ledger (what was paid) and the manifest (what was made)."""

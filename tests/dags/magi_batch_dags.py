@@ -171,3 +171,28 @@ with _dag("magi_batch_test_dies_mid_wave"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+
+class InputsChangeOnRetry(DiesMidWait):
+    """Try 1 runs two inputs and dies mid-wait; the retry's re-rendered list puts a new one first."""
+
+    def _run(self, context: Any, event: dict[str, Any] | None) -> Any:
+        if context["ti"].try_number > 1:
+            self.inputs = [
+                "inserted [[duration: 0.3]]",
+                "kept a [[duration: 0.3]]",
+                "kept b [[duration: 0.3]]",
+            ]
+        return super()._run(context, event)
+
+
+with _dag("magi_batch_test_inputs_change"):
+    InputsChangeOnRetry(
+        task_id="batch",
+        inputs=["kept a [[duration: 0.3]]", "kept b [[duration: 0.3]]"],
+        destination=OUTPUT_DIR,
+        max_in_flight=5,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
