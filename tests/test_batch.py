@@ -519,3 +519,18 @@ def test_an_input_list_that_shifts_between_tries_pays_no_input_twice(
         "kept a [[duration: 0.3]]",
         "kept b [[duration: 0.3]]",
     ]
+
+
+@pytest.mark.money
+def test_a_prediction_that_completed_without_outputs_is_not_paid_for_again_on_the_retry(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    """WaveSpeed billed it (it completed): the item fails, named, and the retry does not buy it again."""
+    dag_run = run_dag(dag_bag, "magi_batch_test_no_outputs")
+    assert dag_run.state == "failed"
+    assert task_instance(dag_run, "batch").try_number == 2
+    assert books.count("submit") == 2 and len(books.app.predictions) == 2
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed", "failed"]
+    assert "without any outputs" in lines[1]["error"]
+    assert lines[1]["prediction_id"] in books.app.predictions

@@ -412,9 +412,11 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             prediction = found.get(line.prediction_id or "")
             if line.status != RUNNING or prediction is None or not prediction.is_terminal:
                 continue
+            if prediction.is_completed and not prediction.outputs:
+                prediction = self._read_whole(prediction)  # a history page may leave them out
             if prediction.is_completed and prediction.outputs:
                 self._complete(line, prediction)
-            elif fresh:
+            elif fresh and not prediction.is_completed:  # completed is billed: never bought again
                 self.log.info(
                     "Batch: input %d's prediction %s %s in an earlier try: submitting it again.",
                     line.index,
@@ -429,6 +431,14 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 )
             self._write()
         self._report_progress()
+
+    def _read_whole(self, prediction: Prediction) -> Prediction:
+        """The prediction's own answer (one GET), for a completed one listed without outputs."""
+        try:
+            return self.hook.get_prediction(prediction.id)
+        except MagiError as error:
+            self.log.warning("Batch: prediction %s cannot be read: %s", prediction.id, error)
+            return prediction
 
     def _complete(self, line: ManifestLine, prediction: Prediction) -> None:
         """The download operator's rules: atomic files, the NSFW policy, no key to output hosts."""

@@ -196,3 +196,14 @@ with _dag("magi_batch_test_inputs_change"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+with _dag("magi_batch_test_no_outputs"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=["made [[duration: 0.2]]", "made, nothing to fetch [[duration: 0.2]] [[outputs: 0]]"],
+        destination=OUTPUT_DIR,
+        max_in_flight=2,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
