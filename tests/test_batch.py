@@ -534,3 +534,25 @@ def test_a_prediction_that_completed_without_outputs_is_not_paid_for_again_on_th
     assert [line["status"] for line in lines] == ["completed", "failed"]
     assert "without any outputs" in lines[1]["error"]
     assert lines[1]["prediction_id"] in books.app.predictions
+
+
+@pytest.mark.money
+def test_a_billed_item_whose_price_was_not_read_is_not_reserved_twice_by_the_budget(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the price lookup off (cost_lookup_seconds=0), a completed item's cost stays unknown:
+    it is in the billed spend, and must not be reserved again as unbilled in the next waves."""
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from tests.helpers import wait_until
+
+    earlier = MagiHook().create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)  # the price
+    wait_until(lambda: any(b.prediction_id == earlier.id for b in books.billings), 10)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT",
+        connection_json(books, daily_budget_usd=PRICE * 5, cost_lookup_seconds=0),
+    )
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget_two_at_a_time")
+    assert dag_run.state == "failed"
+    assert len(books.app.predictions) == 1 + 4 and books.count("submit") == 1 + 4
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 4 + ["not_submitted"] * 6

@@ -511,11 +511,10 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             return 0.0
         from airflow_provider_magi.batch_budget import room
 
-        own_unbilled = {
-            line.prediction_id
-            for line in self._lines.values()
-            if line.prediction_id and line.cost_usd is None
-        }
+        # Only the running ones: a completed one is billed or listed as started (the batch saw
+        # it in the history), so its unknown price must not reserve it a second time; a failed
+        # one is never billed.
+        own_unbilled = {line.prediction_id for line in self._running() if line.prediction_id}
         fits, refusal = room(self.hook, self.model, len(pending), own_unbilled, self.log)
         if fits < len(pending):
             if refusal:  # the rest are not paid for in this try: the task ends failed, naming them

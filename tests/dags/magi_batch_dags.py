@@ -207,3 +207,12 @@ with _dag("magi_batch_test_no_outputs"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+with _dag("magi_batch_test_budget_two_at_a_time"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[f"two at a time {i} [[duration: 0.3]]" for i in range(10)],
+        destination=OUTPUT_DIR,
+        max_in_flight=2,
+        **FAST,
+    )
