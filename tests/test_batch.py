@@ -556,3 +556,25 @@ def test_a_billed_item_whose_price_was_not_read_is_not_reserved_twice_by_the_bud
     assert len(books.app.predictions) == 1 + 4 and books.count("submit") == 1 + 4
     lines = manifest(dag_run)
     assert [line["status"] for line in lines] == ["completed"] * 4 + ["not_submitted"] * 6
+
+
+@pytest.mark.money
+def test_the_guards_are_read_once_per_wave_not_once_per_submit(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch asks how many fit before each wave; the single-video guard on every submit
+    would read the balance, the usage stats and today's history again for each of 1,000."""
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from tests.helpers import wait_until
+
+    earlier = MagiHook().create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)  # the price
+    wait_until(lambda: any(b.prediction_id == earlier.id for b in books.billings), 10)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=100, min_balance_usd=1)
+    )
+    balance, usage = books.count("balance"), books.count("usage")
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget")  # one wave of 10
+    assert dag_run.state == "success"
+    assert books.count("submit") == 1 + 10
+    assert books.count("balance") - balance == 1
+    assert books.count("usage") - usage <= 2

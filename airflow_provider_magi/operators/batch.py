@@ -545,7 +545,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 try:
                     if isinstance(inputs.get("image"), LocalImage):
                         inputs["image"] = self.hook.upload_media(inputs["image"].read())
-                    prediction = self.hook.create_prediction(inputs, model=self.model)
+                    # the wave was just guarded as a whole (batch_budget.room)
+                    prediction = self.hook.create_prediction(inputs, model=self.model, check_guards=False)
                 except MagiSubmitUncertainError as error:
                     line.status = UNCERTAIN
                     line.error = f"the submit's answer was lost; it is not sent again: {error}"
