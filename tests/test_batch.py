@@ -578,3 +578,12 @@ def test_the_guards_are_read_once_per_wave_not_once_per_submit(
     assert books.count("submit") == 1 + 10
     assert books.count("balance") - balance == 1
     assert books.count("usage") - usage <= 2
+
+
+def test_a_manifest_line_edited_to_sizes_that_are_not_whole_numbers_is_not_trusted() -> None:
+    """A damaged line reads as unknown (the item is asked about again), never as a line whose
+    paths and sizes no longer pair up (the retry's whole-file check then crashed every try)."""
+    text = json.dumps(
+        {"index": 0, "prediction_id": "p", "status": "completed", "paths": ["/a"], "sizes": ["9"]}
+    )
+    assert parse(text + "\n") == {}
