@@ -587,3 +587,17 @@ def test_a_manifest_line_edited_to_sizes_that_are_not_whole_numbers_is_not_trust
         {"index": 0, "prediction_id": "p", "status": "completed", "paths": ["/a"], "sizes": ["9"]}
     )
     assert parse(text + "\n") == {}
+
+
+@pytest.mark.money
+def test_a_prediction_wavespeed_no_longer_knows_is_named_not_paid_for_again(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    """A 404 for an id the ledger holds does not prove it failed (it may have completed and been
+    billed): the retry names it and does not buy it again."""
+    dag_run = run_dag(dag_bag, "magi_batch_test_forgotten")
+    assert task_instance(dag_run, "batch").try_number == 2
+    assert books.count("submit") == 2
+    lines = manifest(dag_run)
+    forgotten = [line for line in lines if line["status"] == "failed"]
+    assert forgotten and all("404" in line["error"] for line in forgotten)

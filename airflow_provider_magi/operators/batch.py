@@ -416,7 +416,9 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 prediction = self._read_whole(prediction)  # a history page may leave them out
             if prediction.is_completed and prediction.outputs:
                 self._complete(line, prediction)
-            elif fresh and not prediction.is_completed:  # completed is billed: never bought again
+            # A completed one is billed, and a deleted one (or a 404) may have been: never bought
+            # again. Only a prediction that provably did not complete is submitted afresh.
+            elif fresh and not prediction.is_completed and prediction.status != "deleted":
                 self.log.info(
                     "Batch: input %d's prediction %s %s in an earlier try: submitting it again.",
                     line.index,
@@ -429,6 +431,11 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 line.error = prediction.error or (
                     "completed without any outputs" if prediction.is_completed else prediction.status
                 )
+                if prediction.status == "deleted":
+                    line.error += (
+                        "; it may have completed and been billed, so it is not submitted again. Fix: "
+                        "check your WaveSpeed predictions and billing for it"
+                    )
             self._write()
         self._report_progress()
 

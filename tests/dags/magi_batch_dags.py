@@ -216,3 +216,30 @@ with _dag("magi_batch_test_budget_two_at_a_time"):
         max_in_flight=2,
         **FAST,
     )
+
+
+class ForgottenMidWait(MagiBatchOperator):
+    """Try 1 dies at its first resume, after the local server forgot (404s) what had ended then:
+    billed predictions WaveSpeed no longer lists, as after its 7 days or behind a lying proxy."""
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        if context["ti"].try_number == 1:
+            import urllib.request
+
+            for result in (event or {}).get("ended") or []:
+                url = f"{self.hook.settings.base_url}/_testing/forget?id={result['prediction_id']}"
+                urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).read()
+            raise RuntimeError("simulated worker crash while the batch waits")
+        return super().execute_complete(context, event)
+
+
+with _dag("magi_batch_test_forgotten"):
+    ForgottenMidWait(
+        task_id="batch",
+        inputs=[f"forgotten {i} [[duration: 0.2]]" for i in range(2)],
+        destination=OUTPUT_DIR,
+        max_in_flight=2,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
