@@ -601,3 +601,14 @@ def test_a_prediction_wavespeed_no_longer_knows_is_named_not_paid_for_again(
     lines = manifest(dag_run)
     forgotten = [line for line in lines if line["status"] == "failed"]
     assert forgotten and all("404" in line["error"] for line in forgotten)
+
+
+@pytest.mark.money
+def test_mapped_batches_whose_filename_shares_one_folder_are_refused_before_paying(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    """Without {map_index} in the folder, every mapped batch wrote the same manifest.jsonl (and,
+    without {prediction_id}, the same files): each overwrote the others' record of what was paid."""
+    dag_run = run_dag(dag_bag, "magi_batch_test_mapped_shared_folder")
+    assert dag_run.state == "failed"
+    assert books.count("submit") == 0

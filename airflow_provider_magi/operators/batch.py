@@ -94,7 +94,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         ``{run_id}``, ``{map_index}``, ``{ds}``, ``{prediction_id}``, ``{index}`` (the item's
         place in ``inputs``) and ``{output}`` (an item's output number). Default
         ``{dag_id}/{run_id}/{task_id}/{index}.mp4`` (``.../{map_index}/{index}.mp4`` when
-        mapped). The manifest goes in the folder of item 0's first file. Templated.
+        mapped; a mapped batch's own pattern must put ``{map_index}`` in the folder). The
+        manifest goes in the folder of item 0's first file. Templated.
     :param max_in_flight: How many of the batch's predictions may be unfinished at once. Set it
         to your WaveSpeed account level's concurrency (the entry level runs 2-3 at once).
     :param fail_on_partial_error: Fail the task once every item is final if any failed or was
@@ -741,6 +742,13 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         mapped = map_index is not None and map_index >= 0
         self._pattern = self.filename or (DEFAULT_MAPPED_BATCH_FILENAME if mapped else DEFAULT_BATCH_FILENAME)
         _check_pattern(self._pattern)
+        if mapped and "{map_index" not in self._pattern.rpartition("/")[0]:
+            # Each mapped batch keeps its manifest in its folder: a shared one is overwritten.
+            raise MagiInputError(
+                f"Invalid filename for a mapped batch: {self._pattern!r} puts every mapped batch's "
+                "files and manifest.jsonl in one folder, so each would overwrite the others'. Fix: "
+                "put {map_index} in the folder, e.g. '{dag_id}/{run_id}/{task_id}/{map_index}/{index}.mp4'"
+            )
         self._directory = destination_path(self.destination)
         self._values = filename_values(context, "", 0)
         first = render_filename(

@@ -243,3 +243,12 @@ with _dag("magi_batch_test_forgotten"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+with _dag("magi_batch_test_mapped_shared_folder"):
+    MagiBatchOperator.partial(
+        task_id="batch",
+        destination=OUTPUT_DIR,
+        filename="shared/{run_id}/{index}_{prediction_id}.mp4",
+        max_in_flight=2,
+        **FAST,
+    ).expand(inputs=[[f"shelf {shelf} item {i} [[duration: 0.2]]" for i in range(2)] for shelf in range(2)])
