@@ -62,6 +62,8 @@ class ManifestLine:
         paths, sizes = raw.get("paths") or [], raw.get("sizes") or []
         if not (isinstance(paths, list) and isinstance(sizes, list) and len(paths) == len(sizes)):
             return None
+        if not all(isinstance(size, int) and not isinstance(size, bool) for size in sizes):
+            return None  # kept, they would no longer pair with the paths
         cost = raw.get("cost_usd")
         return cls(
             index=index,
@@ -69,7 +71,7 @@ class ManifestLine:
             prediction_id=raw.get("prediction_id") if isinstance(raw.get("prediction_id"), str) else None,
             cost_usd=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
             paths=[str(p) for p in paths],
-            sizes=[int(s) for s in sizes if isinstance(s, int)],
+            sizes=[int(s) for s in sizes],
             error=raw.get("error") if isinstance(raw.get("error"), str) else None,
         )
 

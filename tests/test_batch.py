@@ -522,3 +522,120 @@ def test_an_unknown_price_sends_one_first_and_the_rest_once_its_price_is_billed(
     later = [p for p in books.app.predictions.values() if p.id != first.id]
     # the other nine were submitted only after the first one's price was billed (ms precision)
     assert all(parse_timestamp(p.created_at).timestamp() >= billed.at - 0.001 for p in later)
+
+
+@pytest.mark.money
+def test_an_input_list_that_shifts_between_tries_pays_no_input_twice(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    """A re-rendered list with an item inserted first: the two paid in try 1 are found by their
+    inputs, not by their old places, and only the new one is paid for."""
+    dag_run = run_dag(dag_bag, "magi_batch_test_inputs_change")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "batch").try_number == 2
+    prompts = sorted(p.inputs["prompt"] for p in books.app.predictions.values())
+    assert books.count("submit") == 3 and len(prompts) == 3
+    assert prompts == sorted(
+        ["inserted [[duration: 0.3]]", "kept a [[duration: 0.3]]", "kept b [[duration: 0.3]]"]
+    )
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 3
+    by_id = {p.id: p.inputs["prompt"] for p in books.app.predictions.values()}
+    assert [by_id[line["prediction_id"]] for line in lines] == [
+        "inserted [[duration: 0.3]]",
+        "kept a [[duration: 0.3]]",
+        "kept b [[duration: 0.3]]",
+    ]
+
+
+@pytest.mark.money
+def test_a_prediction_that_completed_without_outputs_is_not_paid_for_again_on_the_retry(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    """WaveSpeed billed it (it completed): the item fails, named, and the retry does not buy it again."""
+    dag_run = run_dag(dag_bag, "magi_batch_test_no_outputs")
+    assert dag_run.state == "failed"
+    assert task_instance(dag_run, "batch").try_number == 2
+    assert books.count("submit") == 2 and len(books.app.predictions) == 2
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed", "failed"]
+    assert "without any outputs" in lines[1]["error"]
+    assert lines[1]["prediction_id"] in books.app.predictions
+
+
+@pytest.mark.money
+def test_a_billed_item_whose_price_was_not_read_is_not_reserved_twice_by_the_budget(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the price lookup off (cost_lookup_seconds=0), a completed item's cost stays unknown:
+    it is in the billed spend, and must not be reserved again as unbilled in the next waves."""
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from tests.helpers import wait_until
+
+    earlier = MagiHook().create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)  # the price
+    wait_until(lambda: any(b.prediction_id == earlier.id for b in books.billings), 10)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT",
+        connection_json(books, daily_budget_usd=PRICE * 5, cost_lookup_seconds=0),
+    )
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget_two_at_a_time")
+    assert dag_run.state == "failed"
+    assert len(books.app.predictions) == 1 + 4 and books.count("submit") == 1 + 4
+    lines = manifest(dag_run)
+    assert [line["status"] for line in lines] == ["completed"] * 4 + ["not_submitted"] * 6
+
+
+@pytest.mark.money
+def test_the_guards_are_read_once_per_wave_not_once_per_submit(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch asks how many fit before each wave; the single-video guard on every submit
+    would read the balance, the usage stats and today's history again for each of 1,000."""
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from tests.helpers import wait_until
+
+    earlier = MagiHook().create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)  # the price
+    wait_until(lambda: any(b.prediction_id == earlier.id for b in books.billings), 10)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=100, min_balance_usd=1)
+    )
+    balance, usage = books.count("balance"), books.count("usage")
+    dag_run = run_dag(dag_bag, "magi_batch_test_budget")  # one wave of 10
+    assert dag_run.state == "success"
+    assert books.count("submit") == 1 + 10
+    assert books.count("balance") - balance == 1
+    assert books.count("usage") - usage <= 2
+
+
+def test_a_manifest_line_edited_to_sizes_that_are_not_whole_numbers_is_not_trusted() -> None:
+    """A damaged line reads as unknown (the item is asked about again), never as a line whose
+    paths and sizes no longer pair up (the retry's whole-file check then crashed every try)."""
+    text = json.dumps(
+        {"index": 0, "prediction_id": "p", "status": "completed", "paths": ["/a"], "sizes": ["9"]}
+    )
+    assert parse(text + "\n") == {}
+
+
+@pytest.mark.money
+def test_a_prediction_wavespeed_no_longer_knows_is_named_not_paid_for_again(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    """A 404 for an id the ledger holds does not prove it failed (it may have completed and been
+    billed): the retry names it and does not buy it again."""
+    dag_run = run_dag(dag_bag, "magi_batch_test_forgotten")
+    assert task_instance(dag_run, "batch").try_number == 2
+    assert books.count("submit") == 2
+    lines = manifest(dag_run)
+    forgotten = [line for line in lines if line["status"] == "failed"]
+    assert forgotten and all("404" in line["error"] for line in forgotten)
+
+
+@pytest.mark.money
+def test_mapped_batches_whose_filename_shares_one_folder_are_refused_before_paying(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    """Without {map_index} in the folder, every mapped batch wrote the same manifest.jsonl (and,
+    without {prediction_id}, the same files): each overwrote the others' record of what was paid."""
+    dag_run = run_dag(dag_bag, "magi_batch_test_mapped_shared_folder")
+    assert dag_run.state == "failed"
+    assert books.count("submit") == 0

@@ -94,7 +94,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         ``{run_id}``, ``{map_index}``, ``{ds}``, ``{prediction_id}``, ``{index}`` (the item's
         place in ``inputs``) and ``{output}`` (an item's output number). Default
         ``{dag_id}/{run_id}/{task_id}/{index}.mp4`` (``.../{map_index}/{index}.mp4`` when
-        mapped). The manifest goes in the folder of item 0's first file. Templated.
+        mapped; a mapped batch's own pattern must put ``{map_index}`` in the folder). The
+        manifest goes in the folder of item 0's first file. Templated.
     :param max_in_flight: How many of the batch's predictions may be unfinished at once. Set it
         to your WaveSpeed account level's concurrency (the entry level runs 2-3 at once).
     :param fail_on_partial_error: Fail the task once every item is final if any failed or was
@@ -190,6 +191,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.batch_ledger import read_book
 
         self._book = read_book(self._store)
+        self._match_book()
         self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
         self._last_write = 0.0
         self._progress: tuple[int, ...] | None = None
@@ -258,6 +260,39 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._apply_statuses(found, fresh=fresh)
 
     # ------------------------------------------------------------ what is already known
+
+    def _match_book(self) -> None:
+        """Key the ledger's entries by the items' current places, matched by their inputs.
+
+        A re-rendered input list may differ between tries (an item inserted, removed or moved):
+        an entry stays with its item where it is now (same place first, else the first unclaimed
+        entry with the same fingerprint), and an entry no item claims is kept past the last item,
+        never dropped or overwritten, so an item that comes back is not paid for again.
+        """
+        from airflow_provider_magi.batch_ledger import short
+
+        old = self._book.entries
+        matched: dict[int, int] = {}  # item index -> old index
+        for item in self._items:
+            entry = old.get(item.index)
+            if entry is not None and entry.fingerprint == short(item.fingerprint):
+                matched[item.index] = item.index
+        spare: dict[str, list[int]] = {}
+        for index in sorted(set(old) - set(matched.values())):
+            spare.setdefault(old[index].fingerprint, []).append(index)
+        for item in self._items:
+            pool = spare.get(short(item.fingerprint))
+            if item.index not in matched and pool:
+                matched[item.index] = pool.pop(0)
+        entries = {index: old[was] for index, was in matched.items()}
+        orphans = sorted(set(old) - set(matched.values()))
+        entries.update({len(self._items) + n: old[was] for n, was in enumerate(orphans)})
+        if entries != old:
+            moved = {index: was for index, was in matched.items() if index != was}
+            if moved:
+                self.log.info("Batch: inputs moved since the last try (now: was): %s.", moved)
+            self._book.entries = entries
+            self._save_book()
 
     def _reconcile(self, manifest: dict[int, ManifestLine], *, fresh: bool) -> dict[int, ManifestLine]:
         """Each item's line from the ledger (what was paid) and the manifest (what was made)."""
@@ -377,9 +412,13 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             prediction = found.get(line.prediction_id or "")
             if line.status != RUNNING or prediction is None or not prediction.is_terminal:
                 continue
+            if prediction.is_completed and not prediction.outputs:
+                prediction = self._read_whole(prediction)  # a history page may leave them out
             if prediction.is_completed and prediction.outputs:
                 self._complete(line, prediction)
-            elif fresh:
+            # A completed one is billed, and a deleted one (or a 404) may have been: never bought
+            # again. Only a prediction that provably did not complete is submitted afresh.
+            elif fresh and not prediction.is_completed and prediction.status != "deleted":
                 self.log.info(
                     "Batch: input %d's prediction %s %s in an earlier try: submitting it again.",
                     line.index,
@@ -392,8 +431,21 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 line.error = prediction.error or (
                     "completed without any outputs" if prediction.is_completed else prediction.status
                 )
+                if prediction.status == "deleted":
+                    line.error += (
+                        "; it may have completed and been billed, so it is not submitted again. Fix: "
+                        "check your WaveSpeed predictions and billing for it"
+                    )
             self._write()
         self._report_progress()
+
+    def _read_whole(self, prediction: Prediction) -> Prediction:
+        """The prediction's own answer (one GET), for a completed one listed without outputs."""
+        try:
+            return self.hook.get_prediction(prediction.id)
+        except MagiError as error:
+            self.log.warning("Batch: prediction %s cannot be read: %s", prediction.id, error)
+            return prediction
 
     def _complete(self, line: ManifestLine, prediction: Prediction) -> None:
         """The download operator's rules: atomic files, the NSFW policy, no key to output hosts."""
@@ -466,11 +518,10 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             return 0.0
         from airflow_provider_magi.batch_budget import room
 
-        own_unbilled = {
-            line.prediction_id
-            for line in self._lines.values()
-            if line.prediction_id and line.cost_usd is None
-        }
+        # Only the running ones: a completed one is billed or listed as started (the batch saw
+        # it in the history), so its unknown price must not reserve it a second time; a failed
+        # one is never billed.
+        own_unbilled = {line.prediction_id for line in self._running() if line.prediction_id}
         fits, refusal = room(self.hook, self.model, len(pending), own_unbilled, self.log)
         if fits < len(pending):
             if refusal:  # the rest are not paid for in this try: the task ends failed, naming them
@@ -691,6 +742,13 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         mapped = map_index is not None and map_index >= 0
         self._pattern = self.filename or (DEFAULT_MAPPED_BATCH_FILENAME if mapped else DEFAULT_BATCH_FILENAME)
         _check_pattern(self._pattern)
+        if mapped and "{map_index" not in self._pattern.rpartition("/")[0]:
+            # Each mapped batch keeps its manifest in its folder: a shared one is overwritten.
+            raise MagiInputError(
+                f"Invalid filename for a mapped batch: {self._pattern!r} puts every mapped batch's "
+                "files and manifest.jsonl in one folder, so each would overwrite the others'. Fix: "
+                "put {map_index} in the folder, e.g. '{dag_id}/{run_id}/{task_id}/{map_index}/{index}.mp4'"
+            )
         self._directory = destination_path(self.destination)
         self._values = filename_values(context, "", 0)
         first = render_filename(

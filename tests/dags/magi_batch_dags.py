@@ -171,3 +171,84 @@ with _dag("magi_batch_test_dies_mid_wave"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+
+class InputsChangeOnRetry(DiesMidWait):
+    """Try 1 runs two inputs and dies mid-wait; the retry's re-rendered list puts a new one first."""
+
+    def _run(self, context: Any, event: dict[str, Any] | None) -> Any:
+        if context["ti"].try_number > 1:
+            self.inputs = [
+                "inserted [[duration: 0.3]]",
+                "kept a [[duration: 0.3]]",
+                "kept b [[duration: 0.3]]",
+            ]
+        return super()._run(context, event)
+
+
+with _dag("magi_batch_test_inputs_change"):
+    InputsChangeOnRetry(
+        task_id="batch",
+        inputs=["kept a [[duration: 0.3]]", "kept b [[duration: 0.3]]"],
+        destination=OUTPUT_DIR,
+        max_in_flight=5,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+with _dag("magi_batch_test_no_outputs"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=["made [[duration: 0.2]]", "made, nothing to fetch [[duration: 0.2]] [[outputs: 0]]"],
+        destination=OUTPUT_DIR,
+        max_in_flight=2,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+with _dag("magi_batch_test_budget_two_at_a_time"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[f"two at a time {i} [[duration: 0.3]]" for i in range(10)],
+        destination=OUTPUT_DIR,
+        max_in_flight=2,
+        **FAST,
+    )
+
+
+class ForgottenMidWait(MagiBatchOperator):
+    """Try 1 dies at its first resume, after the local server forgot (404s) what had ended then:
+    billed predictions WaveSpeed no longer lists, as after its 7 days or behind a lying proxy."""
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        if context["ti"].try_number == 1:
+            import urllib.request
+
+            for result in (event or {}).get("ended") or []:
+                url = f"{self.hook.settings.base_url}/_testing/forget?id={result['prediction_id']}"
+                urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).read()
+            raise RuntimeError("simulated worker crash while the batch waits")
+        return super().execute_complete(context, event)
+
+
+with _dag("magi_batch_test_forgotten"):
+    ForgottenMidWait(
+        task_id="batch",
+        inputs=[f"forgotten {i} [[duration: 0.2]]" for i in range(2)],
+        destination=OUTPUT_DIR,
+        max_in_flight=2,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+with _dag("magi_batch_test_mapped_shared_folder"):
+    MagiBatchOperator.partial(
+        task_id="batch",
+        destination=OUTPUT_DIR,
+        filename="shared/{run_id}/{index}_{prediction_id}.mp4",
+        max_in_flight=2,
+        **FAST,
+    ).expand(inputs=[[f"shelf {shelf} item {i} [[duration: 0.2]]" for i in range(2)] for shelf in range(2)])
