@@ -33,6 +33,12 @@ os.environ.update(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME}/airflow.db",
     }
 )
+# Connections and Variables are encrypted, as in every deployment: Airflow 3.0 and 3.1 break on
+# some cryptography releases only when a Fernet key is set (tests/test_environment.py).
+if not os.environ.get("AIRFLOW__CORE__FERNET_KEY"):
+    from cryptography.fernet import Fernet
+
+    os.environ["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
 os.environ.pop("WAVESPEED_API_KEY", None)
 os.environ.pop("AIRFLOW_CONN_MAGI_DEFAULT", None)
 
