@@ -67,9 +67,10 @@ demo: $(DEMO_STAMP)
 ## one minor at a time, each over $(TEST_WORKERS) processes. Parallel stages print their output
 ## whole when each ends.
 test:
-	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck package older-venvs
-	$(MAKE) --no-print-directory unit
-	$(MAKE) --no-print-directory older-minors
+	@ci/stage "install, lint, type-check, package, older venvs" \
+		$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck package older-venvs
+	@ci/stage "newest Airflow, all stages" $(MAKE) --no-print-directory unit
+	@ci/stage "older minors" $(MAKE) --no-print-directory older-minors
 
 older-venvs: $(foreach minor,$(OLDEST) $(BETWEEN),.venv-airflow-$(minor)/.installed)
 
@@ -92,8 +93,8 @@ TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(STAMP) browser
-	$(BIN)/python -m pytest -q $(XDIST) --ignore=tests/integration --ignore=tests/ui
-	$(BIN)/python -m pytest -q tests/integration tests/ui
+	ci/stage "newest: unit and DAG tests" $(BIN)/python -m pytest -q $(XDIST) --ignore=tests/integration --ignore=tests/ui
+	ci/stage "newest: full stack and browser" $(BIN)/python -m pytest -q tests/integration tests/ui
 
 ## Debian's chromium for tests/ui (skipped without it, failed without it under CI=true).
 browser:
@@ -107,14 +108,16 @@ screenshots: $(STAMP) browser
 
 # The full-stack integration stage runs on the newest Airflow only (in `unit`).
 unit-oldest: .venv-airflow-$(OLDEST)/.installed
-	.venv-airflow-$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) --ignore=tests/integration --ignore=tests/ui
+	ci/stage "Airflow $(OLDEST): unit and DAG tests" \
+		.venv-airflow-$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) --ignore=tests/integration --ignore=tests/ui
 
 ## What a retry, a kill or an odd answer may cost, proven on every minor between oldest and newest.
 unit-between: $(foreach minor,$(BETWEEN),unit-$(minor))
 
 unit-%: .venv-airflow-%/.installed
 	@echo "== money tests on Airflow $*"
-	.venv-airflow-$*/bin/python -m pytest -q -p no:cacheprovider $(XDIST) -m "money or environment" --ignore=tests/integration --ignore=tests/ui
+	ci/stage "Airflow $*: money tests" \
+		.venv-airflow-$*/bin/python -m pytest -q -p no:cacheprovider $(XDIST) -m "money or environment" --ignore=tests/integration --ignore=tests/ui
 
 ## Benchmarks (not part of `make test`): print tables and append them to bench/RESULTS.md.
 bench: $(STAMP)
