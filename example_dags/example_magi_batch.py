@@ -9,7 +9,7 @@ two tasks at once and queues the rest).
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset
 
@@ -31,6 +31,9 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    # A retry is free (the ledger reattaches to what was paid) and covers Airflow's resume race
+    # (README: "A batch resumes once per wave").
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
     tags=["example", "magi"],
     doc_md=__doc__,
 ):

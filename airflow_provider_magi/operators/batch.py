@@ -45,9 +45,10 @@ DEFAULT_MAX_IN_FLIGHT = 5
 DEFAULT_BATCH_FILENAME = "{dag_id}/{run_id}/{task_id}/{index}.mp4"
 DEFAULT_MAPPED_BATCH_FILENAME = "{dag_id}/{run_id}/{task_id}/{map_index}/{index}.mp4"
 BATCH_FIELDS = ("dag_id", "task_id", "run_id", "map_index", "ds", "prediction_id", "index", "output")
-# The trigger comes back once this share of the predictions in flight (at least one) ended: a
-# resume costs a worker slot, so it is worth one only for a handful of free slots or files.
-RESUME_SHARE = 0.25
+# A wave is worth a resume once this share of max_in_flight is free: a resume costs a worker
+# slot and, on Airflow 3.3 with LocalExecutor, meets a race that can fail the task
+# (apache/airflow#66374), so a batch resumes per wave, not per finished video.
+WAVE_SHARE = 0.5
 # An intent without an id younger than this is left to land before the history is asked.
 INTENT_SETTLE_SECONDS = 30.0
 # Predictions created this long before a wave started still count as its (clocks differ).
@@ -56,6 +57,18 @@ CLOCK_MARGIN = timedelta(seconds=60)
 MANIFEST_EVERY_SECONDS = 1.0
 XCOM_PROGRESS = "batch_progress"
 NsfwPolicy = Literal["keep", "skip", "fail"]
+
+
+def resume_after(running: int, pending: int, max_in_flight: int) -> int:
+    """How many of the ``running`` predictions must end before the task resumes: a wave's worth
+    of free slots (``WAVE_SHARE`` of ``max_in_flight``, or every ``pending`` input if fewer),
+    counting slots already free; with nothing left to submit, all of them (one last resume
+    downloads what is left)."""
+    if pending <= 0:
+        return max(1, running)
+    free_now = max(0, max_in_flight - running)
+    wave = min(pending, math.ceil(max_in_flight * WAVE_SHARE))
+    return max(1, min(running, wave - free_now))
 
 
 class MagiBatchIncompleteError(MagiError):
@@ -231,7 +244,11 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                         created_after=self._created_after(running).isoformat(),
                         created_before=self._created_before(),
                         magi_conn_id=self.magi_conn_id,
-                        resume_after=self._resume_after(len(running)),
+                        resume_after=resume_after(
+                            len(running),
+                            len(self._pending()) if waiting_to_submit else 0,
+                            self.max_in_flight,
+                        ),
                         poll_interval=self.poll_interval,
                         max_poll_interval=self.max_poll_interval,
                         deadline=deadline,
@@ -699,9 +716,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             (line for line in self._lines.values() if line.status == NOT_SUBMITTED),
             key=lambda line: line.index,
         )
-
-    def _resume_after(self, running: int) -> int:
-        return max(1, min(running, math.ceil(self.max_in_flight * RESUME_SHARE)))
 
     def _created_after(self, running: list[ManifestLine]) -> datetime:
         """From the oldest running prediction's creation time when the last trigger told it (the

@@ -9,9 +9,9 @@ them. The few ids the pages did not show are read one by one. A trigger per vide
 instead cost one GET per video per cycle, and Airflow's per-trigger bookkeeping on top.
 
 The trigger row holds ids, times and the connection id, never the key. It fires once: when
-enough predictions ended to be worth a resume of the task (``resume_after``), when the first
-one that ended has waited a poll interval (so a finished video reaches the manifest within about
-two), or when the deadline passes.
+enough predictions ended to be worth a resume of the task (``resume_after``: the task asks for a
+wave's worth of free slots, or for all of them once nothing is left to submit), when the first
+one that ended has waited ``resume_latency`` (when given), or when the deadline passes.
 """
 
 from __future__ import annotations
@@ -138,6 +138,8 @@ class MagiBatchTrigger(BaseTrigger):
         clocks that differ): the window the history pages are read in.
     :param created_before: ISO 8601 time after which none of them was created, when known.
     :param resume_after: Fire once this many of them have ended (all of them always fire).
+    :param resume_latency: Also fire once the first of them to end has waited this many seconds
+        (None, the task's choice: only ``resume_after`` counts, so a batch resumes once per wave).
     :param pause: Seconds to wait before the first read: a poll interval (what was just read or
         submitted needs no second look at once), or a 429's ``Retry-After`` on a submit.
     :param carry: JSON the task hands itself across the wait (its try number, deadline ...).
@@ -151,6 +153,7 @@ class MagiBatchTrigger(BaseTrigger):
         magi_conn_id: str = "magi_default",
         created_before: str | None = None,
         resume_after: int = 1,
+        resume_latency: float | None = None,
         poll_interval: float = 10.0,
         max_poll_interval: float = MAX_POLL_INTERVAL,
         deadline: float | None = None,
@@ -165,6 +168,7 @@ class MagiBatchTrigger(BaseTrigger):
         self.created_before = created_before
         self.magi_conn_id = magi_conn_id
         self.resume_after = max(1, int(resume_after))
+        self.resume_latency = None if resume_latency is None else float(resume_latency)
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
         self.deadline = deadline
@@ -182,6 +186,7 @@ class MagiBatchTrigger(BaseTrigger):
                 "created_before": self.created_before,
                 "magi_conn_id": self.magi_conn_id,
                 "resume_after": self.resume_after,
+                "resume_latency": self.resume_latency,
                 "poll_interval": self.poll_interval,
                 "max_poll_interval": self.max_poll_interval,
                 "deadline": self.deadline,
@@ -234,10 +239,12 @@ class MagiBatchTrigger(BaseTrigger):
             ended.update({i: p for i, p in found.items() if p.is_terminal})
             if ended and first_ended_at is None:
                 first_ended_at = time.time()
-            # Back to the task once enough ended to be worth a resume, or once the first of them
-            # has waited a poll interval: a finished video reaches the manifest within two.
+            # Back to the task once enough ended to be worth a resume (or, when asked, once the
+            # first of them has waited resume_latency).
             if len(ended) >= min(self.resume_after, len(self.prediction_ids)) or (
-                first_ended_at is not None and time.time() - first_ended_at >= self.poll_interval
+                first_ended_at is not None
+                and self.resume_latency is not None
+                and time.time() - first_ended_at >= self.resume_latency
             ):
                 still = [i for i in self.prediction_ids if i not in ended]
                 yield self._event(
