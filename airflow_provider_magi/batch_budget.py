@@ -80,8 +80,8 @@ def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -
     if price is None:
         if micro(spent) >= micro(budget):
             return 0, (
-                f"{where}: {costs.usd_text(spent)} spent today (UTC) reaches daily_budget_usd "
-                f"{costs.usd_text(budget)}"
+                f"{where}: when the budget was checked, {costs.usd_text(spent)} spent today (UTC) "
+                f"had reached daily_budget_usd {costs.usd_text(budget)}"
             )
         if unbilled:  # its price shows in the usage stats once billed: wait for it
             log.info("Batch: the price of %s is not known yet; the next inputs wait for it.", model)
@@ -100,8 +100,11 @@ def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -
     fits = min(wanted, max(0, (micro(budget) - reserved) // max(1, micro(price))))
     if fits == wanted:
         return wanted, None
+    # Past tense: this text ends the task's error after the ``fits`` it allowed were submitted.
+    room_left = f"room for {fits} more" if fits else "no room for one more"
     return fits, (
-        f"{where}: {costs.usd_text(spent)} spent today (UTC) plus {unbilled} of today's "
-        f"predictions not billed yet (this batch's and others') leave room for {fits} more at "
-        f"{costs.usd_text(price)} within daily_budget_usd {costs.usd_text(budget)}"
+        f"{where}: when the budget was checked, {costs.usd_text(spent)} spent today (UTC) plus "
+        f"{unbilled} of today's predictions not billed yet (this batch's and others') left "
+        f"{room_left} at {costs.usd_text(price)} within daily_budget_usd {costs.usd_text(budget)}, "
+        f"so the batch stopped submitting {'after those' if fits else 'there'}"
     )

@@ -180,6 +180,7 @@ def test_a_budget_with_room_for_four_of_ten_pays_for_exactly_four(
     lines = manifest(dag_run)
     assert [line["status"] for line in lines] == ["completed"] * 4 + ["not_submitted"] * 6
     assert all("daily_budget_usd" in line["error"] for line in lines[4:])
+    assert all("left room for 4 more" in line["error"] for line in lines[4:])  # said after paying
     if DAG_TEST_LOGS_EXCEPTIONS:
         assert "Not submitted: inputs 4, 5, 6, 7, 8, 9" in task_logs()
 
@@ -639,3 +640,67 @@ def test_mapped_batches_whose_filename_shares_one_folder_are_refused_before_payi
     dag_run = run_dag(dag_bag, "magi_batch_test_mapped_shared_folder")
     assert dag_run.state == "failed"
     assert books.count("submit") == 0
+
+
+# ---------------------------------------------------------------- what the batch says
+
+
+def test_the_budget_stop_speaks_of_the_room_in_the_past_once_those_inputs_were_paid() -> None:
+    """The refusal ends the task's error after the inputs it made room for were submitted: it
+    must not ask to "leave room for 2 more" that were already paid."""
+    from types import SimpleNamespace
+
+    from airflow_provider_magi.batch_budget import room
+
+    hook = SimpleNamespace(
+        settings=SimpleNamespace(conn_id="c", min_balance_usd=None, daily_budget_usd=PRICE * 3),
+        get_spend=lambda since, until: PRICE,
+        get_unit_price=lambda model: PRICE,
+        get_started_since=lambda since: ([], PRICE),
+        pending_cost=lambda started, model, price, log: 0.0,
+    )
+    fits, refusal = room(hook, MAGI, 5, set(), log=None)
+    assert fits == 2 and refusal is not None
+    assert "left room for 2 more at $0.37 within daily_budget_usd $1.11" in refusal
+    assert "so the batch stopped submitting after those" in refusal
+    assert "leave room" not in refusal
+    hook.get_spend = lambda since, until: PRICE * 3  # the budget is used up: no room at all
+    fits, refusal = room(hook, MAGI, 5, set(), log=None)
+    assert fits == 0 and refusal is not None
+    assert "left no room for one more" in refusal and "stopped submitting there" in refusal
+
+
+def test_the_progress_line_counts_every_status_uncertain_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from airflow_provider_magi.operators.batch import MagiBatchOperator
+
+    class Log:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, message: str, *args: Any) -> None:
+            self.lines.append(message % args)
+
+    pushed: dict[str, Any] = {}
+    operator = MagiBatchOperator(task_id="batch", inputs=["a"], destination=str(tmp_path))
+    operator._lines = {
+        0: ManifestLine(0, "completed", "p0", 0.3, ["/a"], [9]),
+        1: ManifestLine(1, "failed", "p1", None, [], [], "boom"),
+        2: ManifestLine(2, "running", "p2"),
+        3: ManifestLine(3, "uncertain", None, None, [], [], "the submit's answer was lost"),
+        4: ManifestLine(4, "uncertain", None, None, [], [], "the submit's answer was lost"),
+        5: ManifestLine(5),
+    }
+    operator._manifest_path = tmp_path / "manifest.jsonl"
+    operator._progress = None
+    operator._context = {"ti": SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}))}
+    log = Log()
+    monkeypatch.setattr(MagiBatchOperator, "log", property(lambda _: log))
+    operator._report_progress()
+    assert log.lines == [
+        "Batch: 1/6 completed, 1 failed, 1 running, 1 not submitted, 2 uncertain, $0.30 so far."
+    ]
+    assert pushed["batch_progress"]["uncertain"] == 2
