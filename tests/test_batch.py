@@ -93,8 +93,54 @@ def test_a_bad_item_is_named_by_its_index_with_the_fix(raw: Any, message: str) -
 def test_a_bad_json_lines_row_is_named_by_its_line(tmp_path: Path) -> None:
     table = tmp_path / "table.jsonl"
     table.write_text('"a"\n{"prompt": \n')
-    with pytest.raises(MagiInputError, match=r"line 2 \(item 1\) is not JSON"):
-        load_items(str(table))
+    with pytest.raises(MagiInputError, match=r"inputs\[1\] \(line 2 of .*table.jsonl\): is not JSON"):
+        check_items(load_items(str(table)), MAGI)
+
+
+def test_every_bad_json_lines_row_is_named_by_its_line_in_the_file_blank_lines_counted(
+    tmp_path: Path,
+) -> None:
+    table = tmp_path / "table.jsonl"
+    rows = [
+        '"fine"',  # line 1: inputs[0]
+        "",
+        '{"prompt": "x", "sead": 1}',  # line 3: inputs[1]
+        "   ",
+        "",
+        '{"prompt": ',  # line 6: inputs[2]
+        '"fine \u2028 too"',  # line 7: inputs[3]; a JSON string may hold U+2028: still one line
+        '{"seed": 3}',  # line 8: inputs[4]
+        '{"prompt": "y", "seed": "soon"}',  # line 9: inputs[5]
+    ]
+    table.write_bytes("\r\n".join(rows).encode() + b"\r\n")  # Windows line ends count the same
+    with pytest.raises(MagiInputError) as raised:
+        check_items(load_items(str(table)), MAGI)
+    message = str(raised.value)
+    assert message.startswith("Invalid inputs: 4 of 6 items are bad, and nothing was sent"), message
+    named = [line for line in message.splitlines() if line.startswith("- ")]
+    where = f"of {table}"
+    assert named == [
+        f"- Invalid inputs[1] (line 3 {where}): unknown key(s) sead. Fix: use only prompt, image, seed, "
+        "extra_inputs; other model inputs go inside 'extra_inputs'",
+        named[1],
+        f"- Invalid inputs[4] (line 8 {where}): no 'prompt'. Fix: add the text of the video to make",
+        named[3],
+    ]
+    assert named[1].startswith(f"- Invalid inputs[2] (line 6 {where}): is not JSON (")
+    assert named[3].startswith(f"- inputs[5] (line 9 {where}): Invalid seed")
+    items = load_items(str(table))
+    assert len(items) == 6 and items[3] == "fine \u2028 too"
+
+
+def test_every_bad_item_is_named_up_to_twenty_then_how_many_more() -> None:
+    raw = ["fine"] + [{"prompt": "x", "seed": "soon"}] * 25
+    with pytest.raises(MagiInputError) as raised:
+        check_items(raw, MAGI)
+    message = str(raised.value)
+    assert message.startswith("Invalid inputs: 25 of 26 items are bad, and nothing was sent")
+    named = [line for line in message.splitlines() if line.startswith("- ")]
+    assert [line.split(":")[0] for line in named[:20]] == [f"- inputs[{i}]" for i in range(1, 21)]
+    assert named[20:] == ["- and 5 more"]
 
 
 def test_the_manifest_round_trips_in_input_order() -> None:
