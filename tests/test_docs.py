@@ -113,3 +113,16 @@ def test_the_readme_says_what_make_test_needs_beyond_python() -> None:
     needs = readme[readme.index("`make test` also needs") :].split("\n\n")[1]  # the list after it
     for what in ("PostgreSQL", "Redis", "Chromium from apt", "GB of disk"):
         assert what in needs, what
+
+
+def test_the_offline_recipe_says_a_rerun_of_dags_test_pays_again_and_a_clear_does_not() -> None:
+    """A new user reran `airflow dags test` for the same date and paid for every video again:
+    Airflow deletes the run and makes a new one, which the provider pays for by design."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Run an example DAG yourself, offline") :].split("\n## ")[0]
+    recipe_end = section.index("kill %1")
+    note = section[recipe_end:]
+    assert "airflow dags test" in section[:recipe_end]  # the recipe runs it
+    assert "Running `airflow dags test` again pays again." in note
+    assert "deletes that run and creates a new one" in note
+    assert "clear" in note and "reattaches" in note
