@@ -54,9 +54,14 @@ def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -
 
     if settings.min_balance_usd is not None:
         balance = read("the balance", "min_balance_usd", hook.get_balance)
-        refusal = costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id)
-        if refusal:
-            return 0, refusal
+        if costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id):
+            # Its own words, not the single video's: earlier waves may have been paid, and the
+            # task's error adds the fix after the inputs it did not submit.
+            return 0, (
+                f"Connection '{settings.conn_id}': when the balance was checked, it was "
+                f"{costs.usd_text(balance)}, below the connection's min_balance_usd of "
+                f"{costs.usd_text(settings.min_balance_usd)}, so the batch stopped submitting there"
+            )
     if settings.daily_budget_usd is None:
         return wanted, None
     now = datetime.now(UTC)

@@ -714,6 +714,17 @@ def test_the_budget_stop_speaks_of_the_room_in_the_past_once_those_inputs_were_p
     fits, refusal = room(hook, MAGI, 5, set(), log=None)
     assert fits == 0 and refusal is not None
     assert "left no room for one more" in refusal and "stopped submitting there" in refusal
+    # The floor: the batch's own words (the single video's "Nothing was uploaded or submitted"
+    # is not true of a batch whose earlier waves were paid).
+    floor = SimpleNamespace(
+        settings=SimpleNamespace(conn_id="c", min_balance_usd=5.0, daily_budget_usd=None),
+        get_balance=lambda: 1.0,
+    )
+    fits, refusal = room(floor, MAGI, 5, set(), log=None)
+    assert fits == 0 and refusal == (
+        "Connection 'c': when the balance was checked, it was $1.00, below the connection's "
+        "min_balance_usd of $5.00, so the batch stopped submitting there"
+    )
 
 
 def test_the_progress_line_counts_every_status_uncertain_included(
