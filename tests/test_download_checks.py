@@ -45,6 +45,9 @@ def test_a_scheme_fsspec_knows_but_airflow_does_not_gets_the_provider_s_hint_bef
 
     from airflow_provider_magi.operators.download import destination_path
 
+    # Nothing attached for memory:// here (the test DAG folder attaches one when it is parsed).
+    unattached = {alias: store for alias, store in _STORE_CACHE.items() if store.protocol != "memory"}
+    monkeypatch.setattr("airflow.sdk.io.store._STORE_CACHE", unattached)
     operator = MagiDownloadOutputsOperator(task_id="d", prediction="p1", destination="memory://bucket/videos")
     monkeypatch.setattr(MagiDownloadOutputsOperator, "hook", property(lambda _: pytest.fail("a request")))
     hint = r"no filesystem for memory:// is registered with Airflow.*Fix: .*attach\(protocol='memory'"
@@ -55,7 +58,6 @@ def test_a_scheme_fsspec_knows_but_airflow_does_not_gets_the_provider_s_hint_bef
     # Attached where the task runs, it is Airflow's to open: accepted.
     from airflow.sdk.io import attach
 
-    monkeypatch.setattr("airflow.sdk.io.store._STORE_CACHE", dict(_STORE_CACHE))
     attach(protocol="memory", fs=fsspec.filesystem("memory"))
     assert str(destination_path("memory://bucket/videos")).endswith("bucket/videos")
 
