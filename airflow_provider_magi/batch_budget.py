@@ -54,9 +54,14 @@ def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -
 
     if settings.min_balance_usd is not None:
         balance = read("the balance", "min_balance_usd", hook.get_balance)
-        refusal = costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id)
-        if refusal:
-            return 0, refusal
+        if costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id):
+            # Its own words, not the single video's: earlier waves may have been paid, and the
+            # task's error adds the fix after the inputs it did not submit.
+            return 0, (
+                f"Connection '{settings.conn_id}': when the balance was checked, it was "
+                f"{costs.usd_text(balance)}, below the connection's min_balance_usd of "
+                f"{costs.usd_text(settings.min_balance_usd)}, so the batch stopped submitting there"
+            )
     if settings.daily_budget_usd is None:
         return wanted, None
     now = datetime.now(UTC)
@@ -80,8 +85,8 @@ def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -
     if price is None:
         if micro(spent) >= micro(budget):
             return 0, (
-                f"{where}: {costs.usd_text(spent)} spent today (UTC) reaches daily_budget_usd "
-                f"{costs.usd_text(budget)}"
+                f"{where}: when the budget was checked, {costs.usd_text(spent)} spent today (UTC) "
+                f"had reached daily_budget_usd {costs.usd_text(budget)}"
             )
         if unbilled:  # its price shows in the usage stats once billed: wait for it
             log.info("Batch: the price of %s is not known yet; the next inputs wait for it.", model)
@@ -100,8 +105,11 @@ def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -
     fits = min(wanted, max(0, (micro(budget) - reserved) // max(1, micro(price))))
     if fits == wanted:
         return wanted, None
+    # Past tense: this text ends the task's error after the ``fits`` it allowed were submitted.
+    room_left = f"room for {fits} more" if fits else "no room for one more"
     return fits, (
-        f"{where}: {costs.usd_text(spent)} spent today (UTC) plus {unbilled} of today's "
-        f"predictions not billed yet (this batch's and others') leave room for {fits} more at "
-        f"{costs.usd_text(price)} within daily_budget_usd {costs.usd_text(budget)}"
+        f"{where}: when the budget was checked, {costs.usd_text(spent)} spent today (UTC) plus "
+        f"{unbilled} of today's predictions not billed yet (this batch's and others') left "
+        f"{room_left} at {costs.usd_text(price)} within daily_budget_usd {costs.usd_text(budget)}, "
+        f"so the batch stopped submitting {'after those' if fits else 'there'}"
     )

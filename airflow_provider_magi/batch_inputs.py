@@ -1,8 +1,9 @@
 """A batch's inputs: a list, the JSON text of one, or a JSON Lines file; every item checked first.
 
 Every item is checked (the MAGI rules of ``validation``) before the batch pays for its first
-video: a typo in item 900 must not surface after 899 videos were bought. Errors name the item's
-index (and the file's line), the field, and the fix.
+video: a typo in item 900 must not surface after 899 videos were bought, and one error names
+every bad item (up to 20, then how many more), each by its index (and the file's line), the
+field, and the fix.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ _FORMS = (
 )
 
 
+# An error names at most this many bad items, then says how many more there are.
+MAX_NAMED_ERRORS = 20
+
+
 @dataclass(frozen=True)
 class BatchItem:
     """One input, checked: what to send, and its fingerprint for the ledger."""
@@ -30,6 +35,23 @@ class BatchItem:
     index: int
     inputs: dict[str, Any]
     fingerprint: str
+
+
+class JsonLinesItems(list[Any]):
+    """The items of a JSON Lines file, with where each came from: its line number in the file
+    (1-based, blank lines counted, as an editor counts them)."""
+
+    def __init__(self, items: list[Any], source: str, line_numbers: list[int]) -> None:
+        super().__init__(items)
+        self.source = source
+        self.line_numbers = line_numbers
+
+
+@dataclass(frozen=True)
+class _NotJson:
+    """A line that is not JSON: still an item (it holds an index), reported with the others."""
+
+    error: str
 
 
 def load_items(raw: Any) -> list[Any]:
@@ -49,7 +71,7 @@ def load_items(raw: Any) -> list[Any]:
     raise MagiInputError(f"Invalid inputs: {type(raw).__name__} {shorten(raw)}. Fix: pass {_FORMS}")
 
 
-def _read_json_lines(source: Any) -> list[Any]:
+def _read_json_lines(source: Any) -> JsonLinesItems:
     text_source = str(source).strip()
     if not text_source:
         raise MagiInputError(f"Invalid inputs: empty. Fix: pass {_FORMS}")
@@ -76,29 +98,54 @@ def _read_json_lines(source: Any) -> list[Any]:
             "the path and that the worker can read it"
         ) from None
     items: list[Any] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    numbers: list[int] = []
+    # Split on newlines only (text mode has made \r\n and \r newlines): str.splitlines() also
+    # splits on form feeds and U+2028, which a JSON string may hold, and which no editor counts.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue  # blank lines are not items: indexes count the items only
         try:
             items.append(json.loads(line))
         except ValueError as error:
-            raise MagiInputError(
-                f"Invalid inputs: {text_source} line {number} (item {len(items)}) is not JSON ({error}). "
-                "Fix: one JSON object or string per line"
-            ) from None
-    return items
+            items.append(_NotJson(str(error)))
+        numbers.append(number)
+    return JsonLinesItems(items, text_source, numbers)
 
 
 def check_items(raw_items: list[Any], model: str) -> list[BatchItem]:
-    """Every item checked, or the first problem named by its index; nothing is sent here."""
+    """Every item checked, or every problem named (up to :data:`MAX_NAMED_ERRORS`, then how
+    many more), each by its index and, for a JSON Lines file, its line; nothing is sent here."""
     if not raw_items:
         raise MagiInputError(f"Invalid inputs: the batch is empty. Fix: pass {_FORMS}")
-    return [_check_item(index, raw, model) for index, raw in enumerate(raw_items)]
+    lines = getattr(raw_items, "line_numbers", None)
+    source = getattr(raw_items, "source", "")
+    checked: list[BatchItem] = []
+    problems: list[str] = []
+    for index, raw in enumerate(raw_items):
+        where = f"inputs[{index}]" if lines is None else f"inputs[{index}] (line {lines[index]} of {source})"
+        try:
+            checked.append(_check_item(index, where, raw, model))
+        except MagiInputError as error:
+            problems.append(str(error))
+    if len(problems) == 1:
+        raise MagiInputError(problems[0])
+    if problems:
+        named = "\n".join(f"- {problem}" for problem in problems[:MAX_NAMED_ERRORS])
+        more = len(problems) - MAX_NAMED_ERRORS
+        raise MagiInputError(
+            f"Invalid inputs: {len(problems)} of {len(raw_items)} items are bad, and nothing was sent "
+            f"(every item is checked before anything is paid). Fix each:\n{named}"
+            + (f"\n- and {more} more" if more > 0 else "")
+        )
+    return checked
 
 
-def _check_item(index: int, raw: Any, model: str) -> BatchItem:
-    where = f"inputs[{index}]"
+def _check_item(index: int, where: str, raw: Any, model: str) -> BatchItem:
     fields: Mapping[str, Any]
+    if isinstance(raw, _NotJson):
+        raise MagiInputError(
+            f"Invalid {where}: is not JSON ({raw.error}). Fix: one JSON object or string per line"
+        )
     if isinstance(raw, str):
         fields = {"prompt": raw}
     elif isinstance(raw, Mapping):

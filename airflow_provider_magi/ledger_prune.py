@@ -86,7 +86,7 @@ def prune_path(
 
     from airflow_provider_magi.operators.download import check_destination_scheme
 
-    check_destination_scheme(ledger_path)  # a missing s3fs is named, not fsspec's ImportError
+    check_destination_scheme(ledger_path, run_time=True)  # a missing s3fs is named, not fsspec's error
     base = ObjectStoragePath(ledger_path.rstrip("/"))
     cutoff = datetime.now(UTC) - older_than
     deleted: list[str] = []

@@ -15,9 +15,33 @@ if TYPE_CHECKING:
 XCOM_PREDICTION_ID = "prediction_id"
 XCOM_RESULT_URL = "prediction_result_url"
 # The API's result URL needs the key, so a browser gets a 401 there; WaveSpeed's own pages list
-# the account's predictions to anyone logged in (its docs: "View all your predictions at
-# wavespeed.ai/predictions"). There is no documented page for one prediction.
+# the account's predictions to anyone logged in (its docs, wavespeed.ai/docs/what-are-predictions:
+# "View all your predictions at wavespeed.ai/predictions"). Neither those docs nor the official
+# SDK (wavespeed 2.0.5) name a page for one prediction, so the link opens that list.
 DASHBOARD_URL = "https://wavespeed.ai/predictions"
+# The local WaveSpeed server's page for one prediction (no key: a browser cannot send one).
+LOCAL_SERVER_PAGE = "/_testing/predictions/"
+_RESULT_PATH = "/api/v3/predictions/"
+
+
+def human_url(result_url: Any) -> str:
+    """What a person can open for the prediction whose API result URL is ``result_url``:
+    WaveSpeed's predictions page for the real API, the local server's page for the local server
+    (plain http on loopback), and nothing ("") for any other host, whose pages we do not know
+    (its result URL would answer 401 to a browser)."""
+    if not isinstance(result_url, str) or not result_url.startswith(("https://", "http://")):
+        return ""
+    from airflow_provider_magi.api import DEFAULT_BASE_URL, is_valid_prediction_id
+
+    if result_url.startswith(DEFAULT_BASE_URL + "/"):
+        return DASHBOARD_URL
+    base, found, rest = result_url.partition(_RESULT_PATH)
+    prediction_id = rest.removesuffix("/result")
+    if not found or not is_valid_prediction_id(prediction_id):
+        return ""
+    from airflow_provider_magi.output_urls import is_loopback_http
+
+    return f"{base}{LOCAL_SERVER_PAGE}{prediction_id}" if is_loopback_http(base) else ""
 
 
 def remember_prediction(operator: BaseOperator, context: Context, prediction_id: str, hook: MagiHook) -> str:
@@ -35,7 +59,7 @@ def remember_prediction(operator: BaseOperator, context: Context, prediction_id:
 
 
 class MagiPredictionLink(BaseOperatorLink):
-    """Links a task to its prediction's result on the WaveSpeed API."""
+    """Links a task to a page a person can open for its prediction (see :func:`human_url`)."""
 
     name = "WaveSpeed prediction"
 
@@ -45,9 +69,4 @@ class MagiPredictionLink(BaseOperatorLink):
             return ""
         from airflow.providers.common.compat.sdk import XCom
 
-        url: Any = XCom.get_value(ti_key=ti_key, key=XCOM_RESULT_URL)
-        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-            return ""
-        from airflow_provider_magi.api import DEFAULT_BASE_URL
-
-        return DASHBOARD_URL if url.startswith(DEFAULT_BASE_URL + "/") else url
+        return human_url(XCom.get_value(ti_key=ti_key, key=XCOM_RESULT_URL))

@@ -5,16 +5,25 @@ WaveSpeed-compatible local server; with it, to the real API (and you pay for one
 It prints the endpoint and where the key came from before generating, and generates on the real
 API only when asked to with --pay (`make demo PAY=1`): a key or connection exported in the shell
 for other work must not spend money by surprise.
+
+The terminal gets a few lines and the result; Airflow's own log of the run (dozens of lines of
+DAG-bag, scheduling and task-runner records) goes to .airflow-demo/demo.log, which the output names.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_provider_magi.testing import LocalWaveSpeedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "example_magi_text_to_video"
@@ -38,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     home.mkdir(exist_ok=True)
-    server = None
+    exported = bool(os.environ.get("AIRFLOW_CONN_MAGI_DEFAULT"))  # by the user, not by this script
+    server: LocalWaveSpeedServer | None = None
     if not os.environ.get("WAVESPEED_API_KEY") and not os.environ.get("AIRFLOW_CONN_MAGI_DEFAULT"):
         from airflow_provider_magi.testing import LocalWaveSpeedServer
 
@@ -46,36 +56,77 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = json.dumps(server.connection_uri_json())
         os.environ.setdefault("MAGI_POLL_INTERVAL", "1")
 
+    log_path = home / "demo.log"
+    with log_path.open("w") as log:
+        return _run(args, server, exported, output_dir, log, log_path)
+
+
+def _run(
+    args: argparse.Namespace,
+    server: LocalWaveSpeedServer | None,
+    exported: bool,
+    output_dir: Path,
+    log: IO[str],
+    log_path: Path,
+) -> int:
     print("Preparing the metadata database (SQLite) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-    where, billed = _where_it_generates()
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], stdout=log, stderr=subprocess.STDOUT, check=False
+    )
+    if done.returncode:
+        print(f"`airflow db migrate` failed; its output is in {log_path}", file=sys.stderr)
+        return 1
+    with _output_to(log):  # reading the connection may log (the key's source, never the key)
+        where, billed = _where_it_generates(exported)
     print(where, flush=True)
     if billed and not args.pay:
         print(NOT_WITHOUT_PAY, file=sys.stderr)
         return 2
 
-    try:  # after AIRFLOW_HOME is set; the module moved in Airflow 3.1
-        from airflow.dag_processing.dagbag import DagBag
-    except ImportError:
-        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+    print(f"Running {DAG_ID} with dag.test(); Airflow's log of the run goes to {log_path}", flush=True)
+    with _output_to(log):
+        try:  # after AIRFLOW_HOME is set; the module moved in Airflow 3.1
+            from airflow.dag_processing.dagbag import DagBag
+        except ImportError:
+            from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
 
-    bag = DagBag(dag_folder=str(ROOT / "example_dags" / f"{DAG_ID}.py"))
-    if bag.import_errors:
-        print(f"DAG import errors: {bag.import_errors}", file=sys.stderr)
-        return 1
-    dag_run = bag.get_dag(DAG_ID).test()
+        bag = DagBag(dag_folder=str(ROOT / "example_dags" / f"{DAG_ID}.py"))
+        dag_run = None if bag.import_errors else bag.get_dag(DAG_ID).test()
     if server is not None:
         server.stop()
+    if dag_run is None:
+        print(f"DAG import errors: {bag.import_errors}", file=sys.stderr)
+        return 1
     if str(dag_run.state) != "success":
-        print(f"DAG run ended {dag_run.state}", file=sys.stderr)
+        print(f"DAG run ended {dag_run.state}; Airflow's log of the run: {log_path}", file=sys.stderr)
         return 1
     videos = sorted(output_dir.rglob(f"*{_safe(dag_run.run_id)}*/*.mp4"))
     if not videos:
-        print(f"The run succeeded but no video is under {output_dir}", file=sys.stderr)
+        print(f"The run succeeded but no video is under {output_dir} (log: {log_path})", file=sys.stderr)
         return 1
     for video in videos:
         print(f"\nVideo written: {video} ({video.stat().st_size} bytes)")
     return 0
+
+
+@contextlib.contextmanager
+def _output_to(log: IO[str]) -> Iterator[None]:
+    """Everything written to this process's stdout and stderr (Airflow's loggers, warnings, any
+    child process) goes to ``log`` meanwhile: file descriptors 1 and 2 are pointed at it, since
+    Airflow's log handlers hold the streams they were configured with."""
+    for stream in (sys.stdout, sys.stderr, log):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr, log):
+            stream.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 NOT_WITHOUT_PAY = (
@@ -85,7 +136,7 @@ NOT_WITHOUT_PAY = (
 )
 
 
-def _where_it_generates() -> tuple[str, bool]:
+def _where_it_generates(exported: bool) -> tuple[str, bool]:
     """What the hook will actually use (a connection wins over $WAVESPEED_API_KEY), and whether
     that generation is billed."""
     from airflow_provider_magi.compat import AirflowNotFoundException
@@ -95,8 +146,10 @@ def _where_it_generates() -> tuple[str, bool]:
     try:
         hook.get_connection(hook.magi_conn_id)
         source = f"connection '{hook.magi_conn_id}'"
-        if os.environ.get("AIRFLOW_CONN_MAGI_DEFAULT"):
+        if exported:
             source += " ($AIRFLOW_CONN_MAGI_DEFAULT, exported in this shell)"
+        elif os.environ.get("AIRFLOW_CONN_MAGI_DEFAULT"):
+            source += ", set by this demo"
     except AirflowNotFoundException:
         source = f"${API_KEY_ENV}"
     where = hook.settings.base_url

@@ -93,8 +93,54 @@ def test_a_bad_item_is_named_by_its_index_with_the_fix(raw: Any, message: str) -
 def test_a_bad_json_lines_row_is_named_by_its_line(tmp_path: Path) -> None:
     table = tmp_path / "table.jsonl"
     table.write_text('"a"\n{"prompt": \n')
-    with pytest.raises(MagiInputError, match=r"line 2 \(item 1\) is not JSON"):
-        load_items(str(table))
+    with pytest.raises(MagiInputError, match=r"inputs\[1\] \(line 2 of .*table.jsonl\): is not JSON"):
+        check_items(load_items(str(table)), MAGI)
+
+
+def test_every_bad_json_lines_row_is_named_by_its_line_in_the_file_blank_lines_counted(
+    tmp_path: Path,
+) -> None:
+    table = tmp_path / "table.jsonl"
+    rows = [
+        '"fine"',  # line 1: inputs[0]
+        "",
+        '{"prompt": "x", "sead": 1}',  # line 3: inputs[1]
+        "   ",
+        "",
+        '{"prompt": ',  # line 6: inputs[2]
+        '"fine \u2028 too"',  # line 7: inputs[3]; a JSON string may hold U+2028: still one line
+        '{"seed": 3}',  # line 8: inputs[4]
+        '{"prompt": "y", "seed": "soon"}',  # line 9: inputs[5]
+    ]
+    table.write_bytes("\r\n".join(rows).encode() + b"\r\n")  # Windows line ends count the same
+    with pytest.raises(MagiInputError) as raised:
+        check_items(load_items(str(table)), MAGI)
+    message = str(raised.value)
+    assert message.startswith("Invalid inputs: 4 of 6 items are bad, and nothing was sent"), message
+    named = [line for line in message.splitlines() if line.startswith("- ")]
+    where = f"of {table}"
+    assert named == [
+        f"- Invalid inputs[1] (line 3 {where}): unknown key(s) sead. Fix: use only prompt, image, seed, "
+        "extra_inputs; other model inputs go inside 'extra_inputs'",
+        named[1],
+        f"- Invalid inputs[4] (line 8 {where}): no 'prompt'. Fix: add the text of the video to make",
+        named[3],
+    ]
+    assert named[1].startswith(f"- Invalid inputs[2] (line 6 {where}): is not JSON (")
+    assert named[3].startswith(f"- inputs[5] (line 9 {where}): Invalid seed")
+    items = load_items(str(table))
+    assert len(items) == 6 and items[3] == "fine \u2028 too"
+
+
+def test_every_bad_item_is_named_up_to_twenty_then_how_many_more() -> None:
+    raw = ["fine"] + [{"prompt": "x", "seed": "soon"}] * 25
+    with pytest.raises(MagiInputError) as raised:
+        check_items(raw, MAGI)
+    message = str(raised.value)
+    assert message.startswith("Invalid inputs: 25 of 26 items are bad, and nothing was sent")
+    named = [line for line in message.splitlines() if line.startswith("- ")]
+    assert [line.split(":")[0] for line in named[:20]] == [f"- inputs[{i}]" for i in range(1, 21)]
+    assert named[20:] == ["- and 5 more"]
 
 
 def test_the_manifest_round_trips_in_input_order() -> None:
@@ -180,6 +226,7 @@ def test_a_budget_with_room_for_four_of_ten_pays_for_exactly_four(
     lines = manifest(dag_run)
     assert [line["status"] for line in lines] == ["completed"] * 4 + ["not_submitted"] * 6
     assert all("daily_budget_usd" in line["error"] for line in lines[4:])
+    assert all("left room for 4 more" in line["error"] for line in lines[4:])  # said after paying
     if DAG_TEST_LOGS_EXCEPTIONS:
         assert "Not submitted: inputs 4, 5, 6, 7, 8, 9" in task_logs()
 
@@ -639,3 +686,78 @@ def test_mapped_batches_whose_filename_shares_one_folder_are_refused_before_payi
     dag_run = run_dag(dag_bag, "magi_batch_test_mapped_shared_folder")
     assert dag_run.state == "failed"
     assert books.count("submit") == 0
+
+
+# ---------------------------------------------------------------- what the batch says
+
+
+def test_the_budget_stop_speaks_of_the_room_in_the_past_once_those_inputs_were_paid() -> None:
+    """The refusal ends the task's error after the inputs it made room for were submitted: it
+    must not ask to "leave room for 2 more" that were already paid."""
+    from types import SimpleNamespace
+
+    from airflow_provider_magi.batch_budget import room
+
+    hook = SimpleNamespace(
+        settings=SimpleNamespace(conn_id="c", min_balance_usd=None, daily_budget_usd=PRICE * 3),
+        get_spend=lambda since, until: PRICE,
+        get_unit_price=lambda model: PRICE,
+        get_started_since=lambda since: ([], PRICE),
+        pending_cost=lambda started, model, price, log: 0.0,
+    )
+    fits, refusal = room(hook, MAGI, 5, set(), log=None)
+    assert fits == 2 and refusal is not None
+    assert "left room for 2 more at $0.37 within daily_budget_usd $1.11" in refusal
+    assert "so the batch stopped submitting after those" in refusal
+    assert "leave room" not in refusal
+    hook.get_spend = lambda since, until: PRICE * 3  # the budget is used up: no room at all
+    fits, refusal = room(hook, MAGI, 5, set(), log=None)
+    assert fits == 0 and refusal is not None
+    assert "left no room for one more" in refusal and "stopped submitting there" in refusal
+    # The floor: the batch's own words (the single video's "Nothing was uploaded or submitted"
+    # is not true of a batch whose earlier waves were paid).
+    floor = SimpleNamespace(
+        settings=SimpleNamespace(conn_id="c", min_balance_usd=5.0, daily_budget_usd=None),
+        get_balance=lambda: 1.0,
+    )
+    fits, refusal = room(floor, MAGI, 5, set(), log=None)
+    assert fits == 0 and refusal == (
+        "Connection 'c': when the balance was checked, it was $1.00, below the connection's "
+        "min_balance_usd of $5.00, so the batch stopped submitting there"
+    )
+
+
+def test_the_progress_line_counts_every_status_uncertain_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from airflow_provider_magi.operators.batch import MagiBatchOperator
+
+    class Log:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, message: str, *args: Any) -> None:
+            self.lines.append(message % args)
+
+    pushed: dict[str, Any] = {}
+    operator = MagiBatchOperator(task_id="batch", inputs=["a"], destination=str(tmp_path))
+    operator._lines = {
+        0: ManifestLine(0, "completed", "p0", 0.3, ["/a"], [9]),
+        1: ManifestLine(1, "failed", "p1", None, [], [], "boom"),
+        2: ManifestLine(2, "running", "p2"),
+        3: ManifestLine(3, "uncertain", None, None, [], [], "the submit's answer was lost"),
+        4: ManifestLine(4, "uncertain", None, None, [], [], "the submit's answer was lost"),
+        5: ManifestLine(5),
+    }
+    operator._manifest_path = tmp_path / "manifest.jsonl"
+    operator._progress = None
+    operator._context = {"ti": SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}))}
+    log = Log()
+    monkeypatch.setattr(MagiBatchOperator, "log", property(lambda _: log))
+    operator._report_progress()
+    assert log.lines == [
+        "Batch: 1/6 completed, 1 failed, 1 running, 1 not submitted, 2 uncertain, $0.30 so far."
+    ]
+    assert pushed["batch_progress"]["uncertain"] == 2

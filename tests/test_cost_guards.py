@@ -358,6 +358,31 @@ def test_the_spending_extras_are_checked_as_numbers(books: LocalWaveSpeedServer,
     )
 
 
+@pytest.mark.parametrize("extra", ["daily_budget_usd", "min_balance_usd", "extra__magi__daily_budget_usd"])
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_boolean_is_not_an_amount(
+    books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, extra: str, flag: bool
+) -> None:
+    """`"daily_budget_usd": true` read as $1.00 (float(True)); false as a budget of $0. Refused,
+    naming the field and the fix, before any request is sent."""
+    use(books, monkeypatch, **{extra: flag})
+    field = extra.removeprefix("extra__magi__")
+    with pytest.raises(
+        MagiError, match=rf"extra '{field}' must be an amount in USD, got {str(flag).lower()}"
+    ) as raised:
+        MagiHook().create_prediction({"prompt": "x"})
+    assert "Fix: set it to the amount in USD" in str(raised.value)
+    assert books.requests == [] and not books.app.predictions  # nothing sent, nothing paid
+
+
+def test_a_boolean_is_not_a_number_for_any_numeric_extra(
+    books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use(books, monkeypatch, max_retries=True)
+    with pytest.raises(MagiError, match=r"extra 'max_retries' must be a number, got true \(a JSON boolean\)"):
+        MagiHook().settings
+
+
 # ---------------------------------------------------------------- the pure decisions
 
 DAY = date(2026, 3, 1)

@@ -8,6 +8,7 @@ import inspect
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,120 @@ def test_the_readme_says_what_make_test_needs_beyond_python() -> None:
     needs = readme[readme.index("`make test` also needs") :].split("\n\n")[1]  # the list after it
     for what in ("PostgreSQL", "Redis", "Chromium from apt", "GB of disk"):
         assert what in needs, what
+
+
+def test_the_offline_recipe_says_a_rerun_of_dags_test_pays_again_and_a_clear_does_not() -> None:
+    """A new user reran `airflow dags test` for the same date and paid for every video again:
+    Airflow deletes the run and makes a new one, which the provider pays for by design."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Run an example DAG yourself, offline") :].split("\n## ")[0]
+    recipe_end = section.index("kill %1")
+    note = section[recipe_end:]
+    assert "airflow dags test" in section[:recipe_end]  # the recipe runs it
+    assert "Running `airflow dags test` again pays again." in note
+    assert "deletes that run and creates a new one" in note
+    assert "clear" in note and "reattaches" in note
+
+
+# ---------------------------------------------------------------- the messages a user meets
+
+
+def _as_pattern(span: str) -> re.Pattern[str] | None:
+    """A code span of troubleshooting.md as a pattern for the start of a message: `<name>` is any
+    text, `...` is any text or none; None for a span with too little literal text to say anything."""
+    parts = re.split(r"(<[^<>]+>|\.\.\.)", span)
+    literal = "".join(part for i, part in enumerate(parts) if i % 2 == 0)
+    if len(literal.strip()) < 25:
+        return None
+    pattern = "".join(
+        re.escape(part) if i % 2 == 0 else (".*?" if part == "..." else ".+?") for i, part in enumerate(parts)
+    )
+    return re.compile(pattern, re.S)
+
+
+def _batch_end(
+    tmp_path: Path, lines: list[Any], *, carry: dict[str, Any] | None = None, timed_out: bool = False
+) -> str:
+    """The error a batch ends with, from its manifest lines (no server: the end is pure)."""
+    from airflow_provider_magi.exceptions import MagiError
+    from airflow_provider_magi.operators.batch import MagiBatchOperator
+
+    operator = MagiBatchOperator(task_id="batch", inputs=["a"], destination=str(tmp_path))
+    operator._lines = {line.index: line for line in lines}
+    operator._carry = carry or {}
+    operator._manifest_path = tmp_path / "manifest.jsonl"
+    for step in ("_write", "_report_progress", "_emit_asset_events"):
+        setattr(operator, step, lambda *args, **kwargs: None)
+    with pytest.raises(MagiError) as raised:
+        operator._finish(timed_out=timed_out)
+    return str(raised.value)
+
+
+def _batch_messages(tmp_path: Path) -> dict[str, str]:
+    """What a batch says when it refuses or stops, produced by the code itself."""
+    from types import SimpleNamespace
+
+    from airflow_provider_magi.batch_budget import room
+    from airflow_provider_magi.batch_inputs import check_items, load_items
+    from airflow_provider_magi.exceptions import MagiError
+    from airflow_provider_magi.hooks.settings import _extras
+    from airflow_provider_magi.manifest import ManifestLine
+    from airflow_provider_magi.operators.batch import MagiBatchOperator
+
+    model = "wavespeed-ai/magi-1-24b"
+    said: dict[str, str] = {}
+
+    def refused(name: str, call: Any) -> None:
+        with pytest.raises(MagiError) as raised:
+            call()
+        said[name] = str(raised.value)
+
+    refused("unknown keys", lambda: check_items(["ok", {"prompt": "x", "sead": 4}], model))
+    refused("several bad items", lambda: check_items([{"seed": 1}, {"prompt": "x", "seed": "soon"}], model))
+    table = tmp_path / "table.jsonl"
+    table.write_text('"ok"\n\n{"prompt": \n')
+    refused("a line that is not JSON", lambda: check_items(load_items(str(table)), model))
+    refused("a boolean amount", lambda: _extras({"daily_budget_usd": True}, "magi_default"))
+    done = ManifestLine(0, "completed", "p0", 0.3, ["/v/0.mp4"], [9])
+    said["MagiBatchIncompleteError"] = _batch_end(
+        tmp_path, [done, ManifestLine(1, "failed", "p1", None, [], [], "boom"), ManifestLine(2)]
+    )
+    budget = SimpleNamespace(
+        settings=SimpleNamespace(conn_id="magi_default", min_balance_usd=None, daily_budget_usd=1.0),
+        get_spend=lambda since, until: 0.3,
+        get_unit_price=lambda model: 0.3,
+        get_started_since=lambda since: ([], 0.3),
+        pending_cost=lambda *args: 0.0,
+    )
+    stop = room(budget, model, 5, set(), log=None)[1]
+    said["the budget stop"] = _batch_end(tmp_path, [done, ManifestLine(1)], carry={"stopped": stop})
+    floor = SimpleNamespace(
+        settings=SimpleNamespace(conn_id="magi_default", min_balance_usd=5.0, daily_budget_usd=None),
+        get_balance=lambda: 1.0,
+    )
+    stop = room(floor, model, 5, set(), log=None)[1]
+    said["the floor stop"] = _batch_end(tmp_path, [done, ManifestLine(1)], carry={"stopped": stop})
+
+    def down(*args: Any) -> Any:
+        raise MagiError("503 Service Unavailable")
+
+    unreadable = SimpleNamespace(settings=budget.settings, get_spend=down)
+    refused("an unreadable guard", lambda: room(unreadable, model, 5, set(), log=None))
+    said["the timeout"] = _batch_end(tmp_path, [ManifestLine(0, "running", "p0")], timed_out=True)
+    mapped = MagiBatchOperator(
+        task_id="batch", inputs=["a"], destination=str(tmp_path), filename="{run_id}/{index}.mp4"
+    )
+    ti = SimpleNamespace(map_index=0, dag_id="d", task_id="batch", run_id="r")
+    refused("a mapped filename", lambda: mapped._prepare_paths({"ti": ti}))  # type: ignore[arg-type]
+    return said
+
+
+def test_every_message_a_batch_refuses_or_stops_with_is_in_troubleshooting(tmp_path: Path) -> None:
+    """Each message as the code words it (not as a test remembers it) must match the start of a
+    message in docs/troubleshooting.md, where `<...>` stands for the varying parts: a change of
+    wording on either side fails here."""
+    patterns = [p for p in map(_as_pattern, quoted(doc("troubleshooting.md"))) if p is not None]
+    said = _batch_messages(tmp_path)
+    assert len(said) == 10
+    missing = {name: message for name, message in said.items() if not any(p.match(message) for p in patterns)}
+    assert missing == {}

@@ -33,6 +33,35 @@ def test_a_destination_whose_filesystem_is_not_installed_is_refused_when_the_dag
     MagiDownloadOutputsOperator(task_id="d", prediction="p", destination="{{ var.value.bucket }}")
 
 
+def test_a_scheme_fsspec_knows_but_airflow_does_not_gets_the_provider_s_hint_before_any_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`memory://` is built into fsspec, so it passes the parse; Airflow's ObjectStoragePath
+    opens only registered or attached schemes and failed at the first write with a bare
+    "No filesystem registered for scheme memory". The task now refuses it before any request."""
+    import fsspec
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.io.store import _STORE_CACHE
+
+    from airflow_provider_magi.operators.download import destination_path
+
+    # Nothing attached for memory:// here (the test DAG folder attaches one when it is parsed).
+    unattached = {alias: store for alias, store in _STORE_CACHE.items() if store.protocol != "memory"}
+    monkeypatch.setattr("airflow.sdk.io.store._STORE_CACHE", unattached)
+    operator = MagiDownloadOutputsOperator(task_id="d", prediction="p1", destination="memory://bucket/videos")
+    monkeypatch.setattr(MagiDownloadOutputsOperator, "hook", property(lambda _: pytest.fail("a request")))
+    hint = r"no filesystem for memory:// is registered with Airflow.*Fix: .*attach\(protocol='memory'"
+    with pytest.raises(MagiInputError, match=hint):
+        operator.execute({})  # type: ignore[arg-type]
+    with pytest.raises(MagiInputError, match=hint):
+        destination_path(ObjectStoragePath("memory://bucket/videos"))
+    # Attached where the task runs, it is Airflow's to open: accepted.
+    from airflow.sdk.io import attach
+
+    attach(protocol="memory", fs=fsspec.filesystem("memory"))
+    assert str(destination_path("memory://bucket/videos")).endswith("bucket/videos")
+
+
 def test_two_outputs_on_one_path_are_refused_before_anything_is_written(
     dag_bag, magi_conn: LocalWaveSpeedServer, task_logs
 ) -> None:

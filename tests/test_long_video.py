@@ -105,6 +105,9 @@ def test_four_scenes_make_one_continuous_video(
         assert at_seam < CODEC_NOISE and started_from < CODEC_NOISE < moved
     logs = task_logs()
     assert "scene 3/4 submitted as" in logs and "Joined 4 scenes by re-encoding" in logs
+    # One try, a resume per scene: each resume walks the scenes again, and none is "reused".
+    assert "Long video: scene 3/4 continues" in logs
+    assert "reused" not in logs and "from an earlier try" not in logs
     assert Path(result["path"]).name == "film.mp4"
 
 
@@ -180,13 +183,16 @@ def test_scenes_as_prompts_dicts_or_json() -> None:
 
 @pytest.mark.money
 def test_a_crash_after_scene_3s_submit_resumes_there_paying_for_4_scenes(
-    dag_bag: Any, magi_conn: LocalWaveSpeedServer
+    dag_bag: Any, magi_conn: LocalWaveSpeedServer, task_logs: Any
 ) -> None:
     dag_run = run_dag(dag_bag, "magi_test_long_video_dies_after_scene_3")
     assert dag_run.state == "success"
     assert task_instance(dag_run, "long_video").try_number == 2
     assert len(magi_conn.app.predictions) == magi_conn.count("submit") == 4
     assert xcom(dag_run, "long_video")["prediction_ids"] == scene_ids(magi_conn)
+    # Try 2 reuses scenes 1-3 from try 1, and says so once each, not again at each resume.
+    logs = task_logs()
+    assert [logs.count(f"Long video: scene {k}/4 reused") for k in (1, 2, 3, 4)] == [1, 1, 1, 0]
 
 
 @pytest.mark.money
@@ -209,11 +215,15 @@ class Recorder:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.debug_lines: list[str] = []
 
     def info(self, message: str, *args: Any) -> None:
         self.lines.append(message % args)
 
     warning = info
+
+    def debug(self, message: str, *args: Any) -> None:
+        self.debug_lines.append(message % args)
 
 
 def test_a_scene_paid_in_an_earlier_try_is_logged_as_reused_not_paid(
@@ -237,6 +247,45 @@ def test_a_scene_paid_in_an_earlier_try_is_logged_as_reused_not_paid(
     assert scene is paid
     (line,) = [line for line in log.lines if line.startswith("Long video: scene 1/2")]
     assert "reused" in line and "paid" not in line, line
+
+
+def test_a_resume_within_the_same_try_says_continues_not_reused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from airflow_provider_magi.api import Prediction
+    from airflow_provider_magi.operators.long_video import MagiLongVideoOperator, Scene
+
+    first, second = (
+        Prediction(id=c * 32, model="wavespeed-ai/magi-1-24b", status="completed", outputs=("u",))
+        for c in "ab"
+    )
+    operator = MagiLongVideoOperator(task_id="long_video", scenes=["a", "b"], destination=str(tmp_path))
+    log = Recorder()
+    monkeypatch.setattr(MagiLongVideoOperator, "log", property(lambda _: log))
+    monkeypatch.setattr(operator, "execute", lambda context: None)  # the walk is driven by hand below
+    event = {"status": "success", "prediction_id": second.id, "try_number": 2, "result": second.to_result()}
+    operator.execute_complete({"ti": SimpleNamespace(try_number=2)}, event)  # type: ignore[arg-type]
+
+    class Ledger:
+        def for_record(self, name: str) -> Ledger:
+            return self
+
+    for number, paid in enumerate((first, second), 1):
+        monkeypatch.setattr(operator, "_resume", lambda ledger, context, paid=paid: paid.id)
+        monkeypatch.setattr(operator, "_wait", lambda prediction_id, context, paid=paid: paid)
+        operator._scene({}, Ledger(), number, 2, Scene("x"), [first][: number - 1], tmp_path, tmp_path)  # type: ignore[arg-type]
+    said = [line for line in log.lines if line.startswith("Long video: scene")]
+    assert said == [f"Long video: scene 2/2 continues: prediction {second.id}"]
+    assert log.debug_lines == [f"Long video: scene 1/2 done earlier in this try: {first.id}"]
+
+    # The same event handed to a later try (Airflow 3.0 keeps next_method across retries): the
+    # try starts afresh, and what it finds in the ledger was paid by an earlier try.
+    operator = MagiLongVideoOperator(task_id="long_video", scenes=["a", "b"], destination=str(tmp_path))
+    monkeypatch.setattr(operator, "execute", lambda context: None)
+    operator.execute_complete({"ti": SimpleNamespace(try_number=3)}, event)  # type: ignore[arg-type]
+    assert operator._resumed_for is None
 
 
 @pytest.mark.money

@@ -192,6 +192,8 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
         raw = _given(extra, name, conn_id)
         if raw is None:
             continue
+        if isinstance(raw, bool):  # float(True) is 1.0: `"daily_budget_usd": true` read as $1.00
+            raise MagiError(_boolean_refusal(conn_id, name, raw))
         try:
             value = cast(raw)
         except (TypeError, ValueError, OverflowError):
@@ -204,6 +206,20 @@ def _extras(extra: Mapping[str, Any], conn_id: str) -> dict[str, Any]:
             raise MagiError(f"Connection '{conn_id}': extra '{name}' is out of range, got {raw!r}")
         values[name] = value
     return values
+
+
+def _boolean_refusal(conn_id: str, name: str, raw: bool) -> str:
+    text = "true" if raw else "false"
+    if name in GUARD_EXTRAS:
+        return (
+            f"Connection '{conn_id}': extra '{name}' must be an amount in USD, got {text} (a JSON "
+            f"boolean, which would read as ${int(raw)}.00), so nothing is sent. Fix: set it to the "
+            f'amount in USD, e.g. "{name}": 25, or remove it to have no such guard.'
+        )
+    return (
+        f"Connection '{conn_id}': extra '{name}' must be a number, got {text} (a JSON boolean). "
+        f"Fix: set it to a number, or remove it for the default."
+    )
 
 
 def _given(extra: Mapping[str, Any], name: str, conn_id: str) -> Any:

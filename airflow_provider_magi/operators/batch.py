@@ -811,12 +811,13 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             return
         self._progress = key
         self.log.info(
-            "Batch: %d/%d completed, %d failed, %d running, %d not submitted, %s so far.",
+            "Batch: %d/%d completed, %d failed, %d running, %d not submitted, %d uncertain, %s so far.",
             counts["succeeded"],
             len(self._lines),
             counts["failed"],
             counts["running"],
             counts["not_submitted"],
+            counts["uncertain"],
             costs.usd_text(counts["cost_usd"]),
         )
         self._context["ti"].xcom_push(key=XCOM_PROGRESS, value=counts)

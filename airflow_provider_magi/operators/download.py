@@ -77,12 +77,21 @@ _SCHEME_PACKAGES = {
 }
 
 
-def check_destination_scheme(destination: Any) -> None:
+def check_destination_scheme(destination: Any, *, run_time: bool = False) -> None:
     """A destination URL whose filesystem this installation cannot open is refused at parse time,
-    naming what to install: found at download time, it would fail after the video was paid for."""
+    naming what to install: found at download time, it would fail after the video was paid for.
+
+    ``run_time``: the task is about to write (nothing paid yet). Then Airflow's own registry is
+    asked too: fsspec knows ``memory://``, but Airflow opens only the schemes its providers
+    register or that were ``attach()``ed, and fails with a bare ValueError at the first write.
+    A parse does not ask it (loading every provider's filesystem module costs each parse, and a
+    DAG may attach its filesystem later, where the task runs).
+    """
     if not isinstance(destination, str) or "://" not in destination or "{{" in destination:
         return  # a path, an ObjectStoragePath, or a template: checked when it is rendered
     scheme = destination.split("://", 1)[0].lower()
+    if scheme in ("file", "local"):
+        return  # built into Airflow
     import fsspec  # Airflow's object storage is fsspec underneath: its registry knows every scheme
 
     try:
@@ -90,12 +99,23 @@ def check_destination_scheme(destination: Any) -> None:
         missing = False
     except (ImportError, ValueError):
         missing = True
+    package = _SCHEME_PACKAGES.get(scheme, f"the Airflow provider or fsspec package for {scheme}://")
     if missing:
-        package = _SCHEME_PACKAGES.get(scheme, f"the Airflow provider or fsspec package for {scheme}://")
         raise MagiInputError(
             f"Invalid destination: {shorten(destination)}: no filesystem for {scheme}:// is installed. "
             f"Fix: pip install {package!r} on every worker (or attach() a filesystem for it)."
         )
+    if run_time:
+        from airflow_provider_magi.compat import airflow_filesystem_known
+
+        if airflow_filesystem_known(scheme) is False:
+            raise MagiInputError(
+                f"Invalid destination: {shorten(destination)}: no filesystem for {scheme}:// is "
+                f"registered with Airflow (fsspec has one, but Airflow's ObjectStoragePath opens only "
+                "the schemes its installed providers register, and those attach()ed). Fix: pip install "
+                f"{package!r} on every worker, or attach one where the task runs, e.g. "
+                f"airflow.sdk.io.attach(protocol={scheme!r}, fs=fsspec.filesystem({scheme!r}))."
+            )
 
 
 def filename_values(context: Mapping[str, Any], prediction_id: str, index: int) -> dict[str, Any]:
@@ -325,7 +345,7 @@ def destination_path(destination: Any) -> WritablePath:
     if protocol is not None:  # already fail, with fsspec's words, for a missing package)
         scheme = protocol[0] if isinstance(protocol, (tuple, list)) and protocol else protocol
         if isinstance(scheme, str) and scheme not in ("file", "local"):
-            check_destination_scheme(f"{scheme}://{getattr(destination, 'path', '')}")
+            check_destination_scheme(f"{scheme}://{getattr(destination, 'path', '')}", run_time=True)
         return destination
     if isinstance(destination, Path):
         return destination
@@ -337,7 +357,7 @@ def destination_path(destination: Any) -> WritablePath:
     if "://" in destination:
         from airflow.sdk import ObjectStoragePath
 
-        check_destination_scheme(destination)
+        check_destination_scheme(destination, run_time=True)
 
         return ObjectStoragePath(destination)
     return Path(destination).expanduser()

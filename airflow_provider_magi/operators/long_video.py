@@ -187,6 +187,9 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         self._paid: str | None = None  # the scenes already paid, named by a guard's refusal
         self._written: list[Any] = []
         self._output_urls: list[str] = []
+        # The prediction this try deferred for, when resumed with its event (None: a fresh start,
+        # or an event from an earlier try): scenes up to it were met by this try already.
+        self._resumed_for: str | None = None
 
     # ------------------------------------------------------------ the chain
 
@@ -246,6 +249,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         """A scene finished in the triggerer (or failed: that raises): carry on with the chain."""
         if not self.event_from_an_earlier_try(event, context):  # Airflow 3.0: else start afresh
             self.result_from_trigger(event)
+            self._resumed_for = str((event or {}).get("prediction_id") or "") or None
         return self.execute(context)
 
     def _scene(
@@ -292,15 +296,30 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             prediction_id = self.submit_job(context, scene_ledger)
             self.log.info("Long video: scene %d/%d submitted as %s", number, total, prediction_id)
         else:
-            self.log.info(  # "reused", never "paid": the log must not read as a second charge
+            self._say_reused(number, total, prediction_id)
+        prediction = self._final if self._final is not None else self._wait(prediction_id, context)
+        final_result(prediction)  # a failed scene fails the task (a retry submits it afresh)
+        return prediction
+
+    def _say_reused(self, number: int, total: int, prediction_id: str) -> None:
+        """The log line for a scene the ledger already holds: "reused" only across tries.
+
+        Each resume within a try walks the scenes again from the ledger; the scenes up to the one
+        it deferred for were submitted or reused by this try, and said so then.
+        """
+        if self._resumed_for and prediction_id != self._resumed_for:
+            said = "Long video: scene %d/%d done earlier in this try: %s"
+            self.log.debug(said, number, total, prediction_id)
+        elif self._resumed_for:
+            self.log.info("Long video: scene %d/%d continues: prediction %s", number, total, prediction_id)
+            self._resumed_for = ""  # the scenes after it are this resume's own
+        else:  # "reused", never "paid": the log must not read as a second charge
+            self.log.info(
                 "Long video: scene %d/%d reused: prediction %s from an earlier try (not submitted again)",
                 number,
                 total,
                 prediction_id,
             )
-        prediction = self._final if self._final is not None else self._wait(prediction_id, context)
-        final_result(prediction)  # a failed scene fails the task (a retry submits it afresh)
-        return prediction
 
     def _wait(self, prediction_id: str, context: Context) -> Prediction:
         waiter = self._waiter(prediction_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import ipaddress
 import json
 import re
@@ -396,4 +397,45 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
                 return json_response({"error": f"unknown prediction {prediction_id}"}, status=404)
             self.complete_now(prediction_id)
             return json_response({"completed": prediction_id})
+        if action.startswith("predictions/") and request.method == "GET":
+            return self._prediction_page(action.removeprefix("predictions/"))
         return json_response({"error": f"unknown admin call {request.method} {request.path}"}, status=404)
+
+    def _prediction_page(self, prediction_id: str) -> Response:
+        """A page a person can open in a browser (no key: a browser cannot send one), what the
+        task's "WaveSpeed prediction" link opens against this server: WaveSpeed's own API pages
+        need the key, and its site's predictions page is for the real service only."""
+        prediction = self.predictions.get(prediction_id)
+        if prediction is None:
+            body = f"<h1>No prediction {html.escape(prediction_id)} on this local server</h1>"
+            return _html_page(404, "Not found", body)
+        data = self._prediction_data(prediction)
+        rows = [
+            ("Prediction", data["id"]),
+            ("Model", data["model"]),
+            ("Status", data["status"]),
+            ("Created", data["created_at"]),
+            ("Prompt", str(prediction.inputs.get("prompt", ""))),
+        ]
+        if data["error"]:
+            rows.append(("Error", data["error"]))
+        table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        outputs = "".join(
+            f'<li><a href="{html.escape(url)}">{html.escape(url)}</a></li>' for url in data["outputs"]
+        )
+        body = (
+            f"<h1>Prediction {html.escape(prediction.id)}</h1><table>{table}</table>"
+            f"<h2>Outputs</h2><ul>{outputs or '<li>none yet</li>'}</ul>"
+            "<p>Served by the local WaveSpeed server (airflow_provider_magi.testing), not by WaveSpeed.</p>"
+        )
+        return _html_page(200, f"Prediction {prediction.id}", body)
+
+
+def _html_page(status: int, title: str, body: str) -> Response:
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+    page += f"<body>{body}</body></html>"
+    return Response(
+        status=status,
+        body=page.encode(),
+        headers={"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": "default-src 'none'"},
+    )
