@@ -15,7 +15,7 @@ day's spend at or below the budget, once all of them are billed. Equal fits.
 This is exact for tasks that check one after another (each sees the others' started
 predictions in WaveSpeed's history) and inside a batch (the batch reserves its own). Tasks whose
 checks run at the same instant cannot see each other's submits: that window is measured by
-``bench/budget_overrun.py`` and documented in the README ("Spending guards").
+``bench/budget_overrun.py`` and documented in the README ("What it costs").
 
 When the price is not known (the model was not used within the usage stats' 30 days), the
 available room is checked alone: one prediction may pass a guard by its own price (a single
