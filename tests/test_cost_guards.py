@@ -238,8 +238,8 @@ def test_guards_that_pass_let_the_upload_and_one_submit_through(
     assert after["upload_ticket"] + after["upload"] - before["upload_ticket"] - before["upload"] == 1
     assert xcom(dag_run, "generate")["cost_usd"] == PRICE
     assert (
-        "Balance $5.37; less $0.00 not billed yet and this prediction at $0.37, it stays at or above "
-        "min_balance_usd $5.00." in task_logs()
+        "Balance $5.37; less $0.00 started and not billed yet and this prediction at $0.37, it would "
+        "be $5.00, at or above min_balance_usd $5.00." in task_logs()
     )
     assert "Spent today (UTC) $0.74; with this prediction at $0.37, within daily_budget_usd $1.11" in (
         task_logs()

@@ -13,6 +13,7 @@ The DAG and hook tests count what the local server created; its clock is moved, 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -200,13 +201,19 @@ def test_a_long_video_the_floor_cannot_hold_whole_pays_for_no_scene(
 # ---------------------------------------------------------------- UTC midnight
 
 
-def test_a_video_started_before_midnight_and_billed_after_it_counts_today(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+MIDNIGHT = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), UTC)  # the last one
+
+
+@pytest.fixture
+def after_midnight(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LocalWaveSpeedServer, str]]:
+    """00:00:05 UTC on the server's clock (and the guards'): a video of $0.30 started at 23:59:50
+    is done and not billed yet (billing lags 20 s: due at 00:00:10). Yields the server and its id.
+
+    The last real midnight, so that the usage stats' 30 days (read on the real clock) reach it.
+    """
+    from airflow_provider_magi import batch_budget
     from airflow_provider_magi.hooks import account
 
-    # Last midnight on the real calendar: the usage stats' 30 days (read on this clock) reach it.
-    midnight = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), UTC)
     with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.2, prices={MAGI: PRICE}) as books:
 
         class ServerClock(datetime):
@@ -217,28 +224,54 @@ def test_a_video_started_before_midnight_and_billed_after_it_counts_today(
                 return datetime.fromtimestamp(books.now(), tz)
 
         monkeypatch.setattr(account, "datetime", ServerClock)
+        # The old batch guard read its own clock: put it on the server's too (unused now).
+        monkeypatch.setattr(batch_budget, "datetime", ServerClock, raising=False)
         use(books, monkeypatch)
-        books.set_clock((midnight - timedelta(seconds=60)).timestamp())
+        books.set_clock((MIDNIGHT - timedelta(seconds=60)).timestamp())
         first = MagiHook().create_prediction({"prompt": "earlier [[duration: 0]]"}, MAGI)  # the price
         wait_until(lambda: any(b.prediction_id == first.id for b in books.billings), 10)
         books.app.account.billing_delay = 20.0
-        books.set_clock((midnight - timedelta(seconds=10)).timestamp())
+        books.set_clock((MIDNIGHT - timedelta(seconds=10)).timestamp())
         late = MagiHook().create_prediction({"prompt": "late [[duration: 0]]"}, MAGI, check_guards=False)
-        books.advance_clock(15)  # 00:00:05: it is done, and billed only at 00:00:10
+        books.advance_clock(15)
         assert not any(b.prediction_id == late.id for b in books.billings)
-        use(books, monkeypatch, daily_budget_usd=0.60)
-        refusals = []
-        for number in range(2):
-            try:
-                MagiHook().create_prediction({"prompt": f"after {number} [[duration: 0]]"}, MAGI)
-            except MagiBudgetError as error:
-                refusals.append(str(error))
-        assert len(books.app.predictions) == 3  # the old code: 4 ($0.90 billed today against $0.60)
-        (refusal,) = refusals
-        assert "2 started prediction(s) not billed yet count $0.60" in refusal
-        books.advance_clock(10)  # 00:00:15: the late one is billed today; the usage stats lag it
-        books.app.account.usage_until = midnight.timestamp() - 1
-        assert any(b.prediction_id == late.id and b.at >= midnight.timestamp() for b in books.billings)
-        with pytest.raises(MagiBudgetError, match="daily_budget_usd"):
-            MagiHook().create_prediction({"prompt": "one more [[duration: 0]]"}, MAGI)
-        assert len(books.app.predictions) == 3  # the price's, the late one, one after midnight
+        yield books, late.id
+
+
+def test_a_video_started_before_midnight_and_billed_after_it_counts_today(
+    after_midnight: tuple[LocalWaveSpeedServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_magi.batch_budget import room as batch_room
+
+    books, late = after_midnight
+    use(books, monkeypatch, daily_budget_usd=0.60)
+    # A batch's wave asks the same view: room for 1 of 10 (the old code: 2).
+    assert batch_room(MagiHook(), MAGI, 10, set(), logging.getLogger("test"))[0] == 1
+    assert len(books.app.predictions) == 2  # asking pays nothing
+    refusals = []
+    for number in range(2):
+        try:
+            MagiHook().create_prediction({"prompt": f"after {number} [[duration: 0]]"}, MAGI)
+        except MagiBudgetError as error:
+            refusals.append(str(error))
+    assert len(books.app.predictions) == 3  # the old code: 4 ($0.90 billed today against $0.60)
+    (refusal,) = refusals
+    assert "2 started prediction(s) not billed yet count $0.60" in refusal
+    books.advance_clock(10)  # 00:00:15: the late one is billed today; the usage stats lag it
+    books.app.account.usage_until = MIDNIGHT.timestamp() - 1
+    assert any(b.prediction_id == late and b.at >= MIDNIGHT.timestamp() for b in books.billings)
+    with pytest.raises(MagiBudgetError, match="daily_budget_usd"):
+        MagiHook().create_prediction({"prompt": "one more [[duration: 0]]"}, MAGI)
+    assert len(books.app.predictions) == 3  # the price's, the late one, one after midnight
+
+
+def test_a_long_video_after_midnight_counts_the_video_started_before_it(
+    dag_bag: Any, after_midnight: tuple[LocalWaveSpeedServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    books, _late = after_midnight
+    books.app.account.billing_delay = 3600.0  # the late one stays unbilled however long the run takes
+    use(books, monkeypatch, daily_budget_usd=0.60)  # 2 scenes at $0.30 fit only if the late one is missed
+    dag_run = run_dag(dag_bag, "magi_r2_long_video_mapped")  # 3 long videos of 2 scenes each
+    states = [task_instance(dag_run, "long_video", k).state for k in range(3)]
+    assert states == ["failed"] * 3
+    assert len(books.app.predictions) == 2  # no scene paid; the old code: 2 scenes ($0.90 today)

@@ -255,8 +255,9 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 )
             )
         listed = {prediction.id for prediction in unbilled}
-        # The caller's own running ones the history does not list yet (or lists as billed:
-        # then they are in the billed spend, and the caller is told so by not passing them).
+        # The caller's own running ones the history does not list as unbilled: not listed yet,
+        # or billed a moment ago (then counted twice until the caller sees them complete and
+        # stops passing them: on the safe side).
         reserved += [spend.Reserved(pid, price, own=True) for pid in sorted(set(own_unbilled) - listed)]
         facts = replace(facts, price=price, billed_today=billed_today, reserved=tuple(reserved))
         return spend.room(facts, wanted, whole=whole), facts
