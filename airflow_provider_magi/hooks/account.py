@@ -308,11 +308,13 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 )
             else:
                 log.info(
-                    "Balance %s; less %s not billed yet and %s %s, it stays at or above min_balance_usd %s.",
+                    "Balance %s; less %s started and not billed yet and %s %s, it would be %s, at "
+                    "or above min_balance_usd %s.",
                     costs.usd_text(facts.balance),
                     costs.usd_text(room.reserved_usd),
                     these,
                     at,
+                    costs.usd_text(facts.balance - room.reserved_usd - count * facts.price),
                     costs.usd_text(facts.floor),
                 )
         if facts.budget is not None:
