@@ -120,7 +120,45 @@ def test_the_floor_refusal_says_what_the_balance_would_be() -> None:
     )
 
 
+def test_a_billing_page_says_when_each_prediction_was_billed() -> None:
+    from airflow_provider_magi import costs
+
+    def record(pid: str, at: object) -> dict[str, Any]:
+        return {"billing_type": "deduct", "price": 0.3, "created_at": at, "prediction": {"uuid": pid}}
+
+    page = costs.parse_billing_page(
+        {
+            "total": 4,
+            "items": [
+                record("a", "2026-03-02T00:00:10.000Z"),
+                record("b", "2026-03-01T23:59:59+00:00"),
+                record("b", "2026-03-02T00:00:01"),  # no zone: UTC; the later record counts
+                record("c", "yesterday"),
+            ],
+        }
+    )
+    assert page is not None
+    assert page.billed_at == {
+        "a": datetime(2026, 3, 2, 0, 0, 10, tzinfo=UTC),
+        "b": datetime(2026, 3, 2, 0, 0, 1, tzinfo=UTC),
+        "c": None,
+    }
+    assert page.prices["b"] == pytest.approx(0.6)
+
+
 # ---------------------------------------------------------------- the local server's clock
+
+
+def test_the_server_clock_is_on_the_control_plane_too(books: LocalWaveSpeedServer) -> None:
+    import requests
+
+    before = books.now()
+    answer = requests.post(f"{books.base_url}/_testing/clock", params={"advance": "30"}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["now"] >= before + 30
+    answer = requests.post(f"{books.base_url}/_testing/clock", params={"at": "86400"}, timeout=10)
+    assert 86400 <= answer.json()["now"] < 86400 + 60
+    refused = requests.post(f"{books.base_url}/_testing/clock", params={"advance": "-1"}, timeout=10)
+    assert refused.status_code == 400
 
 
 def test_the_server_clock_can_be_set_and_moved_on_without_sleeping(books: LocalWaveSpeedServer) -> None:
