@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -91,12 +91,14 @@ class BillingPage:
     ``prices`` maps each prediction id on the page to what its deductions add up to, or None when
     one of them cannot be read (a prediction billed twice on a page is the sum: neither record
     alone is what it cost). ``items`` counts the records on the page, ``total`` those across all
-    pages.
+    pages. ``billed_at`` is when each prediction's latest record on the page was made (None: no
+    readable time): on which UTC day the money left the account.
     """
 
     prices: dict[str, float | None]
     total: int
     items: int
+    billed_at: dict[str, datetime | None] = field(default_factory=dict)
 
 
 def billing_query(
@@ -126,6 +128,7 @@ def parse_billing_page(data: Mapping[str, Any]) -> BillingPage | None:
     if not isinstance(items, list) or total is None:
         return None
     prices: dict[str, float | None] = {}
+    billed_at: dict[str, datetime | None] = {}
     for item in items:
         if not isinstance(item, Mapping):
             continue
@@ -144,7 +147,25 @@ def parse_billing_page(data: Mapping[str, Any]) -> BillingPage | None:
             if price is not None and price > MAX_PRICE_USD:
                 price = None
         prices[prediction_id] = price
-    return BillingPage(prices=prices, total=total, items=len(items))
+        at = _timestamp(item.get("created_at"))
+        earlier_at = billed_at.get(prediction_id)
+        billed_at[prediction_id] = (
+            at if earlier_at is None or (at is not None and at > earlier_at) else earlier_at
+        )
+    return BillingPage(prices=prices, total=total, items=len(items), billed_at=billed_at)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """An ISO 8601 time ('Z' allowed, no zone read as UTC); None when it is not one."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return _utc(datetime.fromisoformat(text))
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------- usage stats

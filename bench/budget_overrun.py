@@ -1,20 +1,30 @@
-"""How far N tasks starting together can pass the daily budget (issue 26 item 8).
+"""How far tasks and batches checking at the same instant can pass the daily budget (issue #31
+item 3; first measured for issue 26 item 8).
 
-Each "task" is a thread that does what a generate task does before it pays: the connection's
-guards (the day's billed spend, the model's price, today's started-but-unbilled predictions),
-then one submit, through ``MagiHook.create_prediction``. The local server runs in its own process;
-predictions take 10 minutes there, so nothing started in a trial is billed during it: the budget
-holds only by counting what is started and not billed.
+Both guards ask one spend view: available = min(balance - floor, budget - billed today) -
+reserved, reserved being every started, unbilled prediction on the key. That is exact for checks
+one after another; checks at the same instant cannot see each other's submits. This measures it.
+
+Shapes (each "task" is a thread; the local server runs in its own process; predictions take 10
+minutes there, so nothing started in a trial is billed during it):
+- singles: ``--tasks`` single-video tasks, each doing what a generate task does before it pays:
+  the guard (``MagiHook.check_spending`` through ``create_prediction``), then one submit;
+- batches: ``--batches`` batches of ``--batch-size`` inputs, each doing what a batch's first wave
+  does: the wave guard (``batch_budget.room``: how many of N fit), then that many submits one
+  after another (without the batch's ledger writes, which only widen the window);
+- mix: ``--tasks`` // 2 singles and ``--batches`` batches together.
 
 Modes:
-- together: all N check at the same instant (a barrier), the worst case;
-- dispatched: one task starts every ``--gap`` seconds (a scheduler handing out slots);
-- pool of 1: the check and submit of one task at a time (what an Airflow pool of 1 slot does for
-  deferrable tasks: the slot is held for the check and the submit only, not the wait).
+- together: every task checks at the same instant (a barrier), the worst case;
+- pool of 1: one task's check and submits at a time, the others wait their turn (what an Airflow
+  pool of 1 slot does for deferrable tasks and batches: the slot is held for the check and the
+  submits, then freed by the deferral, not held for the wait). A lock in this process stands in
+  for the pool: Airflow's scheduler adds its task start-up between turns, which only widens the
+  gaps.
 
-Reported per mode: predictions paid (the budget leaves room for ``--room``), the overrun in
-prices, and the check-plus-submit time (the window in which another task's check cannot see
-this one's submit).
+Reported per shape and mode: predictions paid (the budget leaves room for ``--room``), the worst
+overrun in prices and USD, the worst paid/room ratio, and the check-plus-submit time (the window
+in which another task's check cannot see this one's submits).
 """
 
 from __future__ import annotations
@@ -39,8 +49,11 @@ MODEL = "wavespeed-ai/magi-1-24b"
 PRICE = 0.35
 
 
-def trial(base: str, mode: str, tasks: int, room: int, gap: float) -> tuple[int, list[float]]:
-    """One trial from a fresh account: one billed video (the price known), then ``tasks`` tasks."""
+def trial(base: str, shape: str, mode: str, args: argparse.Namespace) -> tuple[int, list[float]]:
+    """One trial from a fresh account: one billed video (the price known), then the shape's tasks."""
+    import logging
+
+    from airflow_provider_magi.batch_budget import room
     from airflow_provider_magi.exceptions import MagiBudgetError
     from airflow_provider_magi.hooks.magi import MagiHook
 
@@ -54,22 +67,24 @@ def trial(base: str, mode: str, tasks: int, room: int, gap: float) -> tuple[int,
         for item in requests.get(f"{base}/_testing/account", timeout=10).json()["billings"]
     ):
         time.sleep(0.05)
-    budget = PRICE * (1 + room) + PRICE / 2  # the earlier video, room for `room`, not one more
+    budget = PRICE * (1 + args.room) + PRICE / 2  # the earlier video, room for `room`, not one more
     os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = json.dumps(
         {"conn_type": "magi", "host": base, "password": API_KEY, "extra": {"daily_budget_usd": budget}}
     )
-    barrier = threading.Barrier(tasks)
+    singles = {"singles": args.tasks, "batches": 0, "mix": args.tasks // 2}[shape]
+    batches = 0 if shape == "singles" else args.batches
+    barrier = threading.Barrier(singles + batches)
     pool = threading.Lock()
     windows: list[float] = []
     paid: list[str] = []
+    quiet = logging.getLogger("bench.batch")
+    quiet.disabled = True
 
-    def task(number: int) -> None:
+    def single(number: int) -> None:
         hook = MagiHook()
         _ = hook.settings  # the connection read, as a task does before it gets here
         if mode == "together":
             barrier.wait()
-        elif mode == "dispatched":
-            time.sleep(number * gap)
         with pool if mode == "pool of 1" else _nothing():
             started = time.perf_counter()
             try:
@@ -80,7 +95,23 @@ def trial(base: str, mode: str, tasks: int, room: int, gap: float) -> tuple[int,
                 windows.append(time.perf_counter() - started)
             paid.append(prediction.id)
 
-    threads = [threading.Thread(target=task, args=(k,)) for k in range(tasks)]
+    def batch(number: int) -> None:
+        hook = MagiHook()
+        _ = hook.settings
+        if mode == "together":
+            barrier.wait()
+        with pool if mode == "pool of 1" else _nothing():
+            started = time.perf_counter()
+            fits, _refusal = room(hook, MODEL, args.batch_size, set(), quiet)
+            for item in range(fits):  # the wave guard just ran: each submit skips the per-call one
+                prediction = hook.create_prediction(
+                    {"prompt": f"batch {number} item {item}"}, MODEL, check_guards=False
+                )
+                paid.append(prediction.id)
+            windows.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=single, args=(k,)) for k in range(singles)]
+    threads += [threading.Thread(target=batch, args=(k,)) for k in range(batches)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -98,11 +129,17 @@ class _nothing:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tasks", type=int, default=20)
-    parser.add_argument("--room", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=20, help="single tasks (the mix takes half)")
+    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--room", type=int, default=6, help="predictions the budget has room for")
     parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--gap", type=float, default=0.1, help="seconds between dispatched tasks")
     args = parser.parse_args()
+    shapes = {
+        "singles": f"{args.tasks} single tasks",
+        "batches": f"{args.batches} batches of {args.batch_size}",
+        "mix": f"{args.tasks // 2} single tasks + {args.batches} batches of {args.batch_size}",
+    }
     with tempfile.TemporaryDirectory() as scratch:
         process, base = start_local_server(
             Path(scratch) / "port",
@@ -115,41 +152,48 @@ def main() -> None:
         )
         try:
             rows = []
-            for mode in ("together", "dispatched", "pool of 1"):
-                counts, windows = [], []
-                for _ in range(args.trials):
-                    count, spent = trial(base, mode, args.tasks, args.room, args.gap)
-                    counts.append(count)
-                    windows += spent
-                rows.append(
-                    (
-                        mode,
-                        args.tasks,
-                        args.room,
-                        f"{min(counts)} / {statistics.median(counts):g} / {max(counts)}",
-                        max(counts) - args.room,
-                        f"{statistics.median(windows) * 1000:.0f}",
+            for shape, label in shapes.items():
+                for mode in ("together", "pool of 1"):
+                    counts, windows = [], []
+                    for _ in range(args.trials):
+                        count, spent = trial(base, shape, mode, args)
+                        counts.append(count)
+                        windows += spent
+                    worst = max(counts) - args.room
+                    rows.append(
+                        (
+                            label,
+                            mode,
+                            args.room,
+                            f"{min(counts)} / {statistics.median(counts):g} / {max(counts)}",
+                            worst,
+                            f"${worst * PRICE:.2f}",
+                            f"{max(counts) / args.room:.2f}",
+                            f"{statistics.median(windows) * 1000:.0f}",
+                        )
                     )
-                )
         finally:
             process.kill()
     report(
-        "Daily budget: N tasks starting together, billing lagging",
+        "Spend view: tasks and batches checking at the same instant, billing lagging",
         table(
             [
+                "shape",
                 "mode",
-                "tasks",
                 "room (predictions)",
                 "paid min / median / max",
                 "worst overrun (prices)",
-                "check + submit p50 (ms)",
+                "worst overrun (USD)",
+                "worst paid / room",
+                "check + submits p50 (ms)",
             ],
             rows,
         ),
-        f"{args.trials} trials per mode, each from a fresh account with one billed video (so the "
-        "price is known); predictions take 10 minutes, so none of the trial's is billed while it "
-        f"runs. dispatched: one task every {args.gap:g} s. A task's check cannot see another's "
-        "submit made less than one check-plus-submit before it: that is the overrun's bound.",
+        f"{args.trials} trials per row, each from a fresh account with one billed video (so the "
+        f"price, ${PRICE:.2f}, is known) and a daily budget with room for {args.room} more; "
+        "predictions take 10 minutes, so none of the trial's is billed while it runs. together: "
+        "every task checks at one instant (a barrier); pool of 1: one task's check and submits "
+        "at a time (a lock standing in for an Airflow pool of 1 slot with deferrable tasks).",
     )
 
 

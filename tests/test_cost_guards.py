@@ -223,10 +223,11 @@ def test_guards_that_pass_let_the_upload_and_one_submit_through(
     task_logs: Any,
     tmp_path: Path,
 ) -> None:
-    """The balance exactly at the floor and the spend plus the price exactly at the budget pass."""
+    """The balance less the price exactly at the floor and the spend plus the price exactly at
+    the budget pass (the floor holds once this prediction is billed: issue #31)."""
     use(books, monkeypatch)
     spend_today(books, MAGI, 2)  # 0.74 spent; with one more at 0.37, 1.11
-    books.set_balance(5)
+    books.set_balance(5.37)  # 5.00 once this one is billed
     use(books, monkeypatch, min_balance_usd=5, daily_budget_usd=1.11)
     before = paid_requests(books)
     dag_run = run_dag(dag_bag, "magi_test_guarded_sync", image=frame(tmp_path))
@@ -236,7 +237,10 @@ def test_guards_that_pass_let_the_upload_and_one_submit_through(
     assert after["predictions"] - before["predictions"] == 1
     assert after["upload_ticket"] + after["upload"] - before["upload_ticket"] - before["upload"] == 1
     assert xcom(dag_run, "generate")["cost_usd"] == PRICE
-    assert "Balance $5.00, at or above min_balance_usd $5.00." in task_logs()
+    assert (
+        "Balance $5.37; less $0.00 started and not billed yet and this prediction at $0.37, it would "
+        "be $5.00, at or above min_balance_usd $5.00." in task_logs()
+    )
     assert "Spent today (UTC) $0.74; with this prediction at $0.37, within daily_budget_usd $1.11" in (
         task_logs()
     )

@@ -192,17 +192,25 @@ def _batch_messages(tmp_path: Path) -> dict[str, str]:
     said["MagiBatchIncompleteError"] = _batch_end(
         tmp_path, [done, ManifestLine(1, "failed", "p1", None, [], [], "boom"), ManifestLine(2)]
     )
-    budget = SimpleNamespace(
-        settings=SimpleNamespace(conn_id="magi_default", min_balance_usd=None, daily_budget_usd=1.0),
+    from airflow_provider_magi.hooks.account import MagiAccountMixin
+
+    class Account(MagiAccountMixin):
+        """The hook's own spend view over made-up account reads (no HTTP)."""
+
+        def __init__(self, settings: Any, **reads: Any) -> None:
+            self.__dict__.update(reads, settings=settings)
+
+    budget_settings = SimpleNamespace(conn_id="magi_default", min_balance_usd=None, daily_budget_usd=1.0)
+    budget = Account(
+        budget_settings,
         get_spend=lambda since, until: 0.3,
         get_unit_price=lambda model: 0.3,
-        get_started_since=lambda since: ([], 0.3),
-        pending_cost=lambda *args: 0.0,
+        get_started_since=lambda since, billed_from=None: ([], 0.3),
     )
     stop = room(budget, model, 5, set(), log=None)[1]
     said["the budget stop"] = _batch_end(tmp_path, [done, ManifestLine(1)], carry={"stopped": stop})
-    floor = SimpleNamespace(
-        settings=SimpleNamespace(conn_id="magi_default", min_balance_usd=5.0, daily_budget_usd=None),
+    floor = Account(
+        SimpleNamespace(conn_id="magi_default", min_balance_usd=5.0, daily_budget_usd=None),
         get_balance=lambda: 1.0,
     )
     stop = room(floor, model, 5, set(), log=None)[1]
@@ -211,7 +219,7 @@ def _batch_messages(tmp_path: Path) -> dict[str, str]:
     def down(*args: Any) -> Any:
         raise MagiError("503 Service Unavailable")
 
-    unreadable = SimpleNamespace(settings=budget.settings, get_spend=down)
+    unreadable = Account(budget_settings, get_spend=down)
     refused("an unreadable guard", lambda: room(unreadable, model, 5, set(), log=None))
     said["the timeout"] = _batch_end(tmp_path, [ManifestLine(0, "running", "p0")], timed_out=True)
     mapped = MagiBatchOperator(

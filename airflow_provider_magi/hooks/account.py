@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_magi import costs
+from airflow_provider_magi import costs, spend
 from airflow_provider_magi.api import (
     FAILED_STATUSES,
     HISTORY_PAGE_SIZE,
@@ -51,6 +52,9 @@ PAGE_SIZE = 100
 # The daily budget reads the whole of today's history: up to this many pages of 100 (5,000
 # predictions a day); a longer one cannot be read whole, and the guard then fails safe.
 BUDGET_HISTORY_PAGES = 50
+# The guards reserve the predictions started since UTC midnight, or this long before now when
+# that is earlier: a video started before midnight and billed after it is today's spend.
+RESERVE_LOOKBACK = timedelta(hours=6)
 
 
 class MagiAccountMixin(MagiSyncClientMixin):
@@ -160,84 +164,190 @@ class MagiAccountMixin(MagiSyncClientMixin):
 
     # ---------------------------------------------------------------- the spending guards
 
+    def spend_clock(self) -> datetime:
+        """Now, for the daily budget's UTC day: this worker's clock (WaveSpeed's day is UTC; a
+        worker's clock is taken to be close to WaveSpeed's)."""
+        return datetime.now(UTC)
+
+    def spend_room(
+        self,
+        model: str,
+        wanted: int,
+        *,
+        whole: bool,
+        own_unbilled: frozenset[str] | set[str] = frozenset(),
+        paid: str | None = None,
+        fails_safe: str | None = None,
+    ) -> tuple[spend.Room, spend.SpendFacts]:
+        """Read what the connection's guards need and ask the one spend view
+        (:func:`~airflow_provider_magi.spend.room`) how many of ``wanted`` predictions of
+        ``model`` fit: the balance (with ``min_balance_usd``), what was billed since UTC midnight
+        (with ``daily_budget_usd``), the model's price, and every prediction started since
+        midnight (or :data:`RESERVE_LOOKBACK` before now, whichever is earlier, so that those
+        started before midnight and billed after it count) that is not billed yet.
+        ``own_unbilled`` are the caller's own running predictions (a batch's), reserved even
+        before the history lists them.
+
+        :param fails_safe: What a read that fails means for the caller, in its words (a batch:
+            no more inputs were submitted); by default, that nothing was sent.
+        :raises MagiBudgetCheckError: a read failed or did not read as USD (fail safe, retried).
+        """
+        settings = self.settings
+        now = self.spend_clock()
+        midnight = costs.utc_midnight(now)
+        facts = spend.SpendFacts(
+            conn_id=settings.conn_id,
+            model=model,
+            day=now.date(),
+            price=None,
+            floor=settings.min_balance_usd,
+            budget=settings.daily_budget_usd,
+        )
+        if settings.min_balance_usd is None and settings.daily_budget_usd is None:
+            return spend.room(facts, wanted, whole=whole), facts
+        # The guard whose reads these are, for the fail-safe message.
+        extra = "daily_budget_usd" if settings.daily_budget_usd is not None else "min_balance_usd"
+        if settings.min_balance_usd is not None:
+            balance = self._guard_read(
+                self.get_balance, "the balance", "min_balance_usd", paid, fails_safe=fails_safe
+            )
+            facts = replace(facts, balance=balance)
+            if costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id):
+                return spend.room(facts, wanted, whole=whole), facts  # refused on the balance alone
+        billed_today = 0.0
+        if settings.daily_budget_usd is not None:
+            billed_today = self._guard_read(
+                lambda: self.get_spend(midnight, now),
+                "today's spend from WaveSpeed's usage stats",
+                "daily_budget_usd",
+                paid,
+                fails_safe=fails_safe,
+            )
+        price = self._guard_read(
+            lambda: self.get_unit_price(model),
+            f"the price of {model} from WaveSpeed's usage stats",
+            extra,
+            paid,
+            fails_safe=fails_safe,
+            none_means_unreadable=False,
+        )
+        unbilled, billed = self._guard_read(
+            lambda: self.get_started_since(min(midnight, now - RESERVE_LOOKBACK), billed_from=midnight),
+            "the started predictions from WaveSpeed's history and billing records",
+            extra,
+            paid,
+            fails_safe=fails_safe,
+        )
+        # Usage stats lag billing: what was billed today counts even before the stats show it.
+        billed_today = max(billed_today, billed)
+        prices: dict[str, float | None] = {model.strip().strip("/"): price}
+        own = set(own_unbilled) | set(getattr(self, "not_candidates", frozenset()))
+        reserved: list[spend.Reserved] = []
+        for prediction in unbilled:
+            other = (prediction.model or model).strip().strip("/")
+            if other not in prices:
+                prices[other] = self._guard_read(
+                    lambda other=other: self.get_unit_price(other),  # type: ignore[misc]
+                    f"the price of {other} from WaveSpeed's usage stats",
+                    extra,
+                    paid,
+                    fails_safe=fails_safe,
+                    none_means_unreadable=False,
+                )
+            created = parse_timestamp(prediction.created_at)
+            reserved.append(
+                spend.Reserved(
+                    prediction.id,
+                    prices[other],
+                    own=prediction.id in own,
+                    before_midnight=created is not None and created < midnight,
+                )
+            )
+        listed = {prediction.id for prediction in unbilled}
+        # The caller's own running ones the history does not list as unbilled: not listed yet,
+        # or billed a moment ago (then counted twice until the caller sees them complete and
+        # stops passing them: on the safe side).
+        reserved += [spend.Reserved(pid, price, own=True) for pid in sorted(set(own_unbilled) - listed)]
+        facts = replace(facts, price=price, billed_today=billed_today, reserved=tuple(reserved))
+        return spend.room(facts, wanted, whole=whole), facts
+
     def check_spending(self, model: str, *, count: int = 1, paid: str | None = None, log: Any = None) -> None:
         """The connection's balance floor and daily budget (extras ``min_balance_usd`` and
-        ``daily_budget_usd``), checked before ``count`` predictions of ``model`` are paid for.
+        ``daily_budget_usd``), checked before ``count`` predictions of ``model`` are paid for:
+        all of them must fit (:func:`~airflow_provider_magi.spend.room`, the view the batch's
+        waves ask too), counting every started prediction not billed yet.
 
         Here, on the hook, so that every way to pay is guarded: the operators call it before
         they upload a first frame, and :meth:`create_prediction` calls it unless its caller
-        guarded itself. ``paid`` names what the caller already paid (a refusal says so). The
-        decisions are in :mod:`~airflow_provider_magi.costs`.
+        guarded itself. ``paid`` names what the caller already paid (a refusal says so).
 
         :raises MagiBudgetError: a guard refused (not retried).
         :raises MagiBudgetCheckError: a guard could not read what it guards (retried).
         """
         log = log or self.log
         settings = self.settings
-        if settings.min_balance_usd is not None:
-            balance = self._guard_read(self.get_balance, "the balance", "min_balance_usd", paid)
-            refusal = costs.balance_floor_refusal(balance, settings.min_balance_usd, settings.conn_id, paid)
-            if refusal:
-                raise MagiBudgetError(refusal)
+        if settings.min_balance_usd is None and settings.daily_budget_usd is None:
+            return
+        room, facts = self.spend_room(model, count, whole=True, paid=paid)
+        if room.uncountable:
+            raise MagiBudgetCheckError(spend.uncountable_text(room, facts, paid))
+        refusal = spend.refusal_text(room, facts, paid)
+        if refusal:
+            raise MagiBudgetError(refusal)
+        these = "this prediction" if count == 1 else f"these {count} predictions"
+        at = "at an unknown price" if facts.price is None else f"at {costs.usd_text(facts.price)}"
+        if room.reserved_count:
             log.info(
-                "Balance %s, at or above min_balance_usd %s.",
-                costs.usd_text(balance),
-                costs.usd_text(settings.min_balance_usd),
+                "%d started prediction(s) not billed yet (%d of them started before UTC midnight) "
+                "count as %s spent.",
+                room.reserved_count,
+                room.overnight,
+                costs.usd_text(room.reserved_usd),
             )
-        if settings.daily_budget_usd is not None:
-            now = datetime.now(UTC)
-            spent = self._guard_read(
-                lambda: self.get_spend(costs.utc_midnight(now), now),
-                "today's spend from WaveSpeed's usage stats",
-                "daily_budget_usd",
-                paid,
-            )
-            price = self._guard_read(
-                lambda: self.get_unit_price(model),
-                f"the price of {model} from WaveSpeed's usage stats",
-                "daily_budget_usd",
-                paid,
-                none_means_unreadable=False,
-            )
-            unbilled, billed = self._guard_read(
-                lambda: self.get_started_since(costs.utc_midnight(now)),
-                "today's started predictions from WaveSpeed's history and billing records",
-                "daily_budget_usd",
-                paid,
-            )
-            # Usage stats lag billing: what today's predictions were billed counts even before
-            # the usage stats show it (else a prediction just billed is counted nowhere).
-            spent = max(spent, billed)
-            pending = self.pending_cost(unbilled, model, price, paid)
+        if facts.floor is not None and facts.balance is not None:
+            if facts.price is None:
+                log.warning(
+                    "%s",
+                    f"Connection '{facts.conn_id}': the price of {model} is unknown (WaveSpeed's "
+                    f"usage stats list no use of it in the last 30 days); only the balance "
+                    f"({costs.usd_text(facts.balance)}, less {costs.usd_text(room.reserved_usd)} "
+                    f"started and not billed yet) was checked against min_balance_usd "
+                    f"{costs.usd_text(facts.floor)}, so {these} may take it below the floor by "
+                    f"{'its' if count == 1 else 'their'} own price.",
+                )
+            else:
+                log.info(
+                    "Balance %s; less %s started and not billed yet and %s %s, it would be %s, at "
+                    "or above min_balance_usd %s.",
+                    costs.usd_text(facts.balance),
+                    costs.usd_text(room.reserved_usd),
+                    these,
+                    at,
+                    costs.usd_text(facts.balance - room.reserved_usd - count * facts.price),
+                    costs.usd_text(facts.floor),
+                )
+        if facts.budget is not None:
             decision = costs.daily_budget_decision(
-                spent,
-                price,
-                settings.daily_budget_usd,
-                settings.conn_id,
-                now.date(),
+                facts.billed_today,
+                facts.price,
+                facts.budget,
+                facts.conn_id,
+                facts.day,
                 model,
                 count=count,
                 paid=paid,
-                pending=pending,
-                pending_count=len(unbilled),
+                pending=room.reserved_usd,
+                pending_count=room.reserved_count,
             )
-            if decision.refusal:
-                raise MagiBudgetError(decision.refusal)
             if decision.note:
                 log.warning("%s", decision.note)
             else:
-                if unbilled:
-                    log.info(
-                        "%d prediction(s) started today are not billed yet: counted as %s spent.",
-                        len(unbilled),
-                        costs.usd_text(pending),
-                    )
                 log.info(
                     "Spent today (UTC) %s; with %s at %s, within daily_budget_usd %s.",
-                    costs.usd_text(spent + pending),
+                    costs.usd_text(facts.billed_today + room.reserved_usd),
                     "this prediction" if count == 1 else f"{count} predictions",
-                    costs.usd_text(price or 0.0),
-                    costs.usd_text(settings.daily_budget_usd),
+                    costs.usd_text(facts.price or 0.0),
+                    costs.usd_text(facts.budget),
                 )
 
     def connection_problems(self, balance: float) -> list[str]:
@@ -252,46 +362,6 @@ class MagiAccountMixin(MagiSyncClientMixin):
             )
         return problems
 
-    def pending_cost(
-        self, unbilled: list[Prediction], model: str, price: float | None, paid: str | None
-    ) -> float:
-        """What the started, unbilled predictions will cost: each at its model's unit price
-        (another model's read from the usage stats once); a model whose price is unknown counts at
-        this model's price, so the budget never counts one as free while a price is known.
-
-        :raises MagiBudgetCheckError: one's price is unknown and so is this model's (a model's
-            first use today): counted as free, every task would pass while the first waits to
-            be billed. The guard fails safe until it is billed (its price then shows). The
-            hook's ``not_candidates`` (a long video's earlier scenes) are not held against it.
-        """
-        prices: dict[str, float | None] = {model.strip().strip("/"): price}
-        total = 0.0
-        for prediction in unbilled:
-            other = (prediction.model or model).strip().strip("/")
-            if other not in prices:
-                prices[other] = self._guard_read(
-                    lambda other=other: self.get_unit_price(other),  # type: ignore[misc]
-                    f"the price of {other} from WaveSpeed's usage stats",
-                    "daily_budget_usd",
-                    paid,
-                    none_means_unreadable=False,
-                )
-            known = prices[other]
-            # The caller's own earlier predictions (a long video's scenes) were counted by its
-            # first check, which covered all of them.
-            own = prediction.id in getattr(self, "not_candidates", frozenset())
-            if known is None and price is None and not own:
-                left = costs.nothing_sent(paid).rstrip(".")
-                raise MagiBudgetCheckError(
-                    f"Connection '{self.settings.conn_id}': the daily_budget_usd guard cannot count "
-                    f"prediction {prediction.id}, started today and not billed yet: neither its "
-                    f"model's price nor that of {model} is known (WaveSpeed's usage stats list no "
-                    f"use of them in the last 30 days), so it fails safe: {left[0].lower()}"
-                    f"{left[1:]}, and the task may be retried once it is billed."
-                )
-            total += known if known is not None else (price or 0.0)
-        return total
-
     def get_unbilled_since(self, since: datetime, *, deadline: float | None = None) -> list[Prediction]:
         """This key's predictions created since ``since`` (UTC midnight, for the daily budget)
         that WaveSpeed's billing records do not show yet: started, not failed, not billed
@@ -299,11 +369,13 @@ class MagiAccountMixin(MagiSyncClientMixin):
         return self.get_started_since(since, deadline=deadline)[0]
 
     def get_started_since(
-        self, since: datetime, *, deadline: float | None = None
+        self, since: datetime, *, billed_from: datetime | None = None, deadline: float | None = None
     ) -> tuple[list[Prediction], float]:
         """``(unbilled, billed)``: this key's predictions created since ``since`` that WaveSpeed's
         billing records do not show yet (started, not failed, not billed), and what the billing
-        records say the others cost, in USD (a record whose price does not read adds nothing).
+        records say the others cost, in USD (a record whose price does not read adds nothing);
+        with ``billed_from``, only the records made at or after it (one whose time does not read
+        counts), so that a prediction started yesterday and billed today is today's spend.
 
         Billing lags completion (and usage stats lag billing), so a budget that counted only
         billed spend let every task pass while earlier ones waited to be billed. The history is
@@ -311,7 +383,7 @@ class MagiAccountMixin(MagiSyncClientMixin):
         An item whose ``created_at`` cannot be read counts (it may be today's).
         """
         query = history_query(created_after=since)
-        what = "Listing today's predictions for the daily budget"
+        what = "Listing the started predictions for the spending guards"
 
         def fetch_page(number: int) -> Mapping[str, Any]:
             body = {**query, "page": number, "page_size": HISTORY_PAGE_SIZE}
@@ -325,16 +397,24 @@ class MagiAccountMixin(MagiSyncClientMixin):
             if prediction.status in FAILED_STATUSES or (created is not None and created < as_utc(since)):
                 continue
             started.setdefault(prediction.id, prediction)
-        billed = self._billed_among(list(started), deadline=deadline)
+        billed, billed_at = self._billed_among(list(started), deadline=deadline)
         unbilled = [prediction for pid, prediction in started.items() if pid not in billed]
-        paid = (billed[pid] for pid in started if pid in billed)  # a page may list others too
+        paid = (  # a page may list others too
+            billed[pid]
+            for pid in started
+            if pid in billed
+            and (billed_from is None or (at := billed_at.get(pid)) is None or at >= as_utc(billed_from))
+        )
         return unbilled, sum(price for price in paid if price is not None)
 
-    def _billed_among(self, prediction_ids: list[str], *, deadline: float | None) -> dict[str, float | None]:
+    def _billed_among(
+        self, prediction_ids: list[str], *, deadline: float | None
+    ) -> tuple[dict[str, float | None], dict[str, datetime | None]]:
         """Which of these predictions have a billing record (a deduction), with what it says
-        each cost (None: not readable as USD), 100 ids per search."""
+        each cost (None: not readable as USD) and when it was made, 100 ids per search."""
         billed: dict[str, float | None] = {}
-        what = "Reading today's billing records for the daily budget"
+        billed_at: dict[str, datetime | None] = {}
+        what = "Reading the started predictions' billing records for the spending guards"
         for start in range(0, len(prediction_ids), PAGE_SIZE):
             chunk = prediction_ids[start : start + PAGE_SIZE]
             for page in range(1, MAX_BILLING_PAGES + 1):
@@ -352,11 +432,12 @@ class MagiAccountMixin(MagiSyncClientMixin):
                         f"{what}: the answer is not a page of records: {dict(data)!r:.200}"
                     )
                 billed.update(parsed.prices)
+                billed_at.update(parsed.billed_at)
                 if parsed.items == 0 or page * PAGE_SIZE >= parsed.total:
                     break
             else:
                 raise MagiResponseError(f"{what}: more than {MAX_BILLING_PAGES} pages for {len(chunk)} ids")
-        return billed
+        return billed, billed_at
 
     def _guard_read(
         self,
@@ -366,6 +447,7 @@ class MagiAccountMixin(MagiSyncClientMixin):
         paid: str | None,
         *,
         none_means_unreadable: bool = True,
+        fails_safe: str | None = None,
     ) -> Any:
         """One read for a guard; what cannot be read fails safe (nothing is submitted, retried).
 
@@ -376,10 +458,12 @@ class MagiAccountMixin(MagiSyncClientMixin):
         left = costs.nothing_sent(paid).rstrip(".")
         left = left[0].lower() + left[1:]
 
+        consequence = fails_safe or f"it fails safe: {left}, and the task may be retried"
+
         def unreadable(why: str) -> MagiBudgetCheckError:
             return MagiBudgetCheckError(
-                f"Connection '{conn_id}': the {extra} guard could not read {what} ({why}), so it "
-                f"fails safe: {left}, and the task may be retried. Fix: wait for WaveSpeed's "
+                f"Connection '{conn_id}': the {extra} guard could not read {what} ({why}), so "
+                f"{consequence}. Fix: wait for WaveSpeed's "
                 f"account endpoints to answer, or remove {extra} from the connection to submit "
                 "without this guard."
             )

@@ -141,6 +141,32 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
         self._clips: dict[str, asyncio.Task[bytes | None]] = {}  # image-to-video clips, made once
         self._log: list[RecordedRequest] = []
         self._lock = threading.Lock()
+        # The server's clock: ``_skew`` moves its wall clock only (a jump: what was running keeps
+        # running); ``_advanced`` is time that passed for everything on it (predictions finish,
+        # billing falls due). Both 0 unless a test sets them (``set_clock``, ``advance_clock``).
+        self._skew = 0.0
+        self._advanced = 0.0
+
+    def monotonic(self) -> float:
+        """The server's own elapsed-time clock: what predictions and billing are timed by."""
+        return time.monotonic() + self._advanced
+
+    def wall_now(self) -> float:
+        """The server's wall clock (Unix time): the times its answers carry."""
+        return time.time() + self._skew + self._advanced
+
+    def set_clock(self, unix_time: float) -> None:
+        """Make the wall clock read ``unix_time`` now (creation and billing times follow it);
+        elapsed times do not change, so nothing finishes or falls due because of the jump."""
+        self.settle()  # what was due before the jump is billed at the time it fell due
+        self._skew = unix_time - time.time() - self._advanced
+
+    def advance_clock(self, seconds: float) -> None:
+        """Let ``seconds`` pass for everything on the server at once: predictions progress,
+        billing falls due (at the time it fell due), the wall clock moves on."""
+        if seconds < 0:
+            raise ValueError(f"the clock only moves forward, got {seconds!r}")
+        self._advanced += seconds
 
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
@@ -157,6 +183,7 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
             self._clips.clear()
         self.account.reset()
         self.faults.replace([])
+        self._skew = self._advanced = 0.0
 
     @property
     def balance(self) -> float:
@@ -184,8 +211,8 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
         so it costs nothing per poll and reads the same as if it had happened on time: the record
         carries the time it fell due.
         """
-        now = time.monotonic()
-        wall_offset = time.time() - now
+        now = self.monotonic()
+        wall_offset = self.wall_now() - now
         delay = self.account.billing_delay
         with self._lock:
             pending = [self.predictions[i] for i in self._unbilled if i in self.predictions]
@@ -203,7 +230,7 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
     def complete_now(self, prediction_id: str) -> None:
         """Make a running prediction finish on its next poll (for tests that measure latency)."""
         prediction = self.predictions[prediction_id]
-        prediction.duration = max(0.0, time.monotonic() - prediction.started)
+        prediction.duration = max(0.0, self.monotonic() - prediction.started)
 
     async def __call__(self, request: Request) -> Response:
         route, handler, match = self._route(request)
@@ -386,6 +413,17 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
                     {"error": "usage: POST /_testing/balance?usd=<a finite amount of USD>"}, status=400
                 )
             return json_response({"balance": self.balance})
+        if action == "clock" and request.method == "POST":
+            try:
+                if "at" in request.query:
+                    self.set_clock(float(request.query["at"]))
+                if "advance" in request.query:
+                    self.advance_clock(float(request.query["advance"]))
+            except ValueError:
+                return json_response(
+                    {"error": "usage: POST /_testing/clock?at=<Unix time>&advance=<seconds >= 0>"}, status=400
+                )
+            return json_response({"now": self.wall_now()})
         if action == "forget" and request.method == "POST":
             self.settle()  # a prediction deleted later stays billed, as on the real service
             with self._lock:

@@ -102,6 +102,10 @@ class PredictionRoutes:
 
         def settle(self) -> None: ...
 
+        def monotonic(self) -> float: ...
+
+        def wall_now(self) -> float: ...
+
     async def _submit(self, request: Request, match: re.Match[str]) -> Response:
         model = match.group("model")
         if model not in self.config.models:
@@ -125,8 +129,10 @@ class PredictionRoutes:
             model=model,
             inputs=inputs,
             directives=directives,
-            created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            started=time.monotonic(),
+            created_at=datetime.fromtimestamp(self.wall_now(), UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            started=self.monotonic(),
             duration=directives.duration
             if directives.duration is not None
             else self.config.completion_seconds,
@@ -136,7 +142,7 @@ class PredictionRoutes:
         with self._lock:
             self.predictions[prediction.id] = prediction
             self._unbilled.add(prediction.id)
-        self.account.submitted(prediction.id, model, time.time())
+        self.account.submitted(prediction.id, model, self.wall_now())
         if prediction.webhook:
             self.webhooks.watch(prediction, self._prediction_data)
         if sync_mode:
@@ -150,7 +156,7 @@ class PredictionRoutes:
         answer what the SDK recognises as a sync timeout (status ``processing``, the error text
         "Sync mode timed out"); the prediction keeps running and is polled as usual."""
         deadline = time.monotonic() + self.config.sync_mode_limit
-        while prediction.status(time.monotonic()) not in ("completed", "failed"):
+        while prediction.status(self.monotonic()) not in ("completed", "failed"):
             if time.monotonic() >= deadline:
                 data = self._prediction_data(prediction)
                 data["error"] = "Sync mode timed out; query the result later"
@@ -172,7 +178,7 @@ class PredictionRoutes:
         prediction = self.predictions.get(match.group("id"))
         digits = match.group("index")
         index = int(digits) if len(digits) <= 6 else 10**6  # 5,000 digits would raise in int()
-        if prediction is None or prediction.status(time.monotonic()) != "completed":
+        if prediction is None or prediction.status(self.monotonic()) != "completed":
             return Response(status=404, body=b"Not Found", headers={"Content-Type": "text/plain"})
         if index >= prediction.directives.outputs:
             return Response(status=404, body=b"Not Found", headers={"Content-Type": "text/plain"})
@@ -272,7 +278,7 @@ class PredictionRoutes:
                     bounds[name] = _iso_time(query[name])
                 except (TypeError, ValueError):
                     return envelope_error(400, f"{name} must be an ISO 8601 time")
-        now = time.monotonic()
+        now = self.monotonic()
         with self._lock:
             chosen = [
                 p
@@ -287,7 +293,7 @@ class PredictionRoutes:
         return envelope_ok({"page": page, "total": len(chosen), "items": items})
 
     def _prediction_data(self, prediction: StoredPrediction) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self.monotonic()
         status = prediction.status(now)
         base = self.config.public_base_url
         d = prediction.directives

@@ -112,6 +112,20 @@ class LocalWaveSpeedServer:
         """The billing records so far, oldest first."""
         return self.app.billings
 
+    def now(self) -> float:
+        """The server's wall clock (Unix time): creation and billing times are on it."""
+        return self.app.wall_now()
+
+    def set_clock(self, unix_time: float) -> None:
+        """Make the server's clock read ``unix_time`` now (say a few seconds before a UTC
+        midnight); predictions keep running and nothing falls due because of the jump."""
+        self.app.set_clock(unix_time)
+
+    def advance_clock(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the server without waiting for them: predictions progress
+        and billing falls due (``billing_delay`` after completion) as if they had passed."""
+        self.app.advance_clock(seconds)
+
     def price_of(self, model: str = MAGI_MODEL) -> float:
         """What one completed prediction of ``model`` costs on this server, in USD."""
         return self.app.price_of(model)
