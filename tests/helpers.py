@@ -185,3 +185,15 @@ def observed_env(statsd_port: int, events_file: Path) -> dict[str, str]:
         ),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "magi-tests",
     }
+
+
+def fake_account(settings: Any, **reads: Any) -> Any:
+    """The hook's own spend view (``MagiAccountMixin.spend_room``) over made-up account reads:
+    ``get_balance``, ``get_spend``, ``get_unit_price``, ``get_started_since`` (no HTTP)."""
+    from airflow_provider_magi.hooks.account import MagiAccountMixin
+
+    class Account(MagiAccountMixin):
+        def __init__(self) -> None:
+            self.__dict__.update(reads, settings=settings)
+
+    return Account()

@@ -697,13 +697,13 @@ def test_the_budget_stop_speaks_of_the_room_in_the_past_once_those_inputs_were_p
     from types import SimpleNamespace
 
     from airflow_provider_magi.batch_budget import room
+    from tests.helpers import fake_account
 
-    hook = SimpleNamespace(
-        settings=SimpleNamespace(conn_id="c", min_balance_usd=None, daily_budget_usd=PRICE * 3),
+    hook = fake_account(
+        SimpleNamespace(conn_id="c", min_balance_usd=None, daily_budget_usd=PRICE * 3),
         get_spend=lambda since, until: PRICE,
         get_unit_price=lambda model: PRICE,
-        get_started_since=lambda since: ([], PRICE),
-        pending_cost=lambda started, model, price, log: 0.0,
+        get_started_since=lambda since, billed_from=None: ([], PRICE),
     )
     fits, refusal = room(hook, MAGI, 5, set(), log=None)
     assert fits == 2 and refusal is not None
@@ -716,9 +716,8 @@ def test_the_budget_stop_speaks_of_the_room_in_the_past_once_those_inputs_were_p
     assert "left no room for one more" in refusal and "stopped submitting there" in refusal
     # The floor: the batch's own words (the single video's "Nothing was uploaded or submitted"
     # is not true of a batch whose earlier waves were paid).
-    floor = SimpleNamespace(
-        settings=SimpleNamespace(conn_id="c", min_balance_usd=5.0, daily_budget_usd=None),
-        get_balance=lambda: 1.0,
+    floor = fake_account(
+        SimpleNamespace(conn_id="c", min_balance_usd=5.0, daily_budget_usd=None), get_balance=lambda: 1.0
     )
     fits, refusal = room(floor, MAGI, 5, set(), log=None)
     assert fits == 0 and refusal == (

@@ -192,16 +192,10 @@ def _batch_messages(tmp_path: Path) -> dict[str, str]:
     said["MagiBatchIncompleteError"] = _batch_end(
         tmp_path, [done, ManifestLine(1, "failed", "p1", None, [], [], "boom"), ManifestLine(2)]
     )
-    from airflow_provider_magi.hooks.account import MagiAccountMixin
-
-    class Account(MagiAccountMixin):
-        """The hook's own spend view over made-up account reads (no HTTP)."""
-
-        def __init__(self, settings: Any, **reads: Any) -> None:
-            self.__dict__.update(reads, settings=settings)
+    from tests.helpers import fake_account
 
     budget_settings = SimpleNamespace(conn_id="magi_default", min_balance_usd=None, daily_budget_usd=1.0)
-    budget = Account(
+    budget = fake_account(
         budget_settings,
         get_spend=lambda since, until: 0.3,
         get_unit_price=lambda model: 0.3,
@@ -209,7 +203,7 @@ def _batch_messages(tmp_path: Path) -> dict[str, str]:
     )
     stop = room(budget, model, 5, set(), log=None)[1]
     said["the budget stop"] = _batch_end(tmp_path, [done, ManifestLine(1)], carry={"stopped": stop})
-    floor = Account(
+    floor = fake_account(
         SimpleNamespace(conn_id="magi_default", min_balance_usd=5.0, daily_budget_usd=None),
         get_balance=lambda: 1.0,
     )
@@ -219,7 +213,7 @@ def _batch_messages(tmp_path: Path) -> dict[str, str]:
     def down(*args: Any) -> Any:
         raise MagiError("503 Service Unavailable")
 
-    unreadable = Account(budget_settings, get_spend=down)
+    unreadable = fake_account(budget_settings, get_spend=down)
     refused("an unreadable guard", lambda: room(unreadable, model, 5, set(), log=None))
     said["the timeout"] = _batch_end(tmp_path, [ManifestLine(0, "running", "p0")], timed_out=True)
     mapped = MagiBatchOperator(
