@@ -82,3 +82,12 @@ def start_local_server(port_file: Path, *args: str) -> tuple[subprocess.Popen[by
         time.sleep(0.05)
     process.kill()
     raise RuntimeError("local server did not start")
+
+
+def use_local_connection(base: str, api_key: str) -> None:
+    """Point ``magi_default`` at a local server, with a poll budget no bench run reaches."""
+    import json
+
+    os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = json.dumps(
+        {"conn_type": "magi", "host": base, "password": api_key, "extra": {"max_polls_per_second": 1000}}
+    )

@@ -38,7 +38,7 @@ import httpx
 
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, start_local_server, table
+from _common import report, start_local_server, table, use_local_connection
 
 API_KEY = "bench-key"
 MODEL = "wavespeed-ai/magi-1-24b"
@@ -120,14 +120,7 @@ def child(shape: str, args: argparse.Namespace, out: Path) -> None:
     with tempfile.TemporaryDirectory() as folder:
         server, base = start_local_server(Path(folder) / "port", "--api-key", API_KEY)
         try:
-            os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = json.dumps(
-                {
-                    "conn_type": "magi",
-                    "host": base,
-                    "password": API_KEY,
-                    "extra": {"max_polls_per_second": 1000},
-                }
-            )
+            use_local_connection(base, API_KEY)
             done_at = submit(base, args.count, args.min_duration, args.max_duration)
             ids = list(done_at)
             started, cpu = time.time(), cpu_seconds()

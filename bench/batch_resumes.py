@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import random
@@ -35,7 +34,7 @@ import httpx
 
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, start_local_server, table
+from _common import report, start_local_server, table, use_local_connection
 
 API_KEY = "bench-key"
 MODEL = "wavespeed-ai/magi-1-24b"
@@ -105,14 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         server, base = start_local_server(Path(folder) / "port", "--api-key", API_KEY, "--balance", "100000")
         try:
-            os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = json.dumps(
-                {
-                    "conn_type": "magi",
-                    "host": base,
-                    "password": API_KEY,
-                    "extra": {"max_polls_per_second": 1000},
-                }
-            )
+            use_local_connection(base, API_KEY)
             headers = {"Authorization": f"Bearer {API_KEY}"}
             with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
                 results = {
