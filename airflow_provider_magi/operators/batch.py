@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow_provider_magi.api import DEFAULT_MODEL
 from airflow_provider_magi.compat import BaseOperator
 from airflow_provider_magi.exceptions import MagiError, MagiInputError
-from airflow_provider_magi.task_mixin import MagiTaskMixin, execution_deadline
+from airflow_provider_magi.task_mixin import MagiTaskMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -108,7 +108,11 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     :param deferrable: Wait in the triggerer (one trigger for the whole batch).
     :param poll_interval: Seconds between status reads at first (each read covers 100 videos).
     :param max_poll_interval: The longest gap between two reads once waits grow long.
-    :param timeout: Give up waiting after this long; the task fails naming what still runs.
+    :param timeout: Give up waiting after this long; the task fails, without retrying, naming
+        what still runs. ``execution_timeout`` (a BaseOperator argument) counts from when the
+        try's first ``execute`` began, bounds the deferred waits too, and raises Airflow's
+        ``AirflowTaskTimeout``: retries apply, and a retry waits for the predictions already
+        running (it never pays for them again) and submits only the rest.
     """
 
     template_fields: Sequence[str] = ("inputs", "destination", "filename", "model", "magi_conn_id")
@@ -199,9 +203,13 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._submitted_since = False
         self._carry: dict[str, Any]
         if event is None:
+            from airflow_provider_magi.paying.deadline import task_deadline
+
+            deadline, reason = task_deadline(self, context, self.timeout)
             self._carry = {
                 "try_number": context["ti"].try_number,
-                "deadline": self._deadline(context),
+                "deadline": deadline,
+                "deadline_reason": reason,
                 "stopped": None,
             }
             self._fresh_start()
@@ -632,7 +640,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     # ------------------------------------------------------------ the end
 
     def _finish(self, *, timed_out: bool = False) -> dict[str, Any]:
-        from airflow_provider_magi.exceptions import MagiBudgetError, MagiTimeoutError
+        from airflow_provider_magi.exceptions import MagiBudgetError
         from airflow_provider_magi.manifest import (
             COMPLETED,
             FAILED,
@@ -645,10 +653,19 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         for line in self._lines.values():  # billing lags completion: one more look for unknown prices
             if line.status == COMPLETED and line.cost_usd is None and line.prediction_id:
                 line.cost_usd = self._cost(line.prediction_id)
+        from airflow_provider_magi.paying.deadline import (
+            DEADLINE_EXECUTION_TIMEOUT,
+            DEADLINE_TIMEOUT,
+            expiry_error,
+        )
+
+        reason = str(self._carry.get("deadline_reason") or DEADLINE_TIMEOUT)
+        execution = reason == DEADLINE_EXECUTION_TIMEOUT
+        limit = "the task's execution_timeout" if execution else "the batch's timeout"
         if timed_out:
             for line in self._lines.values():
                 if line.status == RUNNING:
-                    line.error = "still running when the batch's timeout passed (it may still be billed)"
+                    line.error = f"still running when {limit} passed (it may still be billed)"
         self._write(force=True)
         result = summary(self._lines.values(), str(self._manifest_path))
         self._report_progress(force=True)
@@ -660,7 +677,12 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         problems = "; ".join(f"{status}: inputs {_indexes(lines)}" for status, lines in by.items() if lines)
         where = f"The manifest at {self._manifest_path} has a line per input."
         if timed_out:
-            raise MagiTimeoutError(f"Batch: the timeout passed with {problems}. {where}")
+            then = (
+                "A retry (retries apply) waits for the running ones and pays only for the rest."
+                if execution
+                else "Not retried; a clear waits for the running ones and pays only for the rest."
+            )
+            raise expiry_error(reason, f"Batch: {limit} passed with {problems}. {then} {where}")
         stopped = self._carry.get("stopped")
         if stopped and by[NOT_SUBMITTED]:
             raise MagiBudgetError(
@@ -718,23 +740,26 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         span = self._running_span
         return None if span is None or self._submitted_since else span[1]
 
-    def _deadline(self, context: Context) -> float | None:
-        deadlines = [d for d in (execution_deadline(self, context),) if d is not None]
-        if self.timeout:
-            deadlines.append(time.time() + float(self.timeout))
-        return min(deadlines) if deadlines else None
-
     def _save_book(self) -> None:
         from airflow_provider_magi.batch_ledger import write_book
 
         write_book(self._store, self._book)
 
     def _prepare_paths(self, context: Context) -> None:
+        """The batch's paths, claimed before anything is paid (:mod:`~airflow_provider_magi.paying.claims`):
+        every input a path of its own, and the folder (through its manifest) this task instance's
+        alone, so no other task or run overwrites its videos or its manifest."""
         from airflow_provider_magi.manifest import MANIFEST_NAME
         from airflow_provider_magi.operators.download import (
             destination_path,
             filename_values,
             render_filename,
+        )
+        from airflow_provider_magi.paying.claims import (
+            claim,
+            refuse_shared_batch_items,
+            refuse_shared_mapped_folder,
+            writer_of,
         )
 
         ti = context["ti"]
@@ -742,15 +767,12 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         mapped = map_index is not None and map_index >= 0
         self._pattern = self.filename or (DEFAULT_MAPPED_BATCH_FILENAME if mapped else DEFAULT_BATCH_FILENAME)
         _check_pattern(self._pattern)
-        if mapped and "{map_index" not in self._pattern.rpartition("/")[0]:
-            # Each mapped batch keeps its manifest in its folder: a shared one is overwritten.
-            raise MagiInputError(
-                f"Invalid filename for a mapped batch: {self._pattern!r} puts every mapped batch's "
-                "files and manifest.jsonl in one folder, so each would overwrite the others'. Fix: "
-                "put {map_index} in the folder, e.g. '{dag_id}/{run_id}/{task_id}/{map_index}/{index}.mp4'"
-            )
+        refuse_shared_mapped_folder(self._pattern, mapped)
         self._directory = destination_path(self.destination)
         self._values = filename_values(context, "", 0)
+        refuse_shared_batch_items(
+            self._pattern, len(self._items), lambda index, prediction_id: self._name(index, prediction_id, 0)
+        )
         first = render_filename(
             self._pattern, {**self._values, "prediction_id": "x", "index": 0, "output": 0}
         )
@@ -758,8 +780,18 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._folder = self._directory / folder if folder else self._directory
         self._manifest_path = self._folder / MANIFEST_NAME
         self._lineage_folder = self._folder
+        claim(
+            self._manifest_path,
+            writer_of(context),
+            what="the batch's manifest",
+            fix="give each task and run a folder of its own: put {run_id} and {task_id} (and "
+            "{map_index} when mapped) in filename's folder, e.g. '{dag_id}/{run_id}/{task_id}/{index}.mp4'",
+        )
 
     def _target(self, index: int, prediction_id: str, output: int) -> Any:
+        return self._directory / self._name(index, prediction_id, output)
+
+    def _name(self, index: int, prediction_id: str, output: int) -> str:
         from airflow_provider_magi.operators.download import render_filename
 
         name = render_filename(
@@ -768,7 +800,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         if output and "{output" not in self._pattern:  # keep an item's second output apart from its first
             stem, dot, suffix = name.rpartition(".")
             name = f"{stem}_{output}.{suffix}" if dot and "/" not in suffix else f"{name}_{output}"
-        return self._directory / name
+        return name
 
     def _write(self, *, force: bool = False) -> None:
         """Rewrite the manifest (as items finish; at most once a second while downloading)."""
