@@ -95,7 +95,9 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         place in ``inputs``) and ``{output}`` (an item's output number). Default
         ``{dag_id}/{run_id}/{task_id}/{index}.mp4`` (``.../{map_index}/{index}.mp4`` when
         mapped; a mapped batch's own pattern must put ``{map_index}`` in the folder). The
-        manifest goes in the folder of item 0's first file. Templated.
+        manifest goes in the folder of item 0's first file. Refused before anything is paid: a
+        pattern that sends two inputs to one path, and a folder another task or run claimed
+        (:mod:`airflow_provider_magi.paying.claims`). Templated.
     :param max_in_flight: How many of the batch's predictions may be unfinished at once. Set it
         to your WaveSpeed account level's concurrency (the entry level runs 2-3 at once).
     :param fail_on_partial_error: Fail the task once every item is final if any failed or was

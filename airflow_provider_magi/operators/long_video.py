@@ -133,7 +133,9 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         match are then joined losslessly, without re-encoding.
     :param deferrable: Wait in the triggerer (the default: a long video waits for many scenes,
         and no worker slot should be held for that).
-    :param timeout: How long to wait for each scene.
+    :param timeout: How long to wait for each scene (fails without retrying).
+        ``execution_timeout`` bounds the whole try, counted from its first ``execute`` across every
+        scene's deferral, and is retried (the retry reuses the paid scenes).
 
     The other parameters (``model``, ``magi_conn_id``, ``deferrable``, ``poll_interval``,
     ``max_poll_interval``, ``attach_to_single_candidate``) are the generate operator's.
