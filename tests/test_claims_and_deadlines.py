@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -177,3 +178,50 @@ def test_a_resume_within_the_try_keeps_the_start_and_a_new_try_starts_afresh() -
     # Airflow 3.0 can keep a try's state into the next: the try number tells them apart.
     second = try_started({"ti": Ti(task_id="t", map_index=-1, try_number=2)})  # type: ignore[typeddict-item]
     assert second >= first and store[XCOM_TRY_STARTED] == {"try_number": 2, "started": second}
+
+
+# ---------------------------------------------------------------- item 6: a batch to trust
+
+
+def lines_with(logs: str, text: str) -> list[str]:
+    return [line for line in logs.splitlines() if text in line]
+
+
+def test_each_failed_input_s_reason_is_logged_and_the_summary_is_said_once(
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_claims_batch_reasons")
+    assert dag_run.state == "success"  # fail_on_partial_error=False
+    logs = task_logs()
+    (first,) = lines_with(logs, "Batch: input 1 failed")
+    (second,) = lines_with(logs, "Batch: input 3 failed")
+    assert "safety filter" in first and "GPU lost" in second
+    assert len(lines_with(logs, "Batch finished: 2/4 completed, 2 failed")) == 1
+    progress = [line.split("Batch: ", 1)[1] for line in lines_with(logs, " so far")]
+    assert progress and all(a != b for a, b in itertools.pairwise(progress))
+
+
+def test_the_summary_and_the_log_say_how_many_prices_are_not_known_yet(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, task_logs: Any
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, cost_lookup_seconds=0))
+    dag_run = run_dag(dag_bag, "magi_claims_batch_waits_for_a_price")
+    assert dag_run.state == "success"
+    result = xcom(dag_run, "batch")
+    assert result["succeeded"] == 4 and result["cost_usd"] == 0 and result["prices_unknown"] == 4
+    assert len(lines_with(task_logs(), "Batch finished: 4/4 completed")) == 1
+    assert "(4 price(s) not known yet" in lines_with(task_logs(), "Batch finished:")[0]
+
+
+@pytest.mark.money
+def test_waiting_for_a_price_is_said_once_not_at_every_wave(
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, task_logs: Any
+) -> None:
+    """The model's first use today under a budget: one goes first, the rest wait for its price
+    (billed 3 s after it completes). The old code said so at every wave while nothing changed."""
+    books.app.account.billing_delay = 3.0
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=100))
+    dag_run = run_dag(dag_bag, "magi_claims_batch_waits_for_a_price")
+    assert dag_run.state == "success"
+    assert paid(books) == 4
+    assert len(lines_with(task_logs(), "is not known yet; the next inputs wait for it")) == 1

@@ -55,6 +55,8 @@ CLOCK_MARGIN = timedelta(seconds=60)
 # The manifest is rewritten as items finish, but not more often than this while downloading.
 MANIFEST_EVERY_SECONDS = 1.0
 XCOM_PROGRESS = "batch_progress"
+# The batch's end logs each failed input's reason, up to this many (all are in the manifest).
+FAILURES_LOGGED = 20
 NsfwPolicy = Literal["keep", "skip", "fail"]
 
 
@@ -532,7 +534,9 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         # it in the history), so its unknown price must not reserve it a second time; a failed
         # one is never billed.
         own_unbilled = {line.prediction_id for line in self._running() if line.prediction_id}
-        fits, refusal = room(self.hook, self.model, len(pending), own_unbilled, self.log)
+        fits, refusal = room(
+            self.hook, self.model, len(pending), own_unbilled, _SaidOnce(self.log, self._carry)
+        )
         if fits < len(pending):
             if refusal:  # the rest are not paid for in this try: the task ends failed, naming them
                 self._carry["stopped"] = refusal
@@ -670,7 +674,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                     line.error = f"still running when {limit} passed (it may still be billed)"
         self._write(force=True)
         result = summary(self._lines.values(), str(self._manifest_path))
-        self._report_progress(force=True)
+        self._report_progress(final=True)
+        self._log_failures()
         self._emit_asset_events(result)
         by = {
             status: [line for line in self._lines.values() if line.status == status]
@@ -814,8 +819,9 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         write_manifest(self._manifest_path, self._lines.values())
         self._last_write = now
 
-    def _report_progress(self, *, force: bool = False) -> None:
-        """A log line per change of the batch's counts, and the counts in XCom while it runs."""
+    def _report_progress(self, *, final: bool = False) -> None:
+        """A log line per change of the batch's counts (never the same line twice in a row), the
+        counts in XCom while it runs, and the final summary, said once at the end."""
         from airflow_provider_magi import costs
         from airflow_provider_magi.manifest import summary
 
@@ -826,20 +832,63 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             counts["running"],
             counts["not_submitted"],
             counts["uncertain"],
+            counts["prices_unknown"],
         )
-        if key == self._progress and not force:
+        unknown = counts["prices_unknown"]
+        prices = f" ({unknown} price(s) not known yet: billing lags completion)" if unknown else ""
+        if final:
+            self.log.info(
+                "Batch finished: %d/%d completed, %d failed, %d running, %d not submitted, %d uncertain; "
+                "%s billed%s. Manifest: %s",
+                counts["succeeded"],
+                len(self._lines),
+                counts["failed"],
+                counts["running"],
+                counts["not_submitted"],
+                counts["uncertain"],
+                costs.usd_text(counts["cost_usd"]),
+                prices,
+                self._manifest_path,
+            )
+        elif key == self._progress:
             return
+        else:
+            self.log.info(
+                "Batch: %d/%d completed, %d failed, %d running, %d not submitted, %s so far%s.",
+                counts["succeeded"],
+                len(self._lines),
+                counts["failed"],
+                counts["running"],
+                counts["not_submitted"],
+                costs.usd_text(counts["cost_usd"]),
+                prices,
+            )
         self._progress = key
-        self.log.info(
-            "Batch: %d/%d completed, %d failed, %d running, %d not submitted, %s so far.",
-            counts["succeeded"],
-            len(self._lines),
-            counts["failed"],
-            counts["running"],
-            counts["not_submitted"],
-            costs.usd_text(counts["cost_usd"]),
-        )
         self._context["ti"].xcom_push(key=XCOM_PROGRESS, value=counts)
+
+    def _log_failures(self) -> None:
+        """Each failed (or uncertain) input's reason, the first :data:`FAILURES_LOGGED`; the rest
+        are in the manifest."""
+        from airflow_provider_magi.manifest import FAILED, UNCERTAIN
+
+        failed = sorted(
+            (line for line in self._lines.values() if line.status in (FAILED, UNCERTAIN)),
+            key=lambda line: line.index,
+        )
+        for line in failed[:FAILURES_LOGGED]:
+            self.log.warning(
+                "Batch: input %d %s%s: %s",
+                line.index,
+                line.status,
+                f" (prediction {line.prediction_id})" if line.prediction_id else "",
+                line.error or "no reason given",
+            )
+        if len(failed) > FAILURES_LOGGED:
+            self.log.warning(
+                "Batch: %d more failed or uncertain input(s); their reasons are in the manifest at %s.",
+                len(failed) - FAILURES_LOGGED,
+                self._manifest_path,
+            )
 
     # ------------------------------------------------------------ OpenLineage (provider optional)
 
@@ -859,6 +908,35 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             "Batch killed. WaveSpeed has no cancel endpoint: its running predictions keep running and "
             "are billed; a retry waits for them (the ledger holds their ids) and pays only for the rest."
         )
+
+
+class _SaidOnce:
+    """The log the spending guards get: a note the same as the last one is not said again (a
+    batch waiting for a price asks at every wave; the last note rides in the carry, so resumes
+    after a deferral stay quiet too)."""
+
+    def __init__(self, log: Any, carry: dict[str, Any]) -> None:
+        self._log = log
+        self._carry = carry
+
+    def _say(self, level: str, message: str, *args: Any) -> None:
+        text = message % args if args else message
+        if self._carry.get("last_note") == text:
+            return
+        self._carry["last_note"] = text
+        getattr(self._log, level)(message, *args)
+
+    def debug(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("debug", message, *args)
+
+    def info(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("info", message, *args)
+
+    def warning(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("warning", message, *args)
+
+    def error(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("error", message, *args)
 
 
 class _Refused(Exception):

@@ -137,3 +137,29 @@ with _dag("magi_claims_start_date_long_ago"):
         execution_timeout=timedelta(seconds=120),
         **FAST,
     )
+
+# ---------------------------------------------------------------- a batch a data team can trust
+
+with _dag("magi_claims_batch_reasons"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[
+            "fine 0 [[duration: 0.2]]",
+            "broken 1 [[duration: 0.2]] [[fail: safety filter]]",
+            "fine 2 [[duration: 0.2]]",
+            "broken 3 [[duration: 0.2]] [[fail: GPU lost]]",
+        ],
+        destination=OUTPUT_DIR,
+        max_in_flight=4,
+        fail_on_partial_error=False,
+        **FAST,
+    )
+
+with _dag("magi_claims_batch_waits_for_a_price"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[f"priced later {i} [[duration: 0.2]]" for i in range(4)],
+        destination=OUTPUT_DIR,
+        max_in_flight=4,
+        **FAST,
+    )
