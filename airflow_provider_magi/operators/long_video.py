@@ -195,9 +195,9 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         from airflow_provider_magi.hooks.magi import model_path
         from airflow_provider_magi.ledger_stores import open_ledger
         from airflow_provider_magi.media import require_av
-        from airflow_provider_magi.paying.deadline import try_started
+        from airflow_provider_magi.paying.deadline import start_clock
 
-        try_started(context)  # execution_timeout counts from the try's first entry, across scenes
+        start_clock(self, context)  # execution_timeout counts from the try's first entry, across scenes
         require_av()  # before anything is paid: without it no scene could be chained or joined
         scenes = parse_scenes(self.scenes)
         self._check_scenes(scenes)  # every scene, before the first one is paid

@@ -214,10 +214,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path
-        from airflow_provider_magi.paying.deadline import try_started
+        from airflow_provider_magi.paying.deadline import start_clock
         from airflow_provider_magi.validation import check_webhook_url, inputs_fingerprint, magi_inputs
 
-        try_started(context)  # execution_timeout counts from here (kept across this try's resumes)
+        start_clock(self, context)  # execution_timeout counts from here (kept across this try's resumes)
         self._regenerate = regenerate_flag(self.regenerate_on_clear)
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs

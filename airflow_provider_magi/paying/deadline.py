@@ -33,6 +33,7 @@ __all__ = [
     "DEADLINE_TIMEOUT",
     "XCOM_TRY_STARTED",
     "expiry_error",
+    "start_clock",
     "task_deadline",
     "try_deadline",
     "try_started",
@@ -63,6 +64,13 @@ def try_started(context: Context) -> float:
     with contextlib.suppress(AttributeError):  # a ti without attributes (tests): read it each time
         ti._magi_try_started = (try_number, started)  # type: ignore[union-attr]
     return started
+
+
+def start_clock(operator: Any, context: Context) -> None:
+    """Called first thing in ``execute``: records the try's start when the task has an
+    ``execution_timeout`` (without one, nothing is recorded)."""
+    if getattr(operator, "execution_timeout", None):
+        try_started(context)
 
 
 def try_deadline(operator: Any, context: Context) -> float | None:
