@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,8 +184,15 @@ def test_a_resume_within_the_try_keeps_the_start_and_a_new_try_starts_afresh() -
 # ---------------------------------------------------------------- item 6: a batch to trust
 
 
+STAMPED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+")
+
+
 def lines_with(logs: str, text: str) -> list[str]:
-    return [line for line in logs.splitlines() if text in line]
+    """The task log lines holding ``text``, each once: only lines with their time stamp (a
+    version that also hands the records to pytest's capture, unstamped, or writes them to a file
+    too, would count each twice), in the order they were logged."""
+    found = {line for line in logs.splitlines() if text in line and STAMPED.search(line)}
+    return sorted(found, key=lambda line: STAMPED.findall(line)[0])
 
 
 def test_each_failed_input_s_reason_is_logged_and_the_summary_is_said_once(
@@ -224,4 +232,6 @@ def test_waiting_for_a_price_is_said_once_not_at_every_wave(
     dag_run = run_dag(dag_bag, "magi_claims_batch_waits_for_a_price")
     assert dag_run.state == "success"
     assert paid(books) == 4
-    assert len(lines_with(task_logs(), "is not known yet; the next inputs wait for it")) == 1
+    said = lines_with(task_logs(), "is not known yet; the next inputs wait for it")
+    said = [line for line in said if "DeferTask" not in line]  # 3.0 logs the trigger's kwargs too
+    assert len(said) == 1, said

@@ -202,7 +202,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._match_book()
         self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
         self._last_write = 0.0
-        self._progress: tuple[int, ...] | None = None
         self._running_span: list[str] | None = (event or {}).get("running_span")
         self._submitted_since = False
         self._carry: dict[str, Any]
@@ -826,14 +825,14 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.manifest import summary
 
         counts = summary(self._lines.values(), str(self._manifest_path))
-        key = (
+        key = [
             counts["succeeded"],
             counts["failed"],
             counts["running"],
             counts["not_submitted"],
             counts["uncertain"],
             counts["prices_unknown"],
-        )
+        ]
         unknown = counts["prices_unknown"]
         prices = f" ({unknown} price(s) not known yet: billing lags completion)" if unknown else ""
         if final:
@@ -850,7 +849,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 prices,
                 self._manifest_path,
             )
-        elif key == self._progress:
+        elif key == self._carry.get("progress"):  # the carry: a resume does not say it again
             return
         else:
             self.log.info(
@@ -863,7 +862,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 costs.usd_text(counts["cost_usd"]),
                 prices,
             )
-        self._progress = key
+        self._carry["progress"] = key
         self._context["ti"].xcom_push(key=XCOM_PROGRESS, value=counts)
 
     def _log_failures(self) -> None:
