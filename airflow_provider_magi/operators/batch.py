@@ -654,16 +654,15 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             UNCERTAIN,
             summary,
         )
-
-        for line in self._lines.values():  # billing lags completion: one more look for unknown prices
-            if line.status == COMPLETED and line.cost_usd is None and line.prediction_id:
-                line.cost_usd = self._cost(line.prediction_id)
         from airflow_provider_magi.paying.deadline import (
             DEADLINE_EXECUTION_TIMEOUT,
             DEADLINE_TIMEOUT,
             expiry_error,
         )
 
+        for line in self._lines.values():  # billing lags completion: one more look for unknown prices
+            if line.status == COMPLETED and line.cost_usd is None and line.prediction_id:
+                line.cost_usd = self._cost(line.prediction_id)
         reason = str(self._carry.get("deadline_reason") or DEADLINE_TIMEOUT)
         execution = reason == DEADLINE_EXECUTION_TIMEOUT
         limit = "the task's execution_timeout" if execution else "the batch's timeout"

@@ -74,14 +74,14 @@ with _dag("magi_claims_long_video_daily"):
 
 # ---------------------------------------------------------------- execution_timeout
 
-# Each prediction takes 10 s; each try may take 8 s: try 1 submits both and runs out while they
+# Each prediction takes 12 s; each try may take 10 s: try 1 submits both and runs out while they
 # run, the retry waits for them (paying nothing again) and delivers.
 with _dag("magi_claims_batch_execution_timeout"):
     MagiBatchOperator(
         task_id="batch",
-        inputs=[f"slow {i} [[duration: 10]]" for i in range(2)],
+        inputs=[f"slow {i} [[duration: 12]]" for i in range(2)],
         destination=OUTPUT_DIR,
-        execution_timeout=timedelta(seconds=8),
+        execution_timeout=timedelta(seconds=10),
         **RETRY,
         **FAST,
     )
