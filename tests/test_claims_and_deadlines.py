@@ -145,6 +145,19 @@ def test_a_batch_whose_first_try_times_out_is_retried_and_the_retry_reattaches(
 
 
 @pytest.mark.money
+def test_a_long_video_whose_try_times_out_is_retried_and_reuses_its_paid_scenes(
+    dag_bag: Any, books: LocalWaveSpeedServer
+) -> None:
+    dag_run = run_dag(dag_bag, "magi_claims_long_video_execution_timeout")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "long_video").try_number >= 2
+    assert paid(books) == 2 and len(books.app.predictions) == 2  # each scene paid once
+    result = xcom(dag_run, "long_video")
+    assert set(result["prediction_ids"]) == set(books.app.predictions)
+    assert Path(result["path"]).stat().st_size > 0
+
+
+@pytest.mark.money
 def test_execution_timeout_counts_from_execute_not_from_a_start_date_long_past(
     dag_bag: Any, books: LocalWaveSpeedServer
 ) -> None:

@@ -86,6 +86,19 @@ with _dag("magi_claims_batch_execution_timeout"):
         **FAST,
     )
 
+# Two scenes of 6 s, 8 s a try: try 1 pays both and runs out waiting for scene 2; a later try
+# reuses both (paying nothing again), joins and delivers. Spare retries absorb a loaded machine.
+with _dag("magi_claims_long_video_execution_timeout"):
+    MagiLongVideoOperator(
+        task_id="long_video",
+        scenes=[f"slow scene {n} [[duration: 6]]" for n in (1, 2)],
+        destination=OUTPUT_DIR,
+        execution_timeout=timedelta(seconds=8),
+        retries=3,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
 A_DAY_AGO = timedelta(days=1)
 
 
