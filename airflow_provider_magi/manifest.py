@@ -115,13 +115,18 @@ def write_manifest(path: Any, lines: Iterable[ManifestLine]) -> None:
 
 
 def summary(lines: Iterable[ManifestLine], manifest_path: str) -> dict[str, Any]:
-    """The batch's XCom summary: counts by status and the total billed (known costs only)."""
+    """The batch's XCom summary: counts by status, the total billed (known costs only) and how
+    many completed videos' prices are not known yet (billing lags completion: the total is then
+    short by their prices)."""
     counts = dict.fromkeys(STATUSES, 0)
     total = 0.0
+    unknown = 0
     for line in lines:
         counts[line.status] += 1
         if line.cost_usd is not None:
             total += line.cost_usd
+        elif line.status == COMPLETED:
+            unknown += 1
     return {
         "manifest_path": manifest_path,
         "succeeded": counts[COMPLETED],
@@ -130,4 +135,5 @@ def summary(lines: Iterable[ManifestLine], manifest_path: str) -> dict[str, Any]
         "running": counts[RUNNING],
         "uncertain": counts[UNCERTAIN],
         "cost_usd": round(total, 6),
+        "prices_unknown": unknown,
     }

@@ -23,20 +23,6 @@ COST_LOOKUP_READS = 3
 DEFER_TIMEOUT_GRACE = timedelta(seconds=60)
 
 
-def execution_deadline(operator: Any, context: Context) -> float | None:
-    """When this try's ``execution_timeout`` runs out (Unix time), or None without one.
-
-    Airflow enforces ``execution_timeout`` only while the task runs in a worker, not while it is
-    deferred, so a wait in the triggerer has to carry it itself.
-    """
-    limit = getattr(operator, "execution_timeout", None)
-    if not limit:
-        return None
-    start = getattr(context.get("ti"), "start_date", None)
-    started = start.timestamp() if start is not None else time.time()
-    return started + limit.total_seconds()
-
-
 class MagiTaskMixin:
     """Mixed into operators: ``self.hook`` is built on first use, so DAG files import no HTTP client."""
 
@@ -57,12 +43,13 @@ class MagiTaskMixin:
     def defer_to_trigger(self, waiter: Waiter, context: Context) -> None:
         """Hand the wait to the triggerer (raises TaskDeferred), keeping pace, deadline and start.
 
-        The deadline is the sooner of the wait's own and what is left of ``execution_timeout``.
+        The deadline is the sooner of the wait's own and what is left of ``execution_timeout``,
+        counted from when the try's first ``execute`` began (:mod:`~airflow_provider_magi.paying.deadline`).
         """
+        from airflow_provider_magi.paying.deadline import DEADLINE_EXECUTION_TIMEOUT, try_deadline
         from airflow_provider_magi.triggers.magi import MagiPredictionTrigger
-        from airflow_provider_magi.waiting import DEADLINE_EXECUTION_TIMEOUT
 
-        waiter.cap_deadline(execution_deadline(self, context), DEADLINE_EXECUTION_TIMEOUT)
+        waiter.cap_deadline(try_deadline(self, context), DEADLINE_EXECUTION_TIMEOUT)
         timeout = None
         if waiter.deadline is not None:
             timeout = timedelta(seconds=max(0.0, waiter.deadline - time.time())) + DEFER_TIMEOUT_GRACE

@@ -64,12 +64,24 @@ def test_deferral_carries_what_is_left_of_execution_timeout() -> None:
     operator = MagiGenerateVideoOperator(
         task_id="t", prompt="x", timeout=3600, execution_timeout=timedelta(seconds=30), deferrable=True
     )
-    started = datetime.now(UTC) - timedelta(seconds=10)
+    from airflow_provider_magi.paying.deadline import XCOM_TRY_STARTED
+
+    # The try's execute began 10 s ago (so recorded); the task instance's start_date is a day
+    # back (a try queued behind a loaded worker): only the execute's start counts.
+    started = time.time() - 10
+    ti = SimpleNamespace(
+        task_id="t",
+        map_index=-1,
+        try_number=1,
+        start_date=datetime.now(UTC) - timedelta(days=1),
+        xcom_pull=lambda **_: {"try_number": 1, "started": started},
+        xcom_push=lambda **_: pytest.fail(f"{XCOM_TRY_STARTED} was recorded already"),
+    )
     with pytest.raises(TaskDeferred) as deferred:
-        operator.defer_to_trigger(operator._waiter("p1"), {"ti": SimpleNamespace(start_date=started)})  # type: ignore[arg-type]
+        operator.defer_to_trigger(operator._waiter("p1"), {"ti": ti})  # type: ignore[arg-type]
     trigger = deferred.value.trigger
-    # 30 s from the try's start, not from now, and well before the operator's own hour.
-    assert trigger.deadline == pytest.approx(started.timestamp() + 30)
+    # 30 s from the try's execute, not from now nor from start_date, and before the own hour.
+    assert trigger.deadline == pytest.approx(started + 30)
     assert trigger.deadline_reason == "execution_timeout"
     # Airflow's own backstop: what was left then, plus the grace.
     assert timedelta(seconds=60) <= deferred.value.timeout <= timedelta(seconds=80.5)

@@ -188,7 +188,8 @@ def test_a_claim_raced_by_another_map_index_is_refused_before_paying(
     the join (the old code: both claims passed, both paid)."""
     from types import SimpleNamespace
 
-    from airflow_provider_magi.operators.long_video import WRITER_SUFFIX, MagiLongVideoOperator
+    from airflow_provider_magi.operators.long_video import MagiLongVideoOperator
+    from airflow_provider_magi.paying.claims import WRITER_SUFFIX
 
     def claim(map_index: int) -> None:
         operator = MagiLongVideoOperator(

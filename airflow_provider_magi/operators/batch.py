@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow_provider_magi.api import DEFAULT_MODEL
 from airflow_provider_magi.compat import BaseOperator
 from airflow_provider_magi.exceptions import MagiError, MagiInputError
-from airflow_provider_magi.task_mixin import MagiTaskMixin, execution_deadline
+from airflow_provider_magi.task_mixin import MagiTaskMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -56,6 +56,8 @@ CLOCK_MARGIN = timedelta(seconds=60)
 # The manifest is rewritten as items finish, but not more often than this while downloading.
 MANIFEST_EVERY_SECONDS = 1.0
 XCOM_PROGRESS = "batch_progress"
+# The batch's end logs each failed input's reason, up to this many (all are in the manifest).
+FAILURES_LOGGED = 20
 NsfwPolicy = Literal["keep", "skip", "fail"]
 
 
@@ -108,7 +110,9 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         place in ``inputs``) and ``{output}`` (an item's output number). Default
         ``{dag_id}/{run_id}/{task_id}/{index}.mp4`` (``.../{map_index}/{index}.mp4`` when
         mapped; a mapped batch's own pattern must put ``{map_index}`` in the folder). The
-        manifest goes in the folder of item 0's first file. Templated.
+        manifest goes in the folder of item 0's first file. Refused before anything is paid: a
+        pattern that sends two inputs to one path, and a folder another task or run claimed
+        (:mod:`airflow_provider_magi.paying.claims`). Templated.
     :param max_in_flight: How many of the batch's predictions may be unfinished at once. Set it
         to your WaveSpeed account level's concurrency (the entry level runs 2-3 at once).
     :param fail_on_partial_error: Fail the task once every item is final if any failed or was
@@ -121,7 +125,11 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     :param deferrable: Wait in the triggerer (one trigger for the whole batch).
     :param poll_interval: Seconds between status reads at first (each read covers 100 videos).
     :param max_poll_interval: The longest gap between two reads once waits grow long.
-    :param timeout: Give up waiting after this long; the task fails naming what still runs.
+    :param timeout: Give up waiting after this long; the task fails, without retrying, naming
+        what still runs. ``execution_timeout`` (a BaseOperator argument) counts from when the
+        try's first ``execute`` began, bounds the deferred waits too, and raises Airflow's
+        ``AirflowTaskTimeout``: retries apply, and a retry waits for the predictions already
+        running (it never pays for them again) and submits only the rest.
     """
 
     template_fields: Sequence[str] = ("inputs", "destination", "filename", "model", "magi_conn_id")
@@ -207,14 +215,17 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._match_book()
         self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
         self._last_write = 0.0
-        self._progress: tuple[int, ...] | None = None
         self._running_span: list[str] | None = (event or {}).get("running_span")
         self._submitted_since = False
         self._carry: dict[str, Any]
         if event is None:
+            from airflow_provider_magi.paying.deadline import task_deadline
+
+            deadline, reason = task_deadline(self, context, self.timeout)
             self._carry = {
                 "try_number": context["ti"].try_number,
-                "deadline": self._deadline(context),
+                "deadline": deadline,
+                "deadline_reason": reason,
                 "stopped": None,
             }
             self._fresh_start()
@@ -539,7 +550,9 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         # it in the history), so its unknown price must not reserve it a second time; a failed
         # one is never billed.
         own_unbilled = {line.prediction_id for line in self._running() if line.prediction_id}
-        fits, refusal = room(self.hook, self.model, len(pending), own_unbilled, self.log)
+        fits, refusal = room(
+            self.hook, self.model, len(pending), own_unbilled, _SaidOnce(self.log, self._carry)
+        )
         if fits < len(pending):
             if refusal:  # the rest are not paid for in this try: the task ends failed, naming them
                 self._carry["stopped"] = refusal
@@ -649,7 +662,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     # ------------------------------------------------------------ the end
 
     def _finish(self, *, timed_out: bool = False) -> dict[str, Any]:
-        from airflow_provider_magi.exceptions import MagiBudgetError, MagiTimeoutError
+        from airflow_provider_magi.exceptions import MagiBudgetError
         from airflow_provider_magi.manifest import (
             COMPLETED,
             FAILED,
@@ -658,17 +671,26 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             UNCERTAIN,
             summary,
         )
+        from airflow_provider_magi.paying.deadline import (
+            DEADLINE_EXECUTION_TIMEOUT,
+            DEADLINE_TIMEOUT,
+            expiry_error,
+        )
 
         for line in self._lines.values():  # billing lags completion: one more look for unknown prices
             if line.status == COMPLETED and line.cost_usd is None and line.prediction_id:
                 line.cost_usd = self._cost(line.prediction_id)
+        reason = str(self._carry.get("deadline_reason") or DEADLINE_TIMEOUT)
+        execution = reason == DEADLINE_EXECUTION_TIMEOUT
+        limit = "the task's execution_timeout" if execution else "the batch's timeout"
         if timed_out:
             for line in self._lines.values():
                 if line.status == RUNNING:
-                    line.error = "still running when the batch's timeout passed (it may still be billed)"
+                    line.error = f"still running when {limit} passed (it may still be billed)"
         self._write(force=True)
         result = summary(self._lines.values(), str(self._manifest_path))
-        self._report_progress(force=True)
+        self._report_progress(final=True)
+        self._log_failures()
         self._emit_asset_events(result)
         by = {
             status: [line for line in self._lines.values() if line.status == status]
@@ -677,7 +699,12 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         problems = "; ".join(f"{status}: inputs {_indexes(lines)}" for status, lines in by.items() if lines)
         where = f"The manifest at {self._manifest_path} has a line per input."
         if timed_out:
-            raise MagiTimeoutError(f"Batch: the timeout passed with {problems}. {where}")
+            then = (
+                "A retry (retries apply) waits for the running ones and pays only for the rest."
+                if execution
+                else "Not retried; a clear waits for the running ones and pays only for the rest."
+            )
+            raise expiry_error(reason, f"Batch: {limit} passed with {problems}. {then} {where}")
         stopped = self._carry.get("stopped")
         if stopped and by[NOT_SUBMITTED]:
             raise MagiBudgetError(
@@ -732,23 +759,26 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         span = self._running_span
         return None if span is None or self._submitted_since else span[1]
 
-    def _deadline(self, context: Context) -> float | None:
-        deadlines = [d for d in (execution_deadline(self, context),) if d is not None]
-        if self.timeout:
-            deadlines.append(time.time() + float(self.timeout))
-        return min(deadlines) if deadlines else None
-
     def _save_book(self) -> None:
         from airflow_provider_magi.batch_ledger import write_book
 
         write_book(self._store, self._book)
 
     def _prepare_paths(self, context: Context) -> None:
+        """The batch's paths, claimed before anything is paid (:mod:`~airflow_provider_magi.paying.claims`):
+        every input a path of its own, and the folder (through its manifest) this task instance's
+        alone, so no other task or run overwrites its videos or its manifest."""
         from airflow_provider_magi.manifest import MANIFEST_NAME
         from airflow_provider_magi.operators.download import (
             destination_path,
             filename_values,
             render_filename,
+        )
+        from airflow_provider_magi.paying.claims import (
+            claim,
+            refuse_shared_batch_items,
+            refuse_shared_mapped_folder,
+            writer_of,
         )
 
         ti = context["ti"]
@@ -756,15 +786,12 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         mapped = map_index is not None and map_index >= 0
         self._pattern = self.filename or (DEFAULT_MAPPED_BATCH_FILENAME if mapped else DEFAULT_BATCH_FILENAME)
         _check_pattern(self._pattern)
-        if mapped and "{map_index" not in self._pattern.rpartition("/")[0]:
-            # Each mapped batch keeps its manifest in its folder: a shared one is overwritten.
-            raise MagiInputError(
-                f"Invalid filename for a mapped batch: {self._pattern!r} puts every mapped batch's "
-                "files and manifest.jsonl in one folder, so each would overwrite the others'. Fix: "
-                "put {map_index} in the folder, e.g. '{dag_id}/{run_id}/{task_id}/{map_index}/{index}.mp4'"
-            )
+        refuse_shared_mapped_folder(self._pattern, mapped)
         self._directory = destination_path(self.destination)
         self._values = filename_values(context, "", 0)
+        refuse_shared_batch_items(
+            self._pattern, len(self._items), lambda index, prediction_id: self._name(index, prediction_id, 0)
+        )
         first = render_filename(
             self._pattern, {**self._values, "prediction_id": "x", "index": 0, "output": 0}
         )
@@ -772,8 +799,18 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._folder = self._directory / folder if folder else self._directory
         self._manifest_path = self._folder / MANIFEST_NAME
         self._lineage_folder = self._folder
+        claim(
+            self._manifest_path,
+            writer_of(context),
+            what="the batch's manifest",
+            fix="give each task and run a folder of its own: put {run_id} and {task_id} (and "
+            "{map_index} when mapped) in filename's folder, e.g. '{dag_id}/{run_id}/{task_id}/{index}.mp4'",
+        )
 
     def _target(self, index: int, prediction_id: str, output: int) -> Any:
+        return self._directory / self._name(index, prediction_id, output)
+
+    def _name(self, index: int, prediction_id: str, output: int) -> str:
         from airflow_provider_magi.operators.download import render_filename
 
         name = render_filename(
@@ -782,7 +819,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         if output and "{output" not in self._pattern:  # keep an item's second output apart from its first
             stem, dot, suffix = name.rpartition(".")
             name = f"{stem}_{output}.{suffix}" if dot and "/" not in suffix else f"{name}_{output}"
-        return self._directory / name
+        return name
 
     def _write(self, *, force: bool = False) -> None:
         """Rewrite the manifest (as items finish; at most once a second while downloading)."""
@@ -794,33 +831,77 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         write_manifest(self._manifest_path, self._lines.values())
         self._last_write = now
 
-    def _report_progress(self, *, force: bool = False) -> None:
-        """A log line per change of the batch's counts, and the counts in XCom while it runs."""
+    def _report_progress(self, *, final: bool = False) -> None:
+        """A log line per change of the batch's counts (never the same line twice in a row), the
+        counts in XCom while it runs, and the final summary, said once at the end."""
         from airflow_provider_magi import costs
         from airflow_provider_magi.manifest import summary
 
         counts = summary(self._lines.values(), str(self._manifest_path))
-        key = (
+        key = [
             counts["succeeded"],
             counts["failed"],
             counts["running"],
             counts["not_submitted"],
             counts["uncertain"],
-        )
-        if key == self._progress and not force:
+            counts["prices_unknown"],
+        ]
+        unknown = counts["prices_unknown"]
+        prices = f" ({unknown} price(s) not known yet: billing lags completion)" if unknown else ""
+        if final:
+            self.log.info(
+                "Batch finished: %d/%d completed, %d failed, %d running, %d not submitted, %d uncertain; "
+                "%s billed%s. Manifest: %s",
+                counts["succeeded"],
+                len(self._lines),
+                counts["failed"],
+                counts["running"],
+                counts["not_submitted"],
+                counts["uncertain"],
+                costs.usd_text(counts["cost_usd"]),
+                prices,
+                self._manifest_path,
+            )
+        elif key == self._carry.get("progress"):  # the carry: a resume does not say it again
             return
-        self._progress = key
-        self.log.info(
-            "Batch: %d/%d completed, %d failed, %d running, %d not submitted, %d uncertain, %s so far.",
-            counts["succeeded"],
-            len(self._lines),
-            counts["failed"],
-            counts["running"],
-            counts["not_submitted"],
-            counts["uncertain"],
-            costs.usd_text(counts["cost_usd"]),
-        )
+        else:
+            self.log.info(
+                "Batch: %d/%d completed, %d failed, %d running, %d not submitted, %d uncertain, %s so far%s.",
+                counts["succeeded"],
+                len(self._lines),
+                counts["failed"],
+                counts["running"],
+                counts["not_submitted"],
+                counts["uncertain"],
+                costs.usd_text(counts["cost_usd"]),
+                prices,
+            )
+        self._carry["progress"] = key
         self._context["ti"].xcom_push(key=XCOM_PROGRESS, value=counts)
+
+    def _log_failures(self) -> None:
+        """Each failed (or uncertain) input's reason, the first :data:`FAILURES_LOGGED`; the rest
+        are in the manifest."""
+        from airflow_provider_magi.manifest import FAILED, UNCERTAIN
+
+        failed = sorted(
+            (line for line in self._lines.values() if line.status in (FAILED, UNCERTAIN)),
+            key=lambda line: line.index,
+        )
+        for line in failed[:FAILURES_LOGGED]:
+            self.log.warning(
+                "Batch: input %d %s%s: %s",
+                line.index,
+                line.status,
+                f" (prediction {line.prediction_id})" if line.prediction_id else "",
+                line.error or "no reason given",
+            )
+        if len(failed) > FAILURES_LOGGED:
+            self.log.warning(
+                "Batch: %d more failed or uncertain input(s); their reasons are in the manifest at %s.",
+                len(failed) - FAILURES_LOGGED,
+                self._manifest_path,
+            )
 
     # ------------------------------------------------------------ OpenLineage (provider optional)
 
@@ -840,6 +921,35 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             "Batch killed. WaveSpeed has no cancel endpoint: its running predictions keep running and "
             "are billed; a retry waits for them (the ledger holds their ids) and pays only for the rest."
         )
+
+
+class _SaidOnce:
+    """The log the spending guards get: a note the same as the last one is not said again (a
+    batch waiting for a price asks at every wave; the last note rides in the carry, so resumes
+    after a deferral stay quiet too)."""
+
+    def __init__(self, log: Any, carry: dict[str, Any]) -> None:
+        self._log = log
+        self._carry = carry
+
+    def _say(self, level: str, message: str, *args: Any) -> None:
+        text = message % args if args else message
+        if self._carry.get("last_note") == text:
+            return
+        self._carry["last_note"] = text
+        getattr(self._log, level)(message, *args)
+
+    def debug(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("debug", message, *args)
+
+    def info(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("info", message, *args)
+
+    def warning(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("warning", message, *args)
+
+    def error(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("error", message, *args)
 
 
 class _Refused(Exception):

@@ -259,18 +259,21 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
     def _targets(
         self, context: Context, prediction: Prediction, indexes: list[int], directory: WritablePath
     ) -> list[WritablePath]:
-        """Every output's path, refused before anything is written if two would share one."""
+        """Every output's path, refused before anything is written if two would share one
+        (:func:`airflow_provider_magi.paying.claims.refuse_shared_paths`)."""
+        from airflow_provider_magi.paying.claims import refuse_shared_paths
+
         names = [
             render_filename(self.filename, filename_values(context, prediction.id, index))
             for index in indexes
         ]
-        if len(set(names)) < len(names):
-            raise MagiInputError(
-                f"Invalid filename: {shorten(self.filename)} writes the {len(names)} outputs of "
-                f"prediction {prediction.id} to the same path ({names[0]}), so each would replace the "
-                "last; nothing was written. Fix: put {index} in the pattern, e.g. 'daily/{ds}_{index}.mp4'",
-                prediction_id=prediction.id,
-            )
+        refuse_shared_paths(
+            names,
+            pattern=self.filename,
+            items=f"the {len(names)} outputs of prediction {prediction.id}",
+            fix="put {index} in the pattern, e.g. 'daily/{ds}_{index}.mp4'",
+            prediction_id=prediction.id,
+        )
         return [directory / name for name in names]
 
     def _download(self, prediction: Prediction, index: int, url: str, target: WritablePath) -> dict[str, Any]:

@@ -52,8 +52,6 @@ XCOM_SCENES_DONE = "scenes_done"
 DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}.mp4"
 # What the default becomes in a mapped task: each map index its own file, never one for all.
 MAPPED_DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}_{map_index}.mp4"
-# Beside the video: which task instance wrote it, so another one never replaces it.
-WRITER_SUFFIX = ".magi-writer.json"
 _SCENE_KEYS = ("prompt", "seed", "extra_inputs")
 
 
@@ -135,7 +133,9 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         match are then joined losslessly, without re-encoding.
     :param deferrable: Wait in the triggerer (the default: a long video waits for many scenes,
         and no worker slot should be held for that).
-    :param timeout: How long to wait for each scene.
+    :param timeout: How long to wait for each scene (fails without retrying).
+        ``execution_timeout`` bounds the whole try, counted from its first ``execute`` across every
+        scene's deferral, and is retried (the retry reuses the paid scenes).
 
     The other parameters (``model``, ``magi_conn_id``, ``deferrable``, ``poll_interval``,
     ``max_poll_interval``, ``attach_to_single_candidate``) are the generate operator's.
@@ -198,7 +198,9 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         from airflow_provider_magi.hooks.magi import model_path
         from airflow_provider_magi.ledger_stores import open_ledger
         from airflow_provider_magi.media import require_av
+        from airflow_provider_magi.paying.deadline import start_clock
 
+        start_clock(self, context)  # execution_timeout counts from the try's first entry, across scenes
         require_av()  # before anything is paid: without it no scene could be chained or joined
         scenes = parse_scenes(self.scenes)
         self._check_scenes(scenes)  # every scene, before the first one is paid
@@ -342,54 +344,33 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
 
     def _target_values(self, context: Context, prediction_id: str) -> str:
         pattern = self.filename
-        if pattern == DEFAULT_FILENAME and self._writer(context)["map_index"] >= 0:
+        map_index = getattr(context["ti"], "map_index", -1)
+        if pattern == DEFAULT_FILENAME and map_index is not None and map_index >= 0:
             pattern = MAPPED_DEFAULT_FILENAME
         return render_filename(pattern, filename_values(context, prediction_id, 0))
 
-    def _writer(self, context: Context) -> dict[str, Any]:
-        ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        return {
-            "dag_id": str(ti.dag_id),
-            "task_id": str(ti.task_id),
-            "run_id": str(ti.run_id),
-            "map_index": -1 if map_index is None else int(map_index),
-        }
-
     def _claim(self, context: Context, directory: WritablePath, target: WritablePath | None = None) -> None:
-        """Refuse a video another task instance wrote (or claimed), and claim ours.
+        """Refuse a video another task instance wrote (or claimed), and claim ours
+        (:func:`airflow_provider_magi.paying.claims.claim`).
 
         A mapped task with a filename without ``{map_index}`` would otherwise have every map
-        index pay for its scenes and then replace the one file. A marker beside the video names
-        the task instance that claimed it; this one may replace its own video (a clear), never
-        another's. Checked before scene 1 when the name does not hold ``{prediction_id}``, and
-        again just before the join is moved into place.
+        index pay for its scenes and then replace the one file. Checked before scene 1 when the
+        name does not hold ``{prediction_id}``, and again just before the join is moved into place.
         """
+        from airflow_provider_magi.paying.claims import claim, writer_of
+
         if target is None:
             name = self._target_values(context, "check")
             if name != self._target_values(context, "check-again"):
                 return  # named after the last scene's prediction: checked at the join
             target = directory / name
-        marker = target.parent / f"{target.name}{WRITER_SUFFIX}"
-        me = self._writer(context)
-        owner: Any = None
-        if marker.exists():
-            owner = _read_marker(marker)
-        elif target.exists():
-            owner = "unknown (no writer marker beside it)"
-        else:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            if not _create_marker(marker, json.dumps(me)):  # another instance claimed it just now
-                owner = _read_marker(marker)
-        if owner is not None and owner != me:
-            described = ", ".join(f"{k}={v}" for k, v in owner.items()) if isinstance(owner, dict) else owner
-            raise MagiInputError(
-                f"Invalid filename: {target} was written by another task instance ({described}); "
-                "this task never replaces it. Fix: put {map_index} (mapped tasks) or {run_id} in "
-                "filename, or delete that file and its marker "
-                f"{marker.name} if it may go. Scenes already paid stay in the ledger: a retry "
-                "with a free filename reuses them."
-            )
+        claim(
+            target,
+            writer_of(context),
+            what="the long video",
+            fix="put {map_index} (mapped tasks) or {run_id} in filename",
+            note=" Scenes already paid stay in the ledger: a retry with a free filename reuses them.",
+        )
 
     def _target(self, context: Context, directory: WritablePath, done: list[Prediction]) -> WritablePath:
         return directory / self._target_values(context, done[-1].id)
@@ -498,28 +479,3 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             output_urls=self._output_urls,
             written_paths=self._written,
         )
-
-
-def _read_marker(marker: WritablePath) -> Any:
-    try:
-        return json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return "unreadable"
-
-
-def _create_marker(marker: WritablePath, text: str) -> bool:
-    """Write a new marker; False when one exists already. Mapped task instances start together,
-    so on a local path the file is created exclusively: of two that both saw no marker, the second
-    is refused before paying, instead of replacing the first's claim and being refused at the
-    join after paying for every scene. Object storage has no exclusive create: checked before."""
-    if isinstance(marker, Path):
-        try:
-            with marker.open("x") as file:
-                file.write(text)
-        except FileExistsError:
-            return False
-        return True
-    if marker.exists():
-        return False
-    marker.write_text(text)
-    return True

@@ -130,8 +130,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         ``"true"``/``"false"`` from a template such as ``{{ params.regenerate }}``).
     :param timeout: Give up waiting after this long (seconds or timedelta). The prediction keeps
         running on WaveSpeed (there is no cancel endpoint); the task fails without retrying. A
-        shorter ``execution_timeout`` also bounds a deferred wait (and then fails as Airflow fails
-        any task for it, retries included).
+        shorter ``execution_timeout`` also bounds a deferred wait, counted from when the try's
+        first ``execute`` began (resumes keep that start), and fails as Airflow fails any task for
+        it (``AirflowTaskTimeout``): retries apply, and a retry reattaches to the prediction.
     """
 
     template_fields: Sequence[str] = (
@@ -213,8 +214,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path
+        from airflow_provider_magi.paying.deadline import start_clock
         from airflow_provider_magi.validation import check_webhook_url, inputs_fingerprint, magi_inputs
 
+        start_clock(self, context)  # execution_timeout counts from here (kept across this try's resumes)
         self._regenerate = regenerate_flag(self.regenerate_on_clear)
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
