@@ -751,7 +751,7 @@ def test_the_progress_line_counts_every_status_uncertain_included(
         5: ManifestLine(5),
     }
     operator._manifest_path = tmp_path / "manifest.jsonl"
-    operator._progress = None
+    operator._carry = {}
     operator._context = {"ti": SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}))}
     log = Log()
     monkeypatch.setattr(MagiBatchOperator, "log", property(lambda _: log))
