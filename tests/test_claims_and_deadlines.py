@@ -248,3 +248,23 @@ def test_waiting_for_a_price_is_said_once_not_at_every_wave(
     said = lines_with(task_logs(), "is not known yet; the next inputs wait for it")
     said = [line for line in said if "DeferTask" not in line]  # 3.0 logs the trigger's kwargs too
     assert len(said) == 1, said
+
+
+def test_an_unmarked_file_is_adopted_only_by_a_writer_whose_ledger_shows_it_wrote_there(
+    tmp_path: Path,
+) -> None:
+    """A manifest from a version that wrote no markers: the task instance that paid there (a
+    retry after the upgrade) takes it over; any other is refused."""
+    from airflow_provider_magi.paying.claims import claim, marker_of
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("{}\n")
+    me = {"dag_id": "d", "task_id": "t", "run_id": "r", "map_index": -1}
+    with pytest.raises(MagiInputError, match="no writer marker"):
+        claim(manifest, me, what="the batch's manifest", fix="a folder of its own")
+    assert not marker_of(manifest).exists()
+    claim(manifest, me, what="the batch's manifest", fix="a folder of its own", adopt_unmarked=True)
+    assert json.loads(marker_of(manifest).read_text()) == me
+    other = {**me, "run_id": "r2"}
+    with pytest.raises(MagiInputError, match="run_id=r,"):
+        claim(manifest, other, what="the batch's manifest", fix="a folder of its own", adopt_unmarked=True)

@@ -212,6 +212,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.batch_ledger import read_book
 
         self._book = read_book(self._store)
+        self._claim_folder(context)  # before anything is paid or the manifest is read
         self._match_book()
         self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
         self._last_write = 0.0
@@ -774,12 +775,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             filename_values,
             render_filename,
         )
-        from airflow_provider_magi.paying.claims import (
-            claim,
-            refuse_shared_batch_items,
-            refuse_shared_mapped_folder,
-            writer_of,
-        )
+        from airflow_provider_magi.paying.claims import refuse_shared_batch_items, refuse_shared_mapped_folder
 
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
@@ -799,12 +795,20 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._folder = self._directory / folder if folder else self._directory
         self._manifest_path = self._folder / MANIFEST_NAME
         self._lineage_folder = self._folder
+
+    def _claim_folder(self, context: Context) -> None:
+        """The folder is this task instance's alone (:func:`~airflow_provider_magi.paying.claims.claim`);
+        a manifest without a marker is adopted only when this task instance's ledger shows it paid
+        before (written by a version without markers)."""
+        from airflow_provider_magi.paying.claims import claim, writer_of
+
         claim(
             self._manifest_path,
             writer_of(context),
             what="the batch's manifest",
             fix="give each task and run a folder of its own: put {run_id} and {task_id} (and "
             "{map_index} when mapped) in filename's folder, e.g. '{dag_id}/{run_id}/{task_id}/{index}.mp4'",
+            adopt_unmarked=bool(self._book.entries),
         )
 
     def _target(self, index: int, prediction_id: str, output: int) -> Any:

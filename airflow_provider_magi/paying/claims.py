@@ -49,15 +49,27 @@ def marker_of(target: WritablePath) -> WritablePath:
     return target.parent / f"{target.name}{WRITER_SUFFIX}"
 
 
-def claim(target: WritablePath, writer: Mapping[str, Any], *, what: str, fix: str, note: str = "") -> None:
+def claim(
+    target: WritablePath,
+    writer: Mapping[str, Any],
+    *,
+    what: str,
+    fix: str,
+    note: str = "",
+    adopt_unmarked: bool = False,
+) -> None:
     """Claim ``target`` for ``writer``, or refuse (``MagiInputError``) when another task instance
-    claimed it, or a file is there that no task instance claimed. Call it before paying."""
+    claimed it, or a file is there that no task instance claimed. Call it before paying.
+
+    ``adopt_unmarked``: the writer's own ledger says it wrote there before (a file from a version
+    that wrote no markers, met again by a retry or clear after an upgrade): claimed, not refused.
+    """
     marker = marker_of(target)
     me = dict(writer)
     owner: Any = None
     if marker.exists():
         owner = _read_marker(marker)
-    elif target.exists():
+    elif target.exists() and not adopt_unmarked:
         owner = "unknown (no writer marker beside it)"
     else:
         marker.parent.mkdir(parents=True, exist_ok=True)
