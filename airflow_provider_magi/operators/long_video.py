@@ -144,6 +144,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
 
     template_fields: Sequence[str] = ("scenes", "image", "destination", "filename", "model", "magi_conn_id")
     template_fields_renderers = {"scenes": "json"}
+    rendered_inputs: tuple[str, ...] = ("scenes", "image")
     ui_color = "#ede4ff"
 
     def __init__(
@@ -197,6 +198,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         from airflow_provider_magi.media import require_av
 
         require_av()  # before anything is paid: without it no scene could be chained or joined
+        self._one_rendering(context)  # every scene as this try first rendered it (paying.rendering)
         scenes = parse_scenes(self.scenes)
         self._check_scenes(scenes)  # every scene, before the first one is paid
         model_path(self.model)
