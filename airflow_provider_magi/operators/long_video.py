@@ -198,6 +198,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         from airflow_provider_magi.media import require_av
 
         require_av()  # before anything is paid: without it no scene could be chained or joined
+        self._check_scenes(parse_scenes(self.scenes))  # bad input is refused before the ledger is read
         self._one_rendering(context)  # every scene as this try first rendered it (paying.rendering)
         scenes = parse_scenes(self.scenes)
         self._check_scenes(scenes)  # every scene, before the first one is paid
