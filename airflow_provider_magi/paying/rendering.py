@@ -38,6 +38,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_magi.exceptions import MagiLedgerError
@@ -120,6 +121,8 @@ class RenderingRecord:
     varying: list[tuple[LeafPath, Any]] = field(default_factory=list)
     # Per field: a digest of its leaves' paths, and DIGEST_CHARS per leaf in that order.
     digests: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # When it was written (UTC, ISO 8601): what the ledger's pruning command reads its age from.
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_json(self) -> str:
         return json.dumps(
@@ -128,6 +131,7 @@ class RenderingRecord:
                 "try": self.try_number,
                 "varying": [[list(path), value] for path, value in self.varying],
                 "digests": {name: list(pair) for name, pair in self.digests.items()},
+                "at": self.at,
             },
             separators=(",", ":"),
         )
@@ -158,7 +162,7 @@ class RenderingRecord:
                 "paid for is unknown and nothing is submitted. Fix: check the task's earlier logs and "
                 "your WaveSpeed predictions, then delete that record to submit afresh."
             ) from None
-        return cls(try_number, varying, digests)
+        return cls(try_number, varying, digests, str(raw.get("at") or ""))
 
 
 def _field_digests(values: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
