@@ -15,7 +15,8 @@ The rule, used by every operator shape (one video, a long video's scenes, a batc
    the try number, those leaves with their first rendering, and a short digest of every leaf.
 2. **A resume within the same try** (same ``ti.try_number``) puts the recorded values back into
    the leaves that vary by themselves: the inputs are the first entry's again, and their
-   fingerprints match what this try paid for.
+   fingerprints match what this try paid for. (A leaf that rendered the same twice at the first
+   entry but differently now had its data change mid-try: logged, and used as rendered now.)
 3. **A later try** (a retry, a clear) also puts back the earlier try's self-varying values, so a
    template that only renders differently by itself reattaches to what was paid. Any other leaf
    that renders differently now had its *data* change (an upstream XCom, ``params``, ``conf``,
