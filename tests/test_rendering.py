@@ -77,6 +77,14 @@ def test_a_resume_keeps_the_first_entrys_rendering_and_a_later_try_names_what_ch
     assert retried.changed == ["inputs[1].prompt"]
 
 
+def test_data_that_changes_mid_try_is_named_and_used_as_rendered_then() -> None:
+    store = Store()
+    _enter(store, {"prompt": "a", "seed": 1}, {"prompt": "a", "seed": 2}, 1)
+    resumed = _enter(store, {"prompt": "b", "seed": 3}, None, 1)
+    assert resumed.values == {"prompt": "b", "seed": 1}
+    assert resumed.changed == ["prompt"]
+
+
 def test_a_thousand_item_batch_keeps_a_small_record() -> None:
     store = Store()
     items = [{"prompt": f"a long prompt about item {i} " * 5, "seed": i} for i in range(1000)]
