@@ -13,7 +13,9 @@ The run part of the key tells a DAG run from one deleted and made again under th
 
 A retry reads the record back and decides (:func:`decide`): reattach to the paid prediction, look
 an intent without an id up in WaveSpeed's history, or submit afresh. The records hold ids and
-digests only, never the API key or the inputs themselves.
+digests only, never the API key or the inputs themselves. Which rendering of a task's templates a
+try pays for is the ``rendering`` record's (``airflow_provider_magi.paying.rendering``), kept in
+the same stores through :meth:`Ledger.read_text` and :meth:`Ledger.write_text`.
 
 The logic here is pure; the stores it writes through are the small adapters in
 ``airflow_provider_magi.ledger_stores``.
@@ -102,8 +104,8 @@ class LedgerRecord:
     model: str
     intent_at: datetime
     prediction_id: str | None = None
-    # A digest of the template fields before rendering: a retry whose inputs render differently
-    # (a random seed, now(), a presigned URL) from the same source is the same logical task.
+    # A digest of the template fields before rendering, as records written before the rendering
+    # rule (paying.rendering) hold it: read so that a retry straddling the upgrade still matches.
     source: str | None = None
     # When the last submit attempt was about to be sent (429 Retry-After and connect failures
     # resend): the history look-up searches up to past this, not only past the intent.
@@ -353,6 +355,25 @@ class Ledger:
         self._write(name or self.record, record.to_json())
         return record
 
+    def read_text(self, name: str) -> str | None:
+        """Another record of this task (e.g. ``rendering``) as stored, wherever an earlier try
+        wrote it: the primary store first, then the fallbacks."""
+        text = self.store.read(name)
+        if text is not None:
+            return text
+        for store, not_before in self.fallbacks:
+            if not_before is not None:  # keyed as before run_after: no version wrote these there
+                continue
+            text = store.read(name)
+            if text is not None:
+                self.found_in = store.where(name)
+                return text
+        return None
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write another record of this task (its mirrors get a copy, as for every record)."""
+        self._write(name, text)
+
     def write_attempt(self, record: LedgerRecord, name: str | None = None) -> LedgerRecord:
         """Before a resend of the same submit (after a 429 or a connection never made): a later
         look-up then searches the history up to past this attempt."""
@@ -467,11 +488,13 @@ def decide(
 ) -> Decision:
     """What a try does with what the ledger holds (before asking WaveSpeed anything).
 
-    ``source`` is the digest of the template fields before rendering: inputs that rendered
-    differently from an unchanged source (a random seed, ``now()``, a presigned URL) are the same
-    logical inputs. ``regenerate`` pays for a new video when the recorded one was delivered
-    (a clear of a successful task, on purpose): in a later clear of the DAG run than the one
-    that delivered it (``clear_number``), where both are known; a retry never regenerates.
+    ``source`` is the digest of the template fields before rendering, passed only for a record
+    written before the rendering rule (``paying.rendering``, which puts self-varying values back so
+    the fingerprints match): then inputs that rendered differently from an unchanged source are
+    the same logical inputs, as that version decided. ``regenerate`` pays for a new video when
+    the recorded one was delivered (a clear of a successful task, on purpose): in a later clear
+    of the DAG run than the one that delivered it (``clear_number``), where both are known; a
+    retry never regenerates.
     """
     if record is None:
         return Decision(SUBMIT, "no earlier submit is recorded")

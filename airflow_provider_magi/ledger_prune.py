@@ -41,13 +41,23 @@ def _written_at(key: str, value: str) -> datetime | None:
         try:
             return LedgerRecord.from_json(value, where=key).intent_at
         except MagiLedgerError:
-            return None
+            return _stamped_at(value)
     try:
         mark = json.loads(value)
         when = datetime.fromisoformat(mark["counted_at"])
     except (ValueError, KeyError, TypeError):
         return None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _stamped_at(value: str) -> datetime | None:
+    """The write time a task's other records carry (a try's ``rendering`` record: ``"at"``)."""
+    try:
+        raw = json.loads(value)
+        when = datetime.fromisoformat(raw["at"]) if isinstance(raw, dict) and raw.get("v") == 1 else None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def prune(older_than: timedelta, *, dry_run: bool = False) -> tuple[list[str], list[str]]:
@@ -94,8 +104,15 @@ def prune_path(
     for path in _records(base):
         where = str(path)
         try:
-            written = LedgerRecord.from_json(str(path.read_text()), where=where).intent_at
-        except (MagiLedgerError, OSError, UnicodeDecodeError):
+            text = str(path.read_text())
+        except (OSError, UnicodeDecodeError):
+            unreadable.append(where)
+            continue
+        try:
+            written: datetime | None = LedgerRecord.from_json(text, where=where).intent_at
+        except MagiLedgerError:
+            written = _stamped_at(text)
+        if written is None:
             unreadable.append(where)
             continue
         if written < cutoff:

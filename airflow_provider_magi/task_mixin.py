@@ -34,6 +34,54 @@ class MagiTaskMixin:
         @property
         def log(self) -> Any: ...
 
+    # The template fields that are a video's inputs: rendered once per try (``paying.rendering``).
+    rendered_inputs: tuple[str, ...] = ()
+    # Renders the input fields again from their unrendered values (set when Airflow renders them).
+    _render_again: Any = None
+
+    def _do_render_template_fields(
+        self, parent: Any, template_fields: Any, context: Any, jinja_env: Any, seen_oids: set[int]
+    ) -> None:
+        """Airflow's rendering, keeping the unrendered input fields so that a try's first entry
+        can render them a second time (:mod:`airflow_provider_magi.paying.rendering`). A mapped
+        task is rendered by its MappedOperator through this very method of the unmapped operator,
+        whose expanded values (``seen_oids``) are left unrendered here too."""
+        fields = tuple(template_fields)
+        if parent is self:  # not a nested object's fields
+            raw = {name: getattr(self, name, None) for name in self.rendered_inputs if name in fields}
+            seen = set(seen_oids)
+
+            def render_again(names: Any) -> dict[str, Any]:
+                render = self.render_template
+                return {
+                    name: render(raw[name], context, jinja_env, set(seen)) for name in names if name in raw
+                }
+
+            self._render_again = render_again
+        super()._do_render_template_fields(  # type: ignore[misc]  # BaseOperator's
+            parent, fields, context, jinja_env, seen_oids
+        )
+
+    def _one_rendering(self, context: Context) -> Any:
+        """Put this try's first rendering of the input fields back (see ``paying.rendering``);
+        the :class:`~airflow_provider_magi.paying.rendering.Rendering` it used."""
+        from airflow_provider_magi.ledger_stores import open_ledger
+        from airflow_provider_magi.paying.rendering import RENDERING_RECORD, one_rendering
+
+        ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
+        rendering = one_rendering(
+            rendered={name: getattr(self, name, None) for name in self.rendered_inputs},
+            render_again=self._render_again,
+            try_number=int(getattr(context["ti"], "try_number", 1) or 1),
+            read=ledger.read_text,
+            write=ledger.write_text,
+            where=ledger.where(RENDERING_RECORD),
+            log=self.log,
+        )
+        for name, value in rendering.values.items():
+            setattr(self, name, value)
+        return rendering
+
     @cached_property
     def hook(self) -> MagiHook:
         from airflow_provider_magi.hooks.magi import MagiHook

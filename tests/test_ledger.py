@@ -260,10 +260,11 @@ def test_the_ledger_can_live_in_object_storage(
     dag_run = run_dag(dag_bag, "magi_test_dies_after_submit_sync")
     assert dag_run.state == "success"
     assert server.count("submit") == 1
-    (record_file,) = (tmp_path / "magi-ledger").rglob("*.json")
-    record = json.loads(record_file.read_text())
+    files = {path.name: path for path in (tmp_path / "magi-ledger").rglob("*.json")}
+    assert set(files) == {"prediction.json", "rendering.json"}  # the paid record, the try's rendering
+    record = json.loads(files["prediction.json"].read_text())
     assert record["prediction_id"] == next(iter(server.app.predictions))
-    assert CANARY_KEY not in record_file.read_text()
+    assert not any(CANARY_KEY in path.read_text() for path in files.values())
 
 
 def test_pruning_deletes_only_readable_records_older_than_the_cutoff(dag_bag) -> None:

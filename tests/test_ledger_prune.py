@@ -14,6 +14,7 @@ import pytest
 
 from airflow_provider_magi.ledger import LedgerRecord
 from airflow_provider_magi.ledger_prune import _days, main, prune, prune_path
+from airflow_provider_magi.paying.rendering import RenderingRecord
 
 FINGERPRINT = "f" * 64
 NOW = datetime.now(UTC)
@@ -96,7 +97,12 @@ def test_a_ledger_path_store_is_pruned_too(tmp_path: Path, dag_bag: Any) -> None
     new = put("dag/run/task/-1/scene-1.json", record(1))
     garbage = put("dag/run2/task/-1/prediction.json", "{not a record")
     elsewhere = put("notes/keep.json", record(10))  # not at the ledger's depth: not ours
+    rendering = RenderingRecord(1, at=(NOW - timedelta(days=10)).isoformat(timespec="seconds"))
+    old_rendering = put("dag/run/task/-1/rendering.json", rendering.to_json())
+    new_rendering = put("dag/run3/task/-1/rendering.json", RenderingRecord(1).to_json())
     deleted, unreadable = prune_path(f"file://{base}", timedelta(days=8))
-    assert deleted == [f"file://{old}"] and unreadable == [f"file://{garbage}"]
+    assert sorted(deleted) == sorted([f"file://{old}", f"file://{old_rendering}"])
+    assert unreadable == [f"file://{garbage}"]
     assert not old.exists() and new.exists() and garbage.exists() and elsewhere.exists()
+    assert not old_rendering.exists() and new_rendering.exists()
     assert main(["--ledger-path", f"file://{base}", "--dry-run"]) == 0

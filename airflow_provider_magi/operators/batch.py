@@ -134,6 +134,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
 
     template_fields: Sequence[str] = ("inputs", "destination", "filename", "model", "magi_conn_id")
     template_fields_renderers = {"inputs": "json"}
+    rendered_inputs = ("inputs",)
     ui_color = "#efe3ff"
 
     def __init__(
@@ -204,6 +205,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.manifest import read_manifest
 
         model_path(self.model)  # a bad model id is bad input, refused before any request
+        self._one_rendering(context)  # every item as this try first rendered it (paying.rendering)
         items = check_items(load_items(self.inputs), self.model)
         self._context = context
         self._items = items

@@ -144,6 +144,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
 
     template_fields: Sequence[str] = ("scenes", "image", "destination", "filename", "model", "magi_conn_id")
     template_fields_renderers = {"scenes": "json"}
+    rendered_inputs: tuple[str, ...] = ("scenes", "image")
     ui_color = "#ede4ff"
 
     def __init__(
@@ -202,6 +203,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
 
         start_clock(self, context)  # execution_timeout counts from the try's first entry, across scenes
         require_av()  # before anything is paid: without it no scene could be chained or joined
+        self._check_scenes(parse_scenes(self.scenes))  # bad input is refused before the ledger is read
+        self._one_rendering(context)  # every scene as this try first rendered it (paying.rendering)
         scenes = parse_scenes(self.scenes)
         self._check_scenes(scenes)  # every scene, before the first one is paid
         model_path(self.model)

@@ -151,6 +151,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
     _template_source: str | None = None
     _source_fingerprint: str | None = None
     _regenerate = False
+    rendered_inputs: tuple[str, ...] = ("prompt", "image", "seed", "extra_inputs")
     operator_extra_links = (MagiPredictionLink(),)
     ui_color = "#f3e8ff"
 
@@ -218,6 +219,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.validation import check_webhook_url, inputs_fingerprint, magi_inputs
 
         start_clock(self, context)  # execution_timeout counts from here (kept across this try's resumes)
+        rendering = self._one_rendering(context)  # this try's first rendering, on every entry
         self._regenerate = regenerate_flag(self.regenerate_on_clear)
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
@@ -227,7 +229,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             self.webhook_url, allow_insecure_loopback=bool(self.webhook_url) and self.hook.is_local_server
         )
         self._fingerprint = inputs_fingerprint(self.model, self._inputs)
-        self._source_fingerprint = self._template_source
+        # The template-source rule (an unchanged source reattaches whatever it renders to) only
+        # for a record the previous version wrote, before renderings were recorded.
+        self._source_fingerprint = self._template_source if rendering.earlier is None else None
         ledger = self._open_ledger(context)
         prediction_id = self._resume(ledger, context)
         if prediction_id is None:
@@ -362,7 +366,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         image = inputs.get("image")
         if isinstance(image, LocalImage):  # read and checked now, before the first request
             inputs["image"] = self.hook.upload_media(image.read())
-        record = ledger.write_intent(self._fingerprint, self.model, source=self._source_fingerprint)
+        record = ledger.write_intent(self._fingerprint, self.model)
 
         def before_resend() -> None:
             nonlocal record
@@ -469,6 +473,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         if self.event_from_an_earlier_try(event, context):
             return self.execute(context)  # the ledger reattaches: nothing is paid again
+        try:  # the result names the inputs this try paid for, not a new rendering of them
+            self._one_rendering(context)
+        except Exception as error:  # the video is done and paid: never fail the task for this
+            self.log.warning("The rendering this try paid for could not be read: %s", error)
         result = self._result(self.result_from_trigger(event))
         self._mark_delivered(context, result["prediction_id"])
         return result

@@ -65,14 +65,15 @@ with _dag("magi_ledger_upgraded_between_tries"):
         **FAST,
     )
 
-# The seed renders to another number on every try (as `range(0, 100000) | random`, now() or a
-# presigned URL would): the template source is the same, so it is the same logical task.
+# The seed renders to another number every time (the README's `range(0, 100000) | random`): a
+# value that varies by itself, so the retry keeps try 1's (paying.rendering), the same task.
+RANDOM_SEED = "{{ range(0, 100000) | random }}"
 for deferrable in (True, False):
     with _dag(f"magi_ledger_rerendered_seed_{'deferrable' if deferrable else 'sync'}"):
         DiesAfterSubmit(
             task_id="generate",
             prompt="a re-rendered seed [[duration: 0.2]]",
-            seed="{{ 1000 + ti.try_number }}",
+            seed=RANDOM_SEED,
             deferrable=deferrable,
             **RETRY,
             **FAST,
@@ -105,6 +106,7 @@ class ReorderedOnRetry(MagiGenerateVideoOperator):
         if context["ti"].try_number > 1:  # made from the reordered list, as Airflow would
             self.prompt = MAPPED_PROMPTS[(context["ti"].map_index + 1) % len(MAPPED_PROMPTS)]
             getattr(self, "_keep_template_source", lambda: None)()
+            self._render_again = None  # set here, not rendered: no second rendering to compare
         return super().execute(context)
 
     def submit_job(self, context: Any, ledger: Any) -> Any:
@@ -121,6 +123,6 @@ with _dag("magi_ledger_mapped_list_reordered"):
 
 # A mapped task is rendered by its MappedOperator: its template source is taken when it is made.
 with _dag("magi_ledger_mapped_rerendered_seed"):
-    DiesAfterSubmit.partial(
-        task_id="generate", seed="{{ 1000 + ti.try_number }}", deferrable=False, **RETRY, **FAST
-    ).expand(prompt=["a mapped fox [[duration: 0.2]]", "a mapped owl [[duration: 0.2]]"])
+    DiesAfterSubmit.partial(task_id="generate", seed=RANDOM_SEED, deferrable=False, **RETRY, **FAST).expand(
+        prompt=["a mapped fox [[duration: 0.2]]", "a mapped owl [[duration: 0.2]]"]
+    )

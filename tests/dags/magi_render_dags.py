@@ -1,0 +1,158 @@
+"""DAGs for #31 item 2, one rendering per try (tests/test_rendering.py runs them).
+
+Every shape (one video, a long video, a batch) takes a seed that renders to a new number each time
+(the README's ``{{ range(0, 100000) | random }}``) and waits deferred, so each resume renders its
+templates anew. The ``..._then_retried`` DAGs finish try 1 and fail it at the very end, as a
+clear would re-run a finished task; ``change`` first replaces the upstream task's XCom, as when
+the upstream task is cleared and returns a new prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, task
+
+from airflow_provider_magi.operators.batch import MagiBatchOperator
+from airflow_provider_magi.operators.long_video import MagiLongVideoOperator
+from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
+
+OUTPUT_DIR = os.environ.get("MAGI_TEST_OUTPUT_DIR", "/tmp/magi-test-output")
+FAST = {"poll_interval": 0.1, "max_poll_interval": 0.2}
+RANDOM_SEED = "{{ range(0, 100000) | random }}"
+FIRST_PROMPT = "a lighthouse [[duration: 0.3]]"
+NEW_PROMPT = "a harbour at night [[duration: 0.3]]"
+UPSTREAM_PROMPT = "{{ ti.xcom_pull(task_ids='make_prompt') }}"
+RETRY = {"retries": 1, "retry_delay": timedelta(seconds=0)}
+
+
+def _dag(dag_id: str) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False)
+
+
+class EndsTryOne:
+    """Try 1 completes its work, then fails at the end (optionally after the upstream task's XCom
+    got a new prompt); try 2 runs the same task again in the same DAG run."""
+
+    change: bool = False
+
+    def execute_complete(self, context: Any, event: Any = None) -> Any:
+        result = super().execute_complete(context, event)  # type: ignore[misc]
+        ti = context["ti"]
+        if ti.try_number == 1:
+            if self.change:
+                from airflow.sdk.bases.xcom import BaseXCom
+
+                BaseXCom.set(
+                    key="return_value",
+                    value=NEW_PROMPT,
+                    dag_id=ti.dag_id,
+                    task_id="make_prompt",
+                    run_id=ti.run_id,
+                )
+            raise RuntimeError("try 1 ends here (its work is done and paid)")
+        return result
+
+
+class GenerateEndsTryOne(EndsTryOne, MagiGenerateVideoOperator):
+    def __init__(self, *, change: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.change = change
+
+
+class LongVideoEndsTryOne(EndsTryOne, MagiLongVideoOperator):
+    def __init__(self, *, change: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.change = change
+
+
+class BatchEndsTryOne(EndsTryOne, MagiBatchOperator):
+    def __init__(self, *, change: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.change = change
+
+
+@task
+def make_prompt() -> str:
+    return FIRST_PROMPT
+
+
+# ---------------------------------------------------------------- a random seed, deferred
+
+with _dag("magi_render_one_video"):
+    MagiGenerateVideoOperator(
+        task_id="generate", prompt=FIRST_PROMPT, seed=RANDOM_SEED, deferrable=True, **FAST
+    )
+
+with _dag("magi_render_long_video"):
+    MagiLongVideoOperator(
+        task_id="long_video",
+        scenes=[
+            {"prompt": "a lighthouse at dusk [[duration: 0.3]]", "seed": RANDOM_SEED},
+            {"prompt": "the beam sweeps the sea [[duration: 0.3]]", "seed": RANDOM_SEED},
+            {"prompt": "a ship turns toward it [[duration: 0.3]]", "seed": RANDOM_SEED},
+        ],
+        destination=OUTPUT_DIR,
+        filename="render/{run_id}/film.mp4",
+        deferrable=True,
+        **FAST,
+    )
+
+with _dag("magi_render_batch"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[{"prompt": f"batch item {i} [[duration: 0.3]]", "seed": RANDOM_SEED} for i in range(3)],
+        destination=OUTPUT_DIR,
+        filename="render/{run_id}/{index}.mp4",
+        max_in_flight=1,  # one wave per item: a resume between every two submits
+        deferrable=True,
+        **FAST,
+    )
+
+# ---------------------------------------------------------------- a second try, data kept or changed
+
+for change in (False, True):
+    suffix = "changed" if change else "unchanged"
+    with _dag(f"magi_render_one_video_then_retried_{suffix}"):
+        make_prompt() >> GenerateEndsTryOne(
+            task_id="generate",
+            prompt=UPSTREAM_PROMPT,
+            seed=RANDOM_SEED,
+            change=change,
+            deferrable=True,
+            **RETRY,
+            **FAST,
+        )
+
+    with _dag(f"magi_render_long_video_then_retried_{suffix}"):
+        make_prompt() >> LongVideoEndsTryOne(
+            task_id="long_video",
+            scenes=[
+                {"prompt": "a lighthouse at dusk [[duration: 0.3]]", "seed": RANDOM_SEED},
+                {"prompt": UPSTREAM_PROMPT, "seed": RANDOM_SEED},
+            ],
+            destination=OUTPUT_DIR,
+            filename="render/{run_id}/film.mp4",
+            change=change,
+            deferrable=True,
+            **RETRY,
+            **FAST,
+        )
+
+    with _dag(f"magi_render_batch_then_retried_{suffix}"):
+        make_prompt() >> BatchEndsTryOne(
+            task_id="batch",
+            inputs=[
+                {"prompt": "batch item 0 [[duration: 0.3]]", "seed": RANDOM_SEED},
+                {"prompt": UPSTREAM_PROMPT, "seed": RANDOM_SEED},
+            ],
+            destination=OUTPUT_DIR,
+            filename="render/{run_id}/{index}.mp4",
+            change=change,
+            max_in_flight=1,
+            deferrable=True,
+            **RETRY,
+            **FAST,
+        )
