@@ -121,11 +121,17 @@ def _aware(text: Any) -> datetime:
     return when
 
 
-def read_book(store: Any) -> BatchBook:
-    """The batch's record from a ledger store (``LedgerStore``), or an empty book."""
-    text = store.read(BATCH_RECORD)
-    return BatchBook() if text is None else BatchBook.from_json(text, where=store.where(BATCH_RECORD))
+def read_book(ledger: Any) -> BatchBook:
+    """The batch's record, or an empty book, wherever an earlier try wrote it: the task's
+    :class:`~airflow_provider_magi.ledger.Ledger` reads its primary store, then every other store a
+    try may have used (``ledger_path`` switched on or off, Variables before an upgrade to 3.3), as
+    the single video's record is read."""
+    text = ledger.read_text(BATCH_RECORD)
+    where = ledger.found_in or ledger.where(BATCH_RECORD)
+    return BatchBook() if text is None else BatchBook.from_json(text, where=where)
 
 
-def write_book(store: Any, book: BatchBook) -> None:
-    store.write(BATCH_RECORD, book.to_json())
+def write_book(ledger: Any, book: BatchBook) -> None:
+    """Into the primary store and its mirrors (Airflow's own store keeps a copy when ``ledger_path``
+    is set, so a try after ``ledger_path`` is removed still finds it)."""
+    ledger.write_text(BATCH_RECORD, book.to_json())

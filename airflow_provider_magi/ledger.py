@@ -358,6 +358,7 @@ class Ledger:
     def read_text(self, name: str) -> str | None:
         """Another record of this task (e.g. ``rendering``) as stored, wherever an earlier try
         wrote it: the primary store first, then the fallbacks."""
+        self.found_in = None
         text = self.store.read(name)
         if text is not None:
             return text

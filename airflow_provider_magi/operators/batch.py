@@ -210,10 +210,10 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._context = context
         self._items = items
         self._prepare_paths(context)
-        self._store = open_ledger(context, ledger_path=self.hook.settings.ledger_path).store
+        self._ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
         from airflow_provider_magi.batch_ledger import read_book
 
-        self._book = read_book(self._store)
+        self._book = read_book(self._ledger)
         self._claim_folder(context)  # before anything is paid or the manifest is read
         self._match_book()
         self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
@@ -569,7 +569,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             line.index: self._book.entries[line.index] for line in pending if line.index in self._book.entries
         }
         wave = self._book.start_wave({line.index: by_index[line.index].fingerprint for line in pending})
-        write_book(self._store, self._book)  # the intents, before any POST: a failure here sends nothing
+        write_book(self._ledger, self._book)  # the intents, before any POST: a failure here sends nothing
         paid: dict[int, str] = {}
         unsent: set[int] = set()
         pause = 0.0
@@ -652,7 +652,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         refused = {line.index for line in pending if line.status == FAILED}
         self._book.settle_wave(wave, paid, unsent | refused, before)
         try:
-            write_book(self._store, self._book)
+            write_book(self._ledger, self._book)
         except Exception as error:
             raise MagiLedgerError(
                 f"The batch submitted predictions {sorted(paid.values())} (they are billed), but recording "
@@ -765,7 +765,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     def _save_book(self) -> None:
         from airflow_provider_magi.batch_ledger import write_book
 
-        write_book(self._store, self._book)
+        write_book(self._ledger, self._book)
 
     def _prepare_paths(self, context: Context) -> None:
         """The batch's paths, claimed before anything is paid (:mod:`~airflow_provider_magi.paying.claims`):

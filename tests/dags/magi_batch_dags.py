@@ -252,3 +252,27 @@ with _dag("magi_batch_test_mapped_shared_folder"):
         max_in_flight=2,
         **FAST,
     ).expand(inputs=[[f"shelf {shelf} item {i} [[duration: 0.2]]" for i in range(2)] for shelf in range(2)])
+
+
+class SwitchesStoreMidWait(MagiBatchOperator):
+    """Try 1 dies mid-wait after the connection is edited (``ledger_path`` added, removed or
+    moved) for the next try: the retry must find what try 1 paid, wherever try 1 recorded it."""
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        if context["ti"].try_number == 1:
+            os.environ["AIRFLOW_CONN_MAGI_DEFAULT"] = os.environ["MAGI_TEST_CONN_AFTER_CRASH"]
+            self.__dict__.pop("hook", None)  # the next try reads the edited connection
+            raise RuntimeError("simulated worker crash while the batch waits")
+        return super().execute_complete(context, event)
+
+
+with _dag("magi_batch_test_store_switched"):
+    SwitchesStoreMidWait(
+        task_id="batch",
+        inputs=[f"switched {i} [[duration: 1.0]]" for i in range(3)],
+        destination=OUTPUT_DIR,
+        max_in_flight=3,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
