@@ -36,6 +36,9 @@ class ManifestLine:
     paths: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     error: str | None = None
+    # Predictions an earlier try paid for this input that did not complete, replaced by a submit
+    # of this try (oldest first): a resume within the try must not mistake them for this try's.
+    replaced: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -47,6 +50,7 @@ class ManifestLine:
                 "paths": self.paths,
                 "sizes": self.sizes,
                 "error": self.error,
+                "replaced": self.replaced,
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -73,6 +77,9 @@ class ManifestLine:
             paths=[str(p) for p in paths],
             sizes=[int(s) for s in sizes],
             error=raw.get("error") if isinstance(raw.get("error"), str) else None,
+            replaced=[str(p) for p in raw.get("replaced") or [] if isinstance(p, str)]
+            if isinstance(raw.get("replaced"), list)
+            else [],
         )
 
 

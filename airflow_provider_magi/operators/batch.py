@@ -340,13 +340,19 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         for item in self._items:
             entry = self._book.entry_for(item.index, item.fingerprint)
             old = manifest.get(item.index)
+            replaced = list(old.replaced) if old else []
             if entry is None and old and old.status == FAILED and not fresh:
                 lines[item.index] = old  # refused by WaveSpeed (not paid) within this try: final
             elif entry is None:
-                lines[item.index] = ManifestLine(item.index, NOT_SUBMITTED, error=old.error if old else None)
+                lines[item.index] = ManifestLine(
+                    item.index, NOT_SUBMITTED, error=old.error if old else None, replaced=replaced
+                )
             elif entry.prediction_id is None:
                 lines[item.index] = ManifestLine(
-                    item.index, UNCERTAIN, error=old.error if old and old.status == UNCERTAIN else None
+                    item.index,
+                    UNCERTAIN,
+                    error=old.error if old and old.status == UNCERTAIN else None,
+                    replaced=replaced,
                 )
             elif (
                 old
@@ -354,8 +360,14 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 and ((old.status == COMPLETED and self._whole(old)) or (old.status == FAILED and not fresh))
             ):
                 lines[item.index] = old  # whole files are kept; a failure within this try is final
+            elif old and old.status == NOT_SUBMITTED and entry.prediction_id in old.replaced and not fresh:
+                # This try is to submit it again (an earlier try's prediction failed) and has not
+                # yet: a 429 or the budget held its wave back. The ledger still names the old one.
+                lines[item.index] = old
             else:  # running, or a fresh try must learn how it ended (a failed one is paid again)
-                lines[item.index] = ManifestLine(item.index, RUNNING, prediction_id=entry.prediction_id)
+                lines[item.index] = ManifestLine(
+                    item.index, RUNNING, prediction_id=entry.prediction_id, replaced=replaced
+                )
         return lines
 
     def _whole(self, line: ManifestLine) -> bool:
@@ -456,6 +468,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                     prediction.id,
                     prediction.status,
                 )
+                if prediction.id not in line.replaced:
+                    line.replaced = [*line.replaced, prediction.id]
                 line.status, line.prediction_id, line.error = NOT_SUBMITTED, None, None
             else:
                 line.status = FAILED

@@ -276,3 +276,37 @@ with _dag("magi_batch_test_store_switched"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+
+class RateLimitedOnTheRetry(MagiBatchOperator):
+    """Try 2 (which submits the two failed inputs again) meets a 429 that outlasts the hook's
+    retries on its first submit: the input held back must still be submitted in that try."""
+
+    def _fresh_start(self) -> None:
+        if self._context["ti"].try_number == 2:
+            import httpx
+
+            rate_limited = {
+                "route": "submit",
+                "kind": "status",
+                "status": 429,
+                "retry_after": 0.2,
+                "times": 4,
+            }
+            httpx.post(f"{self.hook.settings.base_url}/_testing/faults", json=[rate_limited], timeout=10)
+        super()._fresh_start()
+
+
+with _dag("magi_batch_test_429_on_the_retry"):
+    RateLimitedOnTheRetry(
+        task_id="batch",
+        inputs=[
+            f"again {i} [[duration: 0.3]]" + (" [[fail: safety filter]]" if i in (1, 2) else "")
+            for i in range(3)
+        ],
+        destination=OUTPUT_DIR,
+        max_in_flight=3,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
