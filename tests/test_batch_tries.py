@@ -57,3 +57,20 @@ def test_a_429_on_a_retry_s_resubmit_holds_the_input_back_and_the_try_still_subm
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["status"] for line in lines] == ["completed", "failed", "failed"]
     assert [len(line["replaced"]) for line in lines] == [0, 1, 1]
+
+
+def test_ids_the_ledger_refused_are_found_in_the_manifest_and_never_paid_again(
+    dag_bag: Any, server: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Try 1 pays 4, and the ledger's write of their ids fails: the task stops, the manifest names
+    them. Before: the retry marked all 4 `uncertain` and downloaded nothing, and the error's fix
+    (delete the ledger record) paid for all 4 again."""
+    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(server))
+    dag_run = run_dag(dag_bag, "magi_batch_test_ledger_refuses_ids")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "batch").try_number == 2
+    assert server.count("submit") == 4 and len(server.app.predictions) == 4
+    path = Path(xcom(dag_run, "batch", key="batch_progress")["manifest_path"])
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["status"] for line in lines] == ["completed"] * 4
+    assert {line["prediction_id"] for line in lines} == set(server.app.predictions)

@@ -24,6 +24,7 @@ import math
 import string
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -337,6 +338,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         )
 
         lines: dict[int, ManifestLine] = {}
+        adopted: list[int] = []
         for item in self._items:
             entry = self._book.entry_for(item.index, item.fingerprint)
             old = manifest.get(item.index)
@@ -346,6 +348,15 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             elif entry is None:
                 lines[item.index] = ManifestLine(
                     item.index, NOT_SUBMITTED, error=old.error if old else None, replaced=replaced
+                )
+            elif entry.prediction_id is None and old and (paid := self._paid_per_manifest(old)):
+                # The wave's ids reached the manifest but not the ledger (its second write failed):
+                # the manifest names what was paid, and the ledger learns it now.
+                self._book.entries[item.index] = replace(entry, prediction_id=paid)
+                adopted.append(item.index)
+                whole = old.status == COMPLETED and self._whole(old)
+                lines[item.index] = (
+                    old if whole else ManifestLine(item.index, RUNNING, prediction_id=paid, replaced=replaced)
                 )
             elif entry.prediction_id is None:
                 lines[item.index] = ManifestLine(
@@ -368,7 +379,30 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 lines[item.index] = ManifestLine(
                     item.index, RUNNING, prediction_id=entry.prediction_id, replaced=replaced
                 )
+        if adopted:
+            self.log.warning(
+                "Batch: the ledger held submit intents without ids for inputs %s, and the manifest "
+                "names the predictions those submits started: recorded in the ledger now, not paid again.",
+                _compact(adopted),
+            )
+            self._save_book()
         return lines
+
+    @staticmethod
+    def _paid_per_manifest(old: ManifestLine) -> str | None:
+        """The prediction the manifest says this input's last submit started: an id no earlier try
+        replaced, on a line past ``not_submitted``; else None."""
+        from airflow_provider_magi.api import is_valid_prediction_id
+        from airflow_provider_magi.manifest import NOT_SUBMITTED, UNCERTAIN
+
+        paid = old.prediction_id
+        if (
+            old.status in (NOT_SUBMITTED, UNCERTAIN)
+            or not is_valid_prediction_id(paid)
+            or paid in old.replaced
+        ):
+            return None
+        return paid
 
     def _whole(self, line: ManifestLine) -> bool:
         """Every file the line names is there at the size it was written with."""

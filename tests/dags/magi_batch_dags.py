@@ -310,3 +310,37 @@ with _dag("magi_batch_test_429_on_the_retry"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+
+class LedgerRefusesTheIds(MagiBatchOperator):
+    """Try 1's ledger takes the wave's intents, then refuses its ids (the second write fails):
+    the task stops naming them, and the retry must find them in the manifest, not pay again."""
+
+    def _settle(self, *args: Any, **kwargs: Any) -> None:
+        if self._context["ti"].try_number == 1:
+
+            def refused(name: str, text: str) -> None:
+                raise OSError("the metadata database went away")
+
+            self._ledger.write_text = refused  # type: ignore[method-assign]
+        super()._settle(*args, **kwargs)
+
+    def execute(self, context: Any) -> Any:
+        from airflow_provider_magi.exceptions import MagiLedgerError
+
+        try:
+            return super().execute(context)
+        except MagiLedgerError as error:  # not retried by design: a retry stands in for the clear
+            raise RuntimeError(f"cleared after: {error}") from None
+
+
+with _dag("magi_batch_test_ledger_refuses_ids"):
+    LedgerRefusesTheIds(
+        task_id="batch",
+        inputs=[f"recorded {i} [[duration: 0.5]]" for i in range(4)],
+        destination=OUTPUT_DIR,
+        max_in_flight=4,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
