@@ -17,9 +17,12 @@ from typing import Any
 from airflow_provider_magi.exceptions import MagiInputError
 from airflow_provider_magi.validation import inputs_fingerprint, magi_inputs, shorten
 
-ITEM_KEYS = ("prompt", "image", "seed", "extra_inputs")
+ITEM_KEYS = ("prompt", "image", "seed", "extra_inputs", "key", "metadata")
+# A key names an item in the manifest and in errors: short enough to read in a log line.
+MAX_KEY_CHARS = 200
 _FORMS = (
-    "a list of prompts or of dicts with 'prompt' (and optional 'image', 'seed', 'extra_inputs'), "
+    "a list of prompts or of dicts with 'prompt' (and optional 'image', 'seed', 'extra_inputs', "
+    "'key', 'metadata'), "
     "the JSON text of such a list, or a JSON Lines file (a path, a URL or an ObjectStoragePath)"
 )
 
@@ -35,6 +38,8 @@ class BatchItem:
     index: int
     inputs: dict[str, Any]
     fingerprint: str
+    key: str | None = None  # the caller's name for the item, unique in the batch
+    metadata: dict[str, Any] | None = None  # the caller's JSON object, copied to the manifest
 
 
 class JsonLinesItems(list[Any]):
@@ -122,11 +127,12 @@ def check_items(raw_items: list[Any], model: str) -> list[BatchItem]:
     checked: list[BatchItem] = []
     problems: list[str] = []
     for index, raw in enumerate(raw_items):
-        where = f"inputs[{index}]" if lines is None else f"inputs[{index}] (line {lines[index]} of {source})"
+        where = _where(index, lines, source)
         try:
             checked.append(_check_item(index, where, raw, model))
         except MagiInputError as error:
             problems.append(str(error))
+    problems += _duplicate_keys(checked, lines, source)
     if len(problems) == 1:
         raise MagiInputError(problems[0])
     if problems:
@@ -138,6 +144,59 @@ def check_items(raw_items: list[Any], model: str) -> list[BatchItem]:
             + (f"\n- and {more} more" if more > 0 else "")
         )
     return checked
+
+
+def _where(index: int, lines: list[int] | None, source: str) -> str:
+    """An item as errors name it: its index and, from a JSON Lines file, its line there."""
+    return f"inputs[{index}]" if lines is None else f"inputs[{index}] (line {lines[index]} of {source})"
+
+
+def _duplicate_keys(items: list[BatchItem], lines: list[int] | None, source: str) -> list[str]:
+    """A key names one item: the second and later items with a key already used are refused."""
+    first: dict[str, int] = {}
+    problems = []
+    for item in items:
+        if item.key is None:
+            continue
+        if item.key in first:
+            where = _where(item.index, lines, source)
+            problems.append(
+                f"Invalid {where}: key {item.key!r} is also the key of inputs[{first[item.key]}]. Fix: give "
+                "each item a key of its own (keys name items in the manifest), or leave 'key' out"
+            )
+        else:
+            first[item.key] = item.index
+    return problems
+
+
+def identical_items(items: list[BatchItem]) -> list[list[int]]:
+    """Groups of items without a key whose inputs are the same: each is paid for (a batch makes
+    what it is given), so the task says so in a warning."""
+    groups: dict[str, list[int]] = {}
+    for item in items:
+        if item.key is None:
+            groups.setdefault(item.fingerprint, []).append(item.index)
+    return [indexes for indexes in groups.values() if len(indexes) > 1]
+
+
+def _check_key(where: str, fields: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    key, metadata = fields.get("key"), fields.get("metadata")
+    if key is not None and (not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_CHARS):
+        raise MagiInputError(
+            f"Invalid {where}: key {shorten(key)}. Fix: a non-empty string of at most {MAX_KEY_CHARS} "
+            "characters, unique in the batch"
+        )
+    if metadata is not None:
+        try:
+            if not isinstance(metadata, Mapping):
+                raise TypeError(type(metadata).__name__)
+            metadata = json.loads(json.dumps(dict(metadata)))
+        except (TypeError, ValueError, RecursionError) as error:
+            raise MagiInputError(
+                f"Invalid {where}: metadata {shorten(fields.get('metadata'))} ({error}). Fix: a JSON "
+                "object (it is copied to the item's manifest line)"
+            ) from None
+    return key, metadata
 
 
 def _check_item(index: int, where: str, raw: Any, model: str) -> BatchItem:
@@ -172,4 +231,11 @@ def _check_item(index: int, where: str, raw: Any, model: str) -> BatchItem:
         )
     except MagiInputError as error:
         raise MagiInputError(f"{where}: {error}") from None
-    return BatchItem(index=index, inputs=inputs, fingerprint=inputs_fingerprint(model, inputs))
+    key, metadata = _check_key(where, fields)
+    return BatchItem(
+        index=index,
+        inputs=inputs,
+        fingerprint=inputs_fingerprint(model, inputs),
+        key=key,
+        metadata=metadata,
+    )

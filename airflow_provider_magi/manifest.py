@@ -39,6 +39,8 @@ class ManifestLine:
     # Predictions an earlier try paid for this input that did not complete, replaced by a submit
     # of this try (oldest first): a resume within the try must not mistake them for this try's.
     replaced: list[str] = field(default_factory=list)
+    key: str | None = None  # the item's own key and metadata, as its input gave them
+    metadata: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -51,6 +53,8 @@ class ManifestLine:
                 "sizes": self.sizes,
                 "error": self.error,
                 "replaced": self.replaced,
+                "key": self.key,
+                "metadata": self.metadata,
             },
             ensure_ascii=False,
             separators=(",", ":"),

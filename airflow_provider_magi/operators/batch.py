@@ -218,6 +218,10 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._claim_folder(context)  # before anything is paid or the manifest is read
         self._match_book()
         self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
+        for item in items:  # the caller's key and metadata ride on the item's line
+            self._lines[item.index].key, self._lines[item.index].metadata = item.key, item.metadata
+        if event is None:
+            self._warn_identical(items)
         self._last_write = 0.0
         self._running_span: list[str] | None = (event or {}).get("running_span")
         self._submitted_since = False
@@ -387,6 +391,19 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             )
             self._save_book()
         return lines
+
+    def _warn_identical(self, items: list[Any]) -> None:
+        """Identical items without a key are each paid for: say so once per try."""
+        from airflow_provider_magi.batch_inputs import identical_items
+
+        groups = identical_items(items)
+        if groups:
+            self.log.warning(
+                "Batch: %d group(s) of identical inputs without a key, each paid for as many times as "
+                "it is listed: %s. Give them keys to tell them apart, or remove the copies.",
+                len(groups),
+                "; ".join(_compact(group) for group in groups[:20]),
+            )
 
     @staticmethod
     def _paid_per_manifest(old: ManifestLine) -> str | None:

@@ -344,3 +344,25 @@ with _dag("magi_batch_test_ledger_refuses_ids"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+with _dag("magi_batch_test_keys"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[
+            {"prompt": "a teapot [[duration: 0.3]]", "key": "sku-11", "metadata": {"row": 11, "tags": ["a"]}},
+            {"prompt": "a lamp [[duration: 0.3]]", "key": "sku-12"},
+            "a lamp [[duration: 0.3]]",
+            "a lamp [[duration: 0.3]]",
+        ],
+        destination=OUTPUT_DIR,
+        max_in_flight=4,
+        **FAST,
+    )
+
+with _dag("magi_batch_test_duplicate_keys"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[{"prompt": "one", "key": "k"}, {"prompt": "two", "key": "k"}],
+        destination=OUTPUT_DIR,
+        **FAST,
+    )
