@@ -82,3 +82,25 @@ def test_duplicate_keys_pay_for_nothing(dag_bag: Any, server: LocalWaveSpeedServ
     dag_run = run_dag(dag_bag, "magi_batch_test_duplicate_keys")
     assert dag_run.state == "failed"
     assert server.count("submit") == 0
+
+
+@pytest.mark.money
+def test_a_budget_stop_with_partial_errors_tolerated_succeeds_with_what_was_paid(
+    dag_bag: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fail_on_partial_error=False: a budget stop ends the task successfully with its manifest, so
+    downstream tasks publish the videos that were paid for (#31 item 6)."""
+    from airflow_provider_magi.hooks.magi import MagiHook
+    from tests.helpers import wait_until
+
+    price = 0.37
+    with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.3, prices={MAGI: price}) as books:
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books))
+        earlier = MagiHook().create_prediction({"prompt": "earlier today [[duration: 0]]"}, MAGI)  # the price
+        wait_until(lambda: any(b.prediction_id == earlier.id for b in books.billings), 10)
+        monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=price * 5))
+        dag_run = run_dag(dag_bag, "magi_batch_test_budget_tolerated")
+        assert dag_run.state == "success"
+        assert books.count("submit") == 1 + 4
+        result = xcom(dag_run, "batch")
+        assert (result["succeeded"], result["not_submitted"]) == (4, 6)

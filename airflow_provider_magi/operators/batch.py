@@ -774,6 +774,17 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             )
             raise expiry_error(reason, f"Batch: {limit} passed with {problems}. {then} {where}")
         stopped = self._carry.get("stopped")
+        if stopped and by[NOT_SUBMITTED] and not self.fail_on_partial_error:
+            # What was paid is delivered: the task succeeds with its manifest, and says what waits.
+            self.log.warning(
+                "Batch: %s. Not submitted: inputs %s (fail_on_partial_error=False: the task succeeds "
+                "with what was paid). A clear after raising the budget (or topping up) pays only for "
+                "those. %s",
+                stopped,
+                _indexes(by[NOT_SUBMITTED]),
+                where,
+            )
+            return result
         if stopped and by[NOT_SUBMITTED]:
             raise MagiBudgetError(
                 f"Batch: {stopped}. Not submitted: inputs {_indexes(by[NOT_SUBMITTED])}. Fix: raise the "

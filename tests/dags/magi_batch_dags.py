@@ -366,3 +366,13 @@ with _dag("magi_batch_test_duplicate_keys"):
         destination=OUTPUT_DIR,
         **FAST,
     )
+
+with _dag("magi_batch_test_budget_tolerated"):
+    MagiBatchOperator(
+        task_id="batch",
+        inputs=[f"budgeted {i} [[duration: 0.3]]" for i in range(10)],
+        destination=OUTPUT_DIR,
+        max_in_flight=10,
+        fail_on_partial_error=False,
+        **FAST,
+    )
