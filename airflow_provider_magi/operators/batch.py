@@ -930,16 +930,15 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         ]
         unknown = counts["prices_unknown"]
         prices = f" ({unknown} price(s) not known yet: billing lags completion)" if unknown else ""
+        tally = (
+            f"{counts['succeeded']}/{len(self._lines)} completed, {counts['failed']} failed, "
+            f"{counts['running']} running, {counts['not_submitted']} not submitted, "
+            f"{counts['uncertain']} uncertain"
+        )
         if final:
             self.log.info(
-                "Batch finished: %d/%d completed, %d failed, %d running, %d not submitted, %d uncertain; "
-                "%s billed%s. Manifest: %s",
-                counts["succeeded"],
-                len(self._lines),
-                counts["failed"],
-                counts["running"],
-                counts["not_submitted"],
-                counts["uncertain"],
+                "Batch finished: %s; %s billed%s. Manifest: %s",
+                tally,
                 costs.usd_text(counts["cost_usd"]),
                 prices,
                 self._manifest_path,
@@ -947,17 +946,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         elif key == self._carry.get("progress"):  # the carry: a resume does not say it again
             return
         else:
-            self.log.info(
-                "Batch: %d/%d completed, %d failed, %d running, %d not submitted, %d uncertain, %s so far%s.",
-                counts["succeeded"],
-                len(self._lines),
-                counts["failed"],
-                counts["running"],
-                counts["not_submitted"],
-                counts["uncertain"],
-                costs.usd_text(counts["cost_usd"]),
-                prices,
-            )
+            self.log.info("Batch: %s, %s so far%s.", tally, costs.usd_text(counts["cost_usd"]), prices)
         self._carry["progress"] = key
         self._context["ti"].xcom_push(key=XCOM_PROGRESS, value=counts)
 
