@@ -170,3 +170,16 @@ def test_a_second_try_with_a_new_upstream_prompt_pays_once_for_it_and_says_so(
         result = xcom(dag_run, task_id)
         assert result["inputs"]["prompt"] == NEW_PROMPT
         assert magi_conn.app.predictions[result["prediction_id"]].inputs["prompt"] == NEW_PROMPT
+
+
+@pytest.mark.money
+def test_a_record_of_the_previous_version_reattaches_in_every_later_try(
+    dag_bag: Any, magi_conn: LocalWaveSpeedServer
+) -> None:
+    """An upgrade mid-task: the record holds the template source and no rendering was recorded.
+    Try 2 reattaches by the source and records its own rendering; try 3 must reattach too (the
+    record still holds try 1's seed), not pay again because a rendering record now exists."""
+    dag_run = run_dag(dag_bag, "magi_render_one_video_after_upgrade")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "generate").try_number == 3
+    assert paid(magi_conn) == 1

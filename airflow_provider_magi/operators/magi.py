@@ -219,7 +219,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.validation import check_webhook_url, inputs_fingerprint, magi_inputs
 
         start_clock(self, context)  # execution_timeout counts from here (kept across this try's resumes)
-        rendering = self._one_rendering(context)  # this try's first rendering, on every entry
+        self._one_rendering(context)  # this try's first rendering, on every entry
         self._regenerate = regenerate_flag(self.regenerate_on_clear)
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
@@ -230,8 +230,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         )
         self._fingerprint = inputs_fingerprint(self.model, self._inputs)
         # The template-source rule (an unchanged source reattaches whatever it renders to) only
-        # for a record the previous version wrote, before renderings were recorded.
-        self._source_fingerprint = self._template_source if rendering.earlier is None else None
+        # for a record the previous version wrote, before renderings were recorded: only such a
+        # record holds a source (write_intent records none now). Not gated on this task having no
+        # rendering record yet: the first try after an upgrade records one, and a later try must
+        # still reattach to the old record by its source.
+        self._source_fingerprint = self._template_source
         ledger = self._open_ledger(context)
         prediction_id = self._resume(ledger, context)
         if prediction_id is None:

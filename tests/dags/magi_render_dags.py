@@ -156,3 +156,47 @@ for change in (False, True):
             **RETRY,
             **FAST,
         )
+
+# ---------------------------------------------------------------- a record the previous version wrote
+
+
+class PaidByTheOldVersion(MagiGenerateVideoOperator):
+    """Try 1 leaves what the version before the rendering rule left: a paid record holding the
+    template source, and no rendering record; then fails. Try 2 (this version) fails at its end
+    too, as a retried execution_timeout would; try 3 must still reattach."""
+
+    def execute_complete(self, context: Any, event: Any = None) -> Any:
+        from dataclasses import replace
+
+        from airflow_provider_magi.paying.rendering import RENDERING_RECORD
+
+        result = super().execute_complete(context, event)
+        ti = context["ti"]
+        if ti.try_number == 1:
+            ledger = self._open_ledger(context)
+            record = ledger.read()
+            assert record is not None and record.prediction_id is not None
+            ledger.write_paid(replace(record, source=self._template_source), record.prediction_id)
+            ledger.store.delete(RENDERING_RECORD)
+        return self._end(ti, result)
+
+    def execute(self, context: Any) -> Any:  # try 2 reattaches to a finished video: no deferral
+        return self._end(context["ti"], super().execute(context))
+
+    @staticmethod
+    def _end(ti: Any, result: Any) -> Any:
+        if ti.try_number < 3:
+            raise RuntimeError(f"try {ti.try_number} ends here (its work is done and paid)")
+        return result
+
+
+with _dag("magi_render_one_video_after_upgrade"):
+    PaidByTheOldVersion(
+        task_id="generate",
+        prompt=FIRST_PROMPT,
+        seed=RANDOM_SEED,
+        deferrable=True,
+        retries=2,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
