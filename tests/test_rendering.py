@@ -18,7 +18,7 @@ from airflow_provider_magi.paying.rendering import (
     put_back,
 )
 from airflow_provider_magi.testing import LocalWaveSpeedServer
-from tests.helpers import run_dag, task_instance, xcom
+from tests.helpers import DAG_TEST_LOGS_EXCEPTIONS, run_dag, task_instance, xcom
 
 FIRST_PROMPT = "a lighthouse [[duration: 0.3]]"
 NEW_PROMPT = "a harbour at night [[duration: 0.3]]"
@@ -183,3 +183,18 @@ def test_a_record_of_the_previous_version_reattaches_in_every_later_try(
     assert dag_run.state == "success"
     assert task_instance(dag_run, "generate").try_number == 3
     assert paid(magi_conn) == 1
+
+
+@pytest.mark.money
+@pytest.mark.parametrize(("shape", "task_id"), [("batch", "batch"), ("long_video", "long_video")])
+def test_a_value_that_follows_the_clock_never_pays_again_at_a_resume(
+    dag_bag: Any, magi_conn: LocalWaveSpeedServer, task_logs: Any, shape: str, task_id: str
+) -> None:
+    """A seed that renders the same twice at the first entry and anew at each resume (a clock to
+    the second): paid for as rendered at each resume, every resume paid for item 0 (scene 1)
+    again, without end. The try stops instead, having paid for the first wave only."""
+    dag_run = run_dag(dag_bag, f"magi_render_{shape}_on_the_clock")
+    assert dag_run.state == "failed"
+    assert paid(magi_conn) == 1
+    if DAG_TEST_LOGS_EXCEPTIONS:
+        assert "rendered differently at this resume" in task_logs()

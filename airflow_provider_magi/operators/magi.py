@@ -477,7 +477,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         if self.event_from_an_earlier_try(event, context):
             return self.execute(context)  # the ledger reattaches: nothing is paid again
         try:  # the result names the inputs this try paid for, not a new rendering of them
-            self._one_rendering(context)
+            self._one_rendering(context, pays=False)
         except Exception as error:  # the video is done and paid: never fail the task for this
             self.log.warning("The rendering this try paid for could not be read: %s", error)
         result = self._result(self.result_from_trigger(event))

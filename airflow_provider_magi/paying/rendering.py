@@ -16,7 +16,9 @@ The rule, used by every operator shape (one video, a long video's scenes, a batc
 2. **A resume within the same try** (same ``ti.try_number``) puts the recorded values back into
    the leaves that vary by themselves: the inputs are the first entry's again, and their
    fingerprints match what this try paid for. (A leaf that rendered the same twice at the first
-   entry but differently now had its data change mid-try: logged, and used as rendered now.)
+   entry but differently now had its data change mid-try, or follows the clock: logged, and
+   returned as rendered now in ``changed``; an entry that may pay stops on it, see
+   ``MagiTaskMixin._one_rendering``.)
 3. **A later try** (a retry, a clear) also puts back the earlier try's self-varying values, so a
    template that only renders differently by itself reattaches to what was paid. Any other leaf
    that renders differently now had its *data* change (an upstream XCom, ``params``, ``conf``,

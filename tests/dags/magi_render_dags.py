@@ -200,3 +200,61 @@ with _dag("magi_render_one_video_after_upgrade"):
         retry_delay=timedelta(seconds=0),
         **FAST,
     )
+
+# ---------------------------------------------------------------- a value that follows the clock
+
+# What a clock to the second does to a template: the same twice in a row at a try's first entry,
+# another value at each resume. Made deterministic here: ``entry()`` moves on when the task defers.
+_ENTRIES = {"n": 0}
+CLOCK_SEED = "{{ entry() }}"
+
+
+class DefersAnEntry:
+    def defer(self, *args: Any, **kwargs: Any) -> Any:
+        _ENTRIES["n"] += 1
+        return super().defer(*args, **kwargs)  # type: ignore[misc]
+
+
+class BatchOnTheClock(DefersAnEntry, MagiBatchOperator):
+    pass
+
+
+class LongVideoOnTheClock(DefersAnEntry, MagiLongVideoOperator):
+    pass
+
+
+with DAG(
+    "magi_render_batch_on_the_clock",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    user_defined_macros={"entry": lambda: 1000 + _ENTRIES["n"]},
+):
+    BatchOnTheClock(
+        task_id="batch",
+        inputs=[{"prompt": f"clock item {i} [[duration: 0.3]]", "seed": CLOCK_SEED} for i in range(3)],
+        destination=OUTPUT_DIR,
+        filename="render/{run_id}/{index}.mp4",
+        max_in_flight=1,
+        deferrable=True,
+        **FAST,
+    )
+
+with DAG(
+    "magi_render_long_video_on_the_clock",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    user_defined_macros={"entry": lambda: 1000 + _ENTRIES["n"]},
+):
+    LongVideoOnTheClock(
+        task_id="long_video",
+        scenes=[
+            {"prompt": "a lighthouse at dusk [[duration: 0.3]]", "seed": CLOCK_SEED},
+            {"prompt": "the beam sweeps the sea [[duration: 0.3]]", "seed": CLOCK_SEED},
+        ],
+        destination=OUTPUT_DIR,
+        filename="render/{run_id}/clock-film.mp4",
+        deferrable=True,
+        **FAST,
+    )
