@@ -62,7 +62,7 @@ class MagiTaskMixin:
             parent, fields, context, jinja_env, seen_oids
         )
 
-    def _one_rendering(self, context: Context, *, pays: bool = True) -> Any:
+    def _one_rendering(self, context: Context, *, pays: bool = True, resuming: bool = False) -> Any:
         """Put this try's first rendering of the input fields back (see ``paying.rendering``);
         the :class:`~airflow_provider_magi.paying.rendering.Rendering` it used.
 
@@ -70,7 +70,8 @@ class MagiTaskMixin:
         Then a resume within the try whose inputs render differently than at the try's first
         entry, without having varied by themselves then (a clock to the second or minute, data
         changed mid-try), stops: paid for as rendered now, such inputs would be paid again at
-        every resume (a batch's items, a long video's scenes), without end.
+        every resume (a batch's items, a long video's scenes), without end. ``resuming``: this
+        entry is a resume after a deferral within the try (else a try's first entry).
         """
         from airflow_provider_magi.exceptions import MagiInputError
         from airflow_provider_magi.ledger_stores import open_ledger
@@ -86,9 +87,16 @@ class MagiTaskMixin:
             write=ledger.write_text,
             where=ledger.where(RENDERING_RECORD),
             log=self.log,
+            resuming=resuming,
         )
         earlier = rendering.earlier
-        if pays and rendering.changed and earlier is not None and earlier.try_number == try_number:
+        if (
+            resuming
+            and pays
+            and rendering.changed
+            and earlier is not None
+            and earlier.try_number == try_number
+        ):
             raise MagiInputError(
                 f"Rendering: {', '.join(rendering.changed[:10])} rendered differently at this resume "
                 f"than at try {try_number}'s first entry, and did not vary by themselves then (a "

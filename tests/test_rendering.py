@@ -198,3 +198,23 @@ def test_a_value_that_follows_the_clock_never_pays_again_at_a_resume(
     assert paid(magi_conn) == 1
     if DAG_TEST_LOGS_EXCEPTIONS:
         assert "rendered differently at this resume" in task_logs()
+
+
+def test_a_first_entry_never_takes_a_record_of_its_own_try_number_as_its_own() -> None:
+    """A DAG run deleted and created again under its run id (``airflow dags test`` for a date, on a
+    store keyed by the run id) meets the old run's record of try 1 at its own try 1's first entry:
+    that is not a resume, so nothing of the old run is put back and this entry records afresh."""
+    store = Store()
+    _enter(store, {"prompt": "a", "seed": 1}, {"prompt": "a", "seed": 2}, 1)
+    entry = one_rendering(
+        rendered={"prompt": "b", "seed": 3},
+        render_again=lambda names: {"prompt": "b", "seed": 4},
+        try_number=1,
+        read=store.read,
+        write=store.write,
+        where="a dict",
+        log=__import__("logging").getLogger("test"),
+        resuming=False,
+    )
+    assert entry.values == {"prompt": "b", "seed": 3} and entry.earlier is None and entry.changed == []
+    assert RenderingRecord.from_json(store[RENDERING_RECORD], where="x").varying == [(("seed",), 3)]

@@ -219,10 +219,24 @@ def one_rendering(
     write: Callable[[str, str], None],
     where: str,
     log: logging.Logger | Any,
+    resuming: bool = True,
 ) -> Rendering:
-    """The inputs this entry uses (see the module's rule); records a try's first entry."""
+    """The inputs this entry uses (see the module's rule); records a try's first entry.
+
+    ``resuming``: whether this entry is a resume after a deferral (the caller knows). A record of
+    this very try number met at a try's first entry was written by an earlier DAG run with the
+    same run id (deleted and created again, as ``airflow dags test`` does for a date, where the
+    store is keyed by the run id): it is not this try's, and is ignored.
+    """
     text = read(RENDERING_RECORD)
     record = None if text is None else RenderingRecord.from_json(text, where=where)
+    if record is not None and record.try_number == try_number and not resuming:
+        log.info(
+            "Rendering: the record at %s is of try %d of an earlier DAG run with this run id: ignored.",
+            where,
+            try_number,
+        )
+        record = None
     values = dict(rendered)
     restored: list[LeafPath] = []
     if record is not None:
