@@ -145,7 +145,10 @@ def room(facts: SpendFacts, wanted: int, *, whole: bool) -> Room:
                 return replace(counted, limit=name, unknown_price=True)
         if whole:
             return replace(counted, fits=wanted, unknown_price=True)
-        if facts.reserved:  # its price shows in the usage stats once one is billed: wait for it
+        # Its price shows in the usage stats once one of its predictions is billed: wait for one
+        # started and not priced. Other models' priced predictions are counted above; waiting
+        # for them would not tell this model's price (on a busy key, never submit at all).
+        if any(item.price is None for item in facts.reserved):
             return replace(counted, wait=True, unknown_price=True)
         return replace(counted, fits=min(1, wanted), wait=wanted > 1, unknown_price=True)
     fits = {

@@ -62,22 +62,50 @@ class MagiTaskMixin:
             parent, fields, context, jinja_env, seen_oids
         )
 
-    def _one_rendering(self, context: Context) -> Any:
+    def _one_rendering(self, context: Context, *, pays: bool = True, resuming: bool = False) -> Any:
         """Put this try's first rendering of the input fields back (see ``paying.rendering``);
-        the :class:`~airflow_provider_magi.paying.rendering.Rendering` it used."""
+        the :class:`~airflow_provider_magi.paying.rendering.Rendering` it used.
+
+        ``pays``: this entry may pay (every entry but the single video's resume with its result).
+        Then a resume within the try whose inputs render differently than at the try's first
+        entry, without having varied by themselves then (a clock to the second or minute, data
+        changed mid-try), stops: paid for as rendered now, such inputs would be paid again at
+        every resume (a batch's items, a long video's scenes), without end. ``resuming``: this
+        entry is a resume after a deferral within the try (else a try's first entry).
+        """
+        from airflow_provider_magi.exceptions import MagiInputError
         from airflow_provider_magi.ledger_stores import open_ledger
         from airflow_provider_magi.paying.rendering import RENDERING_RECORD, one_rendering
 
         ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
+        try_number = int(getattr(context["ti"], "try_number", 1) or 1)
         rendering = one_rendering(
             rendered={name: getattr(self, name, None) for name in self.rendered_inputs},
             render_again=self._render_again,
-            try_number=int(getattr(context["ti"], "try_number", 1) or 1),
+            try_number=try_number,
             read=ledger.read_text,
             write=ledger.write_text,
             where=ledger.where(RENDERING_RECORD),
             log=self.log,
+            resuming=resuming,
         )
+        earlier = rendering.earlier
+        if (
+            resuming
+            and pays
+            and rendering.changed
+            and earlier is not None
+            and earlier.try_number == try_number
+        ):
+            raise MagiInputError(
+                f"Rendering: {', '.join(rendering.changed[:10])} rendered differently at this resume "
+                f"than at try {try_number}'s first entry, and did not vary by themselves then (a "
+                "template that follows the clock, such as now() to the second or minute, or data "
+                "that changed mid-try). Paid for as rendered now, inputs this try already paid for "
+                "would be paid again at every resume, so nothing more is submitted in this try; "
+                "what was paid is kept in the ledger. Fix: make the template render one value for "
+                "the whole run (e.g. {{ ts }} or {{ run_id }} instead of now()), then clear the task."
+            )
         for name, value in rendering.values.items():
             setattr(self, name, value)
         return rendering

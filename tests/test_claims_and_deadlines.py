@@ -268,3 +268,61 @@ def test_an_unmarked_file_is_adopted_only_by_a_writer_whose_ledger_shows_it_wrot
     other = {**me, "run_id": "r2"}
     with pytest.raises(MagiInputError, match="run_id=r,"):
         claim(manifest, other, what="the batch's manifest", fix="a folder of its own", adopt_unmarked=True)
+
+
+def test_two_writers_that_both_found_a_file_url_free_are_not_both_let_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``file://`` destination is a local path (an ObjectStoragePath): its marker is created
+    exclusively too. Both writers saw no marker (the instant two mapped tasks start together):
+    the second must be refused, not replace the first's claim."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_magi.paying import claims
+
+    target = ObjectStoragePath(f"file://{tmp_path}/film.mp4")
+    first = {"dag_id": "d", "task_id": "t", "run_id": "r", "map_index": 0}
+    second = {**first, "map_index": 1}
+    claims.claim(target, first, what="the long video", fix="put {map_index} in filename")
+    # The second writer checked before the first wrote its marker: both found the path free.
+    monkeypatch.setattr(type(claims.marker_of(target)), "exists", lambda self: False)
+    with pytest.raises(MagiInputError, match="map_index=0"):
+        claims.claim(target, second, what="the long video", fix="put {map_index} in filename")
+    monkeypatch.undo()
+    assert json.loads(claims.marker_of(target).read_text()) == first
+
+
+def test_a_marker_whose_write_failed_does_not_lock_its_own_task_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (or a kill) between creating the marker and writing it must not leave an empty
+    marker that refuses the same task instance's retry for ever ("unreadable")."""
+    from airflow_provider_magi.paying import claims
+
+    target = tmp_path / "film.mp4"
+    me = {"dag_id": "d", "task_id": "t", "run_id": "r", "map_index": -1}
+    real_open = Path.open
+
+    class DiskFull:
+        def __init__(self, file: Any) -> None:
+            self.file = file
+
+        def __enter__(self) -> DiskFull:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    def open_on_a_full_disk(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        file = real_open(self, mode, *args, **kwargs)
+        return DiskFull(file) if mode == "x" else file
+
+    monkeypatch.setattr(Path, "open", open_on_a_full_disk)
+    with pytest.raises(OSError, match="No space"):
+        claims.claim(target, me, what="the long video", fix="put {map_index} in filename")
+    monkeypatch.undo()
+    claims.claim(target, me, what="the long video", fix="put {map_index} in filename")  # the retry
+    assert json.loads(claims.marker_of(target).read_text()) == me

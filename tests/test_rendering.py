@@ -18,7 +18,7 @@ from airflow_provider_magi.paying.rendering import (
     put_back,
 )
 from airflow_provider_magi.testing import LocalWaveSpeedServer
-from tests.helpers import run_dag, task_instance, xcom
+from tests.helpers import DAG_TEST_LOGS_EXCEPTIONS, run_dag, task_instance, xcom
 
 FIRST_PROMPT = "a lighthouse [[duration: 0.3]]"
 NEW_PROMPT = "a harbour at night [[duration: 0.3]]"
@@ -170,3 +170,51 @@ def test_a_second_try_with_a_new_upstream_prompt_pays_once_for_it_and_says_so(
         result = xcom(dag_run, task_id)
         assert result["inputs"]["prompt"] == NEW_PROMPT
         assert magi_conn.app.predictions[result["prediction_id"]].inputs["prompt"] == NEW_PROMPT
+
+
+@pytest.mark.money
+def test_a_record_of_the_previous_version_reattaches_in_every_later_try(
+    dag_bag: Any, magi_conn: LocalWaveSpeedServer
+) -> None:
+    """An upgrade mid-task: the record holds the template source and no rendering was recorded.
+    Try 2 reattaches by the source and records its own rendering; try 3 must reattach too (the
+    record still holds try 1's seed), not pay again because a rendering record now exists."""
+    dag_run = run_dag(dag_bag, "magi_render_one_video_after_upgrade")
+    assert dag_run.state == "success"
+    assert task_instance(dag_run, "generate").try_number == 3
+    assert paid(magi_conn) == 1
+
+
+@pytest.mark.money
+@pytest.mark.parametrize(("shape", "task_id"), [("batch", "batch"), ("long_video", "long_video")])
+def test_a_value_that_follows_the_clock_never_pays_again_at_a_resume(
+    dag_bag: Any, magi_conn: LocalWaveSpeedServer, task_logs: Any, shape: str, task_id: str
+) -> None:
+    """A seed that renders the same twice at the first entry and anew at each resume (a clock to
+    the second): paid for as rendered at each resume, every resume paid for item 0 (scene 1)
+    again, without end. The try stops instead, having paid for the first wave only."""
+    dag_run = run_dag(dag_bag, f"magi_render_{shape}_on_the_clock")
+    assert dag_run.state == "failed"
+    assert paid(magi_conn) == 1
+    if DAG_TEST_LOGS_EXCEPTIONS:
+        assert "rendered differently at this resume" in task_logs()
+
+
+def test_a_first_entry_never_takes_a_record_of_its_own_try_number_as_its_own() -> None:
+    """A DAG run deleted and created again under its run id (``airflow dags test`` for a date, on a
+    store keyed by the run id) meets the old run's record of try 1 at its own try 1's first entry:
+    that is not a resume, so nothing of the old run is put back and this entry records afresh."""
+    store = Store()
+    _enter(store, {"prompt": "a", "seed": 1}, {"prompt": "a", "seed": 2}, 1)
+    entry = one_rendering(
+        rendered={"prompt": "b", "seed": 3},
+        render_again=lambda names: {"prompt": "b", "seed": 4},
+        try_number=1,
+        read=store.read,
+        write=store.write,
+        where="a dict",
+        log=__import__("logging").getLogger("test"),
+        resuming=False,
+    )
+    assert entry.values == {"prompt": "b", "seed": 3} and entry.earlier is None and entry.changed == []
+    assert RenderingRecord.from_json(store[RENDERING_RECORD], where="x").varying == [(("seed",), 3)]

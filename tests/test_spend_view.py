@@ -103,6 +103,18 @@ def test_an_unknown_price_lets_one_through_and_never_counts_as_free() -> None:
     assert below.below_floor and spend.refusal_text(below, facts(price=None, floor=10.5, balance=10.0))
 
 
+def test_an_unknown_price_is_not_waited_for_on_other_models_priced_predictions() -> None:
+    """A batch of a model whose price is unknown waits for its own first prediction's price, not
+    for every prediction on the key to be billed: other models' started predictions, priced,
+    are counted, and one prediction goes first (on a busy key it would otherwise wait until its
+    timeout without submitting anything)."""
+    busy = facts(price=None, floor=9.0, balance=10.0, reserved=(spend.Reserved("theirs", PRICE),))
+    view = spend.room(busy, 10, whole=False)
+    assert (view.fits, view.wait, view.reserved_count) == (1, True, 1)
+    full = facts(price=None, floor=9.8, balance=10.0, reserved=(spend.Reserved("theirs", PRICE),))
+    assert spend.room(full, 10, whole=False).fits == 0  # their price takes the room: none goes
+
+
 def replace_reserved(base: spend.SpendFacts, *reserved: spend.Reserved) -> spend.SpendFacts:
     from dataclasses import replace
 

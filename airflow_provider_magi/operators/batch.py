@@ -206,7 +206,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.manifest import read_manifest
 
         model_path(self.model)  # a bad model id is bad input, refused before any request
-        self._one_rendering(context)  # every item as this try first rendered it (paying.rendering)
+        # every item as this try first rendered it (paying.rendering)
+        self._one_rendering(context, resuming=event is not None)
         items = check_items(load_items(self.inputs), self.model)
         self._context = context
         self._items = items

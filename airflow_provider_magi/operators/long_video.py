@@ -204,7 +204,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         start_clock(self, context)  # execution_timeout counts from the try's first entry, across scenes
         require_av()  # before anything is paid: without it no scene could be chained or joined
         self._check_scenes(parse_scenes(self.scenes))  # bad input is refused before the ledger is read
-        self._one_rendering(context)  # every scene as this try first rendered it (paying.rendering)
+        # every scene as this try first rendered it (paying.rendering)
+        self._one_rendering(context, resuming=self._resuming)
         scenes = parse_scenes(self.scenes)
         self._check_scenes(scenes)  # every scene, before the first one is paid
         model_path(self.model)
@@ -255,6 +256,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         if not self.event_from_an_earlier_try(event, context):  # Airflow 3.0: else start afresh
             self.result_from_trigger(event)
             self._resumed_for = str((event or {}).get("prediction_id") or "") or None
+            self._resuming = True
         return self.execute(context)
 
     def _scene(

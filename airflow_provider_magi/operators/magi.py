@@ -151,6 +151,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
     _template_source: str | None = None
     _source_fingerprint: str | None = None
     _regenerate = False
+    _resuming = False  # entered by a resume after a deferral within the try (paying.rendering)
     rendered_inputs: tuple[str, ...] = ("prompt", "image", "seed", "extra_inputs")
     operator_extra_links = (MagiPredictionLink(),)
     ui_color = "#f3e8ff"
@@ -219,7 +220,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.validation import check_webhook_url, inputs_fingerprint, magi_inputs
 
         start_clock(self, context)  # execution_timeout counts from here (kept across this try's resumes)
-        rendering = self._one_rendering(context)  # this try's first rendering, on every entry
+        self._one_rendering(context, resuming=self._resuming)  # this try's first rendering, on every entry
         self._regenerate = regenerate_flag(self.regenerate_on_clear)
         self._inputs = magi_inputs(
             prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
@@ -230,8 +231,11 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         )
         self._fingerprint = inputs_fingerprint(self.model, self._inputs)
         # The template-source rule (an unchanged source reattaches whatever it renders to) only
-        # for a record the previous version wrote, before renderings were recorded.
-        self._source_fingerprint = self._template_source if rendering.earlier is None else None
+        # for a record the previous version wrote, before renderings were recorded: only such a
+        # record holds a source (write_intent records none now). Not gated on this task having no
+        # rendering record yet: the first try after an upgrade records one, and a later try must
+        # still reattach to the old record by its source.
+        self._source_fingerprint = self._template_source
         ledger = self._open_ledger(context)
         prediction_id = self._resume(ledger, context)
         if prediction_id is None:
@@ -474,7 +478,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         if self.event_from_an_earlier_try(event, context):
             return self.execute(context)  # the ledger reattaches: nothing is paid again
         try:  # the result names the inputs this try paid for, not a new rendering of them
-            self._one_rendering(context)
+            self._one_rendering(context, pays=False, resuming=True)
         except Exception as error:  # the video is done and paid: never fail the task for this
             self.log.warning("The rendering this try paid for could not be read: %s", error)
         result = self._result(self.result_from_trigger(event))
@@ -483,6 +487,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
     def resume_after_settle(self, context: Context, event: Any = None) -> Any:
         """Back from the settle before a history look-up (deferred, so no worker slot waited)."""
+        self._resuming = True
         return self.execute(context)
 
     def _mark_delivered(self, context: Context, prediction_id: str) -> None:

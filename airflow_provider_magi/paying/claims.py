@@ -140,17 +140,36 @@ def _read_marker(marker: WritablePath) -> Any:
 
 def _create_marker(marker: WritablePath, text: str) -> bool:
     """Write a new marker; False when one exists already. Task instances start together, so on
-    a local path the file is created exclusively: of two that both saw no marker, the second is
-    refused before paying, instead of replacing the first's claim. Object storage has no
-    exclusive create here: checked before."""
-    if isinstance(marker, Path):
+    a local path (a plain path or a ``file://`` URL) the file is created exclusively: of two that
+    both saw no marker, the second is refused before paying, instead of replacing the first's
+    claim. Object storage has no exclusive create here: checked before."""
+    local = _local_path(marker)
+    if local is not None:
         try:
-            with marker.open("x") as file:
-                file.write(text)
+            file = local.open("x")
         except FileExistsError:
             return False
+        try:
+            with file:
+                file.write(text)
+        except BaseException:
+            # An empty marker would read as another writer's, refusing this task's own retry.
+            local.unlink(missing_ok=True)
+            raise
         return True
     if marker.exists():
         return False
     marker.write_text(text)
     return True
+
+
+def _local_path(marker: WritablePath) -> Path | None:
+    """The marker as a local ``Path`` (a ``file://`` or ``local://`` ObjectStoragePath is one
+    too), or None on object storage."""
+    if isinstance(marker, Path):
+        return marker
+    protocol = getattr(marker, "protocol", None)
+    scheme = protocol[0] if isinstance(protocol, (tuple, list)) and protocol else protocol
+    if scheme in ("file", "local") and isinstance(getattr(marker, "path", None), str):
+        return Path(str(marker.path))
+    return None

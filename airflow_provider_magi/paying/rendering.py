@@ -16,7 +16,9 @@ The rule, used by every operator shape (one video, a long video's scenes, a batc
 2. **A resume within the same try** (same ``ti.try_number``) puts the recorded values back into
    the leaves that vary by themselves: the inputs are the first entry's again, and their
    fingerprints match what this try paid for. (A leaf that rendered the same twice at the first
-   entry but differently now had its data change mid-try: logged, and used as rendered now.)
+   entry but differently now had its data change mid-try, or follows the clock: logged, and
+   returned as rendered now in ``changed``; an entry that may pay stops on it, see
+   ``MagiTaskMixin._one_rendering``.)
 3. **A later try** (a retry, a clear) also puts back the earlier try's self-varying values, so a
    template that only renders differently by itself reattaches to what was paid. Any other leaf
    that renders differently now had its *data* change (an upstream XCom, ``params``, ``conf``,
@@ -217,10 +219,24 @@ def one_rendering(
     write: Callable[[str, str], None],
     where: str,
     log: logging.Logger | Any,
+    resuming: bool = True,
 ) -> Rendering:
-    """The inputs this entry uses (see the module's rule); records a try's first entry."""
+    """The inputs this entry uses (see the module's rule); records a try's first entry.
+
+    ``resuming``: whether this entry is a resume after a deferral (the caller knows). A record of
+    this very try number met at a try's first entry was written by an earlier DAG run with the
+    same run id (deleted and created again, as ``airflow dags test`` does for a date, where the
+    store is keyed by the run id): it is not this try's, and is ignored.
+    """
     text = read(RENDERING_RECORD)
     record = None if text is None else RenderingRecord.from_json(text, where=where)
+    if record is not None and record.try_number == try_number and not resuming:
+        log.info(
+            "Rendering: the record at %s is of try %d of an earlier DAG run with this run id: ignored.",
+            where,
+            try_number,
+        )
+        record = None
     values = dict(rendered)
     restored: list[LeafPath] = []
     if record is not None:

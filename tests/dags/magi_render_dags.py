@@ -156,3 +156,105 @@ for change in (False, True):
             **RETRY,
             **FAST,
         )
+
+# ---------------------------------------------------------------- a record the previous version wrote
+
+
+class PaidByTheOldVersion(MagiGenerateVideoOperator):
+    """Try 1 leaves what the version before the rendering rule left: a paid record holding the
+    template source, and no rendering record; then fails. Try 2 (this version) fails at its end
+    too, as a retried execution_timeout would; try 3 must still reattach."""
+
+    def execute_complete(self, context: Any, event: Any = None) -> Any:
+        from dataclasses import replace
+
+        from airflow_provider_magi.paying.rendering import RENDERING_RECORD
+
+        result = super().execute_complete(context, event)
+        ti = context["ti"]
+        if ti.try_number == 1:
+            ledger = self._open_ledger(context)
+            record = ledger.read()
+            assert record is not None and record.prediction_id is not None
+            ledger.write_paid(replace(record, source=self._template_source), record.prediction_id)
+            ledger.store.delete(RENDERING_RECORD)
+        return self._end(ti, result)
+
+    def execute(self, context: Any) -> Any:  # try 2 reattaches to a finished video: no deferral
+        return self._end(context["ti"], super().execute(context))
+
+    @staticmethod
+    def _end(ti: Any, result: Any) -> Any:
+        if ti.try_number < 3:
+            raise RuntimeError(f"try {ti.try_number} ends here (its work is done and paid)")
+        return result
+
+
+with _dag("magi_render_one_video_after_upgrade"):
+    PaidByTheOldVersion(
+        task_id="generate",
+        prompt=FIRST_PROMPT,
+        seed=RANDOM_SEED,
+        deferrable=True,
+        retries=2,
+        retry_delay=timedelta(seconds=0),
+        **FAST,
+    )
+
+# ---------------------------------------------------------------- a value that follows the clock
+
+# What a clock to the second does to a template: the same twice in a row at a try's first entry,
+# another value at each resume. Made deterministic here: ``entry()`` moves on when the task defers.
+_ENTRIES = {"n": 0}
+CLOCK_SEED = "{{ entry() }}"
+
+
+class DefersAnEntry:
+    def defer(self, *args: Any, **kwargs: Any) -> Any:
+        _ENTRIES["n"] += 1
+        return super().defer(*args, **kwargs)  # type: ignore[misc]
+
+
+class BatchOnTheClock(DefersAnEntry, MagiBatchOperator):
+    pass
+
+
+class LongVideoOnTheClock(DefersAnEntry, MagiLongVideoOperator):
+    pass
+
+
+with DAG(
+    "magi_render_batch_on_the_clock",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    user_defined_macros={"entry": lambda: 1000 + _ENTRIES["n"]},
+):
+    BatchOnTheClock(
+        task_id="batch",
+        inputs=[{"prompt": f"clock item {i} [[duration: 0.3]]", "seed": CLOCK_SEED} for i in range(3)],
+        destination=OUTPUT_DIR,
+        filename="render/{run_id}/{index}.mp4",
+        max_in_flight=1,
+        deferrable=True,
+        **FAST,
+    )
+
+with DAG(
+    "magi_render_long_video_on_the_clock",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    user_defined_macros={"entry": lambda: 1000 + _ENTRIES["n"]},
+):
+    LongVideoOnTheClock(
+        task_id="long_video",
+        scenes=[
+            {"prompt": "a lighthouse at dusk [[duration: 0.3]]", "seed": CLOCK_SEED},
+            {"prompt": "the beam sweeps the sea [[duration: 0.3]]", "seed": CLOCK_SEED},
+        ],
+        destination=OUTPUT_DIR,
+        filename="render/{run_id}/clock-film.mp4",
+        deferrable=True,
+        **FAST,
+    )
