@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -197,3 +198,14 @@ def fake_account(settings: Any, **reads: Any) -> Any:
             self.__dict__.update(reads, settings=settings)
 
     return Account()
+
+
+STAMPED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+")
+
+
+def lines_with(logs: str, text: str) -> list[str]:
+    """The task log lines holding ``text``, each once: only lines with their time stamp (a
+    version that also hands the records to pytest's capture, unstamped, or writes them to a file
+    too, would count each twice), in the order they were logged."""
+    found = {line for line in logs.splitlines() if text in line and STAMPED.search(line)}
+    return sorted(found, key=lambda line: STAMPED.findall(line)[0])

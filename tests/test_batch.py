@@ -121,7 +121,7 @@ def test_every_bad_json_lines_row_is_named_by_its_line_in_the_file_blank_lines_c
     where = f"of {table}"
     assert named == [
         f"- Invalid inputs[1] (line 3 {where}): unknown key(s) sead. Fix: use only prompt, image, seed, "
-        "extra_inputs; other model inputs go inside 'extra_inputs'",
+        "extra_inputs, key, metadata; other model inputs go inside 'extra_inputs'",
         named[1],
         f"- Invalid inputs[4] (line 8 {where}): no 'prompt'. Fix: add the text of the video to make",
         named[3],

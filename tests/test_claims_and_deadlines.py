@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,15 @@ import pytest
 
 from airflow_provider_magi.exceptions import MagiInputError
 from airflow_provider_magi.testing import LocalWaveSpeedServer
-from tests.helpers import CANARY_KEY, DAG_TEST_LOGS_EXCEPTIONS, connection_json, run_dag, task_instance, xcom
+from tests.helpers import (
+    CANARY_KEY,
+    DAG_TEST_LOGS_EXCEPTIONS,
+    connection_json,
+    lines_with,
+    run_dag,
+    task_instance,
+    xcom,
+)
 
 MAGI = "wavespeed-ai/magi-1-24b"
 
@@ -195,17 +202,6 @@ def test_a_resume_within_the_try_keeps_the_start_and_a_new_try_starts_afresh() -
 
 
 # ---------------------------------------------------------------- item 6: a batch to trust
-
-
-STAMPED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+")
-
-
-def lines_with(logs: str, text: str) -> list[str]:
-    """The task log lines holding ``text``, each once: only lines with their time stamp (a
-    version that also hands the records to pytest's capture, unstamped, or writes them to a file
-    too, would count each twice), in the order they were logged."""
-    found = {line for line in logs.splitlines() if text in line and STAMPED.search(line)}
-    return sorted(found, key=lambda line: STAMPED.findall(line)[0])
 
 
 def test_each_failed_input_s_reason_is_logged_and_the_summary_is_said_once(

@@ -303,12 +303,12 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             prediction_id = self.submit_job(context, scene_ledger)
             self.log.info("Long video: scene %d/%d submitted as %s", number, total, prediction_id)
         else:
-            self._say_reused(number, total, prediction_id)
+            self._say_scene_kept(number, total, prediction_id)
         prediction = self._final if self._final is not None else self._wait(prediction_id, context)
         final_result(prediction)  # a failed scene fails the task (a retry submits it afresh)
         return prediction
 
-    def _say_reused(self, number: int, total: int, prediction_id: str) -> None:
+    def _say_scene_kept(self, number: int, total: int, prediction_id: str) -> None:
         """The log line for a scene the ledger already holds: "reused" only across tries.
 
         Each resume within a try walks the scenes again from the ledger; the scenes up to the one
