@@ -235,8 +235,9 @@ def test_waiting_for_a_price_is_said_once_not_at_every_wave(
     dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, task_logs: Any
 ) -> None:
     """The model's first use today under a budget: one goes first, the rest wait for its price
-    (billed 3 s after it completes). The old code said so at every wave while nothing changed."""
-    books.app.account.billing_delay = 3.0
+    (billed 10 s after it completes: the resume after it ended reads no price yet, however busy
+    the machine). The old code said so at every wave while nothing changed."""
+    books.app.account.billing_delay = 10.0
     monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=100))
     dag_run = run_dag(dag_bag, "magi_claims_batch_waits_for_a_price")
     assert dag_run.state == "success"
