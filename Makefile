@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian's Chromium for the browser tests (tests/ui); apt needs root, or sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: locks demo test lint typecheck unit unit-newest full-stack unit-oldest unit-between older-venvs older-minors package bench install clean browser screenshots
+.PHONY: locks demo test lint typecheck unit unit-newest full-stack older-minors-in-turn unit-oldest unit-between older-venvs older-minors package bench install clean browser screenshots
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,7 +71,12 @@ test:
 		$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck package older-venvs
 	@ci/stage "newest Airflow: unit and DAG tests" $(MAKE) --no-print-directory unit-newest
 	@ci/stage "full stack and browser beside the older minors" \
-		$(MAKE) --no-print-directory -j2 --output-sync=target full-stack older-minors
+		$(MAKE) --no-print-directory -j2 --output-sync=target full-stack older-minors-in-turn
+
+# The older minors one after another (a sub-make of its own, -j1), while the full stack runs beside
+# them: two older stages at once would only share the same two cores.
+older-minors-in-turn:
+	@$(MAKE) --no-print-directory -j1 older-minors
 
 older-venvs: $(foreach minor,$(OLDEST) $(BETWEEN),.venv-airflow-$(minor)/.installed)
 

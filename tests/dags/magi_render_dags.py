@@ -38,8 +38,15 @@ class EndsTryOne:
 
     change: bool = False
 
+    def execute(self, context: Any) -> Any:
+        # A prediction that completed before the first status read is not deferred for (a busy
+        # machine): try 1 ends here then, as it does after a deferral.
+        return self._end_try_one(context, super().execute(context))  # type: ignore[misc]
+
     def execute_complete(self, context: Any, event: Any = None) -> Any:
-        result = super().execute_complete(context, event)  # type: ignore[misc]
+        return self._end_try_one(context, super().execute_complete(context, event))  # type: ignore[misc]
+
+    def _end_try_one(self, context: Any, result: Any) -> Any:
         ti = context["ti"]
         if ti.try_number == 1:
             if self.change:
