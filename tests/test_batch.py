@@ -34,9 +34,9 @@ def books(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalWaveSpeedServer]:
 @pytest.fixture(autouse=True)
 def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
     """An intent is left 30 s to land before the history is asked; tests need not wait that long."""
-    from airflow_provider_magi.operators import batch
+    from airflow_provider_magi.paying import item
 
-    monkeypatch.setattr(batch, "INTENT_SETTLE_SECONDS", 0.3)
+    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
 
 
 def manifest(dag_run: Any) -> list[dict[str, Any]]:

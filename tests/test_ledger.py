@@ -42,9 +42,9 @@ FINGERPRINT = "f" * 64
 @pytest.fixture(autouse=True)
 def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
     """An intent is left 30 s to land before the history is asked; tests need not wait that long."""
-    from airflow_provider_magi.operators import magi
+    from airflow_provider_magi.paying import item
 
-    monkeypatch.setattr(magi, "INTENT_SETTLE_SECONDS", 0.3)
+    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
 
 
 def paid_submits(server: LocalWaveSpeedServer) -> int:

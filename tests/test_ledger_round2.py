@@ -28,9 +28,9 @@ NEXT_CONN_ENV = "MAGI_TEST_CONN_AFTER_CRASH"
 @pytest.fixture(autouse=True)
 def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
     """An intent is left 30 s to land before the history is asked; tests need not wait that long."""
-    from airflow_provider_magi.operators import magi
+    from airflow_provider_magi.paying import item
 
-    monkeypatch.setattr(magi, "INTENT_SETTLE_SECONDS", 0.3)
+    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
 
 
 def paid(server: LocalWaveSpeedServer) -> int:
@@ -243,7 +243,7 @@ class SettleSleeps:
         import inspect
         import time
 
-        if any(frame.function == "_look_up_intent" for frame in inspect.stack()[1:4]):
+        if any(frame.function == "look_up_intent" for frame in inspect.stack()[1:4]):
             self.in_look_up.append(seconds)
             return
         time.sleep(seconds)
@@ -265,9 +265,9 @@ def test_a_deferrable_task_settles_in_the_triggerer_not_a_worker_slot(
     settle_sleeps: SettleSleeps,
 ) -> None:
     """The intent (no POST left) is left 6 s to land; the retry comes sooner than that."""
-    from airflow_provider_magi.operators import magi
+    from airflow_provider_magi.paying import item
 
-    monkeypatch.setattr(magi, "INTENT_SETTLE_SECONDS", 6.0)
+    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 6.0)
     dag_run = run_dag(dag_bag, "magi_test_dies_before_post_deferrable")
     assert dag_run.state == "success"
     assert task_instance(dag_run, "generate").try_number == 2
@@ -286,9 +286,9 @@ def test_the_settle_is_measured_on_wavespeeds_clock_not_the_workers(
     import time
 
     from airflow_provider_magi.hooks.magi import MagiHook
-    from airflow_provider_magi.operators import magi
+    from airflow_provider_magi.paying import item
 
-    monkeypatch.setattr(magi, "INTENT_SETTLE_SECONDS", 30.0)
+    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 30.0)
     monkeypatch.setattr(MagiHook, "wavespeed_now", lambda self: time.time() + 60)
     dag_run = run_dag(dag_bag, "magi_test_dies_before_post_sync")
     assert dag_run.state == "success"

@@ -191,9 +191,9 @@ def test_the_server_clock_can_be_set_and_moved_on_without_sleeping(books: LocalW
 def test_a_batch_of_ten_pays_only_what_the_floor_leaves_room_for(
     dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow_provider_magi.operators import batch
+    from airflow_provider_magi.paying import item
 
-    monkeypatch.setattr(batch, "INTENT_SETTLE_SECONDS", 0.3)
+    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
     use(books, monkeypatch, min_balance_usd=9.5)
     dag_run = run_dag(dag_bag, "magi_batch_test_budget")  # 10 inputs, all in one wave
     assert made(books) == 1  # the old code: 10 (balance $7.00 against a $9.50 floor)

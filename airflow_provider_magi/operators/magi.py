@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -11,16 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi.api import (
     DEFAULT_MODEL,
-    FAILED_STATUSES,
     Prediction,
     final_result,
 )
 from airflow_provider_magi.compat import BaseOperator, conf
 from airflow_provider_magi.exceptions import (
-    MagiError,
     MagiInputError,
-    MagiRejectedError,
-    MagiSubmitUncertainError,
 )
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
@@ -29,19 +24,11 @@ from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERV
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_magi.ledger import Decision, Ledger, LedgerRecord
+    from airflow_provider_magi.ledger import Ledger
+    from airflow_provider_magi.paying.item import ItemPayer
 
 # The ledger, costs and validation modules are imported where a task runs, never when a DAG file
 # is parsed (tests/test_parse_imports.py holds what a parse may import).
-
-
-# XCom key of the predictions an uncertain submit may have started (see MagiSubmitUncertainError).
-XCOM_CANDIDATES = "prediction_candidates"
-# What get_job_status reports for a stored id the API no longer knows (deleted after 7 days).
-STATUS_NOT_FOUND = "not_found"
-# A submit intent younger than this is left to land before WaveSpeed's history is asked about it:
-# a POST cut off by a killed worker may still be creating its prediction on the server.
-INTENT_SETTLE_SECONDS = 30.0
 
 
 def stored_job(external_id: Any) -> tuple[str, str | None]:
@@ -51,23 +38,8 @@ def stored_job(external_id: Any) -> tuple[str, str | None]:
     return str(external_id), None
 
 
-def _candidate(prediction: Prediction) -> dict[str, Any]:
-    return {
-        "prediction_id": prediction.id,
-        "status": prediction.status,
-        "created_at": prediction.created_at,
-        "model": prediction.model,
-    }
-
-
 # Template fields that are not model inputs: left out of the template source's digest.
 _NOT_INPUTS = frozenset({"magi_conn_id", "webhook_url", "regenerate_on_clear"})
-
-
-def _clear_number(context: Context) -> int | None:
-    """How many times the DAG run was cleared (a retry keeps it, a clear raises it)."""
-    number = getattr(context.get("dag_run"), "clear_number", None)
-    return number if isinstance(number, int) and not isinstance(number, bool) else None
 
 
 def regenerate_flag(value: Any) -> bool:
@@ -244,7 +216,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             return self.get_job_result(prediction_id, context)
         return self.poll_until_complete(prediction_id, context)
 
-    # ------------------------------------------------------------ never pay twice
+    # ------------------------------------------------------------ never pay twice (paying.item)
 
     def _open_ledger(self, context: Context) -> Ledger:
         from airflow_provider_magi.ledger_stores import open_ledger
@@ -253,186 +225,50 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         ledger.clock = self.hook.server_now  # WaveSpeed's clock, as its Date headers put it
         return ledger
 
+    @property
+    def _payer(self) -> ItemPayer:
+        from airflow_provider_magi.paying.item import ItemPayer
+
+        return ItemPayer(
+            self.hook,
+            self.model,
+            self.log,
+            attach_to_single_candidate=self.attach_to_single_candidate,
+            settle_wait=self._settle_wait,
+            guard=self._check_spending,
+        )
+
     def _resume(self, ledger: Ledger, context: Context) -> str | None:
         """The prediction an earlier try (or a cleared run) already paid for, or None to submit."""
-        from airflow_provider_magi.ledger import LOOK_UP, SUBMIT, decide, is_cleared_since_delivery
-
-        clears = _clear_number(context)
-        decision = decide(
-            ledger.read(),
-            self._fingerprint,
-            self._source_fingerprint,
-            regenerate=self._regenerate,
-            clear_number=clears,
+        found = self._payer.find_paid(
+            ledger, context, self._fingerprint, self._source_fingerprint, regenerate=self._regenerate
         )
-        if ledger.found_in:
-            self.log.info(
-                "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
-            )
-        if decision.action == SUBMIT and not (
-            decision.record and self._regenerate and is_cleared_since_delivery(decision.record, clears)
-        ):
-            decision = self._from_another_map_index(ledger, context) or decision
-        if decision.action == SUBMIT:
-            if decision.record is not None:
-                self.log.warning("Not reusing the recorded submit: %s. Submitting afresh.", decision.reason)
-            return None
-        assert decision.record is not None
-        if decision.action == LOOK_UP:
-            return self._look_up_intent(ledger, decision.record, context)
-        prediction_id = str(decision.record.prediction_id)
-        status = self.get_job_status(prediction_id, context)
-        if status == STATUS_NOT_FOUND or status in FAILED_STATUSES:
-            self.log.warning(
-                "The prediction %s paid for by an earlier try is %s: submitting afresh.",
-                prediction_id,
-                "gone (WaveSpeed deletes predictions after 7 days)" if status == STATUS_NOT_FOUND else status,
-            )
-            return None
-        self.log.info("Ledger: %s; not submitting again.", decision.reason)
-        return prediction_id
+        if found.final is not None:
+            self._final = found.final
+        return found.prediction_id
 
-    def _from_another_map_index(self, ledger: Ledger, context: Context) -> Decision | None:
-        """A retry or clear of a mapped task: these inputs may have been paid for under another
-        map index of this task and run (the mapped list came back in another order)."""
-        from airflow_provider_magi.ledger import REATTACH, Decision
+    def _settle_wait(self, seconds: float) -> None:
+        """Wait before an intent's look-up: in the triggerer when deferrable (no worker slot held)."""
+        if self.deferrable:
+            from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
-        if ledger.by_inputs is None or getattr(context["ti"], "try_number", 1) <= 1:
-            return None  # a first try: duplicate inputs in one list are each paid for, as asked
-        found = ledger.read_by_inputs(self._fingerprint)
-        if found is None or found.prediction_id is None:
-            return None
-        ledger.write_paid(found, found.prediction_id)  # this map index's own record from now on
-        return Decision(
-            REATTACH,
-            f"prediction {found.prediction_id} was paid for these inputs under another map index of "
-            "this task and run (the mapped list came back in another order)",
-            found,
-        )
-
-    def _look_up_intent(self, ledger: Ledger, record: LedgerRecord, context: Context) -> str | None:
-        """An intent without an id: WaveSpeed's history says whether that submit started anything."""
-        # A submit cut off a moment ago may still be landing on WaveSpeed's side: leave its last
-        # attempt INTENT_SETTLE_SECONDS to land, on WaveSpeed's clock (one read of its Date).
-        settle = record.sent_until.timestamp() + INTENT_SETTLE_SECONDS - self.hook.wavespeed_now()
-        if settle > 0:
-            self.log.info(
-                "Ledger: leaving the last submit attempt %.1fs more to land before the look-up.", settle
+            self.defer(
+                trigger=TimeDeltaTrigger(timedelta(seconds=seconds)), method_name="resume_after_settle"
             )
-            if self.deferrable:  # no worker slot is held for it
-                from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
-
-                self.defer(
-                    trigger=TimeDeltaTrigger(timedelta(seconds=settle)), method_name="resume_after_settle"
-                )
-            time.sleep(settle)
-        # Every attempt actually sent (429 Retry-After, connect failures) is inside the window.
-        until = record.sent_until + timedelta(seconds=self.hook.settings.request_timeout)
-        found = self.hook.find_submit_candidates(record.model, record.intent_at, until=until)
-        if not found:
-            self.log.warning(
-                "The ledger holds a submit intent from %s without a prediction id, and WaveSpeed's "
-                "history lists no prediction of %s created around it: it never started. Submitting afresh.",
-                record.intent_at.isoformat(timespec="seconds"),
-                record.model,
-            )
-            return None
-        candidates = [_candidate(p) for p in found]
-        context["ti"].xcom_push(key=XCOM_CANDIDATES, value=candidates)
-        if self.attach_to_single_candidate and len(found) == 1:
-            (only,) = found
-            self.log.warning(
-                "The ledger holds a submit intent without an id; carrying on with %s, the only "
-                "prediction of %s created around it (attach_to_single_candidate=True).",
-                only.id,
-                record.model,
-            )
-            ledger.write_paid(record, only.id)
-            return only.id
-        listed = "; ".join(
-            f"{c['prediction_id']} ({c['status']}, created {c['created_at']})" for c in candidates
-        )
-        raise MagiSubmitUncertainError(
-            f"An earlier try of this task sent a submit whose answer never reached the ledger "
-            f"({ledger.where()}), and WaveSpeed lists {len(found)} prediction(s) of {record.model} "
-            f"created around it: {listed}. Nothing is submitted again. Fix: if one is this task's, "
-            "set attach_to_single_candidate=True (one candidate) or wait for it with "
-            "MagiPredictionSensor; to pay for a new video instead, delete that ledger record and "
-            "clear the task.",
-            candidates=candidates,
-        )
+        time.sleep(seconds)
 
     def submit_job(self, context: Context, ledger: Ledger) -> str:
-        from airflow_provider_magi.validation import LocalImage
-
-        self._check_spending()  # before the upload too: nothing that costs money leaves unchecked
-        inputs = dict(self._inputs)
-        image = inputs.get("image")
-        if isinstance(image, LocalImage):  # read and checked now, before the first request
-            inputs["image"] = self.hook.upload_media(image.read())
-        record = ledger.write_intent(self._fingerprint, self.model)
-
-        def before_resend() -> None:
-            nonlocal record
-            record = ledger.write_attempt(record)
-
-        try:
-            prediction = self.hook.create_prediction(
-                inputs,
-                model=self.model,
-                webhook_url=self._webhook_url,
-                check_guards=False,
-                before_resend=before_resend,
-            )
-        except MagiSubmitUncertainError as error:
-            prediction = self._attach_to_candidate(context, error)
-        except MagiError:
-            # Refused (4xx, never connected): provably nothing started, so a retry need not ask
-            # WaveSpeed's history about this intent.
-            with contextlib.suppress(Exception):
-                ledger.forget()
-            raise
-        # The id goes into the ledger before anything else (XCom, logs) can fail or be killed.
-        ledger.write_by_inputs(ledger.write_paid(record, prediction.id))
-        self._announce(context, prediction.id, "Submitted")
-        return prediction.id
-
-    # ------------------------------------------------------------ spending guards
+        prediction_id = self._payer.pay(
+            ledger, context, self._fingerprint, self._inputs, webhook_url=self._webhook_url
+        )
+        self._announce(context, prediction_id, "Submitted")
+        return prediction_id
 
     def _check_spending(self, *, count: int = 1, paid: str | None = None) -> None:
         """The connection's balance floor and daily budget, checked just before this task pays
         (never when the ledger reattaches to a prediction already paid for): the hook's
         :meth:`~airflow_provider_magi.hooks.account.MagiAccountMixin.check_spending`."""
         self.hook.check_spending(self.model, count=count, paid=paid, log=self.log)
-
-    def _attach_to_candidate(self, context: Context, error: MagiSubmitUncertainError) -> Prediction:
-        """Publish the candidates; carry on with the only one if asked to, else fail as before."""
-        context["ti"].xcom_push(key=XCOM_CANDIDATES, value=error.candidates)
-        if not (self.attach_to_single_candidate and len(error.candidates) == 1):
-            raise error
-        (only,) = error.candidates
-        self.log.warning(
-            "The submit's answer was lost; carrying on with %s, the only prediction of %s created "
-            "around it (attach_to_single_candidate=True).",
-            only["prediction_id"],
-            self.model,
-        )
-        return Prediction(
-            id=str(only["prediction_id"]),
-            model=str(only.get("model") or self.model),
-            status=str(only.get("status") or "created"),
-        )
-
-    def get_job_status(self, prediction_id: str, context: Context) -> str:
-        try:
-            prediction = self.hook.get_prediction(prediction_id)
-        except MagiRejectedError as error:
-            if error.http_status == 404:
-                return STATUS_NOT_FOUND
-            raise
-        if prediction.is_terminal:
-            self._final = prediction
-        return prediction.status
 
     def poll_until_complete(self, external_id: Any, context: Context) -> Any:
         prediction_id, _ = stored_job(external_id)
@@ -499,8 +335,10 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         except Exception as error:  # the video is done and paid: never fail the task for this
             self.log.warning("The ledger could not note prediction %s as delivered: %s", prediction_id, error)
             return
+        from airflow_provider_magi.paying.item import clear_number
+
         if record is not None and record.prediction_id == prediction_id and not record.delivered:
-            ledger.write_delivered(record, _clear_number(context))
+            ledger.write_delivered(record, clear_number(context))
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""
