@@ -24,13 +24,13 @@ import math
 import string
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_provider_magi.api import DEFAULT_MODEL
 from airflow_provider_magi.compat import BaseOperator
 from airflow_provider_magi.exceptions import MagiError, MagiInputError
+from airflow_provider_magi.paying.batch import compact, indexes
 from airflow_provider_magi.task_mixin import MagiTaskMixin
 
 if TYPE_CHECKING:
@@ -50,8 +50,6 @@ BATCH_FIELDS = ("dag_id", "task_id", "run_id", "map_index", "ds", "prediction_id
 # slot and, on Airflow 3.3 with LocalExecutor, meets a race that can fail the task
 # (apache/airflow#66374), so a batch resumes per wave, not per finished video.
 WAVE_SHARE = 0.5
-# An intent without an id younger than this is left to land before the history is asked.
-INTENT_SETTLE_SECONDS = 30.0
 # Predictions created this long before a wave started still count as its (clocks differ).
 CLOCK_MARGIN = timedelta(seconds=60)
 # The manifest is rewritten as items finish, but not more often than this while downloading.
@@ -204,6 +202,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         from airflow_provider_magi.hooks.magi import model_path
         from airflow_provider_magi.ledger_stores import open_ledger
         from airflow_provider_magi.manifest import read_manifest
+        from airflow_provider_magi.paying.batch import BatchPayer
 
         model_path(self.model)  # a bad model id is bad input, refused before any request
         # every item as this try first rendered it (paying.rendering)
@@ -213,12 +212,13 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._items = items
         self._prepare_paths(context)
         self._ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
-        from airflow_provider_magi.batch_ledger import read_book
-
-        self._book = read_book(self._ledger)
+        self._payer = BatchPayer(self.hook, self.model, self.log, self._ledger, items)
+        self._book = self._payer.book
         self._claim_folder(context)  # before anything is paid or the manifest is read
-        self._match_book()
-        self._lines = self._reconcile(read_manifest(self._manifest_path), fresh=event is None)
+        self._payer.match()
+        self._lines = self._payer.reconcile(
+            read_manifest(self._manifest_path), fresh=event is None, whole=self._whole
+        )
         for item in items:  # the caller's key and metadata ride on the item's line
             self._lines[item.index].key, self._lines[item.index].metadata = item.key, item.metadata
         if event is None:
@@ -298,101 +298,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
 
     # ------------------------------------------------------------ what is already known
 
-    def _match_book(self) -> None:
-        """Key the ledger's entries by the items' current places, matched by their inputs.
-
-        A re-rendered input list may differ between tries (an item inserted, removed or moved):
-        an entry stays with its item where it is now (same place first, else the first unclaimed
-        entry with the same fingerprint), and an entry no item claims is kept past the last item,
-        never dropped or overwritten, so an item that comes back is not paid for again.
-        """
-        from airflow_provider_magi.batch_ledger import short
-
-        old = self._book.entries
-        matched: dict[int, int] = {}  # item index -> old index
-        for item in self._items:
-            entry = old.get(item.index)
-            if entry is not None and entry.fingerprint == short(item.fingerprint):
-                matched[item.index] = item.index
-        spare: dict[str, list[int]] = {}
-        for index in sorted(set(old) - set(matched.values())):
-            spare.setdefault(old[index].fingerprint, []).append(index)
-        for item in self._items:
-            pool = spare.get(short(item.fingerprint))
-            if item.index not in matched and pool:
-                matched[item.index] = pool.pop(0)
-        entries = {index: old[was] for index, was in matched.items()}
-        orphans = sorted(set(old) - set(matched.values()))
-        entries.update({len(self._items) + n: old[was] for n, was in enumerate(orphans)})
-        if entries != old:
-            moved = {index: was for index, was in matched.items() if index != was}
-            if moved:
-                self.log.info("Batch: inputs moved since the last try (now: was): %s.", moved)
-            self._book.entries = entries
-            self._save_book()
-
-    def _reconcile(self, manifest: dict[int, ManifestLine], *, fresh: bool) -> dict[int, ManifestLine]:
-        """Each item's line from the ledger (what was paid) and the manifest (what was made)."""
-        from airflow_provider_magi.manifest import (
-            COMPLETED,
-            FAILED,
-            NOT_SUBMITTED,
-            RUNNING,
-            UNCERTAIN,
-            ManifestLine,
-        )
-
-        lines: dict[int, ManifestLine] = {}
-        adopted: list[int] = []
-        for item in self._items:
-            entry = self._book.entry_for(item.index, item.fingerprint)
-            old = manifest.get(item.index)
-            replaced = list(old.replaced) if old else []
-            if entry is None and old and old.status == FAILED and not fresh:
-                lines[item.index] = old  # refused by WaveSpeed (not paid) within this try: final
-            elif entry is None:
-                lines[item.index] = ManifestLine(
-                    item.index, NOT_SUBMITTED, error=old.error if old else None, replaced=replaced
-                )
-            elif entry.prediction_id is None and old and (paid := self._paid_per_manifest(old)):
-                # The wave's ids reached the manifest but not the ledger (its second write failed):
-                # the manifest names what was paid, and the ledger learns it now.
-                self._book.entries[item.index] = replace(entry, prediction_id=paid)
-                adopted.append(item.index)
-                whole = old.status == COMPLETED and self._whole(old)
-                lines[item.index] = (
-                    old if whole else ManifestLine(item.index, RUNNING, prediction_id=paid, replaced=replaced)
-                )
-            elif entry.prediction_id is None:
-                lines[item.index] = ManifestLine(
-                    item.index,
-                    UNCERTAIN,
-                    error=old.error if old and old.status == UNCERTAIN else None,
-                    replaced=replaced,
-                )
-            elif (
-                old
-                and old.prediction_id == entry.prediction_id
-                and ((old.status == COMPLETED and self._whole(old)) or (old.status == FAILED and not fresh))
-            ):
-                lines[item.index] = old  # whole files are kept; a failure within this try is final
-            elif old and old.status == NOT_SUBMITTED and entry.prediction_id in old.replaced and not fresh:
-                # This try is to submit it again (an earlier try's prediction failed) and has not
-                # yet: a 429 or the budget held its wave back. The ledger still names the old one.
-                lines[item.index] = old
-            else:  # running, or a fresh try must learn how it ended (a failed one is paid again)
-                lines[item.index] = ManifestLine(
-                    item.index, RUNNING, prediction_id=entry.prediction_id, replaced=replaced
-                )
-        if adopted:
-            self.log.warning(
-                "Batch: the ledger held submit intents without ids for inputs %s, and the manifest "
-                "names the predictions those submits started: recorded in the ledger now, not paid again.",
-                _compact(adopted),
-            )
-            self._save_book()
-        return lines
-
     def _warn_identical(self, items: list[Any]) -> None:
         """Identical items without a key are each paid for: say so once per try."""
         from airflow_provider_magi.batch_inputs import identical_items
@@ -403,24 +308,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 "Batch: %d group(s) of identical inputs without a key, each paid for as many times as "
                 "it is listed: %s. Give them keys to tell them apart, or remove the copies.",
                 len(groups),
-                "; ".join(_compact(group) for group in groups[:20]),
+                "; ".join(compact(group) for group in groups[:20]),
             )
-
-    @staticmethod
-    def _paid_per_manifest(old: ManifestLine) -> str | None:
-        """The prediction the manifest says this input's last submit started: an id no earlier try
-        replaced, on a line past ``not_submitted``; else None."""
-        from airflow_provider_magi.api import is_valid_prediction_id
-        from airflow_provider_magi.manifest import NOT_SUBMITTED, UNCERTAIN
-
-        paid = old.prediction_id
-        if (
-            old.status in (NOT_SUBMITTED, UNCERTAIN)
-            or not is_valid_prediction_id(paid)
-            or paid in old.replaced
-        ):
-            return None
-        return paid
 
     def _whole(self, line: ManifestLine) -> bool:
         """Every file the line names is there at the size it was written with."""
@@ -444,46 +333,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             self._refresh(running, fresh=True)
         lost = [line for line in self._lines.values() if line.status == UNCERTAIN]
         if lost:
-            self._look_up_lost(lost)
+            self._payer.look_up_lost(lost)
         self._write(force=True)
-
-    def _look_up_lost(self, lost: list[ManifestLine]) -> None:
-        """Intents without ids: WaveSpeed's history says whether those submits started anything.
-
-        A prediction of the model created in the wave's window that no item of this batch
-        claims may be one of them: then none of them is paid for again, and each is named.
-        """
-        from airflow_provider_magi.manifest import NOT_SUBMITTED
-
-        waves = {self._book.entries[line.index].wave for line in lost}
-        since = min(self._book.waves[wave] for wave in waves)
-        settle = since.timestamp() + INTENT_SETTLE_SECONDS - time.time()
-        if settle > 0:  # a submit cut off a moment ago may still be landing on WaveSpeed's side
-            time.sleep(settle)
-        found = self.hook.find_submit_candidates(self.model, since)
-        known = self._book.known_ids()
-        unclaimed = [p for p in found if p.id not in known]
-        if not unclaimed:
-            self.log.warning(
-                "Batch: %d submit(s) sent without a recorded id (inputs %s); WaveSpeed's history lists "
-                "no unclaimed prediction of %s created since %s: they never started and are submitted again.",
-                len(lost),
-                _indexes(lost),
-                self.model,
-                since.isoformat(timespec="seconds"),
-            )
-            for line in lost:
-                line.status, line.error = NOT_SUBMITTED, None
-                self._book.entries.pop(line.index, None)
-            self._save_book()
-            return
-        listed = ", ".join(f"{p.id} ({p.status})" for p in unclaimed)
-        for line in lost:
-            line.error = (
-                f"the submit's answer was lost; WaveSpeed lists unclaimed prediction(s) of {self.model} "
-                f"created around it: {listed}. Not submitted again. Fix: fetch the one that is this item's, "
-                "or delete the batch's ledger record to pay for it afresh"
-            )
 
     # ------------------------------------------------------------ items that ended
 
@@ -593,140 +444,27 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     # ------------------------------------------------------------ submitting
 
     def _submit_wave(self) -> float:
-        """Submit what fits, in input order; returns seconds to pause (a 429's Retry-After)."""
-        from airflow_provider_magi.batch_ledger import write_book
-        from airflow_provider_magi.exceptions import (
-            MagiAPIError,
-            MagiAuthError,
-            MagiRejectedError,
-            MagiSubmitUncertainError,
-        )
-        from airflow_provider_magi.manifest import FAILED, RUNNING, UNCERTAIN
-        from airflow_provider_magi.validation import LocalImage
-
+        """Submit what fits, in input order (:class:`~airflow_provider_magi.paying.batch.BatchPayer`);
+        returns seconds to pause (a 429's Retry-After, or a price still unknown)."""
         if self._carry.get("stopped"):
             return 0.0
         deadline = self._carry.get("deadline")
         if deadline is not None and time.time() >= deadline:
             return 0.0
-        slots = self.max_in_flight - len(self._running())
-        pending = self._pending()[: max(0, slots)]
+        running = self._running()
+        pending = self._pending()[: max(0, self.max_in_flight - len(running))]
         if not pending:
             return 0.0
-        from airflow_provider_magi.batch_budget import room
-
-        # Only the running ones: a completed one is billed or listed as started (the batch saw
-        # it in the history), so its unknown price must not reserve it a second time; a failed
-        # one is never billed.
-        own_unbilled = {line.prediction_id for line in self._running() if line.prediction_id}
-        fits, refusal = room(
-            self.hook, self.model, len(pending), own_unbilled, _SaidOnce(self.log, self._carry)
+        pause, paid = self._payer.pay_wave(
+            pending,
+            running,
+            self._carry,
+            min_pause=self.poll_interval,
+            write_manifest=lambda: self._write(force=True),
         )
-        if fits < len(pending):
-            if refusal:  # the rest are not paid for in this try: the task ends failed, naming them
-                self._carry["stopped"] = refusal
-                for line in self._pending()[fits:]:
-                    line.error = f"not submitted: {refusal}"
-            pending = pending[:fits]
-            if not pending:
-                return 0.0 if refusal else self.poll_interval
-        by_index = {item.index: item for item in self._items}
-        before = {
-            line.index: self._book.entries[line.index] for line in pending if line.index in self._book.entries
-        }
-        wave = self._book.start_wave({line.index: by_index[line.index].fingerprint for line in pending})
-        write_book(self._ledger, self._book)  # the intents, before any POST: a failure here sends nothing
-        paid: dict[int, str] = {}
-        unsent: set[int] = set()
-        pause = 0.0
-        fatal: BaseException | None = None
-        reached = -1
-        try:
-            for number, line in enumerate(pending):
-                reached = number
-                if fatal is not None or pause:
-                    unsent.add(line.index)
-                    continue
-                inputs = dict(by_index[line.index].inputs)
-                try:
-                    if isinstance(inputs.get("image"), LocalImage):
-                        inputs["image"] = self.hook.upload_media(inputs["image"].read())
-                    # room() guarded this whole wave just now: the per-call guard would read the
-                    # account and today's history again for every input.
-                    prediction = self.hook.create_prediction(inputs, model=self.model, check_guards=False)
-                except MagiSubmitUncertainError as error:
-                    line.status = UNCERTAIN
-                    line.error = f"the submit's answer was lost; it is not sent again: {error}"
-                except MagiAuthError as error:
-                    fatal = error
-                    unsent.add(line.index)
-                except MagiRejectedError as error:  # 400, 404, 413, 422: this item, provably not started
-                    unsent.add(line.index)
-                    line.status, line.error = FAILED, f"refused by WaveSpeed, not paid: {error}"
-                except MagiAPIError as error:
-                    unsent.add(line.index)
-                    if error.http_status != 429:
-                        fatal = error
-                        continue
-                    pause = max(error.retry_after or 0.0, self.poll_interval)
-                    self.log.warning(
-                        "Batch: WaveSpeed's rate limit refused input %d (429); %d input(s) wait %.1fs "
-                        "for the next wave.",
-                        line.index,
-                        len(pending) - number,
-                        pause,
-                    )
-                except MagiInputError as error:  # a local first frame that went bad since the check
-                    unsent.add(line.index)
-                    line.status, line.error = FAILED, str(error)
-                except MagiError as error:  # never connected: provably not started
-                    unsent.add(line.index)
-                    fatal = error
-                else:
-                    self._submitted_since = True
-                    paid[line.index] = prediction.id
-                    line.status, line.prediction_id, line.error = RUNNING, prediction.id, None
-        finally:
-            # Whatever stops the loop, the ids it got are recorded; inputs it never reached go
-            # back to unsent (the one it was sending keeps its intent: a retry looks it up).
-            unsent |= {line.index for line in pending[reached + 1 :]}
-            self._settle(wave, paid, unsent, before, pending)
         if paid:
-            self.log.info(
-                "Batch: submitted %d input(s) (%s); %d running.",
-                len(paid),
-                _indexes_of(paid),
-                len(self._running()),
-            )
-        if fatal is not None:
-            raise fatal
+            self._submitted_since = True
         return pause
-
-    def _settle(
-        self,
-        wave: int,
-        paid: dict[int, str],
-        unsent: set[int],
-        before: dict[int, Any],
-        pending: list[ManifestLine],
-    ) -> None:
-        """The wave's second ledger write: the ids, and what went back to unsent or was refused."""
-        from airflow_provider_magi.batch_ledger import write_book
-        from airflow_provider_magi.exceptions import MagiLedgerError
-        from airflow_provider_magi.manifest import FAILED
-
-        refused = {line.index for line in pending if line.status == FAILED}
-        self._book.settle_wave(wave, paid, unsent | refused, before)
-        try:
-            write_book(self._ledger, self._book)
-        except Exception as error:
-            raise MagiLedgerError(
-                f"The batch submitted predictions {sorted(paid.values())} (they are billed), but recording "
-                f"them in the ledger failed: {type(error).__name__}: {error}. The task stops here so that "
-                "no retry pays again; the manifest lists them."
-            ) from error
-        finally:
-            self._write(force=True)
 
     # ------------------------------------------------------------ the end
 
@@ -765,7 +503,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             status: [line for line in self._lines.values() if line.status == status]
             for status in (FAILED, NOT_SUBMITTED, RUNNING, UNCERTAIN)
         }
-        problems = "; ".join(f"{status}: inputs {_indexes(lines)}" for status, lines in by.items() if lines)
+        problems = "; ".join(f"{status}: inputs {indexes(lines)}" for status, lines in by.items() if lines)
         where = f"The manifest at {self._manifest_path} has a line per input."
         if timed_out:
             then = (
@@ -782,13 +520,13 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 "with what was paid). A clear after raising the budget (or topping up) pays only for "
                 "those. %s",
                 stopped,
-                _indexes(by[NOT_SUBMITTED]),
+                indexes(by[NOT_SUBMITTED]),
                 where,
             )
             return result
         if stopped and by[NOT_SUBMITTED]:
             raise MagiBudgetError(
-                f"Batch: {stopped}. Not submitted: inputs {_indexes(by[NOT_SUBMITTED])}. Fix: raise the "
+                f"Batch: {stopped}. Not submitted: inputs {indexes(by[NOT_SUBMITTED])}. Fix: raise the "
                 f"budget (or top up) and clear this task: only those are paid for. {where}"
             )
         if problems and self.fail_on_partial_error:
@@ -838,11 +576,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         wave went out since (a new wave's predictions are newer)."""
         span = self._running_span
         return None if span is None or self._submitted_since else span[1]
-
-    def _save_book(self) -> None:
-        from airflow_provider_magi.batch_ledger import write_book
-
-        write_book(self._ledger, self._book)
 
     def _prepare_paths(self, context: Context) -> None:
         """The batch's paths, claimed before anything is paid (:mod:`~airflow_provider_magi.paying.claims`):
@@ -995,47 +728,5 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         )
 
 
-class _SaidOnce:
-    """The log the spending guards get: a note the same as the last one is not said again (a
-    batch waiting for a price asks at every wave; the last note rides in the carry, so resumes
-    after a deferral stay quiet too)."""
-
-    def __init__(self, log: Any, carry: dict[str, Any]) -> None:
-        self._log = log
-        self._carry = carry
-
-    def _say(self, level: str, message: str, *args: Any) -> None:
-        text = message % args if args else message
-        if self._carry.get("last_note") == text:
-            return
-        self._carry["last_note"] = text
-        getattr(self._log, level)(message, *args)
-
-    def debug(self, message: str, *args: Any, **_: Any) -> None:
-        self._say("debug", message, *args)
-
-    def info(self, message: str, *args: Any, **_: Any) -> None:
-        self._say("info", message, *args)
-
-    def warning(self, message: str, *args: Any, **_: Any) -> None:
-        self._say("warning", message, *args)
-
-    def error(self, message: str, *args: Any, **_: Any) -> None:
-        self._say("error", message, *args)
-
-
 class _Refused(Exception):
     """An output the NSFW policy refuses: the item fails, the batch goes on."""
-
-
-def _indexes(lines: list[ManifestLine]) -> str:
-    return _compact(sorted(line.index for line in lines))
-
-
-def _indexes_of(paid: dict[int, str]) -> str:
-    return _compact(sorted(paid))
-
-
-def _compact(indexes: list[int], limit: int = 20) -> str:
-    shown = ", ".join(str(i) for i in indexes[:limit])
-    return shown + (f" and {len(indexes) - limit} more" if len(indexes) > limit else "")

@@ -66,15 +66,15 @@ class Outcome:
 class Wave:
     """A wave's outcomes by item key, the pause a 429 asked for, and the error that stopped it."""
 
-    outcomes: dict[Hashable, Outcome] = field(default_factory=dict)
+    outcomes: dict[Any, Outcome] = field(default_factory=dict)
     pause: float = 0.0
     stopped_by: MagiError | None = None
 
     @property
-    def paid(self) -> dict[Hashable, str]:
+    def paid(self) -> dict[Any, str]:
         return {key: o.prediction.id for key, o in self.outcomes.items() if o.kind == PAID and o.prediction}
 
-    def keys(self, *kinds: str) -> set[Hashable]:
+    def keys(self, *kinds: str) -> set[Any]:
         return {key for key, outcome in self.outcomes.items() if outcome.kind in kinds}
 
 

@@ -316,14 +316,19 @@ class LedgerRefusesTheIds(MagiBatchOperator):
     """Try 1's ledger takes the wave's intents, then refuses its ids (the second write fails):
     the task stops naming them, and the retry must find them in the manifest, not pay again."""
 
-    def _settle(self, *args: Any, **kwargs: Any) -> None:
+    def _submit_wave(self) -> float:
         if self._context["ti"].try_number == 1:
+            takes = self._ledger.write_text
+            writes: list[str] = []
 
-            def refused(name: str, text: str) -> None:
-                raise OSError("the metadata database went away")
+            def intents_then_refused(name: str, text: str) -> None:
+                writes.append(name)
+                if len(writes) > 1:  # the wave's second write: its ids
+                    raise OSError("the metadata database went away")
+                takes(name, text)
 
-            self._ledger.write_text = refused  # type: ignore[method-assign]
-        super()._settle(*args, **kwargs)
+            self._ledger.write_text = intents_then_refused  # type: ignore[method-assign]
+        return super()._submit_wave()
 
     def execute(self, context: Any) -> Any:
         from airflow_provider_magi.exceptions import MagiLedgerError
