@@ -144,3 +144,9 @@ class MagiBudgetCheckError(MagiError):
     it fails safe: nothing was uploaded or submitted. Retried like any transient failure, since
     an endpoint that is down now may answer on the next try.
     """
+
+
+class MagiBatchIncompleteError(MagiError):
+    """Every item of a batch is final, and some failed or were not submitted
+    (``fail_on_partial_error``). Retried like any task failure: a retry pays only for the failed
+    and never-submitted items."""

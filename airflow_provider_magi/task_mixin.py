@@ -110,6 +110,16 @@ class MagiTaskMixin:
             setattr(self, name, value)
         return rendering
 
+    def _add_asset_extra(self, context: Context, extra: dict[str, Any]) -> None:
+        """Put ``extra`` on the events of this task's Asset outlets (what downstream DAGs read)."""
+        outlets = getattr(self, "outlets", None) or []
+        if not outlets:
+            return
+        outlet_events = context["outlet_events"]
+        for outlet in outlets:
+            if type(outlet).__name__ == "Asset":
+                outlet_events[outlet].extra.update(extra)
+
     @cached_property
     def hook(self) -> MagiHook:
         from airflow_provider_magi.hooks.magi import MagiHook

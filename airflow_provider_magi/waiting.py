@@ -6,6 +6,7 @@ at ``poll_interval`` and spread out after two minutes, up to ``max_poll_interval
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -128,3 +129,21 @@ def timeout_error(reason: str, message: str, prediction_id: str | None) -> MagiE
     if reason == DEADLINE_EXECUTION_TIMEOUT:
         return MagiExecutionTimeoutError(message, prediction_id=prediction_id)
     return MagiTimeoutError(message, prediction_id=prediction_id)
+
+
+# A wave is worth a resume once this share of max_in_flight is free: a resume costs a worker
+# slot and, on Airflow 3.3 with LocalExecutor, meets a race that can fail the task
+# (apache/airflow#66374), so a batch resumes per wave, not per finished video.
+WAVE_SHARE = 0.5
+
+
+def resume_after(running: int, pending: int, max_in_flight: int) -> int:
+    """How many of a batch's ``running`` predictions must end before the task resumes: a wave's
+    worth of free slots (``WAVE_SHARE`` of ``max_in_flight``, or every ``pending`` input if
+    fewer), counting slots already free; with nothing left to submit, all of them (one last
+    resume downloads what is left)."""
+    if pending <= 0:
+        return max(1, running)
+    free_now = max(0, max_in_flight - running)
+    wave = min(pending, math.ceil(max_in_flight * WAVE_SHARE))
+    return max(1, min(running, wave - free_now))

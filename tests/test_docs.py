@@ -172,7 +172,6 @@ def _batch_messages(tmp_path: Path) -> dict[str, str]:
     from airflow_provider_magi.exceptions import MagiError
     from airflow_provider_magi.hooks.settings import _extras
     from airflow_provider_magi.manifest import ManifestLine
-    from airflow_provider_magi.operators.batch import MagiBatchOperator
 
     model = "wavespeed-ai/magi-1-24b"
     said: dict[str, str] = {}
@@ -216,11 +215,14 @@ def _batch_messages(tmp_path: Path) -> dict[str, str]:
     unreadable = fake_account(budget_settings, get_spend=down)
     refused("an unreadable guard", lambda: room(unreadable, model, 5, set(), log=None))
     said["the timeout"] = _batch_end(tmp_path, [ManifestLine(0, "running", "p0")], timed_out=True)
-    mapped = MagiBatchOperator(
-        task_id="batch", inputs=["a"], destination=str(tmp_path), filename="{run_id}/{index}.mp4"
-    )
+    from airflow_provider_magi.batch_paths import BatchPaths
+
     ti = SimpleNamespace(map_index=0, dag_id="d", task_id="batch", run_id="r")
-    refused("a mapped filename", lambda: mapped._prepare_paths({"ti": ti}))  # type: ignore[arg-type]
+
+    def mapped() -> Any:
+        return BatchPaths.prepare({"ti": ti}, "{run_id}/{index}.mp4", str(tmp_path), 1)  # type: ignore[arg-type]
+
+    refused("a mapped filename", mapped)
     return said
 
 

@@ -1,37 +1,38 @@
 """MagiBatchOperator: N videos in one task: waves of submits, one wait, one manifest, each paid once.
 
-A nightly table of 500 prompts as 500 mapped tasks pays Airflow's per-task cost 500 times (the
-submits, a trigger each, a resume each) and cannot keep a budget exact across parallel tasks.
-This task instead:
-
-1. checks every input before the first payment (``batch_inputs``);
-2. submits a wave of at most ``max_in_flight`` minus what is running, in input order, after the
-   balance floor and daily budget say how many fit, recording the wave in the ledger before and
-   after its POSTs (``batch_ledger``: two writes per wave, not two per video);
-3. defers to one :class:`~airflow_provider_magi.triggers.batch.MagiBatchTrigger`, which reads
-   status 100 predictions per history call and comes back when enough have ended;
-4. downloads each completed item (the download operator's atomic code and NSFW policy), looks
-   up its billed price, and rewrites ``manifest.jsonl`` (``manifest``) as items finish;
-5. repeats until every item is final, then returns the summary (or fails naming what failed).
-
-A retry or a clear resumes from the ledger and the manifest: running predictions are waited
-for, whole files are kept, and only failed and never-submitted items are paid for again.
+A nightly table of 500 prompts as 500 mapped tasks pays Airflow's per-task cost 500 times and
+cannot keep a budget exact across parallel tasks. This task checks every input before the first
+payment (``batch_inputs``), pays in waves of at most ``max_in_flight`` through the paying core
+(``paying.batch``: the ledger, the spend view, intent -> POST -> id), defers to one
+:class:`~airflow_provider_magi.triggers.batch.MagiBatchTrigger` that reads status 100 predictions
+per call, delivers each completed item (``batch_outputs``) and keeps ``manifest.jsonl`` up to
+date, until every item is final. A retry or a clear resumes from the ledger and the manifest.
 """
 
 from __future__ import annotations
 
-import math
-import string
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi.api import DEFAULT_MODEL
+from airflow_provider_magi.batch_outputs import NsfwPolicy, deliver, is_whole, read_whole
+from airflow_provider_magi.batch_paths import BatchPaths, check_pattern
+from airflow_provider_magi.batch_report import (
+    close_lines,
+    log_failures,
+    report_progress,
+    verdict,
+    warn_identical,
+)
 from airflow_provider_magi.compat import BaseOperator
-from airflow_provider_magi.exceptions import MagiError, MagiInputError
-from airflow_provider_magi.paying.batch import compact, indexes
+from airflow_provider_magi.exceptions import MagiBatchIncompleteError, MagiError, MagiInputError
+from airflow_provider_magi.paying.batch import pending_lines, running_lines
 from airflow_provider_magi.task_mixin import MagiTaskMixin
+from airflow_provider_magi.waiting import WAVE_SHARE, resume_after
+
+__all__ = ["WAVE_SHARE", "MagiBatchIncompleteError", "MagiBatchOperator", "resume_after"]
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -43,56 +44,8 @@ if TYPE_CHECKING:
 # docs show two tables) and higher levels 300 to 10,000: a default that never trips the lowest
 # level's rate limits by much, to be raised to your level's concurrency.
 DEFAULT_MAX_IN_FLIGHT = 5
-DEFAULT_BATCH_FILENAME = "{dag_id}/{run_id}/{task_id}/{index}.mp4"
-DEFAULT_MAPPED_BATCH_FILENAME = "{dag_id}/{run_id}/{task_id}/{map_index}/{index}.mp4"
-BATCH_FIELDS = ("dag_id", "task_id", "run_id", "map_index", "ds", "prediction_id", "index", "output")
-# A wave is worth a resume once this share of max_in_flight is free: a resume costs a worker
-# slot and, on Airflow 3.3 with LocalExecutor, meets a race that can fail the task
-# (apache/airflow#66374), so a batch resumes per wave, not per finished video.
-WAVE_SHARE = 0.5
-# Predictions created this long before a wave started still count as its (clocks differ).
-CLOCK_MARGIN = timedelta(seconds=60)
 # The manifest is rewritten as items finish, but not more often than this while downloading.
 MANIFEST_EVERY_SECONDS = 1.0
-XCOM_PROGRESS = "batch_progress"
-# The batch's end logs each failed input's reason, up to this many (all are in the manifest).
-FAILURES_LOGGED = 20
-NsfwPolicy = Literal["keep", "skip", "fail"]
-
-
-def resume_after(running: int, pending: int, max_in_flight: int) -> int:
-    """How many of the ``running`` predictions must end before the task resumes: a wave's worth
-    of free slots (``WAVE_SHARE`` of ``max_in_flight``, or every ``pending`` input if fewer),
-    counting slots already free; with nothing left to submit, all of them (one last resume
-    downloads what is left)."""
-    if pending <= 0:
-        return max(1, running)
-    free_now = max(0, max_in_flight - running)
-    wave = min(pending, math.ceil(max_in_flight * WAVE_SHARE))
-    return max(1, min(running, wave - free_now))
-
-
-class MagiBatchIncompleteError(MagiError):
-    """Every item is final, and some failed or were not submitted (``fail_on_partial_error``).
-
-    Retried like any task failure: a retry pays only for the failed and never-submitted items.
-    """
-
-
-def _check_pattern(pattern: Any) -> None:
-    """Refuse unknown ``{fields}`` when the DAG is parsed, not after the batch paid."""
-    if not isinstance(pattern, str) or not pattern.strip():
-        raise MagiInputError(f"Invalid filename: {pattern!r}. Fix: pass a string pattern")
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
-    except ValueError as error:
-        raise MagiInputError(f"Invalid filename: {pattern!r} ({error})") from None
-    for name in names:
-        if name.split(".")[0].split("[")[0] not in BATCH_FIELDS:
-            raise MagiInputError(
-                f"Invalid filename: {pattern!r} uses an unknown field {{{name}}}. Fix: use only "
-                f"{{{'}, {'.join(BATCH_FIELDS)}}}; {{index}} is the item's place in inputs"
-            )
 
 
 class MagiBatchOperator(MagiTaskMixin, BaseOperator):
@@ -155,7 +108,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         if filename is not None:
-            _check_pattern(filename)
+            check_pattern(filename)
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise MagiInputError(
                 f"Invalid max_in_flight: {max_in_flight!r}. Fix: a whole number >= 1 (your WaveSpeed "
@@ -210,19 +163,20 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         items = check_items(load_items(self.inputs), self.model)
         self._context = context
         self._items = items
-        self._prepare_paths(context)
+        self._paths = BatchPaths.prepare(context, self.filename, self.destination, len(items))
+        self._manifest_path, self._lineage_folder = self._paths.manifest_path, self._paths.folder
         self._ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
         self._payer = BatchPayer(self.hook, self.model, self.log, self._ledger, items)
         self._book = self._payer.book
-        self._claim_folder(context)  # before anything is paid or the manifest is read
+        self._paths.claim(context, adopt_unmarked=bool(self._book.entries))  # before paying or reading it
         self._payer.match()
         self._lines = self._payer.reconcile(
-            read_manifest(self._manifest_path), fresh=event is None, whole=self._whole
+            read_manifest(self._manifest_path), fresh=event is None, whole=is_whole
         )
         for item in items:  # the caller's key and metadata ride on the item's line
             self._lines[item.index].key, self._lines[item.index].metadata = item.key, item.metadata
         if event is None:
-            self._warn_identical(items)
+            warn_identical(items, self.log)
         self._last_write = 0.0
         self._running_span: list[str] | None = (event or {}).get("running_span")
         self._submitted_since = False
@@ -257,6 +211,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 return self._finish(timed_out=True)
             if self.deferrable:
                 self._write(force=True)
+                left = None if deadline is None else max(0.0, deadline - time.time()) + 60
                 self.defer(
                     trigger=MagiBatchTrigger(
                         prediction_ids=[line.prediction_id for line in running if line.prediction_id],
@@ -276,9 +231,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                         carry=self._carry,
                     ),
                     method_name="execute_complete",
-                    timeout=None
-                    if deadline is None
-                    else timedelta(seconds=max(0.0, deadline - time.time()) + 60),
+                    timeout=None if left is None else timedelta(seconds=left),
                 )
             time.sleep(max(pause, self.poll_interval))
             if running:
@@ -288,41 +241,11 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         """Read the running items' statuses from the history pages (in the worker) and apply them."""
         from airflow_provider_magi.triggers.batch import read_statuses
 
-        found, _ = read_statuses(
-            self.hook,
-            [line.prediction_id or "" for line in running],
-            self.model,
-            self._created_after(running),
-        )
+        ids = [line.prediction_id or "" for line in running]
+        found, _ = read_statuses(self.hook, ids, self.model, self._created_after(running))
         self._apply_statuses(found, fresh=fresh)
 
     # ------------------------------------------------------------ what is already known
-
-    def _warn_identical(self, items: list[Any]) -> None:
-        """Identical items without a key are each paid for: say so once per try."""
-        from airflow_provider_magi.batch_inputs import identical_items
-
-        groups = identical_items(items)
-        if groups:
-            self.log.warning(
-                "Batch: %d group(s) of identical inputs without a key, each paid for as many times as "
-                "it is listed: %s. Give them keys to tell them apart, or remove the copies.",
-                len(groups),
-                "; ".join(compact(group) for group in groups[:20]),
-            )
-
-    def _whole(self, line: ManifestLine) -> bool:
-        """Every file the line names is there at the size it was written with."""
-        from airflow_provider_magi.operators.download import destination_path
-
-        for path, size in zip(line.paths, line.sizes, strict=True):
-            target = destination_path(path)
-            try:
-                if not target.exists() or target.stat().st_size != size:
-                    return False
-            except OSError:
-                return False
-        return True
 
     def _fresh_start(self) -> None:
         """A new try (or a clear): how the paid items are now, and what lost answers became."""
@@ -351,95 +274,20 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             raise MagiError(f"Batch: reading the batch's status was refused: {event.get('message')}")
 
     def _apply_statuses(self, found: dict[str, Prediction], *, fresh: bool) -> None:
-        """Download what completed, record what failed; a fresh try pays again for failures."""
-        from airflow_provider_magi.manifest import FAILED, NOT_SUBMITTED, RUNNING
-
-        for line in list(self._lines.values()):
-            prediction = found.get(line.prediction_id or "")
-            if line.status != RUNNING or prediction is None or not prediction.is_terminal:
-                continue
-            if prediction.is_completed and not prediction.outputs:
-                prediction = self._read_whole(prediction)  # a history page may leave them out
-            if prediction.is_completed and prediction.outputs:
-                self._complete(line, prediction)
-            # A completed one is billed, and a deleted one (or a 404) may have been: never bought
-            # again. Only a prediction that provably did not complete is submitted afresh.
-            elif fresh and not prediction.is_completed and prediction.status != "deleted":
-                self.log.info(
-                    "Batch: input %d's prediction %s %s in an earlier try: submitting it again.",
-                    line.index,
-                    prediction.id,
-                    prediction.status,
-                )
-                if prediction.id not in line.replaced:
-                    line.replaced = [*line.replaced, prediction.id]
-                line.status, line.prediction_id, line.error = NOT_SUBMITTED, None, None
-            else:
-                line.status = FAILED
-                line.error = prediction.error or (
-                    "completed without any outputs" if prediction.is_completed else prediction.status
-                )
-                if prediction.status == "deleted":
-                    line.error += (
-                        "; it may have completed and been billed, so it is not submitted again. Fix: "
-                        "check your WaveSpeed predictions and billing for it"
-                    )
-            self._write()
+        """Deliver what completed, record what failed (``BatchPayer.ended``: what is paid again)."""
+        self._payer.ended(
+            self._lines.values(), found, fresh=fresh, deliver=self._deliver, after_each=self._write
+        )
         self._report_progress()
 
-    def _read_whole(self, prediction: Prediction) -> Prediction:
-        """The prediction's own answer (one GET), for a completed one listed without outputs."""
-        try:
-            return self.hook.get_prediction(prediction.id)
-        except MagiError as error:
-            self.log.warning("Batch: prediction %s cannot be read: %s", prediction.id, error)
-            return prediction
-
-    def _complete(self, line: ManifestLine, prediction: Prediction) -> None:
-        """The download operator's rules: atomic files, the NSFW policy, no key to output hosts."""
-        from airflow_provider_magi.manifest import COMPLETED, FAILED
-
-        flags = prediction.has_nsfw_contents
-        paths: list[str] = []
-        sizes: list[int] = []
-        try:
-            for number, url in enumerate(prediction.outputs):
-                if number < len(flags) and flags[number] and self.nsfw_policy != "keep":
-                    if self.nsfw_policy == "fail":
-                        raise _Refused(f"output {number} is flagged NSFW (nsfw_policy='fail')")
-                    self.log.warning(
-                        "Batch: input %d output %d flagged NSFW: not written.", line.index, number
-                    )
-                    continue
-                if number < len(flags) and flags[number]:
-                    self.log.warning(
-                        "Batch: input %d output %d flagged NSFW: written anyway.", line.index, number
-                    )
-                written = self.hook.download_output(
-                    url,
-                    self._target(line.index, prediction.id, number),
-                    allow_insecure_loopback=self.hook.is_local_server,
-                    label=f"Input {line.index} (prediction {prediction.id}) output {number}",
-                )
-                paths.append(written.path)
-                sizes.append(written.size)
-        except (_Refused, MagiError) as error:  # paid and made: a retry downloads it, never pays again
-            line.status, line.error = FAILED, str(error)
-        else:
-            line.status, line.error = COMPLETED, None
-        line.paths, line.sizes = paths, sizes
-        line.cost_usd = self._cost(prediction.id)
-
-    def _cost(self, prediction_id: str) -> float | None:
-        """The billed price, one lookup (billing can lag: None then, never a guess)."""
-        seconds = self.hook.settings.cost_lookup_seconds
-        if seconds <= 0:
-            return None
-        try:
-            return self.hook.get_prediction_cost(prediction_id, deadline=time.time() + seconds)
-        except Exception as error:  # the video is made and paid: its price never fails the batch
-            self.log.warning("Batch: the billing of prediction %s cannot be read: %s", prediction_id, error)
-            return None
+    def _deliver(self, line: ManifestLine, prediction: Prediction) -> None:
+        if prediction.is_completed and not prediction.outputs:
+            prediction = read_whole(self.hook, prediction, self.log)  # a history page may leave them out
+        if not prediction.outputs:
+            return  # completed without any outputs: the line stays running, and ends failed
+        deliver(
+            self.hook, line, prediction, target=self._paths.target, nsfw_policy=self.nsfw_policy, log=self.log
+        )
 
     # ------------------------------------------------------------ submitting
 
@@ -469,173 +317,50 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     # ------------------------------------------------------------ the end
 
     def _finish(self, *, timed_out: bool = False) -> dict[str, Any]:
-        from airflow_provider_magi.exceptions import MagiBudgetError
-        from airflow_provider_magi.manifest import (
-            COMPLETED,
-            FAILED,
-            NOT_SUBMITTED,
-            RUNNING,
-            UNCERTAIN,
-            summary,
-        )
-        from airflow_provider_magi.paying.deadline import (
-            DEADLINE_EXECUTION_TIMEOUT,
-            DEADLINE_TIMEOUT,
-            expiry_error,
-        )
+        from airflow_provider_magi.manifest import summary
+        from airflow_provider_magi.paying.deadline import DEADLINE_TIMEOUT
 
-        for line in self._lines.values():  # billing lags completion: one more look for unknown prices
-            if line.status == COMPLETED and line.cost_usd is None and line.prediction_id:
-                line.cost_usd = self._cost(line.prediction_id)
         reason = str(self._carry.get("deadline_reason") or DEADLINE_TIMEOUT)
-        execution = reason == DEADLINE_EXECUTION_TIMEOUT
-        limit = "the task's execution_timeout" if execution else "the batch's timeout"
-        if timed_out:
-            for line in self._lines.values():
-                if line.status == RUNNING:
-                    line.error = f"still running when {limit} passed (it may still be billed)"
+        close_lines(self._lines.values(), self.hook, self.log, timed_out=timed_out, deadline_reason=reason)
         self._write(force=True)
         result = summary(self._lines.values(), str(self._manifest_path))
         self._report_progress(final=True)
-        self._log_failures()
+        log_failures(self._lines.values(), self._manifest_path, self.log)
         self._emit_asset_events(result)
-        by = {
-            status: [line for line in self._lines.values() if line.status == status]
-            for status in (FAILED, NOT_SUBMITTED, RUNNING, UNCERTAIN)
-        }
-        problems = "; ".join(f"{status}: inputs {indexes(lines)}" for status, lines in by.items() if lines)
-        where = f"The manifest at {self._manifest_path} has a line per input."
-        if timed_out:
-            then = (
-                "A retry (retries apply) waits for the running ones and pays only for the rest."
-                if execution
-                else "Not retried; a clear waits for the running ones and pays only for the rest."
-            )
-            raise expiry_error(reason, f"Batch: {limit} passed with {problems}. {then} {where}")
-        stopped = self._carry.get("stopped")
-        if stopped and by[NOT_SUBMITTED] and not self.fail_on_partial_error:
-            # What was paid is delivered: the task succeeds with its manifest, and says what waits.
-            self.log.warning(
-                "Batch: %s. Not submitted: inputs %s (fail_on_partial_error=False: the task succeeds "
-                "with what was paid). A clear after raising the budget (or topping up) pays only for "
-                "those. %s",
-                stopped,
-                indexes(by[NOT_SUBMITTED]),
-                where,
-            )
-            return result
-        if stopped and by[NOT_SUBMITTED]:
-            raise MagiBudgetError(
-                f"Batch: {stopped}. Not submitted: inputs {indexes(by[NOT_SUBMITTED])}. Fix: raise the "
-                f"budget (or top up) and clear this task: only those are paid for. {where}"
-            )
-        if problems and self.fail_on_partial_error:
-            raise MagiBatchIncompleteError(
-                f"Batch: {result['succeeded']} of {len(self._lines)} completed; {problems}. Outputs are "
-                f"kept; a retry or clear submits only the failed and not-submitted inputs. {where}"
-            )
-        if problems:
-            self.log.warning("Batch: %s (fail_on_partial_error=False). %s", problems, where)
-        return result
+        return verdict(
+            self._lines.values(),
+            result,
+            self._manifest_path,
+            stopped=self._carry.get("stopped"),
+            timed_out=timed_out,
+            deadline_reason=reason,
+            fail_on_partial_error=self.fail_on_partial_error,
+            log=self.log,
+        )
 
     def _emit_asset_events(self, result: dict[str, Any]) -> None:
-        outlets = getattr(self, "outlets", None) or []
-        if not outlets:
-            return
-        events = self._context["outlet_events"]
-        for outlet in outlets:
-            if type(outlet).__name__ == "Asset":
-                events[outlet].extra.update({**result, "model": self.model})
+        self._add_asset_extra(self._context, {**result, "model": self.model})
 
     # ------------------------------------------------------------ bookkeeping
 
     def _running(self) -> list[ManifestLine]:
-        from airflow_provider_magi.manifest import RUNNING
-
-        return [line for line in self._lines.values() if line.status == RUNNING]
+        return running_lines(self._lines)
 
     def _pending(self) -> list[ManifestLine]:
-        from airflow_provider_magi.manifest import NOT_SUBMITTED
-
-        return sorted(
-            (line for line in self._lines.values() if line.status == NOT_SUBMITTED),
-            key=lambda line: line.index,
-        )
+        return pending_lines(self._lines)
 
     def _created_after(self, running: list[ManifestLine]) -> datetime:
         """From the oldest running prediction's creation time when the last trigger told it (the
-        trigger pads it), else from the oldest running wave's start, less a margin for clocks."""
+        trigger pads it), else from the oldest running wave's start (the book knows)."""
         if self._running_span is not None:
             return datetime.fromisoformat(self._running_span[0])
-        waves = [self._book.entries[line.index].wave for line in running if line.index in self._book.entries]
-        since = min((self._book.waves[wave] for wave in waves), default=datetime.now(UTC))
-        return since - CLOCK_MARGIN
+        return self._payer.created_after(running)
 
     def _created_before(self) -> str | None:
         """The newest running prediction's creation time, when the last trigger told it and no
         wave went out since (a new wave's predictions are newer)."""
         span = self._running_span
         return None if span is None or self._submitted_since else span[1]
-
-    def _prepare_paths(self, context: Context) -> None:
-        """The batch's paths, claimed before anything is paid (:mod:`~airflow_provider_magi.paying.claims`):
-        every input a path of its own, and the folder (through its manifest) this task instance's
-        alone, so no other task or run overwrites its videos or its manifest."""
-        from airflow_provider_magi.manifest import MANIFEST_NAME
-        from airflow_provider_magi.operators.download import (
-            destination_path,
-            filename_values,
-            render_filename,
-        )
-        from airflow_provider_magi.paying.claims import refuse_shared_batch_items, refuse_shared_mapped_folder
-
-        ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        mapped = map_index is not None and map_index >= 0
-        self._pattern = self.filename or (DEFAULT_MAPPED_BATCH_FILENAME if mapped else DEFAULT_BATCH_FILENAME)
-        _check_pattern(self._pattern)
-        refuse_shared_mapped_folder(self._pattern, mapped)
-        self._directory = destination_path(self.destination)
-        self._values = filename_values(context, "", 0)
-        refuse_shared_batch_items(
-            self._pattern, len(self._items), lambda index, prediction_id: self._name(index, prediction_id, 0)
-        )
-        first = render_filename(
-            self._pattern, {**self._values, "prediction_id": "x", "index": 0, "output": 0}
-        )
-        folder = first.rsplit("/", 1)[0] if "/" in first else ""
-        self._folder = self._directory / folder if folder else self._directory
-        self._manifest_path = self._folder / MANIFEST_NAME
-        self._lineage_folder = self._folder
-
-    def _claim_folder(self, context: Context) -> None:
-        """The folder is this task instance's alone (:func:`~airflow_provider_magi.paying.claims.claim`);
-        a manifest without a marker is adopted only when this task instance's ledger shows it paid
-        before (written by a version without markers)."""
-        from airflow_provider_magi.paying.claims import claim, writer_of
-
-        claim(
-            self._manifest_path,
-            writer_of(context),
-            what="the batch's manifest",
-            fix="give each task and run a folder of its own: put {run_id} and {task_id} (and "
-            "{map_index} when mapped) in filename's folder, e.g. '{dag_id}/{run_id}/{task_id}/{index}.mp4'",
-            adopt_unmarked=bool(self._book.entries),
-        )
-
-    def _target(self, index: int, prediction_id: str, output: int) -> Any:
-        return self._directory / self._name(index, prediction_id, output)
-
-    def _name(self, index: int, prediction_id: str, output: int) -> str:
-        from airflow_provider_magi.operators.download import render_filename
-
-        name = render_filename(
-            self._pattern, {**self._values, "prediction_id": prediction_id, "index": index, "output": output}
-        )
-        if output and "{output" not in self._pattern:  # keep an item's second output apart from its first
-            stem, dot, suffix = name.rpartition(".")
-            name = f"{stem}_{output}.{suffix}" if dot and "/" not in suffix else f"{name}_{output}"
-        return name
 
     def _write(self, *, force: bool = False) -> None:
         """Rewrite the manifest (as items finish; at most once a second while downloading)."""
@@ -648,65 +373,9 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._last_write = now
 
     def _report_progress(self, *, final: bool = False) -> None:
-        """A log line per change of the batch's counts (never the same line twice in a row), the
-        counts in XCom while it runs, and the final summary, said once at the end."""
-        from airflow_provider_magi import costs
-        from airflow_provider_magi.manifest import summary
-
-        counts = summary(self._lines.values(), str(self._manifest_path))
-        key = [
-            counts["succeeded"],
-            counts["failed"],
-            counts["running"],
-            counts["not_submitted"],
-            counts["uncertain"],
-            counts["prices_unknown"],
-        ]
-        unknown = counts["prices_unknown"]
-        prices = f" ({unknown} price(s) not known yet: billing lags completion)" if unknown else ""
-        tally = (
-            f"{counts['succeeded']}/{len(self._lines)} completed, {counts['failed']} failed, "
-            f"{counts['running']} running, {counts['not_submitted']} not submitted, "
-            f"{counts['uncertain']} uncertain"
+        report_progress(
+            self._lines.values(), self._manifest_path, self._carry, self._context["ti"], self.log, final=final
         )
-        if final:
-            self.log.info(
-                "Batch finished: %s; %s billed%s. Manifest: %s",
-                tally,
-                costs.usd_text(counts["cost_usd"]),
-                prices,
-                self._manifest_path,
-            )
-        elif key == self._carry.get("progress"):  # the carry: a resume does not say it again
-            return
-        else:
-            self.log.info("Batch: %s, %s so far%s.", tally, costs.usd_text(counts["cost_usd"]), prices)
-        self._carry["progress"] = key
-        self._context["ti"].xcom_push(key=XCOM_PROGRESS, value=counts)
-
-    def _log_failures(self) -> None:
-        """Each failed (or uncertain) input's reason, the first :data:`FAILURES_LOGGED`; the rest
-        are in the manifest."""
-        from airflow_provider_magi.manifest import FAILED, UNCERTAIN
-
-        failed = sorted(
-            (line for line in self._lines.values() if line.status in (FAILED, UNCERTAIN)),
-            key=lambda line: line.index,
-        )
-        for line in failed[:FAILURES_LOGGED]:
-            self.log.warning(
-                "Batch: input %d %s%s: %s",
-                line.index,
-                line.status,
-                f" (prediction {line.prediction_id})" if line.prediction_id else "",
-                line.error or "no reason given",
-            )
-        if len(failed) > FAILURES_LOGGED:
-            self.log.warning(
-                "Batch: %d more failed or uncertain input(s); their reasons are in the manifest at %s.",
-                len(failed) - FAILURES_LOGGED,
-                self._manifest_path,
-            )
 
     # ------------------------------------------------------------ OpenLineage (provider optional)
 
@@ -726,7 +395,3 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
             "Batch killed. WaveSpeed has no cancel endpoint: its running predictions keep running and "
             "are billed; a retry waits for them (the ledger holds their ids) and pays only for the rest."
         )
-
-
-class _Refused(Exception):
-    """An output the NSFW policy refuses: the item fails, the batch goes on."""

@@ -315,10 +315,7 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             inputs = self.prediction.get("inputs") or {}
             extra.update({key: inputs[key] for key in ("prompt", "seed", "image") if key in inputs})
         extra["cost_usd"] = self._cost
-        outlet_events = context["outlet_events"]
-        for outlet in self.outlets:
-            if type(outlet).__name__ == "Asset":
-                outlet_events[outlet].extra.update(extra)
+        self._add_asset_extra(context, extra)
 
     # OpenLineage (provider optional): the output URLs in, the final files out.
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

@@ -459,20 +459,9 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             "dropped_seam_frames": result.dropped_frames,
             "segments": [str(segment) for segment in segments] if self.keep_segments else [],
         }
-        self._emit_asset_events(context, result_dict)
+        keys = ("path", "size", "duration", "frames", "prediction_ids", "cost_usd")
+        self._add_asset_extra(context, {**{key: result_dict[key] for key in keys}, "model": self.model})
         return result_dict
-
-    def _emit_asset_events(self, context: Context, result: dict[str, Any]) -> None:
-        if not self.outlets:
-            return
-        extra = {
-            key: result[key] for key in ("path", "size", "duration", "frames", "prediction_ids", "cost_usd")
-        }
-        extra["model"] = self.model
-        outlet_events = context["outlet_events"]
-        for outlet in self.outlets:
-            if type(outlet).__name__ == "Asset":
-                outlet_events[outlet].extra.update(extra)
 
     # ------------------------------------------------------------ bookkeeping
 

@@ -10,13 +10,18 @@ submit loop (:func:`~airflow_provider_magi.paying.send.send_wave`), journaled in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi.paying.send import BAD_INPUT, PAID, REFUSED, UNCERTAIN, Wave, send_wave
 
+# Predictions created this long before a wave started still count as its (clocks differ).
+CLOCK_MARGIN = timedelta(seconds=60)
+
 if TYPE_CHECKING:
+    from airflow_provider_magi.api import Prediction
     from airflow_provider_magi.batch_inputs import BatchItem
     from airflow_provider_magi.batch_ledger import BatchBook, BatchEntry
     from airflow_provider_magi.ledger import Ledger
@@ -87,6 +92,13 @@ class BatchPayer:
         from airflow_provider_magi.batch_ledger import write_book
 
         write_book(self.ledger, self.book)
+
+    def created_after(self, running: list[ManifestLine]) -> datetime:
+        """The oldest running wave's start, less a margin for clocks: the running predictions'
+        window in WaveSpeed's history."""
+        waves = [self.book.entries[line.index].wave for line in running if line.index in self.book.entries]
+        since = min((self.book.waves[wave] for wave in waves), default=datetime.now(UTC))
+        return since - CLOCK_MARGIN
 
     # ------------------------------------------------------------ what earlier tries paid
 
@@ -226,6 +238,51 @@ class BatchPayer:
                 "or delete the batch's ledger record to pay for it afresh"
             )
 
+    def ended(
+        self,
+        lines: Iterable[ManifestLine],
+        found: dict[str, Prediction],
+        *,
+        fresh: bool,
+        deliver: Callable[[ManifestLine, Prediction], None],
+        after_each: Callable[[], None],
+    ) -> None:
+        """Apply what the statuses say to the running items: a completed one is delivered; a
+        failed one is final within the try, and paid for again only by a fresh try (a retry or
+        clear), and only when it provably did not complete (a completed one is billed, and a
+        deleted one, or a 404, may have been: never bought again)."""
+        from airflow_provider_magi.manifest import FAILED, NOT_SUBMITTED, RUNNING
+
+        for line in list(lines):
+            prediction = found.get(line.prediction_id or "")
+            if line.status != RUNNING or prediction is None or not prediction.is_terminal:
+                continue
+            if prediction.is_completed:
+                deliver(line, prediction)
+            if prediction.is_completed and line.status != RUNNING:
+                pass  # delivered (or its outputs refused): the line says which
+            elif fresh and not prediction.is_completed and prediction.status != "deleted":
+                self.log.info(
+                    "Batch: input %d's prediction %s %s in an earlier try: submitting it again.",
+                    line.index,
+                    prediction.id,
+                    prediction.status,
+                )
+                if prediction.id not in line.replaced:
+                    line.replaced = [*line.replaced, prediction.id]
+                line.status, line.prediction_id, line.error = NOT_SUBMITTED, None, None
+            else:
+                line.status = FAILED
+                line.error = prediction.error or (
+                    "completed without any outputs" if prediction.is_completed else prediction.status
+                )
+                if prediction.status == "deleted":
+                    line.error += (
+                        "; it may have completed and been billed, so it is not submitted again. Fix: "
+                        "check your WaveSpeed predictions and billing for it"
+                    )
+            after_each()
+
     # ------------------------------------------------------------ the next wave
 
     def pay_wave(
@@ -336,6 +393,22 @@ class SaidOnce:
 
     def error(self, message: str, *args: Any, **_: Any) -> None:
         self._say("error", message, *args)
+
+
+def running_lines(lines: dict[int, ManifestLine]) -> list[ManifestLine]:
+    """What may still be billed, in input order."""
+    from airflow_provider_magi.manifest import RUNNING
+
+    return sorted((line for line in lines.values() if line.status == RUNNING), key=lambda line: line.index)
+
+
+def pending_lines(lines: dict[int, ManifestLine]) -> list[ManifestLine]:
+    """What the next wave pays for, in input order."""
+    from airflow_provider_magi.manifest import NOT_SUBMITTED
+
+    return sorted(
+        (line for line in lines.values() if line.status == NOT_SUBMITTED), key=lambda line: line.index
+    )
 
 
 def indexes(lines: list[ManifestLine]) -> str:
