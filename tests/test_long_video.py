@@ -16,7 +16,7 @@ import requests
 
 from airflow_provider_magi.exceptions import MagiInputError, MagiMissingDependencyError
 from airflow_provider_magi.media import INSTALL_HINT, join_clips, last_frame_png, require_av
-from airflow_provider_magi.operators.long_video import parse_scenes
+from airflow_provider_magi.scenes import parse_scenes
 from airflow_provider_magi.testing import LocalWaveSpeedServer
 from airflow_provider_magi.testing.clips import first_frame_clip
 from airflow_provider_magi.testing.video import sample_video
@@ -232,7 +232,8 @@ def test_a_scene_paid_in_an_earlier_try_is_logged_as_reused_not_paid(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from airflow_provider_magi.api import Prediction
-    from airflow_provider_magi.operators.long_video import MagiLongVideoOperator, Scene
+    from airflow_provider_magi.operators.long_video import MagiLongVideoOperator
+    from airflow_provider_magi.scenes import Scene
 
     operator = MagiLongVideoOperator(task_id="long_video", scenes=["a"], destination=str(tmp_path))
     log = Recorder()
@@ -257,7 +258,8 @@ def test_a_resume_within_the_same_try_says_continues_not_reused(
     from types import SimpleNamespace
 
     from airflow_provider_magi.api import Prediction
-    from airflow_provider_magi.operators.long_video import MagiLongVideoOperator, Scene
+    from airflow_provider_magi.operators.long_video import MagiLongVideoOperator
+    from airflow_provider_magi.scenes import Scene
 
     first, second = (
         Prediction(id=c * 32, model="wavespeed-ai/magi-1-24b", status="completed", outputs=("u",))

@@ -20,11 +20,9 @@ clip it needs for the next first frame, submits the next scene and defers again.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +43,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_magi.downloads import WritablePath
     from airflow_provider_magi.ledger import Ledger
+    from airflow_provider_magi.scene_clips import SceneClips
+    from airflow_provider_magi.scenes import Scene
 
 # The costs and validation modules load when the task runs, not when a DAG file is parsed.
 
@@ -52,64 +52,6 @@ XCOM_SCENES_DONE = "scenes_done"
 DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}.mp4"
 # What the default becomes in a mapped task: each map index its own file, never one for all.
 MAPPED_DEFAULT_FILENAME = "{dag_id}/{run_id}/{task_id}_{map_index}.mp4"
-_SCENE_KEYS = ("prompt", "seed", "extra_inputs")
-
-
-@dataclass(frozen=True)
-class Scene:
-    prompt: Any
-    seed: Any = None
-    extra_inputs: Any = None
-
-
-def parse_scenes(scenes: Any) -> list[Scene]:
-    """The rendered ``scenes``: a non-empty list of prompts, or of dicts with ``prompt`` and
-    optional ``seed`` and ``extra_inputs`` (a JSON text of that list is accepted, for templates
-    rendered as text)."""
-    from airflow_provider_magi.validation import shorten
-
-    given = scenes  # the error names what was passed, not what a failed JSON read left
-    if isinstance(scenes, str):
-        try:
-            scenes = json.loads(scenes)
-        except ValueError:
-            scenes = None
-    if not isinstance(scenes, Sequence) or isinstance(scenes, str) or not scenes:
-        one_prompt = isinstance(given, str) and scenes is None
-        raise MagiInputError(
-            f"Invalid scenes: {shorten(given)}"
-            + (" (one text that is not a JSON list)" if one_prompt else "")
-            + ". Fix: pass a non-empty list of prompts, or of dicts with 'prompt' and optional "
-            + "'seed' and 'extra_inputs'"
-            + (f", e.g. scenes=[{given!r}]" if one_prompt else "")
-        )
-    parsed = []
-    for number, scene in enumerate(scenes, 1):
-        if isinstance(scene, str):
-            parsed.append(Scene(prompt=scene))
-        elif isinstance(scene, Mapping) and "prompt" in scene and set(scene) <= set(_SCENE_KEYS):
-            parsed.append(Scene(scene["prompt"], scene.get("seed"), scene.get("extra_inputs")))
-        else:
-            raise MagiInputError(
-                f"Invalid scene {number}: {shorten(scene)}{_unknown_keys(scene)}. Fix: a prompt, or a "
-                "dict with 'prompt' and optional 'seed' and 'extra_inputs'"
-            )
-    return parsed
-
-
-def _unknown_keys(scene: Any) -> str:
-    """Name a scene dict's keys that are not scene keys, each with its close match (a typo such
-    as 'promt' is then found at a glance)."""
-    if not isinstance(scene, Mapping):
-        return ""
-    import difflib  # only to word this error
-
-    notes = []
-    for key in (k for k in scene if k not in _SCENE_KEYS):
-        close = difflib.get_close_matches(str(key), _SCENE_KEYS, n=1)
-        notes.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
-    missing = "" if "prompt" in scene or notes else ": no 'prompt'"
-    return f": unknown key{'s' if len(notes) > 1 else ''} {', '.join(notes)}" if notes else missing
 
 
 class MagiLongVideoOperator(MagiGenerateVideoOperator):
@@ -187,7 +129,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         self._remaining = 1  # scenes still to pay for, the next one included (for the guards)
         self._paid: str | None = None  # the scenes already paid, named by a guard's refusal
         self._written: list[Any] = []
-        self._output_urls: list[str] = []
+        self._clips: SceneClips | None = None
         # The prediction this try deferred for, when resumed with its event (None: a fresh start,
         # or an event from an earlier try): scenes up to it were met by this try already.
         self._resumed_for: str | None = None
@@ -200,6 +142,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         from airflow_provider_magi.ledger_stores import open_ledger
         from airflow_provider_magi.media import require_av
         from airflow_provider_magi.paying.deadline import start_clock
+        from airflow_provider_magi.scene_clips import SceneClips
+        from airflow_provider_magi.scenes import parse_scenes
 
         start_clock(self, context)  # execution_timeout counts from the try's first entry, across scenes
         require_av()  # before anything is paid: without it no scene could be chained or joined
@@ -215,15 +159,16 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         self._webhook_url = None
         ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
         work = Path(tempfile.mkdtemp(prefix="magi-long-video-"))
+        self._clips = clips = SceneClips(self.hook, work)
         try:
             done: list[Prediction] = []
             for number, scene in enumerate(scenes, 1):
-                done.append(self._scene(context, ledger, number, len(scenes), scene, done, work, directory))
+                done.append(self._scene(context, ledger, number, len(scenes), scene, done, clips, directory))
                 context["ti"].xcom_push(
                     key=XCOM_SCENES_DONE,
                     value=[{"scene": k, "prediction_id": p.id} for k, p in enumerate(done, 1)],
                 )
-            return self._join(context, done, work, directory)
+            return self._join(context, done, clips, directory)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -267,7 +212,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         total: int,
         scene: Scene,
         done: list[Prediction],
-        work: Path,
+        clips: SceneClips,
         directory: WritablePath,
     ) -> Prediction:
         """One scene, paid at most once: its completed prediction (waiting, or deferring, first)."""
@@ -298,8 +243,8 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         prediction_id = self._resume(scene_ledger, context)
         if prediction_id is None:
             if done:
-                clip = self._clip(number - 1, done[-1], work)
-                self._inputs["image"] = LocalImage(self._last_frame(clip, work, number - 1))
+                clip = clips.clip(number - 1, done[-1])
+                self._inputs["image"] = LocalImage(clips.last_frame(clip, number - 1))
             prediction_id = self.submit_job(context, scene_ledger)
             self.log.info("Long video: scene %d/%d submitted as %s", number, total, prediction_id)
         else:
@@ -338,13 +283,6 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             self.defer_to_trigger(waiter, context)  # resumes in execute_complete
         return prediction
 
-    def _last_frame(self, clip: Path, work: Path, number: int) -> Path:
-        from airflow_provider_magi.media import last_frame_png
-
-        frame = work / f"scene-{number}-last-frame.png"
-        frame.write_bytes(last_frame_png(clip))
-        return frame
-
     # ------------------------------------------------------------ clips and the join
 
     def _target_values(self, context: Context, prediction_id: str) -> str:
@@ -380,49 +318,23 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
     def _target(self, context: Context, directory: WritablePath, done: list[Prediction]) -> WritablePath:
         return directory / self._target_values(context, done[-1].id)
 
-    def _segment(self, target: WritablePath, number: int, prediction: Prediction) -> WritablePath:
-        stem = target.name.rsplit(".", 1)[0]
-        return target.parent / f"{stem}.scene-{number}.{prediction.id}.mp4"
-
-    def _clip(self, number: int, prediction: Prediction, work: Path, segment: Path | None = None) -> Path:
-        """Scene ``number``'s clip as a local file: a kept segment (its name holds the prediction
-        id, so an older scene's file never passes), a copy from earlier in this try, or a fresh
-        download of the prediction's output."""
-        if segment is not None and segment.exists():
-            return segment
-        local = work / f"scene-{number}.mp4"
-        if local.exists():
-            return local
-        target = segment if segment is not None else local
-        self._download(prediction, number, target)
-        return target
-
-    def _download(self, prediction: Prediction, number: int, target: Path) -> None:
-        url = prediction.outputs[0]
-        self._output_urls.append(url)
-        self.hook.download_output(
-            url,
-            target,
-            allow_insecure_loopback=self.hook.is_local_server,
-            label=f"Scene {number} (prediction {prediction.id}) output 0",
-        )
-
     def _join(
-        self, context: Context, done: list[Prediction], work: Path, directory: WritablePath
+        self, context: Context, done: list[Prediction], clips: SceneClips, directory: WritablePath
     ) -> dict[str, Any]:
         from airflow_provider_magi import costs
         from airflow_provider_magi.downloads import place_file
         from airflow_provider_magi.media import REMUX, join_clips
+        from airflow_provider_magi.scene_clips import segment_path
 
         target = self._target(context, directory, done)
-        segments = [self._segment(target, k, p) for k, p in enumerate(done, 1)]
+        segments = [segment_path(target, k, p) for k, p in enumerate(done, 1)]
         local_segments = self.keep_segments and isinstance(directory, Path)
-        clips = [
-            self._clip(k, p, work, Path(segment) if local_segments else None)
+        files = [
+            clips.clip(k, p, Path(segment) if local_segments else None)
             for k, (p, segment) in enumerate(zip(done, segments, strict=True), 1)
         ]
-        joined = work / "joined.mp4"
-        result = join_clips(clips, joined, drop_seam_frames=self.drop_seam_frames)
+        joined = clips.work / "joined.mp4"
+        result = join_clips(files, joined, drop_seam_frames=self.drop_seam_frames)
         how = "without re-encoding (packets copied)" if result.method == REMUX else "by re-encoding"
         self.log.info(
             "Joined %d scenes %s: %s; %d frames, %.3f s, %d seam frame(s) dropped",
@@ -436,7 +348,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         self._claim(context, directory, target)
         size = place_file(joined, target)
         if self.keep_segments:
-            for clip, segment in zip(clips, segments, strict=True):
+            for clip, segment in zip(files, segments, strict=True):
                 if str(segment) != str(clip):
                     place_file(clip, segment)
         self._written = [target]
@@ -470,6 +382,6 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
 
         return download_lineage(
             prediction_id=self.magi_prediction_id,
-            output_urls=self._output_urls,
+            output_urls=self._clips.output_urls if self._clips else [],
             written_paths=self._written,
         )
