@@ -191,10 +191,10 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
                     "is paid for)"
                 ) from None
 
-    def _check_spending(self, *, count: int = 1, paid: str | None = None) -> None:
-        """The guards for every scene still to pay for, not only the next one: a budget that
-        holds 2 of 4 scenes refuses before scene 1, instead of paying for half a video."""
-        super()._check_spending(count=self._remaining, paid=self._paid)
+    def _still_to_pay(self) -> tuple[int, str | None]:
+        """Every scene still to pay for, not only the next one: a budget that holds 2 of 4 scenes
+        refuses before scene 1, instead of paying for half a video."""
+        return self._remaining, self._paid
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """A scene finished in the triggerer (or failed: that raises): carry on with the chain."""

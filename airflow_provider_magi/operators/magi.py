@@ -235,7 +235,6 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             self.log,
             attach_to_single_candidate=self.attach_to_single_candidate,
             settle_wait=self._settle_wait,
-            guard=self._check_spending,
         )
 
     def _resume(self, ledger: Ledger, context: Context) -> str | None:
@@ -258,17 +257,23 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         time.sleep(seconds)
 
     def submit_job(self, context: Context, ledger: Ledger) -> str:
+        count, paid = self._still_to_pay()
         prediction_id = self._payer.pay(
-            ledger, context, self._fingerprint, self._inputs, webhook_url=self._webhook_url
+            ledger,
+            context,
+            self._fingerprint,
+            self._inputs,
+            webhook_url=self._webhook_url,
+            count=count,
+            paid=paid,
         )
         self._announce(context, prediction_id, "Submitted")
         return prediction_id
 
-    def _check_spending(self, *, count: int = 1, paid: str | None = None) -> None:
-        """The connection's balance floor and daily budget, checked just before this task pays
-        (never when the ledger reattaches to a prediction already paid for): the hook's
-        :meth:`~airflow_provider_magi.hooks.account.MagiAccountMixin.check_spending`."""
-        self.hook.check_spending(self.model, count=count, paid=paid, log=self.log)
+    def _still_to_pay(self) -> tuple[int, str | None]:
+        """How many predictions this task still pays for, this one included, and what it paid
+        already (for the guards' words): one video here; a long video's remaining scenes."""
+        return 1, None
 
     def poll_until_complete(self, external_id: Any, context: Context) -> Any:
         prediction_id, _ = stored_job(external_id)

@@ -95,7 +95,6 @@ class ItemPayer:
 
     :param settle_wait: Waits the given seconds before an intent is looked up (an operator that
         defers waits in the triggerer, holding no worker slot).
-    :param guard: Checks the balance floor and daily budget just before paying.
     """
 
     def __init__(
@@ -106,14 +105,12 @@ class ItemPayer:
         *,
         attach_to_single_candidate: bool,
         settle_wait: Callable[[float], None],
-        guard: Callable[[], None],
     ) -> None:
         self.hook = hook
         self.model = model
         self.log = log
         self.attach_to_single_candidate = attach_to_single_candidate
         self.settle_wait = settle_wait
-        self.guard = guard
 
     # ------------------------------------------------------------ before paying
 
@@ -243,9 +240,17 @@ class ItemPayer:
         inputs: Mapping[str, Any],
         *,
         webhook_url: str | None = None,
+        count: int = 1,
+        paid: str | None = None,
     ) -> str:
-        """Guard, then intent -> POST -> id; the new prediction's id."""
-        self.guard()  # before the upload too: nothing that costs money leaves unchecked
+        """The guards, then intent -> POST -> id; the new prediction's id.
+
+        The connection's balance floor and daily budget are checked just before paying (never
+        when the ledger reattaches), for ``count`` predictions (this one and those the task must
+        still pay for after it); ``paid`` names what the task paid already, for the refusal.
+        """
+        # Before the upload too: nothing that costs money leaves unchecked.
+        self.hook.check_spending(self.model, count=count, paid=paid, log=self.log)
         journal = RecordJournal(ledger, fingerprint, self.model)
         wave = send_wave(self.hook, self.model, [(0, inputs)], journal, webhook_url=webhook_url)
         outcome = wave.outcomes[0]
