@@ -19,9 +19,20 @@ def micro(amount: float) -> int:
     return round(amount * 1_000_000)
 
 
-def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -> tuple[int, str | None]:
+def room(
+    hook: Any,
+    model: str,
+    wanted: int,
+    own_unbilled: set[str],
+    log: Any,
+    *,
+    prices: tuple[float, ...] = (),
+    own_prices: dict[str, float] | None = None,
+) -> tuple[int, str | None]:
     """``(fits, refusal)``: how many of ``wanted`` may be submitted now; ``refusal`` says why the
     rest may not be in this try (None: they may go in a later wave, e.g. once a price is known).
+    ``prices``: each wanted one's, when the catalogue knows them (MAGI-2); ``own_prices``: the
+    batch's running ones' known prices.
 
     The hook reads the account and asks the one spend view the single-video guard asks too
     (:func:`~airflow_provider_magi.spend.room`): the balance less every started, unbilled
@@ -41,6 +52,8 @@ def room(hook: Any, model: str, wanted: int, own_unbilled: set[str], log: Any) -
         wanted,
         whole=False,
         own_unbilled=own_unbilled,
+        prices=prices,
+        own_prices=own_prices,
         fails_safe=(
             "no more inputs were submitted; the task may be retried (what was paid is kept in the ledger)"
         ),

@@ -15,14 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_magi.exceptions import MagiInputError
-from airflow_provider_magi.validation import inputs_fingerprint, magi_inputs, shorten
+from airflow_provider_magi.validation import inputs_fingerprint, shorten
 
-ITEM_KEYS = ("prompt", "image", "seed", "extra_inputs", "key", "metadata")
+ITEM_KEYS = (
+    "prompt",
+    "image",
+    "seed",
+    "duration",
+    "aspect_ratio",
+    "last_image",
+    "extra_inputs",
+    "key",
+    "metadata",
+)
 # A key names an item in the manifest and in errors: short enough to read in a log line.
 MAX_KEY_CHARS = 200
 _FORMS = (
     "a list of prompts or of dicts with 'prompt' (and optional 'image', 'seed', 'extra_inputs', "
-    "'key', 'metadata'), "
+    "'key', 'metadata'; for MAGI-2 'duration', 'aspect_ratio', 'last_image'), "
     "the JSON text of such a list, or a JSON Lines file (a path, a URL or an ObjectStoragePath)"
 )
 
@@ -40,6 +50,7 @@ class BatchItem:
     fingerprint: str
     key: str | None = None  # the caller's name for the item, unique in the batch
     metadata: dict[str, Any] | None = None  # the caller's JSON object, copied to the manifest
+    price: float | None = None  # known before any bill when the catalogue prices it (MAGI-2)
 
 
 class JsonLinesItems(list[Any]):
@@ -214,7 +225,7 @@ def _check_item(index: int, where: str, raw: Any, model: str) -> BatchItem:
                 f"Invalid {where}: unknown key(s) {', '.join(unknown)}. Fix: use only "
                 f"{', '.join(ITEM_KEYS)}; other model inputs go inside 'extra_inputs'"
             )
-        if "prompt" not in raw:
+        if "prompt" not in raw and _needs_prompt(model):
             raise MagiInputError(f"Invalid {where}: no 'prompt'. Fix: add the text of the video to make")
         fields = raw
     else:
@@ -222,13 +233,14 @@ def _check_item(index: int, where: str, raw: Any, model: str) -> BatchItem:
             f"Invalid {where}: {type(raw).__name__} {shorten(raw)}. Fix: a prompt string or a dict "
             "with 'prompt'"
         )
+    from airflow_provider_magi.model_inputs import model_inputs, price_of
+
+    named = {
+        name: fields.get(name)
+        for name in ("prompt", "image", "seed", "duration", "aspect_ratio", "last_image")
+    }
     try:
-        inputs = magi_inputs(
-            prompt=fields.get("prompt"),
-            image=fields.get("image"),
-            seed=fields.get("seed"),
-            extra_inputs=fields.get("extra_inputs"),
-        )
+        inputs = model_inputs(model, **named, extra_inputs=fields.get("extra_inputs"))
     except MagiInputError as error:
         raise MagiInputError(f"{where}: {error}") from None
     key, metadata = _check_key(where, fields)
@@ -238,4 +250,13 @@ def _check_item(index: int, where: str, raw: Any, model: str) -> BatchItem:
         fingerprint=inputs_fingerprint(model, inputs),
         key=key,
         metadata=metadata,
+        price=price_of(model, inputs),
     )
+
+
+def _needs_prompt(model: str) -> bool:
+    from airflow_provider_magi.models import spec_of
+
+    spec = spec_of(model)
+    rule = spec.rule("prompt") if spec is not None else None
+    return spec is None or (rule is not None and rule.required)

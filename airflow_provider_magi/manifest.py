@@ -41,6 +41,10 @@ class ManifestLine:
     replaced: list[str] = field(default_factory=list)
     key: str | None = None  # the item's own key and metadata, as its input gave them
     metadata: dict[str, Any] | None = None
+    # What the item asked for and its price when the catalogue knows it before any bill (MAGI-2:
+    # seconds of video at $0.08 each); left out of the line when not known.
+    duration: int | None = None
+    price_usd: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -55,6 +59,8 @@ class ManifestLine:
                 "replaced": self.replaced,
                 "key": self.key,
                 "metadata": self.metadata,
+                **({"duration": self.duration} if self.duration is not None else {}),
+                **({"price_usd": self.price_usd} if self.price_usd is not None else {}),
             },
             ensure_ascii=False,
             separators=(",", ":"),

@@ -44,7 +44,7 @@ class InputRule:
         elif self.kind == CHOICE:
             said = "one of " + ", ".join(repr(choice) for choice in self.choices)
         elif self.kind == IMAGE:
-            said = "an image: an http(s) URL, or a local path or object-storage URL (uploaded first)"
+            said = "an http(s) URL, or a local path or object-storage URL (uploaded first)"
         else:
             said = "text"
         if self.default is not None:

@@ -71,6 +71,9 @@ class SpendFacts:
     budget: float | None = None
     billed_today: float = 0.0
     reserved: tuple[Reserved, ...] = ()
+    # The wanted predictions' own prices, in order, when the model's price rule knows them before
+    # any bill (MAGI-2: per second of video); then ``price`` is their average, for the words.
+    prices: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ def room(facts: SpendFacts, wanted: int, *, whole: bool) -> Room:
         return Room(wanted, 0)
     if facts.floor is not None and facts.balance is not None and micro(facts.balance) < micro(facts.floor):
         return Room(wanted, 0, limit=FLOOR, below_floor=True, floor_room=facts.balance - facts.floor)
-    price = None if facts.price is None else micro(facts.price)
+    each = [micro(p) for p in facts.prices[:wanted]] if len(facts.prices) >= wanted else None
+    price = max(each) if each else None if facts.price is None else micro(facts.price)
     reserved = 0
     for item in facts.reserved:
         if item.price is not None:
@@ -152,13 +156,30 @@ def room(facts: SpendFacts, wanted: int, *, whole: bool) -> Room:
             return replace(counted, wait=True, unknown_price=True)
         return replace(counted, fits=min(1, wanted), wait=wanted > 1, unknown_price=True)
     fits = {
-        name: (max(0, left) // price if price else (wanted if left >= 0 else 0))
+        name: (
+            _how_many(each, left)
+            if each
+            else max(0, left) // price
+            if price
+            else (wanted if left >= 0 else 0)
+        )
         for name, left in rooms.items()
     }
     limit = min(fits, key=lambda name: fits[name])
     if fits[limit] >= wanted:
         return replace(counted, fits=wanted)
     return replace(counted, fits=0 if whole else fits[limit], limit=limit)
+
+
+def _how_many(prices: list[int], left: int) -> int:
+    """How many of ``prices`` (millionths, in order) fit in ``left``."""
+    count = total = 0
+    for price in prices:
+        if total + price > left:
+            break
+        total += price
+        count += 1
+    return count
 
 
 # ---------------------------------------------------------------- what a refusal says

@@ -110,6 +110,18 @@ class MagiTaskMixin:
             setattr(self, name, value)
         return rendering
 
+    # ------------------------------------------------------------ OpenLineage (provider optional)
+
+    def _lineage(self) -> Any:
+        """This task's OpenLineage facets (each operator says what it read and wrote)."""
+        return None
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self._lineage()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self._lineage()  # the OpenLineage listener adds the error itself
+
     def _add_asset_extra(self, context: Context, extra: dict[str, Any]) -> None:
         """Put ``extra`` on the events of this task's Asset outlets (what downstream DAGs read)."""
         outlets = getattr(self, "outlets", None) or []

@@ -58,6 +58,7 @@ class LocalImage:
     """
 
     path: Any
+    field: str = "image"  # the input it is (``image``, or MAGI-2's ``last_image``), for errors
 
     def __str__(self) -> str:
         return str(self.path)
@@ -72,10 +73,11 @@ class LocalImage:
         sent anywhere).
         """
         local = _local_filesystem_path(self.path)
-        content = _read_local(local) if local is not None else _read_object(self.path)
+        field = self.field
+        content = _read_local(local, field) if local is not None else _read_object(self.path, field)
         if len(content) > MAX_IMAGE_BYTES:
             raise _invalid(
-                "image",
+                field,
                 f"is over the {MAX_IMAGE_BYTES // 2**20} MiB upload limit",
                 str(self.path),
                 "resize or compress the first frame",
@@ -83,7 +85,7 @@ class LocalImage:
         content_type = sniff_image_type(content)
         if content_type is None:
             raise _invalid(
-                "image",
+                field,
                 "is not a PNG, JPEG, WebP or GIF image",
                 str(self.path),
                 "pass the first frame as a PNG, JPEG, WebP or GIF file, or as an https URL",
@@ -121,42 +123,42 @@ def _local_filesystem_path(path: Any) -> str | None:
     return None
 
 
-def _read_local(path: str) -> bytes:
+def _read_local(path: str, field: str) -> bytes:
     real = os.path.realpath(path)
     if any(real == root or real.startswith(root + os.sep) for root in _PSEUDO_FILESYSTEMS):
-        raise _invalid("image", f"is a kernel or device file ({real})", path, _IMAGE_FIX)
+        raise _invalid(field, f"is a kernel or device file ({real})", path, _IMAGE_FIX)
     try:
         # O_NONBLOCK: opening a FIFO must not hang the task; fstat then refuses it.
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise _invalid("image", "does not exist", path, _IMAGE_FIX) from None
+        raise _invalid(field, "does not exist", path, _IMAGE_FIX) from None
     except OSError as error:
-        raise _invalid("image", f"cannot be opened ({error.strerror})", path, _IMAGE_FIX) from None
+        raise _invalid(field, f"cannot be opened ({error.strerror})", path, _IMAGE_FIX) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _invalid("image", "is not a regular file", path, _IMAGE_FIX)
+            raise _invalid(field, "is not a regular file", path, _IMAGE_FIX)
         with os.fdopen(fd, "rb", closefd=False) as handle:
             return handle.read(MAX_IMAGE_BYTES + 1)  # never more than the limit, whatever stat says
     finally:
         os.close(fd)
 
 
-def _read_object(path: Any) -> bytes:
+def _read_object(path: Any, field: str) -> bytes:
     try:
         if not path.is_file():
-            raise _invalid("image", "does not exist or is not a file", str(path), _IMAGE_FIX)
+            raise _invalid(field, "does not exist or is not a file", str(path), _IMAGE_FIX)
         with path.open("rb") as handle:
             content = handle.read(MAX_IMAGE_BYTES + 1)
     except OSError as error:
-        raise _invalid("image", f"cannot be read ({error})", str(path), _IMAGE_FIX) from None
+        raise _invalid(field, f"cannot be read ({error})", str(path), _IMAGE_FIX) from None
     return bytes(content)
 
 
-def _absolute(path: Path, given: Any) -> Path:
+def _absolute(path: Path, given: Any, field: str = "image") -> Path:
     """A relative first frame is refused: each worker would read it from its own working directory."""
     if not path.is_absolute():
         raise _invalid(
-            "image",
+            field,
             f"is a relative path, which a worker would read from its own working directory ({os.getcwd()})",
             given,
             "pass an absolute path (or ~/...), a file:// or object-storage URL, or an https URL",
@@ -164,31 +166,31 @@ def _absolute(path: Path, given: Any) -> Path:
     return path
 
 
-def check_image(image: Any) -> str | LocalImage | None:
+def check_image(image: Any, field: str = "image") -> str | LocalImage | None:
     """A URL is passed on; a path or object-storage location is read and checked at submit time."""
     if image is None or image == "":
         return None
     if hasattr(image, "fs"):  # ObjectStoragePath
-        return LocalImage(image)
+        return LocalImage(image, field)
     if isinstance(image, os.PathLike):
-        return LocalImage(_absolute(Path(image), image))
+        return LocalImage(_absolute(Path(image), image, field), field)
     if not isinstance(image, str):
-        raise _invalid("image", f"must be a URL or a path, not {type(image).__name__}", image, _IMAGE_FIX)
+        raise _invalid(field, f"must be a URL or a path, not {type(image).__name__}", image, _IMAGE_FIX)
     text = image.strip()
     parts = urlsplit(text)
     if parts.scheme in ("http", "https") and parts.netloc:
         return text
     if parts.scheme in ("http", "https", "ftp", "data"):
-        raise _invalid("image", "is not an http(s) URL", image, _IMAGE_FIX)
+        raise _invalid(field, "is not an http(s) URL", image, _IMAGE_FIX)
     if not parts.scheme:
-        return LocalImage(_absolute(Path(text).expanduser(), image))
+        return LocalImage(_absolute(Path(text).expanduser(), image, field), field)
     from airflow.sdk import ObjectStoragePath
 
     try:
-        return LocalImage(ObjectStoragePath(text))
+        return LocalImage(ObjectStoragePath(text), field)
     except (ValueError, TypeError) as error:
         raise _invalid(
-            "image", f"is not a storage location Airflow knows ({error})", image, _IMAGE_FIX
+            field, f"is not a storage location Airflow knows ({error})", image, _IMAGE_FIX
         ) from None
 
 
@@ -210,7 +212,7 @@ def check_seed(seed: Any) -> int | None:
     return seed
 
 
-def check_extra_inputs(extra_inputs: Any) -> dict[str, Any]:
+def check_extra_inputs(extra_inputs: Any, named: tuple[str, ...] = NAMED_INPUTS) -> dict[str, Any]:
     if extra_inputs is None:
         return {}
     if not isinstance(extra_inputs, Mapping):
@@ -220,7 +222,7 @@ def check_extra_inputs(extra_inputs: Any) -> dict[str, Any]:
             extra_inputs,
             'pass a dict such as {"resolution": "720p"}',
         )
-    collisions = sorted(set(extra_inputs) & set(NAMED_INPUTS))
+    collisions = sorted(set(extra_inputs) & set(named))
     if collisions:
         raise _invalid(
             "extra_inputs",
@@ -269,7 +271,16 @@ def inputs_fingerprint(model: str, inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def inputs_summary(*, prompt: Any, image: Any, seed: Any, extra_inputs: Any) -> dict[str, Any]:
+def inputs_summary(
+    *,
+    prompt: Any,
+    image: Any,
+    seed: Any,
+    extra_inputs: Any,
+    duration: Any = None,
+    aspect_ratio: Any = None,
+    last_image: Any = None,
+) -> dict[str, Any]:
     """What was asked for, for the result dict and asset events, without touching any file.
 
     Called when a paid prediction has finished: nothing local (a first frame deleted since the
@@ -282,8 +293,17 @@ def inputs_summary(*, prompt: Any, image: Any, seed: Any, extra_inputs: Any) -> 
         seed = check_seed(seed)
     if seed not in (None, ""):
         summary["seed"] = seed
+    for name, value in (("duration", duration), ("aspect_ratio", aspect_ratio), ("last_image", last_image)):
+        if value not in (None, ""):
+            summary[name] = value if isinstance(value, (int, str)) else str(value)
     if isinstance(extra_inputs, Mapping):
-        summary.update({key: value for key, value in extra_inputs.items() if key not in NAMED_INPUTS})
+        summary.update(
+            {
+                key: value
+                for key, value in extra_inputs.items()
+                if key not in NAMED_INPUTS and key not in summary
+            }
+        )
     return summary
 
 

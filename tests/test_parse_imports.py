@@ -23,6 +23,7 @@ PARSE_TIME_MODULES = {
     "airflow_provider_magi.operators.download",
     "airflow_provider_magi.operators.long_video",
     "airflow_provider_magi.operators.magi",
+    "airflow_provider_magi.scenes",  # a long video's scene rules: json and the exceptions only
     "airflow_provider_magi.sensors",
     "airflow_provider_magi.sensors.magi",
     "airflow_provider_magi.task_mixin",

@@ -10,7 +10,7 @@ are resent after transient failures like a GET (``resend_safe`` for the POSTs), 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from airflow_provider_magi.exceptions import (
 )
 from airflow_provider_magi.hooks.async_client import asend, shared_async_client
 from airflow_provider_magi.hooks.sync_client import MagiSyncClientMixin
+from airflow_provider_magi.models import spec_of
 from airflow_provider_magi.retries import RetryPolicy, settle
 
 if TYPE_CHECKING:
@@ -178,6 +179,8 @@ class MagiAccountMixin(MagiSyncClientMixin):
         own_unbilled: frozenset[str] | set[str] = frozenset(),
         paid: str | None = None,
         fails_safe: str | None = None,
+        prices: Sequence[float] = (),
+        own_prices: Mapping[str, float] | None = None,
     ) -> tuple[spend.Room, spend.SpendFacts]:
         """Read what the connection's guards need and ask the one spend view
         (:func:`~airflow_provider_magi.spend.room`) how many of ``wanted`` predictions of
@@ -190,6 +193,10 @@ class MagiAccountMixin(MagiSyncClientMixin):
 
         :param fails_safe: What a read that fails means for the caller, in its words (a batch:
             no more inputs were submitted); by default, that nothing was sent.
+        :param prices: The wanted predictions' prices, in order, when the model's price rule
+            knows them before any bill (``models``: MAGI-2 per second); then no price is read.
+        :param own_prices: The caller's own started predictions' known prices, by id. Another
+            started prediction of a per-second model counts at its longest video's price.
         :raises MagiBudgetCheckError: a read failed or did not read as USD (fail safe, retried).
         """
         settings = self.settings
@@ -223,13 +230,18 @@ class MagiAccountMixin(MagiSyncClientMixin):
                 paid,
                 fails_safe=fails_safe,
             )
-        price = self._guard_read(
-            lambda: self.get_unit_price(model),
-            f"the price of {model} from WaveSpeed's usage stats",
-            extra,
-            paid,
-            fails_safe=fails_safe,
-            none_means_unreadable=False,
+        known = tuple(prices)[:wanted] if len(prices) >= wanted > 0 else ()
+        price = (
+            round(sum(known) / len(known), 6)
+            if known
+            else self._guard_read(
+                lambda: self.get_unit_price(model),
+                f"the price of {model} from WaveSpeed's usage stats",
+                extra,
+                paid,
+                fails_safe=fails_safe,
+                none_means_unreadable=False,
+            )
         )
         unbilled, billed = self._guard_read(
             lambda: self.get_started_since(min(midnight, now - RESERVE_LOOKBACK), billed_from=midnight),
@@ -240,13 +252,17 @@ class MagiAccountMixin(MagiSyncClientMixin):
         )
         # Usage stats lag billing: what was billed today counts even before the stats show it.
         billed_today = max(billed_today, billed)
-        prices: dict[str, float | None] = {model.strip().strip("/"): price}
+        own_known = dict(own_prices or {})
+        unit_prices: dict[str, float | None] = {} if known else {model.strip().strip("/"): price}
         own = set(own_unbilled) | set(getattr(self, "not_candidates", frozenset()))
         reserved: list[spend.Reserved] = []
         for prediction in unbilled:
             other = (prediction.model or model).strip().strip("/")
-            if other not in prices:
-                prices[other] = self._guard_read(
+            spec = spec_of(other)
+            if spec is not None and spec.usd_per_second is not None and other not in unit_prices:
+                unit_prices[other] = spec.highest_price  # its length is not in the history
+            if other not in unit_prices:
+                unit_prices[other] = self._guard_read(
                     lambda other=other: self.get_unit_price(other),  # type: ignore[misc]
                     f"the price of {other} from WaveSpeed's usage stats",
                     extra,
@@ -258,7 +274,7 @@ class MagiAccountMixin(MagiSyncClientMixin):
             reserved.append(
                 spend.Reserved(
                     prediction.id,
-                    prices[other],
+                    own_known.get(prediction.id, unit_prices[other]),
                     own=prediction.id in own,
                     before_midnight=created is not None and created < midnight,
                 )
@@ -267,11 +283,23 @@ class MagiAccountMixin(MagiSyncClientMixin):
         # The caller's own running ones the history does not list as unbilled: not listed yet,
         # or billed a moment ago (then counted twice until the caller sees them complete and
         # stops passing them: on the safe side).
-        reserved += [spend.Reserved(pid, price, own=True) for pid in sorted(set(own_unbilled) - listed)]
-        facts = replace(facts, price=price, billed_today=billed_today, reserved=tuple(reserved))
+        reserved += [
+            spend.Reserved(pid, own_known.get(pid, price), own=True)
+            for pid in sorted(set(own_unbilled) - listed)
+        ]
+        facts = replace(facts, price=price, billed_today=billed_today, reserved=tuple(reserved), prices=known)
         return spend.room(facts, wanted, whole=whole), facts
 
-    def check_spending(self, model: str, *, count: int = 1, paid: str | None = None, log: Any = None) -> None:
+    def check_spending(
+        self,
+        model: str,
+        *,
+        count: int = 1,
+        paid: str | None = None,
+        log: Any = None,
+        prices: Sequence[float] = (),
+        own_prices: Mapping[str, float] | None = None,
+    ) -> None:
         """The connection's balance floor and daily budget (extras ``min_balance_usd`` and
         ``daily_budget_usd``), checked before ``count`` predictions of ``model`` are paid for:
         all of them must fit (:func:`~airflow_provider_magi.spend.room`, the view the batch's
@@ -288,7 +316,9 @@ class MagiAccountMixin(MagiSyncClientMixin):
         settings = self.settings
         if settings.min_balance_usd is None and settings.daily_budget_usd is None:
             return
-        room, facts = self.spend_room(model, count, whole=True, paid=paid)
+        room, facts = self.spend_room(
+            model, count, whole=True, paid=paid, prices=prices, own_prices=own_prices
+        )
         if room.uncountable:
             raise MagiBudgetCheckError(spend.uncountable_text(room, facts, paid))
         refusal = spend.refusal_text(room, facts, paid)

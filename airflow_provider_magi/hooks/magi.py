@@ -55,6 +55,7 @@ from airflow_provider_magi.hooks.settings import (
     MagiSettings,
     normalise_api_key,
 )
+from airflow_provider_magi.models import spec_of
 
 __all__ = ["API_KEY_ENV", "MagiHook", "MagiSettings", "json_body", "model_path", "normalise_api_key"]
 
@@ -117,7 +118,9 @@ class MagiHook(MagiConnectionMixin, MagiHistoryMixin, MagiAccountMixin, MagiConn
             made), so the caller can record when the submit was last sent.
         """
         if check_guards:
-            self.check_spending(model)
+            spec = spec_of(model)
+            price = spec.price_of(inputs) if spec is not None else None
+            self.check_spending(model, prices=() if price is None else (price,))
         path = f"/api/v3/{model_path(model)}"
         if webhook_url:
             path += "?" + urlencode({"webhook": webhook_url})

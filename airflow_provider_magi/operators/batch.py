@@ -173,8 +173,10 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._lines = self._payer.reconcile(
             read_manifest(self._manifest_path), fresh=event is None, whole=is_whole
         )
-        for item in items:  # the caller's key and metadata ride on the item's line
-            self._lines[item.index].key, self._lines[item.index].metadata = item.key, item.metadata
+        for item in items:  # the caller's key and metadata, the length and price ride on its line
+            line = self._lines[item.index]
+            line.key, line.metadata, line.price_usd = item.key, item.metadata, item.price
+            line.duration = item.inputs.get("duration") if item.price is not None else None
         if event is None:
             warn_identical(items, self.log)
         self._last_write = 0.0
@@ -378,12 +380,6 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         )
 
     # ------------------------------------------------------------ OpenLineage (provider optional)
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        return self._lineage()
-
-    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
-        return self._lineage()
 
     def _lineage(self) -> Any:
         from airflow_provider_magi.lineage import folder_lineage

@@ -318,12 +318,6 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         self._add_asset_extra(context, extra)
 
     # OpenLineage (provider optional): the output URLs in, the final files out.
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        return self._lineage()
-
-    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
-        return self._lineage()
-
     def _lineage(self) -> Any:
         from airflow_provider_magi.lineage import download_lineage
 

@@ -36,6 +36,7 @@ from airflow_provider_magi.operators.download import (
     render_filename,
 )
 from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
+from airflow_provider_magi.scenes import scene_inputs, scene_model
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         self._check_scenes(parse_scenes(self.scenes))  # bad input is refused before the ledger is read
         # every scene as this try first rendered it (paying.rendering)
         self._one_rendering(context, resuming=self._resuming)
-        scenes = parse_scenes(self.scenes)
+        scenes = self._scenes = parse_scenes(self.scenes)
         self._check_scenes(scenes)  # every scene, before the first one is paid
         model_path(self.model)
         directory = destination_path(self.destination)  # its filesystem too, before paying
@@ -173,28 +174,42 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
             shutil.rmtree(work, ignore_errors=True)
 
     def _check_scenes(self, scenes: list[Scene]) -> None:
-        """Every scene's inputs, checked before anything is paid: a bad scene 4 must not be
-        found after scenes 1 to 3 were paid for. The error names the scene."""
-        from airflow_provider_magi.validation import magi_inputs
-
+        """Every scene's inputs, checked against its model before anything is paid: a bad scene
+        4 must not be found after scenes 1 to 3 were paid for. The error names the scene."""
         for number, scene in enumerate(scenes, 1):
             try:
-                magi_inputs(
-                    prompt=scene.prompt,
-                    image=self.image if number == 1 else None,
-                    seed=scene.seed,
-                    extra_inputs=scene.extra_inputs,
-                )
+                self._scene_inputs(number, scene)
             except MagiInputError as error:
                 raise MagiInputError(
                     f"Scene {number} of {len(scenes)}: {error} (every scene is checked before any "
                     "is paid for)"
                 ) from None
 
-    def _still_to_pay(self) -> tuple[int, str | None]:
+    def _scene_model(self, number: int) -> str:
+        return scene_model(self.model, number)
+
+    def _scene_inputs(self, number: int, scene: Scene) -> dict[str, Any]:
+        return scene_inputs(self.model, self.image, number, scene)
+
+    def _still_to_pay(self) -> dict[str, Any]:
         """Every scene still to pay for, not only the next one: a budget that holds 2 of 4 scenes
-        refuses before scene 1, instead of paying for half a video."""
-        return self._remaining, self._paid
+        refuses before scene 1, instead of paying for half a video. Their prices, and those of
+        the scenes already paid, when the catalogue knows them (MAGI-2: per second)."""
+        from airflow_provider_magi.model_inputs import price_of
+
+        def price(number: int, scene: Scene) -> float | None:
+            return price_of(self._scene_model(number), self._scene_inputs(number, scene))
+
+        first = self._scene_number
+        prices = [price(k, scene) for k, scene in enumerate(self._scenes[first - 1 :], first)]
+        done = zip(self._done, self._scenes[: len(self._done)], strict=True)
+        paid = {p.id: price(k, scene) for k, (p, scene) in enumerate(done, 1)}
+        return {
+            "count": self._remaining,
+            "paid": self._paid,
+            "prices": () if None in prices else tuple(p for p in prices if p is not None),
+            "own_prices": {pid: cost for pid, cost in paid.items() if cost is not None},
+        }
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """A scene finished in the triggerer (or failed: that raises): carry on with the chain."""
@@ -216,20 +231,16 @@ class MagiLongVideoOperator(MagiGenerateVideoOperator):
         directory: WritablePath,
     ) -> Prediction:
         """One scene, paid at most once: its completed prediction (waiting, or deferring, first)."""
-        from airflow_provider_magi.validation import LocalImage, inputs_fingerprint, magi_inputs
+        from airflow_provider_magi.validation import LocalImage, inputs_fingerprint
 
-        self._scene_number = number
+        self._scene_number, self._done = number, done
         self._final = None
-        self._inputs = magi_inputs(
-            prompt=scene.prompt,
-            image=self.image if number == 1 else None,
-            seed=scene.seed,
-            extra_inputs=scene.extra_inputs,
-        )
+        self._item_model = self._scene_model(number)
+        self._inputs = self._scene_inputs(number, scene)
         source = dict(self._inputs)
         if done:  # what this scene starts from, by the id that made it (never the frame's bytes)
             source["image"] = f"last frame of prediction {done[-1].id}"
-        self._fingerprint = inputs_fingerprint(self.model, source)
+        self._fingerprint = inputs_fingerprint(self._item_model, source)
         scene_ledger = ledger.for_record(f"scene-{number}")
         # A lost answer is never this video's own earlier scene, whatever the history shows.
         self.hook.not_candidates = frozenset(p.id for p in done)

@@ -14,9 +14,6 @@ from airflow_provider_magi.api import (
     final_result,
 )
 from airflow_provider_magi.compat import BaseOperator, conf
-from airflow_provider_magi.exceptions import (
-    MagiInputError,
-)
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
 from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
@@ -42,22 +39,6 @@ def stored_job(external_id: Any) -> tuple[str, str | None]:
 _NOT_INPUTS = frozenset({"magi_conn_id", "webhook_url", "regenerate_on_clear"})
 
 
-def regenerate_flag(value: Any) -> bool:
-    """``regenerate_on_clear`` as rendered: a bool, or its text from a template; else refused
-    before anything is paid."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if isinstance(value, str) else None
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no", "", "none"):
-        return False
-    raise MagiInputError(
-        f"Invalid regenerate_on_clear: expected true or false (got {value!r:.80}). Fix: pass a bool, "
-        "or a template that renders to 'true' or 'false'."
-    )
-
-
 def _seconds(value: float | timedelta | None, name: str) -> float | None:
     if value is None:
         return None
@@ -68,7 +49,7 @@ def _seconds(value: float | timedelta | None, name: str) -> float | None:
 
 
 class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
-    """Generate a video with MAGI-1 24B on WaveSpeed.
+    """Generate a video with MAGI-1 24B (or MAGI-2: ``model``, see ``models.py``) on WaveSpeed.
 
     Submits one prediction, records its id in the ledger and pushes it to XCom (key
     ``prediction_id``) at once, then waits for it in the triggerer (``deferrable=True``) or in the
@@ -81,8 +62,13 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         ``ObjectStoragePath`` (up to 20 MiB), uploaded through WaveSpeed's media upload first.
         Templated.
     :param seed: -1 (random) to 2147483647; the text of an integer is accepted. Templated.
+    :param duration: MAGI-2: the video's length, 4-30 whole seconds (priced per second).
+        Templated; None (the default) sends nothing and the model's default (5 s) applies.
+    :param aspect_ratio: MAGI-2: ``16:9``, ``9:16``, ``1:1``, ``4:3``, ``3:4`` or ``21:9``. Templated.
+    :param last_image: MAGI-2 image-to-video: the last frame, as ``image`` takes it. Templated.
     :param extra_inputs: Further model inputs, passed through as they are. Templated.
-    :param model: WaveSpeed model path, ``owner/name`` or ``owner/name/variant``. Templated.
+    :param model: WaveSpeed model path, ``owner/name`` or ``owner/name/variant``; each input is
+        checked against the catalogue's rules for it before anything is paid. Templated.
     :param magi_conn_id: Airflow connection of type ``magi``. Templated.
     :param wait_for_completion: Wait for the video (returns the result dict) or return the
         prediction id at once (wait later with ``MagiPredictionSensor``).
@@ -111,6 +97,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         "prompt",
         "image",
         "seed",
+        "duration",
+        "aspect_ratio",
+        "last_image",
         "extra_inputs",
         "webhook_url",
         "model",
@@ -124,7 +113,16 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
     _source_fingerprint: str | None = None
     _regenerate = False
     _resuming = False  # entered by a resume after a deferral within the try (paying.rendering)
-    rendered_inputs: tuple[str, ...] = ("prompt", "image", "seed", "extra_inputs")
+    _item_model: str | None = None  # the model this item is made by, when not ``model`` (a scene)
+    rendered_inputs: tuple[str, ...] = (
+        "prompt",
+        "image",
+        "seed",
+        "duration",
+        "aspect_ratio",
+        "last_image",
+        "extra_inputs",
+    )
     operator_extra_links = (MagiPredictionLink(),)
     ui_color = "#f3e8ff"
 
@@ -134,6 +132,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         prompt: str,
         image: str | os.PathLike[str] | None = None,
         seed: int | str | None = None,
+        duration: int | str | None = None,
+        aspect_ratio: str | None = None,
+        last_image: str | os.PathLike[str] | None = None,
         extra_inputs: dict[str, Any] | None = None,
         model: str = DEFAULT_MODEL,
         magi_conn_id: str = "magi_default",
@@ -152,6 +153,9 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         self.prompt = prompt
         self.image = image
         self.seed = seed
+        self.duration = duration
+        self.aspect_ratio = aspect_ratio
+        self.last_image = last_image
         self.extra_inputs = extra_inputs
         self.model = model
         self.magi_conn_id = magi_conn_id
@@ -186,18 +190,24 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             }
         )
 
+    def _named_inputs(self) -> dict[str, Any]:
+        names = ("prompt", "image", "seed", "duration", "aspect_ratio", "last_image")
+        return {name: getattr(self, name, None) for name in names}
+
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path
+        from airflow_provider_magi.model_inputs import model_inputs
         from airflow_provider_magi.paying.deadline import start_clock
-        from airflow_provider_magi.validation import check_webhook_url, inputs_fingerprint, magi_inputs
+        from airflow_provider_magi.paying.item import regenerate_flag
+        from airflow_provider_magi.validation import check_webhook_url, inputs_fingerprint
 
         start_clock(self, context)  # execution_timeout counts from here (kept across this try's resumes)
         self._one_rendering(context, resuming=self._resuming)  # this try's first rendering, on every entry
         self._regenerate = regenerate_flag(self.regenerate_on_clear)
-        self._inputs = magi_inputs(
-            prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
-        )
         model_path(self.model)  # a bad model id is bad input, refused before any request
+        self._inputs = model_inputs(
+            self.model, **self._named_inputs(), extra_inputs=self.extra_inputs, log=self.log
+        )
         self._webhook_url = check_webhook_url(
             self.webhook_url, allow_insecure_loopback=bool(self.webhook_url) and self.hook.is_local_server
         )
@@ -231,7 +241,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
         return ItemPayer(
             self.hook,
-            self.model,
+            self._item_model or self.model,
             self.log,
             attach_to_single_candidate=self.attach_to_single_candidate,
             settle_wait=self._settle_wait,
@@ -257,23 +267,19 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         time.sleep(seconds)
 
     def submit_job(self, context: Context, ledger: Ledger) -> str:
-        count, paid = self._still_to_pay()
-        prediction_id = self._payer.pay(
-            ledger,
-            context,
-            self._fingerprint,
-            self._inputs,
-            webhook_url=self._webhook_url,
-            count=count,
-            paid=paid,
-        )
+        item = (ledger, context, self._fingerprint, self._inputs)
+        prediction_id = self._payer.pay(*item, webhook_url=self._webhook_url, **self._still_to_pay())
         self._announce(context, prediction_id, "Submitted")
         return prediction_id
 
-    def _still_to_pay(self) -> tuple[int, str | None]:
-        """How many predictions this task still pays for, this one included, and what it paid
-        already (for the guards' words): one video here; a long video's remaining scenes."""
-        return 1, None
+    def _still_to_pay(self) -> dict[str, Any]:
+        """What the guards count: the predictions this task still pays for, this one included
+        (``count``, and their ``prices`` when the catalogue knows them), and what it paid
+        already (``paid``, ``own_prices``): one video here; a long video's remaining scenes."""
+        from airflow_provider_magi.model_inputs import price_of
+
+        price = price_of(self._item_model or self.model, self._inputs)
+        return {"count": 1, "prices": () if price is None else (price,)}
 
     def poll_until_complete(self, external_id: Any, context: Context) -> Any:
         prediction_id, _ = stored_job(external_id)
@@ -349,9 +355,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""
         from airflow_provider_magi.validation import inputs_summary
 
-        result["inputs"] = inputs_summary(
-            prompt=self.prompt, image=self.image, seed=self.seed, extra_inputs=self.extra_inputs
-        )
+        result["inputs"] = inputs_summary(**self._named_inputs(), extra_inputs=self.extra_inputs)
         self.log.info(
             "Prediction %s completed: %d output(s)", result["prediction_id"], len(result["outputs"])
         )
@@ -368,14 +372,6 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         self._announced = prediction_id
         url = remember_prediction(self, context, prediction_id, self.hook)
         self.log.info("%s prediction %s; result at %s", verb, prediction_id, url)
-
-    # ------------------------------------------------------------ OpenLineage (provider optional)
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        return self._lineage()
-
-    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
-        return self._lineage()  # the OpenLineage listener adds the error itself
 
     def _lineage(self) -> Any:
         from airflow_provider_magi.lineage import generate_lineage

@@ -306,7 +306,20 @@ class BatchPayer:
         # it in the history), so its unknown price must not reserve it a second time; a failed
         # one is never billed.
         own_unbilled = {line.prediction_id for line in running if line.prediction_id}
-        fits, refusal = room(self.hook, self.model, len(pending), own_unbilled, SaidOnce(self.log, carry))
+        priced = {item.index: item.price for item in self.items}
+        prices = [priced.get(line.index) for line in pending]
+        own_prices = {
+            line.prediction_id: line.price_usd for line in running if line.prediction_id and line.price_usd
+        }
+        fits, refusal = room(
+            self.hook,
+            self.model,
+            len(pending),
+            own_unbilled,
+            SaidOnce(self.log, carry),
+            prices=() if None in prices else tuple(p for p in prices if p is not None),
+            own_prices=own_prices,
+        )
         if fits < len(pending):
             if refusal:  # the rest are not paid for in this try: the task ends failed, naming them
                 carry["stopped"] = refusal

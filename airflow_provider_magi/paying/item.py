@@ -57,6 +57,24 @@ def clear_number(context: Context) -> int | None:
     return number if isinstance(number, int) and not isinstance(number, bool) else None
 
 
+def regenerate_flag(value: Any) -> bool:
+    """``regenerate_on_clear`` as rendered: a bool, or its text from a template; else refused
+    before anything is paid."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", "", "none"):
+        return False
+    from airflow_provider_magi.exceptions import MagiInputError
+
+    raise MagiInputError(
+        f"Invalid regenerate_on_clear: expected true or false (got {value!r:.80}). Fix: pass a bool, "
+        "or a template that renders to 'true' or 'false'."
+    )
+
+
 class RecordJournal:
     """A wave of one on the item's own ledger record: intent, each resend, then the id (and a
     copy under the inputs' fingerprint, so a reordered mapped list finds it) or no record."""
@@ -242,15 +260,21 @@ class ItemPayer:
         webhook_url: str | None = None,
         count: int = 1,
         paid: str | None = None,
+        prices: Sequence[float] = (),
+        own_prices: Mapping[str, float] | None = None,
     ) -> str:
         """The guards, then intent -> POST -> id; the new prediction's id.
 
         The connection's balance floor and daily budget are checked just before paying (never
         when the ledger reattaches), for ``count`` predictions (this one and those the task must
-        still pay for after it); ``paid`` names what the task paid already, for the refusal.
+        still pay for after it); ``paid`` names what the task paid already, for the refusal;
+        ``prices`` are theirs when the model's price rule knows them (MAGI-2: per second), and
+        ``own_prices`` those of the task's own started predictions (a long video's scenes).
         """
         # Before the upload too: nothing that costs money leaves unchecked.
-        self.hook.check_spending(self.model, count=count, paid=paid, log=self.log)
+        self.hook.check_spending(
+            self.model, count=count, paid=paid, log=self.log, prices=prices, own_prices=own_prices
+        )
         journal = RecordJournal(ledger, fingerprint, self.model)
         wave = send_wave(self.hook, self.model, [(0, inputs)], journal, webhook_url=webhook_url)
         outcome = wave.outcomes[0]

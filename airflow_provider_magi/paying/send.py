@@ -147,13 +147,14 @@ def send_one(
     webhook_url: str | None = None,
     before_resend: Callable[[], None] | None = None,
 ) -> Outcome:
-    """One item's POST (after uploading a local first frame), as an :class:`Outcome`."""
+    """One item's POST (after uploading its local frames), as an :class:`Outcome`."""
     from airflow_provider_magi.validation import LocalImage
 
     body = dict(inputs)
     try:
-        if isinstance(body.get("image"), LocalImage):  # read and checked now, before the POST
-            body["image"] = hook.upload_media(body["image"].read())
+        for name, value in inputs.items():  # a first (or last) frame, read and checked now
+            if isinstance(value, LocalImage):
+                body[name] = hook.upload_media(value.read())
         prediction = hook.create_prediction(
             body,
             model=model,
