@@ -1,4 +1,5 @@
-"""Image-to-video clips for the local server: a real MP4 whose first frame is the given image.
+"""The local server's own clips: MAGI-1 image-to-video (a real MP4 whose first frame is the given
+image) and MAGI-2 (``magi_2_clip``: the asked length at 25 fps in small frames, with sound).
 
 The real MAGI-1 continues a video from its first frame; a stand-in that ignored the frame would
 let a long video's seams go unchecked. Here frame 0 is the image itself (scaled to at most
