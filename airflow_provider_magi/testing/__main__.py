@@ -9,6 +9,7 @@ import math
 import signal
 import sys
 
+from airflow_provider_magi.testing.config import PER_SECOND_PRICES, SERVED_MODELS
 from airflow_provider_magi.testing.faults import Fault
 from airflow_provider_magi.testing.server import LocalWaveSpeedServer
 
@@ -18,7 +19,7 @@ DEFAULT_API_KEY = "local-test-key"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m airflow_provider_magi.testing",
-        description="WaveSpeed-compatible local server for MAGI-1 24B (loopback only).",
+        description="WaveSpeed-compatible local server for MAGI-1 24B and MAGI-2 (loopback only).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every option shows its default
         epilog=(
             "Account endpoints (free to call, Bearer key): GET /api/v3/balance, "
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for probabilistic faults")
     parser.add_argument(
         "--models",
-        default="wavespeed-ai/magi-1-24b",
+        default=",".join(SERVED_MODELS),
         help="comma-separated model ids a submit may name; any other answers 404",
     )
     parser.add_argument(
@@ -70,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.30,
         help="USD for a model without --price (a stand-in: see WaveSpeed's pricing page)",
+    )
+    parser.add_argument(
+        "--price-per-second",
+        action="append",
+        default=[],
+        metavar="MODEL=USD",
+        type=_price,
+        help="USD per second of video asked for (duration) for MODEL; repeatable; default: the "
+        "catalogue's (MAGI-2: 0.08); a --price for the same model wins",
     )
     parser.add_argument(
         "--billing-delay",
@@ -96,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         default_price=args.default_price,
         billing_delay=args.billing_delay,
         advertise_url=args.advertise_url,
+        per_second_prices={**PER_SECOND_PRICES, **dict(args.price_per_second)},
     )
     asyncio.run(_serve_forever(server, args.port_file))
     return 0

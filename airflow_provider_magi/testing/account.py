@@ -72,8 +72,9 @@ class Account:
         prices: dict[str, float] | None = None,
         default_price: float = DEFAULT_PRICE_USD,
         billing_delay: float = 0.0,
+        per_second_prices: dict[str, float] | None = None,
     ) -> None:
-        for model, price in (prices or {}).items():
+        for model, price in [*(prices or {}).items(), *(per_second_prices or {}).items()]:
             if not usd(price).is_finite() or usd(price) < 0:
                 raise ValueError(f"the price of {model} must be a non-negative number, got {price!r}")
         if not usd(default_price).is_finite() or usd(default_price) < 0:
@@ -84,6 +85,7 @@ class Account:
             raise ValueError(f"billing_delay must be >= 0, got {billing_delay!r}")
         self.starting_balance = usd(balance)
         self.prices = {model: usd(price) for model, price in (prices or {}).items()}
+        self.per_second_prices = {model: usd(price) for model, price in (per_second_prices or {}).items()}
         self.default_price = usd(default_price)
         self.billing_delay = float(billing_delay)
         # Usage stats lag billing on WaveSpeed: when set, they show only what was billed at or
@@ -96,8 +98,20 @@ class Account:
 
     # ------------------------------------------------------------ the books
 
-    def price_of(self, model: str) -> Decimal:
+    def price_of(self, model: str, seconds: int | None = None) -> Decimal:
+        """What one completed prediction of ``model`` costs: its flat price (``prices``, else
+        the default), or, for a model priced per second and a length in ``seconds``, that many
+        seconds at its per-second price."""
+        if model not in self.prices and model in self.per_second_prices and seconds is not None:
+            return self.per_second_prices[model] * seconds
         return self.prices.get(model, self.default_price)
+
+    def unit_price(self, model: str) -> Decimal:
+        """The usage stats' ``unit_price``: the per-second price of a model priced per second,
+        else the flat price of one prediction."""
+        if model not in self.prices and model in self.per_second_prices:
+            return self.per_second_prices[model]
+        return self.price_of(model)
 
     @property
     def balance(self) -> Decimal:
@@ -111,10 +125,10 @@ class Account:
         with self._lock:
             self._balance = usd(amount)
 
-    def can_afford(self, model: str) -> bool:
-        """A submit is taken when the balance covers the model's price (predictions still
-        running are not held against it, so several in flight can take it below zero)."""
-        return self.balance >= self.price_of(model)
+    def can_afford(self, price: Decimal) -> bool:
+        """A submit is taken when the balance covers its price (predictions still running are
+        not held against it, so several in flight can take it below zero)."""
+        return self.balance >= price
 
     def submitted(self, prediction_id: str, model: str, at: float) -> None:
         with self._lock:
@@ -225,7 +239,7 @@ class Account:
                 {
                     "model_uuid": name,
                     "model_type": "video",
-                    "unit_price": _rounded(self.price_of(name)),
+                    "unit_price": _rounded(self.unit_price(name)),
                     "total_cost": _rounded(sum((r.price for r in records), Decimal(0))),
                     "total_count": len(records),
                     "last_used_date": _iso(max(r.at for r in records))[:10],

@@ -28,6 +28,7 @@ from airflow_provider_magi.testing.predictions import (
     _RESULT_ROUTE,
     PredictionRoutes,
     StoredPrediction,
+    seconds_asked,
     validate_inputs,
 )
 from airflow_provider_magi.testing.responses import (
@@ -96,6 +97,7 @@ class RecordedRequest:
     status: int
     sent_authorization: bool
     prediction_id: str | None = None
+    model: str | None = None  # submits: the model id the path named
     client: str = ""  # ip:port, one per TCP connection
     at: float = field(default_factory=time.time)
     query: dict[str, str] = field(default_factory=dict)
@@ -136,9 +138,10 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
             prices=config.prices,
             default_price=config.default_price,
             billing_delay=config.billing_delay,
+            per_second_prices=config.per_second_prices,
         )
         self._unbilled: set[str] = set()  # predictions that may still be billed
-        self._clips: dict[str, asyncio.Task[bytes | None]] = {}  # image-to-video clips, made once
+        self._clips: dict[str, asyncio.Task[bytes | None]] = {}  # a prediction's own clip, made once
         self._log: list[RecordedRequest] = []
         self._lock = threading.Lock()
         # The server's clock: ``_skew`` moves its wall clock only (a jump: what was running keeps
@@ -172,8 +175,16 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
         with self._lock:
             return list(self._log)
 
-    def count(self, route: str, *, status: int | None = None) -> int:
-        return sum(1 for r in self.requests() if r.route == route and (status is None or r.status == status))
+    def count(self, route: str, *, status: int | None = None, model: str | None = None) -> int:
+        """Requests seen on ``route``; with ``status``, only those answered so; with ``model``,
+        only submits that named that model (``sand-ai/magi-2/text-to-video``)."""
+        return sum(
+            1
+            for r in self.requests()
+            if r.route == route
+            and (status is None or r.status == status)
+            and (model is None or r.model == model)
+        )
 
     def reset(self) -> None:
         with self._lock:
@@ -201,8 +212,14 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
         self.settle()
         return self.account.billings
 
-    def price_of(self, model: str) -> float:
-        return float(self.account.price_of(model))
+    def price_of(self, model: str, seconds: int | None = None) -> float:
+        """What one completed prediction of ``model`` costs; a model priced per second is priced
+        for ``seconds`` of video (default: the length it makes when none is asked for)."""
+        return float(
+            self.account.price_of(
+                model, seconds_asked(model, {} if seconds is None else {"duration": seconds})
+            )
+        )
 
     def settle(self) -> None:
         """Bill each prediction that completed at least ``billing_delay`` seconds ago, once.
@@ -247,6 +264,7 @@ class WaveSpeedApp(PredictionRoutes, UploadRoutes):
                     status=0 if response.drop else response.status,
                     sent_authorization="authorization" in request.headers,
                     prediction_id=prediction_id or response.headers.get("x-prediction-id"),
+                    model=match.group("model") if route == "submit" and match is not None else None,
                     client=request.client,
                     query=dict(request.query),
                     body_bytes=len(request.body or b""),

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_magi.models import CHOICE, IMAGE, INTEGER, TEXT, ModelSpec, spec_of
 from airflow_provider_magi.testing import clips
 from airflow_provider_magi.testing.account import (
     Account,
@@ -67,6 +68,9 @@ class StoredPrediction:
     webhook: str | None = None
     completed_at: float | None = None
     price: Decimal = Decimal(0)  # what completing it costs, fixed at submit
+    # The video length its inputs ask for (MAGI-2's ``duration`` input, whole seconds); None for
+    # a model without one. Not ``duration`` above: that is how long the prediction runs here.
+    seconds: int | None = None
 
     def completes_at(self) -> float | None:
         """The monotonic time it completes (or completed); None if it never will."""
@@ -119,7 +123,9 @@ class PredictionRoutes:
         if problem:
             return envelope_error(400, problem)
         self.settle()
-        if not self.account.can_afford(model):
+        seconds = seconds_asked(model, inputs)
+        price = self.account.price_of(model, seconds)
+        if not self.account.can_afford(price):
             # Stricter than known: the docs do not say how a submit without the balance for it is
             # answered; 403 is what has been seen for "no permission or not enough balance".
             return envelope_error(403, "Insufficient balance")
@@ -137,7 +143,8 @@ class PredictionRoutes:
             if directives.duration is not None
             else self.config.completion_seconds,
             webhook=request.query.get("webhook"),
-            price=self.account.price_of(model),
+            price=price,
+            seconds=seconds,
         )
         with self._lock:
             self.predictions[prediction.id] = prediction
@@ -210,14 +217,22 @@ class PredictionRoutes:
         return response
 
     async def _clip(self, prediction: StoredPrediction) -> bytes | None:
-        """An image-to-video prediction's own clip, starting from its first frame (made once);
-        None (the sample clip) for text-to-video, or when the frame cannot be had."""
+        """A prediction's own clip (made once): MAGI-2's of the length asked for, with sound; an
+        image-to-video MAGI-1 prediction's from its first frame; None (the sample clip) for
+        MAGI-1 text-to-video, when a MAGI-1 frame cannot be had, or without PyAV."""
+        spec = spec_of(prediction.model)
         image = prediction.inputs.get("image")
-        if not isinstance(image, str) or not clips.has_encoder():
+        made_here = spec is not None and spec.fps is not None and prediction.seconds is not None
+        if not (made_here or isinstance(image, str)) or not clips.has_encoder():
             return None
         task = self._clips.get(prediction.id)
         if task is None:
-            task = self._clips[prediction.id] = asyncio.ensure_future(self._make_clip(prediction.id, image))
+            maker = (
+                self._make_magi_2_clip(prediction)
+                if made_here
+                else self._make_clip(prediction.id, str(image))
+            )
+            task = self._clips[prediction.id] = asyncio.ensure_future(maker)
         return await asyncio.shield(task)
 
     async def _make_clip(self, prediction_id: str, image_url: str) -> bytes | None:
@@ -225,6 +240,26 @@ class PredictionRoutes:
         if image is None:
             return None
         return await asyncio.to_thread(clips.first_frame_clip, image, prediction_id)
+
+    async def _make_magi_2_clip(self, prediction: StoredPrediction) -> bytes | None:
+        """``seconds`` of video at the model's frame rate with a tone; from ``image`` (and
+        towards ``last_image``) when the server can read them, else from a made-up picture."""
+        inputs = prediction.inputs
+        image = await self._first_frame(inputs["image"]) if isinstance(inputs.get("image"), str) else None
+        last_image = (
+            await self._first_frame(inputs["last_image"])
+            if isinstance(inputs.get("last_image"), str)
+            else None
+        )
+        aspect_ratio = inputs.get("aspect_ratio")
+        return await asyncio.to_thread(
+            clips.magi_2_clip,
+            prediction.id,
+            prediction.seconds or 0,
+            aspect_ratio=aspect_ratio if isinstance(aspect_ratio, str) else None,
+            image=image,
+            last_image=last_image,
+        )
 
     async def _first_frame(self, url: str) -> bytes | None:
         """The image a submit named: an upload this server holds is read here; another loopback
@@ -329,10 +364,19 @@ def _iso_time(text: Any) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def seconds_asked(model: str, inputs: dict[str, Any]) -> int | None:
+    """The video length a prediction's inputs ask for, by the catalogue (MAGI-2: ``duration``,
+    default 5); None for a model without a length input."""
+    spec = spec_of(model)
+    return spec.seconds_of(inputs) if spec is not None else None
+
+
 def validate_inputs(model: str, inputs: dict[str, Any]) -> str | None:
-    """The checks the real service makes for MAGI-1 24B; other models only need a JSON object."""
+    """The checks the real service makes for MAGI-1 24B, and for the catalogue's other models by
+    their input rules (MAGI-2); other models only need a JSON object."""
     if model != MAGI_MODEL:
-        return None
+        spec = spec_of(model)
+        return _check_rules(spec, inputs) if spec is not None else None
     prompt = inputs.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         return "prompt is required and must be a non-empty string"
@@ -344,4 +388,36 @@ def validate_inputs(model: str, inputs: dict[str, Any]) -> str | None:
         isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX
     ):
         return f"seed must be an integer between {SEED_MIN} and {SEED_MAX}"
+    return None
+
+
+def _check_rules(spec: ModelSpec, inputs: dict[str, Any]) -> str | None:
+    """The first input that breaks one of the model's rules, in words naming it; None if all
+    hold. Inputs the catalogue does not name pass (as WaveSpeed takes extra fields)."""
+    for rule in spec.inputs:  # an input sent without the one it needs, first: it says more
+        if rule.needs is not None and inputs.get(rule.name) is not None and inputs.get(rule.needs) is None:
+            return f"{rule.name} needs {rule.needs}: it is only taken together with {rule.needs}"
+    for rule in spec.inputs:
+        value = inputs.get(rule.name)
+        if value is None or (
+            rule.required and rule.kind == TEXT and isinstance(value, str) and not value.strip()
+        ):
+            if rule.required:
+                return f"{rule.name} is required" + (
+                    " and must be a non-empty string" if rule.kind == TEXT else ""
+                )
+            continue
+        if rule.kind == TEXT:
+            if not isinstance(value, str):
+                return f"{rule.name} must be a string"
+        elif rule.kind == IMAGE:
+            if not isinstance(value, str) or not re.match(r"^https?://", value):
+                return f"{rule.name} must be a URL (http or https)"
+        elif rule.kind == INTEGER:
+            low = rule.minimum if rule.minimum is not None else -(2**63)
+            high = rule.maximum if rule.maximum is not None else 2**63
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                return f"{rule.name} must be {rule.describe()}, got {value!r}"
+        elif rule.kind == CHOICE and value not in rule.choices:
+            return f"{rule.name} must be {rule.describe()}, got {value!r}"
     return None

@@ -16,6 +16,7 @@ from airflow_provider_magi.testing.app import (
     ServerConfig,
     WaveSpeedApp,
 )
+from airflow_provider_magi.testing.config import PER_SECOND_PRICES, SERVED_MODELS
 from airflow_provider_magi.testing.faults import Fault, FaultPlan
 from airflow_provider_magi.testing.http import HTTPServer
 
@@ -45,12 +46,17 @@ class LocalWaveSpeedServer:
         default_price: float = DEFAULT_PRICE_USD,
         billing_delay: float = 0.0,
         advertise_url: str | None = None,
+        per_second_prices: dict[str, float] | None = None,
     ) -> None:
         """``balance`` is the account's starting USD; ``prices`` maps a model id to the USD one
         completed prediction of it costs (``default_price`` for any other; a stand-in, the real
         prices are on WaveSpeed's pricing page); each completed prediction is billed once,
-        ``billing_delay`` seconds after it completed. A submit the balance cannot pay for is
-        refused (403, "Insufficient balance") and starts nothing.
+        ``billing_delay`` seconds after it completed. A model priced per second (MAGI-2: the
+        catalogue's $0.08, or ``per_second_prices={model: usd}``) costs that times the
+        ``duration`` asked for, unless ``prices`` names it (then its flat price wins). ``models``
+        defaults to every catalogue model (MAGI-1 24B, MAGI-2 text- and image-to-video). A
+        submit the balance cannot pay for is refused (403, "Insufficient balance") and starts
+        nothing.
 
         ``advertise_url`` is the base its answers put in output, upload and result URLs. By
         default the bound address, except that a wildcard bind (``0.0.0.0``, ``::``) advertises
@@ -62,13 +68,14 @@ class LocalWaveSpeedServer:
                 api_key=api_key,
                 completion_seconds=completion_seconds,
                 output_bytes=output_bytes,
-                models=tuple(models) if models else (MAGI_MODEL,),
+                models=tuple(models) if models else SERVED_MODELS,
                 sync_mode_limit=SYNC_MODE_LIMIT if sync_mode_limit is None else sync_mode_limit,
                 balance=balance,
                 prices=dict(prices or {}),
                 default_price=default_price,
                 billing_delay=billing_delay,
                 bind_host=host,
+                per_second_prices=dict(PER_SECOND_PRICES if per_second_prices is None else per_second_prices),
             ),
             FaultPlan(faults, seed=seed),
         )
@@ -93,8 +100,9 @@ class LocalWaveSpeedServer:
     def requests(self) -> list[RecordedRequest]:
         return self.app.requests()
 
-    def count(self, route: str, *, status: int | None = None) -> int:
-        return self.app.count(route, status=status)
+    def count(self, route: str, *, status: int | None = None, model: str | None = None) -> int:
+        """Requests seen on ``route`` (``model``: only submits naming that model)."""
+        return self.app.count(route, status=status, model=model)
 
     def set_faults(self, faults: list[Fault]) -> None:
         self.app.faults.replace(faults)
@@ -126,9 +134,10 @@ class LocalWaveSpeedServer:
         and billing falls due (``billing_delay`` after completion) as if they had passed."""
         self.app.advance_clock(seconds)
 
-    def price_of(self, model: str = MAGI_MODEL) -> float:
-        """What one completed prediction of ``model`` costs on this server, in USD."""
-        return self.app.price_of(model)
+    def price_of(self, model: str = MAGI_MODEL, seconds: int | None = None) -> float:
+        """What one completed prediction of ``model`` costs on this server, in USD; a model
+        priced per second is priced for ``seconds`` of video (default: its default length)."""
+        return self.app.price_of(model, seconds)
 
     def connection_uri_json(self, conn_type: str = "magi") -> dict[str, Any]:
         """The connection as ``AIRFLOW_CONN_*`` JSON: point any DAG at this server."""

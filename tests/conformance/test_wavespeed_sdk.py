@@ -20,6 +20,8 @@ from tests.helpers import CANARY_KEY
 wavespeed = pytest.importorskip("wavespeed", reason="the SDK is a test dependency")
 
 MAGI = "wavespeed-ai/magi-1-24b"
+MAGI_2_T2V = "sand-ai/magi-2/text-to-video"
+MAGI_2_I2V = "sand-ai/magi-2/image-to-video"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 16
 
 
@@ -105,3 +107,22 @@ def test_a_mistyped_model_is_refused_and_never_runs(client: object, server: Loca
     with pytest.raises(RuntimeError, match="HTTP 404"):
         client.run("wavespeed-ai/magi-1-42b", {"prompt": "x"}, poll_interval=0.05)  # type: ignore[attr-defined]
     assert server.app.predictions == {}
+
+
+def test_magi_2_through_the_sdk(client: object, server: LocalWaveSpeedServer, tmp_path: Path) -> None:
+    """The SDK's own client names MAGI-2's three-part ids; the server answers both endpoints."""
+    output = client.run(  # type: ignore[attr-defined]
+        MAGI_2_T2V,
+        {"prompt": "a lighthouse at dusk", "duration": 4, "aspect_ratio": "9:16"},
+        poll_interval=0.05,
+    )
+    assert plays(output["outputs"][0]) == 100  # 4 s at 25 fps
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(PNG)
+    image_url = client.upload(str(frame))  # type: ignore[attr-defined]
+    output = client.run(MAGI_2_I2V, {"image": image_url, "duration": 5}, poll_interval=0.05)  # type: ignore[attr-defined]
+    assert plays(output["outputs"][0]) == 125
+    assert server.count("submit", model=MAGI_2_T2V) == 1 and server.count("submit", model=MAGI_2_I2V) == 1
+    assert [float(record.price) for record in server.billings] == [0.32, 0.4]
+    with pytest.raises(RuntimeError, match=r"HTTP 400.*duration"):
+        client.run(MAGI_2_T2V, {"prompt": "x", "duration": 31}, poll_interval=0.05)  # type: ignore[attr-defined]
