@@ -84,3 +84,15 @@ def test_long_video(dag_bag, magi_conn: LocalWaveSpeedServer) -> None:
     result = xcom(dag_run, "long_video")
     assert magi_conn.count("submit") == 4 and len(result["prediction_ids"]) == 4
     assert result["path"].endswith("/paper_boat.mp4") and plays(result["path"])
+
+
+def test_magi2_clip_and_long_video(dag_bag, magi_conn: LocalWaveSpeedServer) -> None:
+    dag_run = run_dag(dag_bag, "example_magi2")
+    assert dag_run.state == "success"
+    assert magi_conn.count("submit", model="sand-ai/magi-2/text-to-video") == 2  # the clip, scene 1
+    assert magi_conn.count("submit", model="sand-ai/magi-2/image-to-video") == 2  # scenes 2 and 3
+    assert xcom(dag_run, "clip_20s")["cost_usd"] == 1.6
+    (written,) = xcom(dag_run, "download_clip")
+    assert plays(written["path"])
+    long_video = xcom(dag_run, "long_video")
+    assert long_video["cost_usd"] == 2.4 and plays(long_video["path"])
