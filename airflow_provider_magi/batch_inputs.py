@@ -223,7 +223,7 @@ def _check_item(index: int, where: str, raw: Any, model: str) -> BatchItem:
         if unknown:
             raise MagiInputError(
                 f"Invalid {where}: unknown key(s) {', '.join(unknown)}. Fix: use only "
-                f"{', '.join(ITEM_KEYS)}; other model inputs go inside 'extra_inputs'"
+                f"{', '.join(_item_keys(model))}; other model inputs go inside 'extra_inputs'"
             )
         if "prompt" not in raw and _needs_prompt(model):
             raise MagiInputError(f"Invalid {where}: no 'prompt'. Fix: add the text of the video to make")
@@ -252,6 +252,15 @@ def _check_item(index: int, where: str, raw: Any, model: str) -> BatchItem:
         metadata=metadata,
         price=price_of(model, inputs),
     )
+
+
+def _item_keys(model: str) -> tuple[str, ...]:
+    """The keys an item may have for this model (every named input for a model the catalogue
+    does not know)."""
+    from airflow_provider_magi.models import spec_of
+
+    spec = spec_of(model)
+    return ITEM_KEYS if spec is None else (*spec.names, "extra_inputs", "key", "metadata")
 
 
 def _needs_prompt(model: str) -> bool:
