@@ -114,7 +114,11 @@ class EndsTryOne(_TryAware):
                 from airflow.sdk.bases.xcom import BaseXCom
 
                 BaseXCom.set(
-                    key="return_value", value=NEW_PROMPT, dag_id=ti.dag_id, task_id="make_prompt", run_id=ti.run_id
+                    key="return_value",
+                    value=NEW_PROMPT,
+                    dag_id=ti.dag_id,
+                    task_id="make_prompt",
+                    run_id=ti.run_id,
                 )
             raise RuntimeError("try 1 ends here (its work is done and paid)")
         return result
@@ -194,12 +198,12 @@ def operator_class(shape: str, mixin: type[Any] | None = None) -> type[Any]:
     return _CLASSES[key]
 
 
-def paying(shape: str, mixin: type[Any] | None = None, **kwargs: Any) -> Any:
+def paying(shape: str, mixin: type[Any] | None = None, /, **kwargs: Any) -> Any:
     """One paying task of the shape (task id ``paying``)."""
     return operator_class(shape, mixin)(task_id=kwargs.pop("task_id", "paying"), **kwargs)
 
 
-def each_shape(name: str, build: Callable[[str], None], **dag_kwargs: Any) -> None:
+def for_each_shape(name: str, build: Callable[[str], None], **dag_kwargs: Any) -> None:
     for shape in SHAPES:
         with _dag(f"magi_money_{name}_{shape}", **dag_kwargs):
             build(shape)
@@ -222,7 +226,7 @@ def _random_seed(shape: str) -> None:
     )
 
 
-each_shape("random_seed", _random_seed)
+for_each_shape("random_seed", _random_seed)
 
 # ---------------------------------------------------------------- 2-4: kills, lost answers, 429s
 # The faults come from the test (the hook's POST wrapped, or the server's fault plan).
@@ -238,7 +242,7 @@ def _plain(shape: str) -> None:
     )
 
 
-each_shape("plain", _plain)
+for_each_shape("plain", _plain)
 
 # ---------------------------------------------------------------- 5: ledger_path switched between tries
 
@@ -254,7 +258,7 @@ def _store_switched(shape: str) -> None:
     )
 
 
-each_shape("store_switched", _store_switched)
+for_each_shape("store_switched", _store_switched)
 
 # ---------------------------------------------------------------- 6: a mapped list reordered, with duplicates
 
@@ -282,7 +286,7 @@ def _mapped(shape: str) -> None:
     ).expand(**{MAPPED_ARGUMENT[shape]: make_list()})
 
 
-each_shape("mapped_reordered", _mapped)
+for_each_shape("mapped_reordered", _mapped)
 
 # ---------------------------------------------------------------- 7: a clear, upstream data kept or changed
 
@@ -305,14 +309,18 @@ def _cleared(change: bool) -> Callable[[str], None]:
 
 
 for _change in (False, True):
-    each_shape(f"cleared_{'changed' if _change else 'unchanged'}", _cleared(_change))
+    for_each_shape(f"cleared_{'changed' if _change else 'unchanged'}", _cleared(_change))
 
 # ---------------------------------------------------------------- 8: the guards while billing lags
 
 
 def _guarded(shape: str) -> None:
     first = paying(
-        shape, task_id="first", deferrable=True, **shape_kwargs(shape, items("first task", ITEMS[shape])), **FAST
+        shape,
+        task_id="first",
+        deferrable=True,
+        **shape_kwargs(shape, items("first task", ITEMS[shape])),
+        **FAST,
     )
     second = paying(
         shape,
@@ -325,7 +333,7 @@ def _guarded(shape: str) -> None:
     first >> second
 
 
-each_shape("guarded", _guarded)
+for_each_shape("guarded", _guarded)
 
 # ---------------------------------------------------------------- 9: execution_timeout, retried
 
@@ -348,7 +356,7 @@ def _timed_out(shape: str) -> None:
     )
 
 
-each_shape("execution_timeout", _timed_out)
+for_each_shape("execution_timeout", _timed_out)
 
 # ---------------------------------------------------------------- 10: two writers, one output path
 
@@ -367,4 +375,4 @@ def _daily(shape: str) -> None:
     paying(shape, deferrable=True, **shape_kwargs(shape, items("daily", ITEMS[shape]), filename), **FAST)
 
 
-each_shape("one_path", _daily)
+for_each_shape("one_path", _daily)
