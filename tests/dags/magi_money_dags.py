@@ -151,7 +151,7 @@ _ENDED: dict[str, int] = {}
 
 
 class ReorderedAfterTryOne(_TryAware):
-    mapped_count = 3
+    mapped_count = 4
     money_shape: str  # set by operator_class
 
     def execute(self, context: Any) -> Any:
@@ -269,9 +269,9 @@ def _unit(shape: str, label: str) -> Any:
     return prompt if shape == "video" else [{"prompt": prompt}]
 
 
-X_AND_Y = {shape: (_unit(shape, "duplicated X"), _unit(shape, "single Y")) for shape in SHAPES}
-MAPPED = {shape: [x, x, y] for shape, (x, y) in X_AND_Y.items()}
-REORDERED = {shape: [y, x, x] for shape, (x, y) in X_AND_Y.items()}
+X_AND_Y = {shape: (_unit(shape, "duplicated X"), _unit(shape, "duplicated Y")) for shape in SHAPES}
+MAPPED = {shape: [x, x, y, y] for shape, (x, y) in X_AND_Y.items()}
+REORDERED = {shape: [y, y, x, x] for shape, (x, y) in X_AND_Y.items()}
 MAPPED_ARGUMENT = {"video": "prompt", "long_video": "scenes", "batch": "inputs"}
 
 
