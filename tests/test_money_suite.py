@@ -106,6 +106,19 @@ def delivered(shape: str, dag_run: Any, task_id: str = "paying", map_index: int 
     return [line["prediction_id"] for line in lines]
 
 
+def named_as_uncertain(shape: str, dag_run: Any, prediction_id: str) -> None:
+    """The task names ``prediction_id`` as a prediction its lost submit may have started: in XCom
+    ``prediction_candidates`` (one video, a long video), or on the item's manifest line (a batch)."""
+    if shape != "batch":
+        candidates = xcom(dag_run, "paying", key="prediction_candidates")
+        assert [c["prediction_id"] for c in candidates] == [prediction_id]
+        return
+    progress = xcom(dag_run, "paying", key="batch_progress")
+    lines = [json.loads(line) for line in Path(progress["manifest_path"]).read_text().splitlines()]
+    assert lines[-1]["status"] == "uncertain" and prediction_id in lines[-1]["error"]
+    assert lines[0]["status"] == "completed"
+
+
 def use(server: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, **extra: object) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(server, **extra))
 
@@ -185,8 +198,9 @@ def test_2_a_worker_killed_around_its_last_post_never_pays_twice(
     if kill == "before_post":
         assert dag_run.state == "success"
         assert sorted(delivered(shape, dag_run)) == sorted(books.app.predictions)
-    else:  # the last one started and its id is unknown: not delivered as another's, not resent
+    else:  # the last one started and its id is unknown: named, not delivered, not resent
         assert dag_run.state == "failed"
+        named_as_uncertain(shape, dag_run, list(books.app.predictions)[-1])
 
 
 # ---------------------------------------------------------------- 3: a lost answer
@@ -207,6 +221,7 @@ def test_3_a_submit_whose_answer_is_lost_is_uncertain_and_never_resent(
     dag_run = run_dag(dag_bag, f"magi_money_plain_{shape}")
     assert dag_run.state == "failed"  # retries=1: the retry did not resend it either
     assert paid(books) == posts(books) == last
+    named_as_uncertain(shape, dag_run, list(books.app.predictions)[-1])
 
 
 # ---------------------------------------------------------------- 4: a 429, then the resend
