@@ -179,7 +179,11 @@ def test_2_a_worker_killed_around_its_last_post_never_pays_twice(
     """Try 1's worker dies at its last paid POST: ``before_post`` after the intent, before the
     POST leaves (nothing started); ``after_post`` once WaveSpeed accepted it, before its id was
     recorded. The retry asks WaveSpeed's history: it pays for what never started, and never
-    again for what did (that item is then uncertain: named, not resent)."""
+    again for what did (that item is then uncertain: named, not resent).
+
+    The kill is a RuntimeError from the hook's public ``MagiHook.create_prediction``: unlike a
+    SIGKILL, the operator's ``finally`` blocks still run (a batch records the ids of the wave's
+    earlier items). A real SIGKILL of a single video's worker is in tests/integration."""
     real = MagiHook.create_prediction
     calls: list[int] = []
 
@@ -308,7 +312,8 @@ def test_6_a_mapped_list_with_duplicates_reordered_pays_nothing_more(
 def test_7_a_clear_reattaches_or_pays_once_for_changed_upstream_data(
     dag_bag: Any, books: LocalWaveSpeedServer, shape: str, change: bool
 ) -> None:
-    """Try 1 delivers, then fails at its end (as a clear re-runs a finished task); with
+    """Try 1 delivers, then fails at its end; try 2 stands in for the clear (``dag.test`` cannot
+    clear a task, so the clear number does not change, as in tests/test_rendering.py). With
     ``changed`` the upstream task's XCom holds a new prompt for the last item first."""
     dag_run = run_dag(dag_bag, f"magi_money_cleared_{'changed' if change else 'unchanged'}_{shape}")
     assert dag_run.state == "success"
