@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import pkgutil
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -62,19 +61,11 @@ def books(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalWaveSpeedServer]:
 
 @pytest.fixture(autouse=True)
 def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A submit intent without an id is left 30 s to land before WaveSpeed's history is asked:
-    0.3 s here, wherever the provider keeps that constant (it is moving between modules)."""
-    import airflow_provider_magi
+    """A submit intent without an id is left 30 s to land before WaveSpeed's history is asked
+    (one constant for every shape, in the paying core): 0.3 s here."""
+    from airflow_provider_magi.paying import item
 
-    for found in pkgutil.walk_packages(airflow_provider_magi.__path__, "airflow_provider_magi."):
-        if ".testing" in found.name:
-            continue
-        try:
-            module = importlib.import_module(found.name)
-        except ImportError:
-            continue
-        if hasattr(module, "INTENT_SETTLE_SECONDS"):
-            monkeypatch.setattr(module, "INTENT_SETTLE_SECONDS", 0.3)
+    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
 
 
 def paid(server: LocalWaveSpeedServer) -> int:
