@@ -407,11 +407,7 @@ def _files(folder: Path) -> dict[str, tuple[bytes, int, int]]:
     }
 
 
-@each_shape(
-    video="MagiDownloadOutputsOperator claims no output path (paying.claims is applied to the long "
-    "video and the batch only): the second run's download, with the same filename pattern, succeeds "
-    "and replaces the first run's video",
-)
+@each_shape()
 def test_10_a_second_writer_of_one_output_path_is_refused_never_overwrites(
     dag_bag: Any, books: LocalWaveSpeedServer, shape: str
 ) -> None:

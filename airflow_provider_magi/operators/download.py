@@ -260,8 +260,10 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         self, context: Context, prediction: Prediction, indexes: list[int], directory: WritablePath
     ) -> list[WritablePath]:
         """Every output's path, refused before anything is written if two would share one
-        (:func:`airflow_provider_magi.paying.claims.refuse_shared_paths`)."""
-        from airflow_provider_magi.paying.claims import refuse_shared_paths
+        (:func:`airflow_provider_magi.paying.claims.refuse_shared_paths`), or if another task
+        instance wrote or claimed it (another run of a ``{ds}`` name, say): each path is claimed
+        (:func:`~airflow_provider_magi.paying.claims.claim`), as the long video and batch claim theirs."""
+        from airflow_provider_magi.paying.claims import claim, refuse_shared_paths, writer_of
 
         names = [
             render_filename(self.filename, filename_values(context, prediction.id, index))
@@ -274,7 +276,16 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             fix="put {index} in the pattern, e.g. 'daily/{ds}_{index}.mp4'",
             prediction_id=prediction.id,
         )
-        return [directory / name for name in names]
+        targets = [directory / name for name in names]
+        for target in targets:
+            claim(
+                target,
+                writer_of(context),
+                what="the video",
+                fix="put {run_id} or {prediction_id} in filename (the default has both)",
+                note=f" Prediction {prediction.id} is paid and kept: download it again to a free path.",
+            )
+        return targets
 
     def _download(self, prediction: Prediction, index: int, url: str, target: WritablePath) -> dict[str, Any]:
         self._lineage_urls.append(url)
