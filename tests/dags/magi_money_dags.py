@@ -146,6 +146,22 @@ class DiesAfterPaying(_TryAware):
         raise RuntimeError("simulated worker crash after paying")
 
 
+class UpgradedAfterTryOne(DiesAfterPaying):
+    """Try 1 runs as Airflow 3.2 does (no task state store: the ledger is in Variables), then its
+    worker dies after paying; try 2 runs as 3.3 does: an upgrade between tries."""
+
+    def execute(self, context: Any) -> Any:
+        return super().execute(self._money_as_3_2(context))
+
+    def execute_complete(self, context: Any, event: Any = None) -> Any:
+        return super().execute_complete(self._money_as_3_2(context), event)
+
+    def _money_as_3_2(self, context: Any) -> Any:
+        if context["ti"].try_number != 1:
+            return context
+        return {key: value for key, value in context.items() if key != "task_state_store"}
+
+
 # Scenario 6: try 1 of every map index ends; once all have, the upstream list comes back reordered.
 _ENDED: dict[str, int] = {}
 
@@ -198,15 +214,32 @@ def operator_class(shape: str, mixin: type[Any] | None = None) -> type[Any]:
     return _CLASSES[key]
 
 
+# The model the DAGs being built pay for (None: the operators' default, MAGI-1 24B).
+_MODEL: list[str | None] = [None]
+MAGI_2 = "sand-ai/magi-2/text-to-video"
+
+
 def paying(shape: str, mixin: type[Any] | None = None, /, **kwargs: Any) -> Any:
-    """One paying task of the shape (task id ``paying``)."""
-    return operator_class(shape, mixin)(task_id=kwargs.pop("task_id", "paying"), **kwargs)
+    """One paying task of the shape (task id ``paying``), of the model being built."""
+    model = {"model": _MODEL[0]} if _MODEL[0] else {}
+    return operator_class(shape, mixin)(task_id=kwargs.pop("task_id", "paying"), **model, **kwargs)
 
 
-def for_each_shape(name: str, build: Callable[[str], None], **dag_kwargs: Any) -> None:
+def for_each_shape(
+    name: str, build: Callable[[str], None], *, magi2: bool = False, **dag_kwargs: Any
+) -> None:
+    """The scenario's DAG for each shape; with ``magi2``, also ``..._magi2`` paying MAGI-2
+    text-to-video (#33: every money scenario where the shape allows it)."""
     for shape in SHAPES:
         with _dag(f"magi_money_{name}_{shape}", **dag_kwargs):
             build(shape)
+        if magi2:
+            _MODEL[0] = MAGI_2
+            try:
+                with _dag(f"magi_money_{name}_{shape}_magi2", **dag_kwargs):
+                    build(shape)
+            finally:
+                _MODEL[0] = None
 
 
 # ---------------------------------------------------------------- 1: a random seed, resumed and retried
@@ -226,7 +259,7 @@ def _random_seed(shape: str) -> None:
     )
 
 
-for_each_shape("random_seed", _random_seed)
+for_each_shape("random_seed", _random_seed, magi2=True)
 
 # ---------------------------------------------------------------- 2-4: kills, lost answers, 429s
 # The faults come from the test (the hook's POST wrapped, or the server's fault plan).
@@ -242,7 +275,7 @@ def _plain(shape: str) -> None:
     )
 
 
-for_each_shape("plain", _plain)
+for_each_shape("plain", _plain, magi2=True)
 
 # ---------------------------------------------------------------- 5: ledger_path switched between tries
 
@@ -259,6 +292,20 @@ def _store_switched(shape: str) -> None:
 
 
 for_each_shape("store_switched", _store_switched)
+
+
+def _upgraded(shape: str) -> None:
+    paying(
+        shape,
+        UpgradedAfterTryOne,
+        deferrable=True,
+        **shape_kwargs(shape, items("an upgrade between tries", ITEMS[shape], duration=0.5)),
+        **RETRY,
+        **FAST,
+    )
+
+
+for_each_shape("upgraded", _upgraded)
 
 # ---------------------------------------------------------------- 6: a mapped list reordered, with duplicates
 
