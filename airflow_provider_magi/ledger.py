@@ -408,26 +408,61 @@ class Ledger:
         except Exception as error:
             log.warning("The ledger could not mark %s as delivered: %s", record.prediction_id, error)
 
-    def read_by_inputs(self, fingerprint: str) -> LedgerRecord | None:
-        """A paid record for these inputs written by any map index of this task and run."""
+    def read_by_inputs(self, fingerprint: str) -> list[LedgerRecord]:
+        """Every paid record for these inputs written by any map index of this task and run,
+        oldest first: one per duplicate of the inputs in the mapped list."""
         if self.by_inputs is None:
-            return None
+            return []
         name = _by_inputs_name(fingerprint)
         text = self.by_inputs.read(name)
         if text is None:
-            return None
-        record = LedgerRecord.from_json(text, where=self.by_inputs.where(name))
-        return None if self._from_a_deleted_run(record, self.by_inputs, name) else record
+            return []
+        where = self.by_inputs.where(name)
+        records = [LedgerRecord.from_json(one, where=where) for one in _paid_texts(text, where)]
+        return [record for record in records if not self._from_a_deleted_run(record, self.by_inputs, name)]
 
     def write_by_inputs(self, record: LedgerRecord) -> None:
         """Share a paid record with the other map indexes (best effort: this task's own record
-        holds it): a mapped list that comes back in another order then pays for nothing again."""
+        holds it): a mapped list that comes back in another order then pays for nothing again.
+        Each duplicate of the inputs keeps its own prediction in the list."""
         if self.by_inputs is None or record.prediction_id is None:
             return
+        name = _by_inputs_name(record.fingerprint)
         try:
-            self.by_inputs.write(_by_inputs_name(record.fingerprint), record.to_json())
+            text = self.by_inputs.read(name)
+            kept = [] if text is None else _paid_texts(text, self.by_inputs.where(name))
+            kept = [one for one in kept if json.loads(one).get("prediction_id") != record.prediction_id]
+            paid = [json.loads(one) for one in [*kept, record.to_json()]]
+            self.by_inputs.write(
+                name, json.dumps({"v": BY_INPUTS_VERSION, "paid": paid}, separators=(",", ":"))
+            )
         except Exception as error:
             log.warning("The ledger's record by inputs was not written: %s", error)
+
+    def claimed_by_another(self, prediction_id: str) -> bool:
+        """Whether another map index took ``prediction_id`` in this round of the run (this clear):
+        two map indexes of one mapped list never deliver one prediction."""
+        if self.by_inputs is None:
+            return False
+        text = self.by_inputs.read(_claim_name(prediction_id))
+        if text is None:
+            return False
+        try:
+            claim = json.loads(text)
+            map_index, clears = claim["map_index"], claim.get("clears")
+        except (ValueError, TypeError, KeyError):
+            return False  # unreadable: the records by inputs still hold the ids
+        return map_index != self.identity.map_index and clears == self.identity.run_clears
+
+    def write_claim(self, prediction_id: str) -> None:
+        """Take ``prediction_id`` for this map index in this round (best effort)."""
+        if self.by_inputs is None:
+            return
+        claim = {"map_index": self.identity.map_index, "clears": self.identity.run_clears}
+        try:
+            self.by_inputs.write(_claim_name(prediction_id), json.dumps(claim))
+        except Exception as error:
+            log.warning("The ledger's claim of %s was not written: %s", prediction_id, error)
 
     def forget(self, name: str | None = None) -> None:
         name = name or self.record
@@ -452,6 +487,25 @@ def is_cleared_since_delivery(record: LedgerRecord, clear_number: int | None) ->
 
 def _by_inputs_name(fingerprint: str) -> str:
     return f"inputs-{fingerprint[:40]}"
+
+
+def _claim_name(prediction_id: str) -> str:
+    return f"claim-{prediction_id}"
+
+
+# The records by inputs: a list of paid records (version 2); version 1 held one record alone.
+BY_INPUTS_VERSION = 2
+
+
+def _paid_texts(text: str, where: str) -> list[str]:
+    """The paid records' texts a record by inputs holds (one, as an older version wrote it)."""
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise _corrupt(where, "not JSON") from None
+    if isinstance(raw, dict) and raw.get("v") == BY_INPUTS_VERSION and isinstance(raw.get("paid"), list):
+        return [json.dumps(one) for one in raw["paid"]]
+    return [text]
 
 
 def template_source(values: Mapping[str, Any]) -> str:

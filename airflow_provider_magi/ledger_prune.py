@@ -51,10 +51,11 @@ def _written_at(key: str, value: str) -> datetime | None:
 
 
 def _stamped_at(value: str) -> datetime | None:
-    """The write time a task's other records carry (a try's ``rendering`` record: ``"at"``)."""
+    """The write time a task's other records carry in ``"at"`` (a try's ``rendering`` record, a
+    mapped task's records by inputs and claims)."""
     try:
         raw = json.loads(value)
-        when = datetime.fromisoformat(raw["at"]) if isinstance(raw, dict) and raw.get("v") == 1 else None
+        when = datetime.fromisoformat(raw["at"]) if isinstance(raw, dict) and "at" in raw else None
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)

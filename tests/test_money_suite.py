@@ -294,11 +294,6 @@ def test_5_an_upgrade_from_3_2_to_3_3_between_tries_never_pays_again(
 
 
 @each_shape(
-    video="Map indexes 0 and 1 (now both Y) reattach through the one by-inputs record of Y, so both "
-    "deliver the same Y prediction (and 2 and 3 the same X); the other Y and X paid in try 1 are "
-    "delivered by none: the by-inputs record keeps one prediction per input, not one per duplicate",
-    long_video="As for the single video, through each scene's by-inputs record: map indexes 0 and 1 "
-    "deliver one Y scene prediction, 2 and 3 one X",
     batch="A mapped batch looks for paid inputs in its own map index's ledger only: every map "
     "index pays its new input again (8 paid for 4)",
 )
@@ -309,10 +304,9 @@ def test_6_a_mapped_list_with_duplicates_reordered_pays_nothing_more(
     the list comes back as [Y, Y, X, X] for try 2. Nothing is paid again, and each map index
     delivers a prediction of its own input, no two the same one.
 
-    Not the issue's [X, X, Y] -> [Y, X, X]: there only map index 2 borrows a paid X, and whether
-    the current code hands it map index 1's (a duplicate) or map index 0's depends on the order
-    the map indexes ran in, which dag.test does not fix. Two borrowers of each input make the
-    outcome independent of that order."""
+    Two borrowers of each input: whatever order the map indexes run in, each takes a paid
+    prediction no other map index took this round (the ledger's claims). The issue's own list is
+    the next test."""
     dag_run = run_dag(dag_bag, f"magi_money_mapped_reordered_{shape}")
     assert dag_run.state == "success"
     assert paid(books) == posts(books) == 4
@@ -323,6 +317,27 @@ def test_6_a_mapped_list_with_duplicates_reordered_pays_nothing_more(
         assert prompt_of(books, prediction_id).startswith(label)
         ids.append(prediction_id)
     assert len(set(ids)) == 4, ids  # two map indexes never deliver one prediction
+
+
+@each_shape(
+    batch="A mapped batch looks for paid inputs in its own map index's ledger only: map index 0 "
+    "pays its new input again",
+)
+def test_6_the_issue_s_mapped_list_x_x_y_back_as_y_x_x_pays_nothing_more(
+    dag_bag: Any, books: LocalWaveSpeedServer, shape: str
+) -> None:
+    """[X, X, Y] back as [Y, X, X], in whatever order the map indexes run: 3 paid for 3, each map
+    index delivers a prediction of its own input, no two the same one (was: map indexes 1 and 2
+    could deliver one X, the other paid X dropped)."""
+    dag_run = run_dag(dag_bag, f"magi_money_mapped_reordered_issue_{shape}")
+    assert dag_run.state == "success"
+    assert paid(books) == posts(books) == 3
+    ids = []
+    for index, label in enumerate(["duplicated Y", "duplicated X", "duplicated X"]):
+        (prediction_id,) = delivered(shape, dag_run, map_index=index)
+        assert prompt_of(books, prediction_id).startswith(label)
+        ids.append(prediction_id)
+    assert len(set(ids)) == 3, ids
 
 
 # ---------------------------------------------------------------- 7: a clear, upstream data kept or changed

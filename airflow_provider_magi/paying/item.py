@@ -164,6 +164,17 @@ class ItemPayer:
         if decision.action == LOOK_UP:
             return Found(self.look_up_intent(ledger, decision.record, context))
         prediction_id = str(decision.record.prediction_id)
+        if self._mapped_retry(ledger, context) and ledger.claimed_by_another(prediction_id):
+            # A duplicate in a reordered mapped list took it this round: take another of these
+            # inputs' predictions, or pay (two map indexes never deliver one prediction).
+            self.log.info("Ledger: prediction %s went to another map index this round.", prediction_id)
+            other = self._from_another_map_index(ledger, context, fingerprint)
+            if other is None:
+                return Found(None)
+            decision = other
+            prediction_id = str(decision.record.prediction_id) if decision.record else prediction_id
+        elif self._mapped_retry(ledger, context):
+            ledger.write_claim(prediction_id)
         status, final = self._status(prediction_id)
         if status == STATUS_NOT_FOUND or status in FAILED_STATUSES:
             self.log.warning(
@@ -184,23 +195,33 @@ class ItemPayer:
             raise
         return prediction.status, prediction if prediction.is_terminal else None
 
+    @staticmethod
+    def _mapped_retry(ledger: Ledger, context: Context) -> bool:
+        """A retry or clear of a mapped task (its first try pays for every map index's inputs,
+        duplicates included, as asked)."""
+        return ledger.by_inputs is not None and getattr(context["ti"], "try_number", 1) > 1
+
     def _from_another_map_index(self, ledger: Ledger, context: Context, fingerprint: str) -> Decision | None:
         """A retry or clear of a mapped task: these inputs may have been paid for under another
-        map index of this task and run (the mapped list came back in another order)."""
+        map index of this task and run (the mapped list came back in another order). Each
+        duplicate of the inputs has its own prediction; one another map index took this round
+        is left to it."""
         from airflow_provider_magi.ledger import REATTACH, Decision
 
-        if ledger.by_inputs is None or getattr(context["ti"], "try_number", 1) <= 1:
-            return None  # a first try: duplicate inputs in one list are each paid for, as asked
-        found = ledger.read_by_inputs(fingerprint)
-        if found is None or found.prediction_id is None:
+        if not self._mapped_retry(ledger, context):
             return None
-        ledger.write_paid(found, found.prediction_id)  # this map index's own record from now on
-        return Decision(
-            REATTACH,
-            f"prediction {found.prediction_id} was paid for these inputs under another map index of "
-            "this task and run (the mapped list came back in another order)",
-            found,
-        )
+        for found in ledger.read_by_inputs(fingerprint):
+            if found.prediction_id is None or ledger.claimed_by_another(found.prediction_id):
+                continue
+            ledger.write_claim(found.prediction_id)
+            ledger.write_paid(found, found.prediction_id)  # this map index's own record from now on
+            return Decision(
+                REATTACH,
+                f"prediction {found.prediction_id} was paid for these inputs under another map index "
+                "of this task and run (the mapped list came back in another order)",
+                found,
+            )
+        return None
 
     def look_up_intent(self, ledger: Ledger, record: LedgerRecord, context: Context) -> str | None:
         """An intent without an id: WaveSpeed's history says whether that submit started anything."""
@@ -279,6 +300,8 @@ class ItemPayer:
         wave = send_wave(self.hook, self.model, [(0, inputs)], journal, webhook_url=webhook_url)
         outcome = wave.outcomes[0]
         if outcome.kind == PAID and outcome.prediction is not None:
+            if self._mapped_retry(ledger, context):
+                ledger.write_claim(outcome.prediction.id)  # this round's, for this map index
             return outcome.prediction.id
         assert outcome.error is not None
         if outcome.kind == UNCERTAIN:

@@ -181,13 +181,26 @@ class ReorderedAfterTryOne(_TryAware):
 
                 BaseXCom.set(
                     key="return_value",
-                    value=REORDERED[self.money_shape],
+                    value=self._money_reordered(),
                     dag_id=ti.dag_id,
                     task_id="make_list",
                     run_id=ti.run_id,
                 )
             raise RuntimeError("try 1 ends here (its work is done and paid)")
         return result
+
+    def _money_reordered(self) -> list[Any]:
+        return REORDERED[self.money_shape]
+
+
+class ReorderedAsInTheIssue(ReorderedAfterTryOne):
+    """The issue's own case: [X, X, Y] comes back as [Y, X, X] (map index 1 keeps its input)."""
+
+    mapped_count = 3
+
+    def _money_reordered(self) -> list[Any]:
+        x, y = X_AND_Y[self.money_shape]
+        return [y, x, x]
 
 
 _CLASSES: dict[tuple[str, str], type[Any]] = {}
@@ -334,6 +347,21 @@ def _mapped(shape: str) -> None:
 
 
 for_each_shape("mapped_reordered", _mapped)
+
+
+def _mapped_as_in_the_issue(shape: str) -> None:
+    @task
+    def make_list() -> list[Any]:
+        x, y = X_AND_Y[shape]
+        return [x, x, y]
+
+    fixed: dict[str, Any] = {} if shape == "video" else {"destination": OUTPUT_DIR}
+    operator_class(shape, ReorderedAsInTheIssue).partial(
+        task_id="paying", deferrable=False, **fixed, **RETRY, **FAST
+    ).expand(**{MAPPED_ARGUMENT[shape]: make_list()})
+
+
+for_each_shape("mapped_reordered_issue", _mapped_as_in_the_issue)
 
 # ---------------------------------------------------------------- 7: a clear, upstream data kept or changed
 
