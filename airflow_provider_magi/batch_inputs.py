@@ -15,19 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_magi.exceptions import MagiInputError
+from airflow_provider_magi.models import NAMED_INPUTS
 from airflow_provider_magi.validation import inputs_fingerprint, shorten
 
-ITEM_KEYS = (
-    "prompt",
-    "image",
-    "seed",
-    "duration",
-    "aspect_ratio",
-    "last_image",
-    "extra_inputs",
-    "key",
-    "metadata",
-)
+ITEM_KEYS = (*NAMED_INPUTS, "extra_inputs", "key", "metadata")
 # A key names an item in the manifest and in errors: short enough to read in a log line.
 MAX_KEY_CHARS = 200
 _FORMS = (

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_magi.exceptions import MagiInputError
+from airflow_provider_magi.models import NAMED_INPUTS
 
 _SCENE_KEYS = ("prompt", "seed", "extra_inputs", "duration", "aspect_ratio", "last_image")
 
@@ -24,8 +25,7 @@ class Scene:
 
     def named_inputs(self) -> dict[str, Any]:
         """The scene's own inputs (its first frame comes from the chain)."""
-        names = ("prompt", "seed", "duration", "aspect_ratio", "last_image")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in NAMED_INPUTS if name != "image"}
 
 
 def parse_scenes(scenes: Any) -> list[Scene]:

@@ -19,6 +19,7 @@ PARSE_TIME_MODULES = {
     "airflow_provider_magi.exceptions",
     "airflow_provider_magi.links",
     "airflow_provider_magi.metrics",  # via waiting; imports only logging until a metric is sent
+    "airflow_provider_magi.models",  # the catalogue's input names: the standard library only
     "airflow_provider_magi.operators",
     "airflow_provider_magi.operators.download",
     "airflow_provider_magi.operators.long_video",

@@ -15,6 +15,7 @@ from airflow_provider_magi.api import (
 )
 from airflow_provider_magi.compat import BaseOperator, conf
 from airflow_provider_magi.links import MagiPredictionLink, remember_prediction
+from airflow_provider_magi.models import NAMED_INPUTS
 from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.waiting import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Waiter
 
@@ -94,12 +95,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "prompt",
-        "image",
-        "seed",
-        "duration",
-        "aspect_ratio",
-        "last_image",
+        *NAMED_INPUTS,
         "extra_inputs",
         "webhook_url",
         "model",
@@ -114,15 +110,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
     _regenerate = False
     _resuming = False  # entered by a resume after a deferral within the try (paying.rendering)
     _item_model: str | None = None  # the model this item is made by, when not ``model`` (a scene)
-    rendered_inputs: tuple[str, ...] = (
-        "prompt",
-        "image",
-        "seed",
-        "duration",
-        "aspect_ratio",
-        "last_image",
-        "extra_inputs",
-    )
+    rendered_inputs: tuple[str, ...] = (*NAMED_INPUTS, "extra_inputs")
     operator_extra_links = (MagiPredictionLink(),)
     ui_color = "#f3e8ff"
 
@@ -191,8 +179,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
         )
 
     def _named_inputs(self) -> dict[str, Any]:
-        names = ("prompt", "image", "seed", "duration", "aspect_ratio", "last_image")
-        return {name: getattr(self, name, None) for name in names}
+        return {name: getattr(self, name, None) for name in NAMED_INPUTS}
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_magi.hooks.magi import model_path
