@@ -42,6 +42,7 @@ class BatchItem:
     key: str | None = None  # the caller's name for the item, unique in the batch
     metadata: dict[str, Any] | None = None  # the caller's JSON object, copied to the manifest
     price: float | None = None  # known before any bill when the catalogue prices it (MAGI-2)
+    seconds: int | None = None  # the video's length, its default included, when the model has one
 
 
 class JsonLinesItems(list[Any]):
@@ -242,7 +243,15 @@ def _check_item(index: int, where: str, raw: Any, model: str) -> BatchItem:
         key=key,
         metadata=metadata,
         price=price_of(model, inputs),
+        seconds=_seconds_of(model, inputs),
     )
+
+
+def _seconds_of(model: str, inputs: dict[str, Any]) -> int | None:
+    from airflow_provider_magi.models import spec_of
+
+    spec = spec_of(model)
+    return spec.seconds_of(inputs) if spec is not None else None
 
 
 def _item_keys(model: str) -> tuple[str, ...]:

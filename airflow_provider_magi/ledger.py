@@ -434,7 +434,11 @@ class Ledger:
             kept = [one for one in kept if json.loads(one).get("prediction_id") != record.prediction_id]
             paid = [json.loads(one) for one in [*kept, record.to_json()]]
             self.by_inputs.write(
-                name, json.dumps({"v": BY_INPUTS_VERSION, "paid": paid}, separators=(",", ":"))
+                name,
+                json.dumps(
+                    {"v": BY_INPUTS_VERSION, "at": _utc_text(self._now()), "paid": paid},
+                    separators=(",", ":"),
+                ),
             )
         except Exception as error:
             log.warning("The ledger's record by inputs was not written: %s", error)
@@ -458,7 +462,11 @@ class Ledger:
         """Take ``prediction_id`` for this map index in this round (best effort)."""
         if self.by_inputs is None:
             return
-        claim = {"map_index": self.identity.map_index, "clears": self.identity.run_clears}
+        claim = {
+            "map_index": self.identity.map_index,
+            "clears": self.identity.run_clears,
+            "at": _utc_text(self._now()),  # its write time, for ledger_prune
+        }
         try:
             self.by_inputs.write(_claim_name(prediction_id), json.dumps(claim))
         except Exception as error:

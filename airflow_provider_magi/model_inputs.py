@@ -24,6 +24,7 @@ from airflow_provider_magi.models import (
     TEXT,
     InputRule,
     ModelSpec,
+    near_miss,
     spec_of,
 )
 from airflow_provider_magi.validation import (
@@ -61,6 +62,11 @@ def model_inputs(
         "last_image": last_image,
     }
     spec = spec_of(model)
+    if (known := near_miss(model)) is not None:
+        raise MagiInputError(
+            f"Invalid model: {model!r} is {known!r} in another case, which WaveSpeed's paths do not "
+            f"accept. Fix: model={known!r}"
+        )
     if spec is None:
         if log is not None:
             log.info(

@@ -83,7 +83,14 @@ class ModelSpec:
         if rule is None:
             return None
         value = inputs.get("duration", rule.default)
-        return value if isinstance(value, int) and not isinstance(value, bool) else rule.default
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())  # a rendered template, or a direct hook call's inputs
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            # Unreadable here (the model refuses it): priced at the longest, never the shortest.
+            return rule.maximum if rule.maximum is not None else rule.default
+        return value
 
     def price_of(self, inputs: Mapping[str, Any]) -> float | None:
         """The price of one prediction with these inputs, known before any bill; None: learned
@@ -147,3 +154,11 @@ NAMED_INPUTS = ("prompt", "image", "seed", "duration", "aspect_ratio", "last_ima
 def spec_of(model: Any) -> ModelSpec | None:
     """The catalogue's entry for a model id (``owner/name`` or ``owner/name/variant``), or None."""
     return CATALOGUE.get(model.strip().strip("/")) if isinstance(model, str) else None
+
+
+def near_miss(model: Any) -> str | None:
+    """The catalogue id ``model`` spells in another case (its rules would otherwise be skipped)."""
+    if not isinstance(model, str) or spec_of(model) is not None:
+        return None
+    wanted = model.strip().strip("/").lower()
+    return next((known for known in CATALOGUE if known.lower() == wanted), None)

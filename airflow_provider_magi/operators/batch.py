@@ -176,7 +176,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         for item in items:  # the caller's key and metadata, the length and price ride on its line
             line = self._lines[item.index]
             line.key, line.metadata, line.price_usd = item.key, item.metadata, item.price
-            line.duration = item.inputs.get("duration") if item.price is not None else None
+            line.duration = item.seconds
         if event is None:
             warn_identical(items, self.log)
         self._last_write = 0.0

@@ -263,7 +263,13 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
         (:func:`airflow_provider_magi.paying.claims.refuse_shared_paths`), or if another task
         instance wrote or claimed it (another run of a ``{ds}`` name, say): each path is claimed
         (:func:`~airflow_provider_magi.paying.claims.claim`), as the long video and batch claim theirs."""
-        from airflow_provider_magi.paying.claims import claim, refuse_shared_paths, writer_of
+        from airflow_provider_magi.paying.claims import (
+            claim,
+            marker_of,
+            refuse_shared_paths,
+            release,
+            writer_of,
+        )
 
         names = [
             render_filename(self.filename, filename_values(context, prediction.id, index))
@@ -277,14 +283,23 @@ class MagiDownloadOutputsOperator(MagiTaskMixin, BaseOperator):
             prediction_id=prediction.id,
         )
         targets = [directory / name for name in names]
-        for target in targets:
-            claim(
-                target,
-                writer_of(context),
-                what="the video",
-                fix="put {run_id} or {prediction_id} in filename (the default has both)",
-                note=f" Prediction {prediction.id} is paid and kept: download it again to a free path.",
-            )
+        fresh = [target for target in targets if not marker_of(target).exists()]
+        try:
+            for target in targets:
+                claim(
+                    target,
+                    writer_of(context),
+                    what="the video",
+                    fix="put {run_id} or {prediction_id} in filename (the default has both)",
+                    # A path named after the prediction is this prediction's own output (written
+                    # by a version without markers), whoever's marker is missing.
+                    adopt_unmarked="{prediction_id" in self.filename,
+                    paid=True,
+                )
+        except MagiInputError:
+            for target in fresh:  # no claim is left for a file this task will not write
+                release(target, writer_of(context))
+            raise
         return targets
 
     def _download(self, prediction: Prediction, index: int, url: str, target: WritablePath) -> dict[str, Any]:

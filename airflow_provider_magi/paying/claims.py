@@ -19,6 +19,7 @@ checked, then written, and two writers that start in the same instant can both p
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -57,12 +58,14 @@ def claim(
     fix: str,
     note: str = "",
     adopt_unmarked: bool = False,
+    paid: bool = False,
 ) -> None:
     """Claim ``target`` for ``writer``, or refuse (``MagiInputError``) when another task instance
     claimed it, or a file is there that no task instance claimed. Call it before paying.
 
     ``adopt_unmarked``: the writer's own ledger says it wrote there before (a file from a version
     that wrote no markers, met again by a retry or clear after an upgrade): claimed, not refused.
+    ``paid``: the caller's prediction is paid already (a download): the refusal says it is kept.
     """
     marker = marker_of(target)
     me = dict(writer)
@@ -77,11 +80,20 @@ def claim(
             owner = _read_marker(marker)
     if owner is not None and owner != me:
         described = ", ".join(f"{k}={v}" for k, v in owner.items()) if isinstance(owner, dict) else owner
+        kept = "its prediction is paid and kept" if paid else "nothing was paid for it"
         raise MagiInputError(
             f"Invalid filename: {what} {target} was written by another task instance ({described}); "
-            f"this task never replaces it, and nothing was paid for it. Fix: {fix}, or delete that "
+            f"this task never replaces it, and {kept}. Fix: {fix}, or delete that "
             f"file and its marker {marker.name} if it may go.{note}"
         )
+
+
+def release(target: WritablePath, writer: Mapping[str, Any]) -> None:
+    """Drop ``writer``'s claim of ``target`` (its marker), when nothing was written there."""
+    marker = marker_of(target)
+    with contextlib.suppress(OSError, ValueError):
+        if marker.exists() and _read_marker(marker) == dict(writer):
+            marker.unlink()
 
 
 def refuse_shared_paths(

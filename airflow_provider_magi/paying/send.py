@@ -152,9 +152,15 @@ def send_one(
 
     body = dict(inputs)
     try:
+        uploaded = False
         for name, value in inputs.items():  # a first (or last) frame, read and checked now
             if isinstance(value, LocalImage):
                 body[name] = hook.upload_media(value.read())
+                uploaded = True
+        if uploaded and before_resend is not None:
+            # An upload can take minutes: the journal learns when the POST really leaves, so a
+            # look-up after a killed worker searches WaveSpeed's history around it.
+            before_resend()
         prediction = hook.create_prediction(
             body,
             model=model,
