@@ -65,8 +65,8 @@ demo: $(DEMO_STAMP)
 ## $(TEST_STAGES) at a time, longest first: make starts the next one as soon as one ends. Each stage's
 ## processes mostly wait (on polls, on a DAG run's next try, on the full stack's Airflow
 ## processes), so one stage alone keeps under one of the two cores busy: measured (CPU seconds
-## over wall seconds) 0.7 to 0.9 for a unit stage and about half a core for the full stack.
-## Three at a time keep both cores busy. Parallel stages print their output whole when each ends.
+## over wall seconds) 0.6 to 0.8 for every stage. Three at a time keep both cores busy. Parallel
+## stages print their output whole when each ends.
 test:
 	@ci/stage "install, lint, type-check, package, older venvs" \
 		$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck package older-venvs
