@@ -103,11 +103,14 @@ def xcom(dag_run: Any, task_id: str, key: str = "return_value", map_index: int =
 CHILD_RESULT_ENV = "MAGI_TEST_CHILD_RESULT"
 
 RUN_DAGS_IN_CHILD = """
-import json, os, sys
+import functools, json, os, sys
 try:
     from airflow.dag_processing.dagbag import DagBag
 except ImportError:  # Airflow < 3.1
     from airflow.models.dagbag import DagBag
+from airflow.sdk.execution_time import supervisor
+if not hasattr(supervisor.in_process_api_server, "cache_info"):  # as conftest.py's dag_bag does
+    supervisor.in_process_api_server = functools.lru_cache(maxsize=1)(supervisor.in_process_api_server)
 bag = DagBag(sys.argv[1])
 runs = {}
 for dag_id in sys.argv[2:]:

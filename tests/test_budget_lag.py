@@ -40,7 +40,10 @@ def test_tasks_one_after_another_while_billing_lags_pay_only_for_the_room_left(
     dag_bag: Any, lagging: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     budget = PRICE + 0.90  # the earlier video, then room for 2 more at 0.35 (a third makes 1.40)
-    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(lagging, daily_budget_usd=budget))
+    # Billed an hour late: the price lookup of each task that ran finds nothing in 1 s as in 10.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT", connection_json(lagging, daily_budget_usd=budget, cost_lookup_seconds=1)
+    )
     dag_run = run_dag(dag_bag, "magi_r2_budget_billing_lags")
     states = [task_instance(dag_run, "generate", k).state for k in range(6)]
     assert states.count("success") == 2 and states.count("failed") == 4

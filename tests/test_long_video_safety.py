@@ -216,7 +216,10 @@ def test_an_unknown_price_does_not_stop_a_long_video_on_its_own_unbilled_scenes(
     (the spend alone, the price being unknown), so the video's own unbilled scenes do not make
     the next scene's check fail safe (another task's would)."""
     books.app.account.billing_delay = 3600.0
-    monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=5 * PRICE))
+    # No scene is billed within any lookup: a one-second price lookup per scene, not ten, ends the same.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAGI_DEFAULT", connection_json(books, daily_budget_usd=5 * PRICE, cost_lookup_seconds=1)
+    )
     dag_run = run_dag(dag_bag, "magi_r2_long_video_budget")
     assert dag_run.state == "success"
     assert paid(books) == 4 and task_instance(dag_run, "long_video").try_number == 1

@@ -230,7 +230,8 @@ def test_tasks_one_after_another_while_billing_lags_keep_the_balance_above_the_f
 def test_mapped_tasks_while_billing_lags_pay_only_what_the_floor_leaves(
     dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    use(books, monkeypatch, min_balance_usd=9.4)
+    # Billed 20 s late: a task's price lookup finds nothing in 1 s as in 10, and the run ends sooner.
+    use(books, monkeypatch, min_balance_usd=9.4, cost_lookup_seconds=1)
     dag_run = run_dag(dag_bag, "magi_r2_budget_billing_lags")  # 6 videos, one after another
     states = [task_instance(dag_run, "generate", k).state for k in range(6)]
     assert states.count("success") == 2 and states.count("failed") == 4
