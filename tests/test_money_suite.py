@@ -44,7 +44,8 @@ pytestmark = pytest.mark.money
 MAGI = "wavespeed-ai/magi-1-24b"
 PRICE = 0.30
 SHAPES = ("video", "long_video", "batch")
-# Scenarios 1-4 also run with MAGI-2 text-to-video (#33), priced per second.
+# Every scenario whose DAG names no model of its own also runs with MAGI-2 text-to-video (#33),
+# priced per second; not the mapped ones (6) nor the guards' (8: their prices are the test's).
 MODELS = ("magi-1", "magi-2")
 SUFFIX = {"magi-1": "", "magi-2": "_magi2"}
 ITEMS = {"video": 1, "long_video": 2, "batch": 2}  # predictions one task of the shape pays for
@@ -253,6 +254,7 @@ def test_4_a_submit_refused_with_429_is_resent_and_paid_once(
 
 
 @pytest.mark.parametrize("switch", ["ledger_path added", "ledger_path removed", "ledger_path moved"])
+@pytest.mark.parametrize("model", MODELS)
 @each_shape()
 def test_5_a_ledger_path_switched_between_tries_never_pays_again(
     dag_bag: Any,
@@ -261,6 +263,7 @@ def test_5_a_ledger_path_switched_between_tries_never_pays_again(
     tmp_path: Path,
     shape: str,
     switch: str,
+    model: str,
 ) -> None:
     """Try 1 pays, then its worker dies (at its first deferral, else at its end) after the
     connection was edited: the retry must find what try 1 paid wherever try 1 recorded it."""
@@ -268,7 +271,7 @@ def test_5_a_ledger_path_switched_between_tries_never_pays_again(
     after = {} if switch == "ledger_path removed" else {"ledger_path": f"file://{tmp_path}/b"}
     use(books, monkeypatch, **before)
     monkeypatch.setenv(NEXT_CONN_ENV, connection_json(books, **after))
-    dag_run = run_dag(dag_bag, f"magi_money_store_switched_{shape}")
+    dag_run = run_dag(dag_bag, f"magi_money_store_switched_{shape}{SUFFIX[model]}")
     assert dag_run.state == "success"
     assert task_instance(dag_run, "paying").try_number == 2
     assert paid(books) == posts(books) == ITEMS[shape]
@@ -276,14 +279,15 @@ def test_5_a_ledger_path_switched_between_tries_never_pays_again(
 
 
 @pytest.mark.skipif(not HAS_TASK_STATE_STORE, reason="the task state store came with Airflow 3.3")
+@pytest.mark.parametrize("model", MODELS)
 @each_shape()
 def test_5_an_upgrade_from_3_2_to_3_3_between_tries_never_pays_again(
-    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, shape: str
+    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, shape: str, model: str
 ) -> None:
     """Try 1 pays as on 3.2 (the ledger in Variables), its worker dies; try 2 runs as on 3.3
     (the task state store): it must read what try 1 recorded, not pay again."""
     monkeypatch.setenv(NEXT_CONN_ENV, connection_json(books))
-    dag_run = run_dag(dag_bag, f"magi_money_upgraded_{shape}")
+    dag_run = run_dag(dag_bag, f"magi_money_upgraded_{shape}{SUFFIX[model]}")
     assert dag_run.state == "success"
     assert task_instance(dag_run, "paying").try_number == 2
     assert paid(books) == posts(books) == ITEMS[shape]
@@ -344,14 +348,17 @@ def test_6_the_issue_s_mapped_list_x_x_y_back_as_y_x_x_pays_nothing_more(
 
 
 @pytest.mark.parametrize("change", [False, True], ids=["unchanged", "changed"])
+@pytest.mark.parametrize("model", MODELS)
 @each_shape()
 def test_7_a_clear_reattaches_or_pays_once_for_changed_upstream_data(
-    dag_bag: Any, books: LocalWaveSpeedServer, shape: str, change: bool
+    dag_bag: Any, books: LocalWaveSpeedServer, shape: str, change: bool, model: str
 ) -> None:
     """Try 1 delivers, then fails at its end; try 2 stands in for the clear (``dag.test`` cannot
     clear a task, so the clear number does not change, as in tests/test_rendering.py). With
     ``changed`` the upstream task's XCom holds a new prompt for the last item first."""
-    dag_run = run_dag(dag_bag, f"magi_money_cleared_{'changed' if change else 'unchanged'}_{shape}")
+    dag_run = run_dag(
+        dag_bag, f"magi_money_cleared_{'changed' if change else 'unchanged'}_{shape}{SUFFIX[model]}"
+    )
     assert dag_run.state == "success"
     assert task_instance(dag_run, "paying").try_number == 2
     assert paid(books) == posts(books) == ITEMS[shape] + change
@@ -425,14 +432,15 @@ def test_8_the_guards_count_what_is_started_and_not_billed_yet(
 # ---------------------------------------------------------------- 9: execution_timeout, retried
 
 
+@pytest.mark.parametrize("model", MODELS)
 @each_shape()
 def test_9_an_execution_timeout_is_retried_and_the_retry_reattaches(
-    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any, shape: str
+    dag_bag: Any, books: LocalWaveSpeedServer, task_logs: Any, shape: str, model: str
 ) -> None:
     """Try 1 cannot finish within its execution_timeout (the server takes longer than that,
     whatever the machine's speed): it raises AirflowTaskTimeout, which is retried, and each retry
     waits for what was paid instead of paying again."""
-    dag_run = run_dag(dag_bag, f"magi_money_execution_timeout_{shape}")
+    dag_run = run_dag(dag_bag, f"magi_money_execution_timeout_{shape}{SUFFIX[model]}")
     assert dag_run.state == "success"
     assert task_instance(dag_run, "paying").try_number >= 2
     assert paid(books) == posts(books) == ITEMS[shape]
@@ -452,16 +460,17 @@ def _files(folder: Path) -> dict[str, tuple[bytes, int, int]]:
     }
 
 
+@pytest.mark.parametrize("model", MODELS)
 @each_shape()
 def test_10_a_second_writer_of_one_output_path_is_refused_never_overwrites(
-    dag_bag: Any, books: LocalWaveSpeedServer, shape: str
+    dag_bag: Any, books: LocalWaveSpeedServer, shape: str, model: str
 ) -> None:
     """Two runs on one day whose filename pattern (``{ds}``) gives them one path. The second is
     refused before paying (the long video, the batch), or its download's claim is refused (the
     single video: the generating task is not told the path): never an overwrite."""
     import os
 
-    dag_id = f"magi_money_one_path_{shape}"
+    dag_id = f"magi_money_one_path_{shape}{SUFFIX[model]}"
     folder = Path(os.environ["MAGI_TEST_OUTPUT_DIR"]) / "money" / dag_id
     morning = run_dag(dag_bag, dag_id, logical_date=datetime(2026, 3, 7, 1, tzinfo=UTC))
     assert morning.state == "success"

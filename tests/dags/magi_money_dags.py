@@ -304,7 +304,7 @@ def _store_switched(shape: str) -> None:
     )
 
 
-for_each_shape("store_switched", _store_switched)
+for_each_shape("store_switched", _store_switched, magi2=True)
 
 
 def _upgraded(shape: str) -> None:
@@ -318,7 +318,7 @@ def _upgraded(shape: str) -> None:
     )
 
 
-for_each_shape("upgraded", _upgraded)
+for_each_shape("upgraded", _upgraded, magi2=True)
 
 # ---------------------------------------------------------------- 6: a mapped list reordered, with duplicates
 
@@ -384,7 +384,7 @@ def _cleared(change: bool) -> Callable[[str], None]:
 
 
 for _change in (False, True):
-    for_each_shape(f"cleared_{'changed' if _change else 'unchanged'}", _cleared(_change))
+    for_each_shape(f"cleared_{'changed' if _change else 'unchanged'}", _cleared(_change), magi2=True)
 
 # ---------------------------------------------------------------- 8: the guards while billing lags
 
@@ -431,7 +431,7 @@ def _timed_out(shape: str) -> None:
     )
 
 
-for_each_shape("execution_timeout", _timed_out)
+for_each_shape("execution_timeout", _timed_out, magi2=True)
 
 # ---------------------------------------------------------------- 10: two writers, one output path
 
@@ -450,4 +450,4 @@ def _daily(shape: str) -> None:
     paying(shape, deferrable=True, **shape_kwargs(shape, items("daily", ITEMS[shape]), filename), **FAST)
 
 
-for_each_shape("one_path", _daily)
+for_each_shape("one_path", _daily, magi2=True)
