@@ -45,7 +45,7 @@ MAGI = "wavespeed-ai/magi-1-24b"
 PRICE = 0.30
 SHAPES = ("video", "long_video", "batch")
 # Every scenario whose DAG names no model of its own also runs with MAGI-2 text-to-video (#33),
-# priced per second; not the mapped ones (6) nor the guards' (8: their prices are the test's).
+# priced per second; not the mapped ones (6: their operators are expanded, not built per model).
 MODELS = ("magi-1", "magi-2")
 SUFFIX = {"magi-1": "", "magi-2": "_magi2"}
 ITEMS = {"video": 1, "long_video": 2, "batch": 2}  # predictions one task of the shape pays for
@@ -382,15 +382,23 @@ def _priced(server: LocalWaveSpeedServer) -> None:
 
 
 @pytest.mark.parametrize("guard", ["min_balance_usd", "daily_budget_usd", "daily_budget_usd after midnight"])
+@pytest.mark.parametrize("model", MODELS)
 @each_shape()
 def test_8_the_guards_count_what_is_started_and_not_billed_yet(
-    dag_bag: Any, books: LocalWaveSpeedServer, monkeypatch: pytest.MonkeyPatch, shape: str, guard: str
+    dag_bag: Any,
+    books: LocalWaveSpeedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    shape: str,
+    guard: str,
+    model: str,
 ) -> None:
     """Two tasks of the shape one after another while billing lags (nothing they start is
     billed during the test). The guard leaves room for the first task's predictions and $0.10:
     the second must count the first's unbilled predictions and pay nothing. After midnight: a
-    $0.30 video started at 23:59:50 and billed after midnight takes room from today."""
+    $0.30 video started at 23:59:50 and billed after midnight takes room from today. With MAGI-2
+    each of the shape's videos costs $0.40 (5 s at $0.08), known before any bill."""
     n = ITEMS[shape]
+    price = PRICE if model == "magi-1" else 0.40
     if guard == "daily_budget_usd after midnight":
         from airflow_provider_magi.hooks import account
 
@@ -408,8 +416,8 @@ def test_8_the_guards_count_what_is_started_and_not_billed_yet(
         MagiHook().create_prediction({"prompt": "late [[duration: 0]]"}, MAGI, check_guards=False)
         books.advance_clock(15)  # 00:00:05: the late one is done, not billed yet
         before = paid(books)
-        use(books, monkeypatch, daily_budget_usd=n * PRICE + 0.10, cost_lookup_seconds=0)
-        dag_run = run_dag(dag_bag, f"magi_money_guarded_{shape}")
+        use(books, monkeypatch, daily_budget_usd=n * price + 0.10, cost_lookup_seconds=0)
+        dag_run = run_dag(dag_bag, f"magi_money_guarded_{shape}{SUFFIX[model]}")
         # The late one takes $0.30 of today: room for n - 1, and a long video is all or nothing.
         expected = {"video": 0, "long_video": 0, "batch": 1}[shape]
         assert paid(books) - before == expected
@@ -419,10 +427,10 @@ def test_8_the_guards_count_what_is_started_and_not_billed_yet(
     books.set_balance(10.0)
     before = paid(books)
     if guard == "min_balance_usd":
-        use(books, monkeypatch, min_balance_usd=10.0 - n * PRICE - 0.10, cost_lookup_seconds=0)
+        use(books, monkeypatch, min_balance_usd=10.0 - n * price - 0.10, cost_lookup_seconds=0)
     else:  # the earlier one is billed today
-        use(books, monkeypatch, daily_budget_usd=PRICE + n * PRICE + 0.10, cost_lookup_seconds=0)
-    dag_run = run_dag(dag_bag, f"magi_money_guarded_{shape}")
+        use(books, monkeypatch, daily_budget_usd=PRICE + n * price + 0.10, cost_lookup_seconds=0)
+    dag_run = run_dag(dag_bag, f"magi_money_guarded_{shape}{SUFFIX[model]}")
     assert task_instance(dag_run, "first").state == "success"
     assert task_instance(dag_run, "second").state == "failed"
     assert paid(books) - before == posts(books) - before == n  # the first task's only

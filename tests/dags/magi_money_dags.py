@@ -408,7 +408,7 @@ def _guarded(shape: str) -> None:
     first >> second
 
 
-for_each_shape("guarded", _guarded)
+for_each_shape("guarded", _guarded, magi2=True)
 
 # ---------------------------------------------------------------- 9: execution_timeout, retried
 
