@@ -91,6 +91,15 @@ def one_execution_api_per_process() -> None:
         supervisor.in_process_api_server = functools.lru_cache(maxsize=1)(supervisor.in_process_api_server)
 
 
+@pytest.fixture
+def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A submit intent without an id is left 30 s to land before WaveSpeed's history is asked
+    (one constant for every shape, in the paying core): 0.3 s for the modules that use this."""
+    from airflow_provider_magi.paying import item
+
+    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
+
+
 @pytest.fixture(scope="session")
 def dag_bag() -> Any:
     """The test DAG folder, parsed, on a migrated SQLite metadata database (for ``dag.test()``)."""

@@ -19,6 +19,7 @@ from airflow_provider_magi.testing import LocalWaveSpeedServer
 from airflow_provider_magi.testing.faults import Fault
 from tests.helpers import CANARY_KEY, DAG_TEST_LOGS_EXCEPTIONS, connection_json, run_dag, task_instance, xcom
 
+pytestmark = pytest.mark.usefixtures("quick_settle")
 MAGI = "wavespeed-ai/magi-1-24b"
 PRICE = 0.37
 
@@ -29,14 +30,6 @@ def books(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalWaveSpeedServer]:
     with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.3, prices={MAGI: PRICE}) as running:
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(running))
         yield running
-
-
-@pytest.fixture(autouse=True)
-def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An intent is left 30 s to land before the history is asked; tests need not wait that long."""
-    from airflow_provider_magi.paying import item
-
-    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
 
 
 def manifest(dag_run: Any) -> list[dict[str, Any]]:

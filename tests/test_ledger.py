@@ -33,18 +33,10 @@ from airflow_provider_magi.testing.faults import Fault
 from tests.helpers import CANARY_KEY, DAG_TEST_LOGS_EXCEPTIONS, connection_json, run_dag, task_instance, xcom
 
 # Every test here proves a rule about what is paid for: `make test` runs them on every Airflow minor.
-pytestmark = pytest.mark.money
+pytestmark = [pytest.mark.money, pytest.mark.usefixtures("quick_settle")]
 
 IDENTITY = TaskIdentity(dag_id="d", task_id="t", run_id="manual__2026-12-01T00:00:00+00:00")
 FINGERPRINT = "f" * 64
-
-
-@pytest.fixture(autouse=True)
-def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An intent is left 30 s to land before the history is asked; tests need not wait that long."""
-    from airflow_provider_magi.paying import item
-
-    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
 
 
 def paid_submits(server: LocalWaveSpeedServer) -> int:

@@ -19,18 +19,10 @@ from airflow_provider_magi.testing import LocalWaveSpeedServer
 from airflow_provider_magi.testing.faults import Fault
 from tests.helpers import connection_json, run_dag, task_instance, xcom
 
-pytestmark = pytest.mark.money
+pytestmark = [pytest.mark.money, pytest.mark.usefixtures("quick_settle")]
 
 FINGERPRINT = "f" * 64
 NEXT_CONN_ENV = "MAGI_TEST_CONN_AFTER_CRASH"
-
-
-@pytest.fixture(autouse=True)
-def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An intent is left 30 s to land before the history is asked; tests need not wait that long."""
-    from airflow_provider_magi.paying import item
-
-    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
 
 
 def paid(server: LocalWaveSpeedServer) -> int:

@@ -39,7 +39,7 @@ from tests.helpers import (
     xcom,
 )
 
-pytestmark = pytest.mark.money
+pytestmark = [pytest.mark.money, pytest.mark.usefixtures("quick_settle")]
 
 MAGI = "wavespeed-ai/magi-1-24b"
 PRICE = 0.30
@@ -62,15 +62,6 @@ def books(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalWaveSpeedServer]:
     with LocalWaveSpeedServer(api_key=CANARY_KEY, completion_seconds=0.3, prices={MAGI: PRICE}) as running:
         monkeypatch.setenv("AIRFLOW_CONN_MAGI_DEFAULT", connection_json(running))
         yield running
-
-
-@pytest.fixture(autouse=True)
-def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A submit intent without an id is left 30 s to land before WaveSpeed's history is asked
-    (one constant for every shape, in the paying core): 0.3 s here."""
-    from airflow_provider_magi.paying import item
-
-    monkeypatch.setattr(item, "INTENT_SETTLE_SECONDS", 0.3)
 
 
 def paid(server: LocalWaveSpeedServer) -> int:
