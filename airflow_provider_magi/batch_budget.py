@@ -114,3 +114,32 @@ def _room(fits: int) -> str:
 
 def _stopped(fits: int) -> str:
     return "after those" if fits else "there"
+
+
+class SaidOnce:
+    """The log the spending guards get: a note the same as the last one is not said again (a
+    batch waiting for a price asks at every wave; the last note rides in the carry, so resumes
+    after a deferral stay quiet too)."""
+
+    def __init__(self, log: Any, carry: dict[str, Any]) -> None:
+        self._log = log
+        self._carry = carry
+
+    def _say(self, level: str, message: str, *args: Any) -> None:
+        text = message % args if args else message
+        if self._carry.get("last_note") == text:
+            return
+        self._carry["last_note"] = text
+        getattr(self._log, level)(message, *args)
+
+    def debug(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("debug", message, *args)
+
+    def info(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("info", message, *args)
+
+    def warning(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("warning", message, *args)
+
+    def error(self, message: str, *args: Any, **_: Any) -> None:
+        self._say("error", message, *args)

@@ -56,11 +56,16 @@ class BatchBook:
 
     def start_wave(self, fingerprints: dict[int, str], now: datetime | None = None) -> int:
         """Record the intents of a wave (ids unknown); returns the wave's number."""
-        wave = max(self.waves, default=0) + 1
         moment = now or datetime.now(UTC)
-        self.waves[wave] = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+        wave = self.add_wave(moment.replace(microsecond=moment.microsecond // 1000 * 1000))
         for index, fingerprint in fingerprints.items():
             self.entries[index] = BatchEntry(short(fingerprint), wave)
+        return wave
+
+    def add_wave(self, started: datetime) -> int:
+        """A wave started at ``started`` (another map index's, whose prediction this book takes)."""
+        wave = max(self.waves, default=0) + 1
+        self.waves[wave] = started
         return wave
 
     def settle_wave(

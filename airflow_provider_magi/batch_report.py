@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from airflow_provider_magi.paying.batch import compact
-
 XCOM_PROGRESS = "batch_progress"
 # The batch's end logs each failed input's reason, up to this many (all are in the manifest).
 FAILURES_LOGGED = 20
@@ -108,7 +106,6 @@ def verdict(
     error that names what failed, was not submitted or still runs, and what a retry pays for."""
     from airflow_provider_magi.exceptions import MagiBatchIncompleteError, MagiBudgetError
     from airflow_provider_magi.manifest import FAILED, NOT_SUBMITTED, RUNNING, UNCERTAIN
-    from airflow_provider_magi.paying.batch import indexes
     from airflow_provider_magi.paying.deadline import DEADLINE_EXECUTION_TIMEOUT, expiry_error
 
     lines = list(lines)
@@ -167,3 +164,13 @@ def close_lines(lines: Iterable[Any], hook: Any, log: Any, *, timed_out: bool, d
             line.cost_usd = billed_price(hook, line.prediction_id, log)
         if timed_out and line.status == RUNNING:
             line.error = f"still running when {limit} passed (it may still be billed)"
+
+
+def indexes(lines: Iterable[Any]) -> str:
+    """The input indexes of these manifest lines, compact."""
+    return compact(sorted(line.index for line in lines))
+
+
+def compact(numbers: list[int], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in numbers[:limit])
+    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")

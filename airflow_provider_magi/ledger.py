@@ -222,6 +222,16 @@ def _corrupt(where: str, why: str) -> MagiLedgerError:
     )
 
 
+class Stamped(Protocol):
+    """A record stamped with its run's start and clear_number (see TaskIdentity)."""
+
+    @property
+    def run_started(self) -> str | None: ...
+
+    @property
+    def run_clears(self) -> int | None: ...
+
+
 class LedgerStore(Protocol):
     """Where records live. ``read`` returns None only when there is provably no record."""
 
@@ -292,7 +302,7 @@ class Ledger:
         text = self.store.read(name)
         if text is not None:
             record = LedgerRecord.from_json(text, where=self.where(name))
-            if not self._from_a_deleted_run(record, self.store, name):
+            if not self.from_a_deleted_run(record, self.store, name):
                 return record
         for store, not_before in self.fallbacks:
             text = store.read(name)
@@ -301,13 +311,13 @@ class Ledger:
             record = LedgerRecord.from_json(text, where=store.where(name))
             if not_before is not None and record.intent_at < not_before:
                 continue  # a deleted run's record under the same run id: not this run's
-            if self._from_a_deleted_run(record, store, name):
+            if self.from_a_deleted_run(record, store, name):
                 continue
             self.found_in = store.where(name)
             return record
         return None
 
-    def _from_a_deleted_run(self, record: LedgerRecord, store: LedgerStore, name: str) -> bool:
+    def from_a_deleted_run(self, record: Stamped, store: LedgerStore, name: str) -> bool:
         """True for a record a deleted DAG run of the same run id and run_after wrote: its run
         started at another time and this run was not cleared since (a clear restarts a finished
         run and raises clear_number; a retry changes neither). A store scoped to the run's
@@ -419,7 +429,7 @@ class Ledger:
             return []
         where = self.by_inputs.where(name)
         records = [LedgerRecord.from_json(one, where=where) for one in _paid_texts(text, where)]
-        return [record for record in records if not self._from_a_deleted_run(record, self.by_inputs, name)]
+        return [record for record in records if not self.from_a_deleted_run(record, self.by_inputs, name)]
 
     def write_by_inputs(self, record: LedgerRecord) -> None:
         """Share a paid record with the other map indexes (best effort: this task's own record
@@ -482,6 +492,10 @@ class Ledger:
     def _now(self) -> datetime:
         now = datetime.fromtimestamp(self.clock(), UTC)
         return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+    def now_text(self) -> str:
+        """A write time as the records carry it (``"at"``, read by ``ledger_prune``)."""
+        return _utc_text(self._now())
 
 
 def is_cleared_since_delivery(record: LedgerRecord, clear_number: int | None) -> bool:

@@ -154,3 +154,15 @@ def summary(lines: Iterable[ManifestLine], manifest_path: str) -> dict[str, Any]
         "cost_usd": round(total, 6),
         "prices_unknown": unknown,
     }
+
+
+def running_lines(lines: dict[int, ManifestLine]) -> list[ManifestLine]:
+    """What may still be billed, in input order."""
+    return sorted((line for line in lines.values() if line.status == RUNNING), key=lambda line: line.index)
+
+
+def pending_lines(lines: dict[int, ManifestLine]) -> list[ManifestLine]:
+    """What the next wave pays for, in input order."""
+    return sorted(
+        (line for line in lines.values() if line.status == NOT_SUBMITTED), key=lambda line: line.index
+    )

@@ -288,10 +288,7 @@ def test_5_an_upgrade_from_3_2_to_3_3_between_tries_never_pays_again(
 # ---------------------------------------------------------------- 6: a mapped list reordered
 
 
-@each_shape(
-    batch="A mapped batch looks for paid inputs in its own map index's ledger only: every map "
-    "index pays its new input again (8 paid for 4)",
-)
+@each_shape()
 def test_6_a_mapped_list_with_duplicates_reordered_pays_nothing_more(
     dag_bag: Any, books: LocalWaveSpeedServer, shape: str
 ) -> None:
@@ -314,10 +311,7 @@ def test_6_a_mapped_list_with_duplicates_reordered_pays_nothing_more(
     assert len(set(ids)) == 4, ids  # two map indexes never deliver one prediction
 
 
-@each_shape(
-    batch="A mapped batch looks for paid inputs in its own map index's ledger only: map index 0 "
-    "pays its new input again",
-)
+@each_shape()
 def test_6_the_issue_s_mapped_list_x_x_y_back_as_y_x_x_pays_nothing_more(
     dag_bag: Any, books: LocalWaveSpeedServer, shape: str
 ) -> None:

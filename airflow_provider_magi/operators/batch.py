@@ -28,7 +28,6 @@ from airflow_provider_magi.batch_report import (
 )
 from airflow_provider_magi.compat import BaseOperator
 from airflow_provider_magi.exceptions import MagiBatchIncompleteError, MagiError, MagiInputError
-from airflow_provider_magi.paying.batch import pending_lines, running_lines
 from airflow_provider_magi.task_mixin import MagiTaskMixin
 from airflow_provider_magi.waiting import WAVE_SHARE, resume_after
 
@@ -170,6 +169,8 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._book = self._payer.book
         self._paths.claim(context, adopt_unmarked=bool(self._book.entries))  # before paying or reading it
         self._payer.match()
+        if event is None:  # a try's first entry: what other map indexes paid is theirs to hand over
+            self._payer.take_across_map_indexes(context)
         self._lines = self._payer.reconcile(
             read_manifest(self._manifest_path), fresh=event is None, whole=is_whole
         )
@@ -346,9 +347,13 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
     # ------------------------------------------------------------ bookkeeping
 
     def _running(self) -> list[ManifestLine]:
+        from airflow_provider_magi.manifest import running_lines
+
         return running_lines(self._lines)
 
     def _pending(self) -> list[ManifestLine]:
+        from airflow_provider_magi.manifest import pending_lines
+
         return pending_lines(self._lines)
 
     def _created_after(self, running: list[ManifestLine]) -> datetime:

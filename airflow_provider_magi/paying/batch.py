@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_magi.batch_report import compact, indexes
 from airflow_provider_magi.paying.send import BAD_INPUT, PAID, REFUSED, UNCERTAIN, Wave, send_wave
 
 # Predictions created this long before a wave started still count as its (clocks differ).
@@ -89,9 +90,12 @@ class BatchPayer:
         self.book: BatchBook = read_book(ledger)
 
     def save(self) -> None:
+        """The book, and a mapped batch's share of it with its other map indexes."""
         from airflow_provider_magi.batch_ledger import write_book
+        from airflow_provider_magi.paying.map_indexes import publish
 
         write_book(self.ledger, self.book)
+        publish(self.ledger, self.book)
 
     def created_after(self, running: list[ManifestLine]) -> datetime:
         """The oldest running wave's start, less a margin for clocks: the running predictions'
@@ -133,6 +137,14 @@ class BatchPayer:
             if moved:
                 self.log.info("Batch: inputs moved since the last try (now: was): %s.", moved)
             self.book.entries = entries
+            self.save()
+
+    def take_across_map_indexes(self, context: Any) -> None:
+        """A mapped batch's retry or clear: inputs another map index paid for are not paid again
+        (:mod:`~airflow_provider_magi.paying.map_indexes`)."""
+        from airflow_provider_magi.paying.map_indexes import take_across_map_indexes
+
+        if take_across_map_indexes(self.ledger, self.book, self.items, context, self.log):
             self.save()
 
     def reconcile(
@@ -298,7 +310,7 @@ class BatchPayer:
         seconds a 429 asked the next wave to wait and the ids paid for. A budget or floor that
         stops the batch is recorded in ``carry["stopped"]``; an error that stops the wave raises
         once the wave is journaled."""
-        from airflow_provider_magi.batch_budget import room
+        from airflow_provider_magi.batch_budget import SaidOnce, room
         from airflow_provider_magi.manifest import FAILED, RUNNING
         from airflow_provider_magi.manifest import UNCERTAIN as LINE_UNCERTAIN
 
@@ -377,57 +389,3 @@ def paid_per_manifest(old: ManifestLine) -> str | None:
     if old.status in (NOT_SUBMITTED, UNCERTAIN) or not is_valid_prediction_id(paid) or paid in old.replaced:
         return None
     return paid
-
-
-class SaidOnce:
-    """The log the spending guards get: a note the same as the last one is not said again (a
-    batch waiting for a price asks at every wave; the last note rides in the carry, so resumes
-    after a deferral stay quiet too)."""
-
-    def __init__(self, log: Any, carry: dict[str, Any]) -> None:
-        self._log = log
-        self._carry = carry
-
-    def _say(self, level: str, message: str, *args: Any) -> None:
-        text = message % args if args else message
-        if self._carry.get("last_note") == text:
-            return
-        self._carry["last_note"] = text
-        getattr(self._log, level)(message, *args)
-
-    def debug(self, message: str, *args: Any, **_: Any) -> None:
-        self._say("debug", message, *args)
-
-    def info(self, message: str, *args: Any, **_: Any) -> None:
-        self._say("info", message, *args)
-
-    def warning(self, message: str, *args: Any, **_: Any) -> None:
-        self._say("warning", message, *args)
-
-    def error(self, message: str, *args: Any, **_: Any) -> None:
-        self._say("error", message, *args)
-
-
-def running_lines(lines: dict[int, ManifestLine]) -> list[ManifestLine]:
-    """What may still be billed, in input order."""
-    from airflow_provider_magi.manifest import RUNNING
-
-    return sorted((line for line in lines.values() if line.status == RUNNING), key=lambda line: line.index)
-
-
-def pending_lines(lines: dict[int, ManifestLine]) -> list[ManifestLine]:
-    """What the next wave pays for, in input order."""
-    from airflow_provider_magi.manifest import NOT_SUBMITTED
-
-    return sorted(
-        (line for line in lines.values() if line.status == NOT_SUBMITTED), key=lambda line: line.index
-    )
-
-
-def indexes(lines: list[ManifestLine]) -> str:
-    return compact(sorted(line.index for line in lines))
-
-
-def compact(numbers: list[int], limit: int = 20) -> str:
-    shown = ", ".join(str(i) for i in numbers[:limit])
-    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
