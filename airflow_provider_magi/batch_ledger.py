@@ -84,6 +84,7 @@ class BatchBook:
         return json.dumps(
             {
                 "v": BATCH_RECORD_VERSION,
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),  # written, for ledger_prune
                 "waves": {str(k): v.isoformat(timespec="milliseconds") for k, v in self.waves.items()},
                 "items": {str(i): [e.fingerprint, e.wave, e.prediction_id] for i, e in self.entries.items()},
             },

@@ -166,8 +166,10 @@ def test_a_deleted_run_s_share_is_not_taken() -> None:
     assert [share.map_index for share in read_shares(run.ledger(0), 2)] == [1]
 
 
-def test_a_share_is_dated_for_ledger_prune() -> None:
+def test_a_share_and_the_book_are_dated_for_ledger_prune() -> None:
     run = Run(1)
     run.pay_try_one([X])
     key = "magi_ledger." + "0" * 40
     assert _written_at(key, run.shared.data[share_name(0)]) is not None
+    (book,) = run.own[0].data.values()
+    assert _written_at(key, book) is not None  # was: listed as unreadable and kept for ever
