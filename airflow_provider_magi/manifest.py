@@ -46,6 +46,20 @@ class ManifestLine:
     duration: int | None = None
     price_usd: float | None = None
 
+    def paid_per_manifest(self) -> str | None:
+        """The prediction this line says the input's last submit started: an id no earlier try
+        replaced, on a line past ``not_submitted``; else None."""
+        from airflow_provider_magi.api import is_valid_prediction_id
+
+        paid = self.prediction_id
+        if (
+            self.status in (NOT_SUBMITTED, UNCERTAIN)
+            or not is_valid_prediction_id(paid)
+            or paid in self.replaced
+        ):
+            return None
+        return paid
+
     def to_json(self) -> str:
         return json.dumps(
             {

@@ -329,6 +329,21 @@ def test_6_the_issue_s_mapped_list_x_x_y_back_as_y_x_x_pays_nothing_more(
     assert len(set(ids)) == 3, ids
 
 
+@each_shape()
+def test_6_a_new_input_twice_in_the_reordered_list_is_paid_once_per_map_index(
+    dag_bag: Any, books: LocalWaveSpeedServer, shape: str
+) -> None:
+    """[X, Y] back as [Z, Z]: Z was never paid for, and each map index pays for a Z of its own (a
+    map index's new prediction is claimed for it, so the other never takes it): 4 paid, and the
+    two map indexes deliver two predictions of Z."""
+    dag_run = run_dag(dag_bag, f"magi_money_mapped_new_duplicate_{shape}")
+    assert dag_run.state == "success"
+    assert paid(books) == posts(books) == 4
+    ids = [delivered(shape, dag_run, map_index=index)[0] for index in (0, 1)]
+    assert all(prompt_of(books, prediction_id).startswith("new Z") for prediction_id in ids)
+    assert len(set(ids)) == 2, ids
+
+
 # ---------------------------------------------------------------- 7: a clear, upstream data kept or changed
 
 

@@ -165,12 +165,10 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         self._paths = BatchPaths.prepare(context, self.filename, self.destination, len(items))
         self._manifest_path, self._lineage_folder = self._paths.manifest_path, self._paths.folder
         self._ledger = open_ledger(context, ledger_path=self.hook.settings.ledger_path)
-        self._payer = BatchPayer(self.hook, self.model, self.log, self._ledger, items)
+        self._payer = BatchPayer(self.hook, self.model, self.log, self._ledger, items, context)
         self._book = self._payer.book
         self._paths.claim(context, adopt_unmarked=bool(self._book.entries))  # before paying or reading it
-        self._payer.match()
-        if event is None:  # a try's first entry: what other map indexes paid is theirs to hand over
-            self._payer.take_across_map_indexes(context)
+        self._payer.match(first_entry=event is None)
         self._lines = self._payer.reconcile(
             read_manifest(self._manifest_path), fresh=event is None, whole=is_whole
         )

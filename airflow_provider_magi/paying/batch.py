@@ -22,6 +22,8 @@ from airflow_provider_magi.paying.send import BAD_INPUT, PAID, REFUSED, UNCERTAI
 CLOCK_MARGIN = timedelta(seconds=60)
 
 if TYPE_CHECKING:
+    from airflow.sdk import Context
+
     from airflow_provider_magi.api import Prediction
     from airflow_provider_magi.batch_inputs import BatchItem
     from airflow_provider_magi.batch_ledger import BatchBook, BatchEntry
@@ -64,6 +66,9 @@ class BookJournal:
         paid = wave.paid
         unsent = {k for k, o in wave.outcomes.items() if o.started is False}
         self.payer.book.settle_wave(self.wave, paid, unsent, self.before)
+        if self.payer.claims_what_it_pays:  # before the book is shared with the other map indexes
+            for prediction_id in paid.values():
+                self.payer.ledger.write_claim(prediction_id)
         try:
             self.payer.save()
         except Exception as error:
@@ -79,7 +84,9 @@ class BookJournal:
 class BatchPayer:
     """The batch's record of what it paid, and the steps that pay for its next wave."""
 
-    def __init__(self, hook: Any, model: str, log: Any, ledger: Ledger, items: list[BatchItem]) -> None:
+    def __init__(
+        self, hook: Any, model: str, log: Any, ledger: Ledger, items: list[BatchItem], context: Context
+    ) -> None:
         from airflow_provider_magi.batch_ledger import read_book
 
         self.hook = hook
@@ -88,6 +95,10 @@ class BatchPayer:
         self.ledger = ledger
         self.items = items
         self.book: BatchBook = read_book(ledger)
+        # A mapped batch's retry or clear claims what it pays for this round, so a duplicate of
+        # these inputs in another map index pays for its own (paying.map_indexes).
+        self.context = context
+        self.claims_what_it_pays = ledger.by_inputs is not None and context["ti"].try_number > 1
 
     def save(self) -> None:
         """The book, and a mapped batch's share of it with its other map indexes."""
@@ -106,7 +117,7 @@ class BatchPayer:
 
     # ------------------------------------------------------------ what earlier tries paid
 
-    def match(self) -> None:
+    def match(self, *, first_entry: bool) -> None:
         """Key the book's entries by the items' current places, matched by their inputs.
 
         A re-rendered input list may differ between tries (an item inserted, removed or moved):
@@ -115,6 +126,7 @@ class BatchPayer:
         never dropped or overwritten, so an item that comes back is not paid for again.
         """
         from airflow_provider_magi.batch_ledger import short
+        from airflow_provider_magi.paying.map_indexes import take_across_map_indexes
 
         old = self.book.entries
         matched: dict[int, int] = {}  # item index -> old index
@@ -138,13 +150,11 @@ class BatchPayer:
                 self.log.info("Batch: inputs moved since the last try (now: was): %s.", moved)
             self.book.entries = entries
             self.save()
-
-    def take_across_map_indexes(self, context: Any) -> None:
-        """A mapped batch's retry or clear: inputs another map index paid for are not paid again
-        (:mod:`~airflow_provider_magi.paying.map_indexes`)."""
-        from airflow_provider_magi.paying.map_indexes import take_across_map_indexes
-
-        if take_across_map_indexes(self.ledger, self.book, self.items, context, self.log):
+        # A mapped batch's retry or clear, at the try's first entry: inputs another map index paid
+        # for are taken from it, not paid again (paying.map_indexes).
+        if first_entry and take_across_map_indexes(
+            self.ledger, self.book, self.items, self.context, self.log
+        ):
             self.save()
 
     def reconcile(
@@ -172,7 +182,7 @@ class BatchPayer:
                 lines[item.index] = ManifestLine(
                     item.index, NOT_SUBMITTED, error=old.error if old else None, replaced=replaced
                 )
-            elif entry.prediction_id is None and old and (paid := paid_per_manifest(old)):
+            elif entry.prediction_id is None and old and (paid := old.paid_per_manifest()):
                 # The wave's ids reached the manifest but not the ledger (its second write failed):
                 # the manifest names what was paid, and the ledger learns it now.
                 self.book.entries[item.index] = replace(entry, prediction_id=paid)
@@ -377,15 +387,3 @@ class BatchPayer:
         if wave.stopped_by is not None:
             raise wave.stopped_by
         return wave.pause, paid
-
-
-def paid_per_manifest(old: ManifestLine) -> str | None:
-    """The prediction the manifest says this input's last submit started: an id no earlier try
-    replaced, on a line past ``not_submitted``; else None."""
-    from airflow_provider_magi.api import is_valid_prediction_id
-    from airflow_provider_magi.manifest import NOT_SUBMITTED, UNCERTAIN
-
-    paid = old.prediction_id
-    if old.status in (NOT_SUBMITTED, UNCERTAIN) or not is_valid_prediction_id(paid) or paid in old.replaced:
-        return None
-    return paid

@@ -203,6 +203,16 @@ class ReorderedAsInTheIssue(ReorderedAfterTryOne):
         return [y, x, x]
 
 
+class ReorderedIntoANewDuplicate(ReorderedAfterTryOne):
+    """[X, Y] comes back as [Z, Z]: an input no try paid for, twice. The first map index to run
+    pays for Z; the second must pay for a Z of its own, not take the first one's."""
+
+    mapped_count = 2
+
+    def _money_reordered(self) -> list[Any]:
+        return [NEW_Z[self.money_shape]] * 2
+
+
 _CLASSES: dict[tuple[str, str], type[Any]] = {}
 
 
@@ -362,6 +372,22 @@ def _mapped_as_in_the_issue(shape: str) -> None:
 
 
 for_each_shape("mapped_reordered_issue", _mapped_as_in_the_issue)
+
+NEW_Z = {shape: _unit(shape, "new Z") for shape in SHAPES}
+
+
+def _mapped_into_a_new_duplicate(shape: str) -> None:
+    @task
+    def make_list() -> list[Any]:
+        return list(X_AND_Y[shape])
+
+    fixed: dict[str, Any] = {} if shape == "video" else {"destination": OUTPUT_DIR}
+    operator_class(shape, ReorderedIntoANewDuplicate).partial(
+        task_id="paying", deferrable=False, **fixed, **RETRY, **FAST
+    ).expand(**{MAPPED_ARGUMENT[shape]: make_list()})
+
+
+for_each_shape("mapped_new_duplicate", _mapped_into_a_new_duplicate)
 
 # ---------------------------------------------------------------- 7: a clear, upstream data kept or changed
 
