@@ -29,7 +29,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -453,20 +453,40 @@ class Ledger:
         except Exception as error:
             log.warning("The ledger's record by inputs was not written: %s", error)
 
-    def claimed_by_another(self, prediction_id: str) -> bool:
-        """Whether another map index took ``prediction_id`` in this round of the run (this clear):
-        two map indexes of one mapped list never deliver one prediction."""
-        if self.by_inputs is None:
+    def claimed_by_another(self, prediction_id: str, settled: Collection[int] | None = None) -> bool:
+        """Whether another map index holds ``prediction_id``: two map indexes of one mapped list
+        never deliver one prediction. A claim counts when its map index is ``settled`` (running,
+        deferred or succeeded since: it holds what it claimed; one that has not run since gives
+        it up when it does); with ``settled`` unknown, every claim of this round counts."""
+        claimant = self._claimant(prediction_id)
+        if claimant is None or claimant[0] == self.identity.map_index:
             return False
+        if settled is not None:
+            return claimant[0] in settled
+        return claimant[1] == self.identity.run_clears
+
+    def _claimant(self, prediction_id: str) -> tuple[int, int | None] | None:
+        if self.by_inputs is None:
+            return None
         text = self.by_inputs.read(_claim_name(prediction_id))
         if text is None:
-            return False
+            return None
         try:
             claim = json.loads(text)
-            map_index, clears = claim["map_index"], claim.get("clears")
+            return int(claim["map_index"]), claim.get("clears")
         except (ValueError, TypeError, KeyError):
-            return False  # unreadable: the records by inputs still hold the ids
-        return map_index != self.identity.map_index and clears == self.identity.run_clears
+            return None  # unreadable: the records by inputs still hold the ids
+
+    def release_claim(self, prediction_id: str) -> None:
+        """This map index no longer holds ``prediction_id`` (its inputs moved): another may take
+        it. Only its own claim is released (best effort)."""
+        claimant = self._claimant(prediction_id)
+        if self.by_inputs is None or claimant is None or claimant[0] != self.identity.map_index:
+            return
+        try:
+            self.by_inputs.delete(_claim_name(prediction_id))
+        except Exception as error:
+            log.warning("The ledger's claim of %s was not released: %s", prediction_id, error)
 
     def write_claim(self, prediction_id: str) -> None:
         """Take ``prediction_id`` for this map index in this round (best effort)."""

@@ -344,6 +344,36 @@ def test_6_a_new_input_twice_in_the_reordered_list_is_paid_once_per_map_index(
     assert len(set(ids)) == 2, ids
 
 
+@each_shape()
+def test_6_a_plain_retry_never_takes_what_another_map_index_delivered(
+    dag_bag: Any, books: LocalWaveSpeedServer, shape: str
+) -> None:
+    """[X, X], never reordered: map index 0's try 1 ends before paying, map index 1's pays and
+    succeeds. Map index 0's retry pays for an X of its own: 2 paid, two predictions delivered
+    (an attacker's read: the batch's retry took map index 1's, one video delivered twice)."""
+    dag_run = run_dag(dag_bag, f"magi_money_mapped_plain_retry_{shape}")
+    assert dag_run.state == "success"
+    assert [task_instance(dag_run, "paying", map_index=i).try_number for i in (0, 1)] == [2, 1]
+    assert paid(books) == posts(books) == 2  # one prediction per map index in every shape here
+    ids = [delivered(shape, dag_run, map_index=index) for index in (0, 1)]
+    assert not set(ids[0]) & set(ids[1]), ids
+
+
+@each_shape()
+def test_6_a_list_flipped_back_within_one_round_pays_nothing_again(
+    dag_bag: Any, books: LocalWaveSpeedServer, shape: str
+) -> None:
+    """[X, Y] for try 1, [Y, X] for try 2, [X, Y] for try 3, no clear between: 2 map indexes'
+    inputs paid once (an attacker's read: the claims of try 2 were never released, 4 paid)."""
+    dag_run = run_dag(dag_bag, f"magi_money_mapped_flipped_back_{shape}")
+    assert dag_run.state == "success"
+    assert [task_instance(dag_run, "paying", map_index=i).try_number for i in (0, 1)] == [3, 3]
+    assert paid(books) == posts(books) == 2
+    for index, label in enumerate(["duplicated X", "duplicated Y"]):
+        (prediction_id,) = delivered(shape, dag_run, map_index=index)
+        assert prompt_of(books, prediction_id).startswith(label)
+
+
 # ---------------------------------------------------------------- 7: a clear, upstream data kept or changed
 
 

@@ -149,6 +149,26 @@ def test_a_claim_is_another_map_index_s_only_in_this_round() -> None:
     assert not ledger(1, 2).claimed_by_another("p0")  # a later clear: stale
 
 
+def test_a_claim_counts_while_its_map_index_is_settled_and_is_released_only_by_it() -> None:
+    """With Airflow's states known, a claim is its map index's while that map index has run
+    since (running, deferred, succeeded); one up for retry gives it up when it runs. A map index
+    that moves off a prediction releases its claim; another's claim it leaves alone."""
+    shared = Store()
+
+    def ledger(map_index: int) -> Ledger:
+        return Ledger(
+            Store(), TaskIdentity("d", "t", "r", map_index=map_index, run_clears=0), by_inputs=shared
+        )
+
+    ledger(1).write_claim("p1")
+    assert ledger(0).claimed_by_another("p1", settled={0, 1})  # map index 1 succeeded: it holds p1
+    assert not ledger(0).claimed_by_another("p1", settled={0})  # up for retry: on paper only
+    ledger(0).release_claim("p1")  # not map index 0's to release
+    assert ledger(0).claimed_by_another("p1", settled={1})
+    ledger(1).release_claim("p1")
+    assert not ledger(0).claimed_by_another("p1", settled={1})
+
+
 def test_a_catalogue_id_in_another_case_is_refused_not_passed_unchecked() -> None:
     from airflow_provider_magi.model_inputs import model_inputs
 

@@ -66,9 +66,6 @@ class BookJournal:
         paid = wave.paid
         unsent = {k for k, o in wave.outcomes.items() if o.started is False}
         self.payer.book.settle_wave(self.wave, paid, unsent, self.before)
-        if self.payer.claims_what_it_pays:  # before the book is shared with the other map indexes
-            for prediction_id in paid.values():
-                self.payer.ledger.write_claim(prediction_id)
         try:
             self.payer.save()
         except Exception as error:
@@ -95,10 +92,7 @@ class BatchPayer:
         self.ledger = ledger
         self.items = items
         self.book: BatchBook = read_book(ledger)
-        # A mapped batch's retry or clear claims what it pays for this round, so a duplicate of
-        # these inputs in another map index pays for its own (paying.map_indexes).
         self.context = context
-        self.claims_what_it_pays = ledger.by_inputs is not None and context["ti"].try_number > 1
 
     def save(self) -> None:
         """The book, and a mapped batch's share of it with its other map indexes."""
@@ -106,7 +100,7 @@ class BatchPayer:
         from airflow_provider_magi.paying.map_indexes import publish
 
         write_book(self.ledger, self.book)
-        publish(self.ledger, self.book)
+        publish(self.ledger, self.book, len(self.items))
 
     def created_after(self, running: list[ManifestLine]) -> datetime:
         """The oldest running wave's start, less a margin for clocks: the running predictions'
@@ -144,18 +138,16 @@ class BatchPayer:
         entries = {index: old[was] for index, was in matched.items()}
         orphans = sorted(set(old) - set(matched.values()))
         entries.update({len(self.items) + n: old[was] for n, was in enumerate(orphans)})
-        if entries != old:
+        changed = entries != old
+        if changed:
             moved = {index: was for index, was in matched.items() if index != was}
             if moved:
                 self.log.info("Batch: inputs moved since the last try (now: was): %s.", moved)
             self.book.entries = entries
-            self.save()
-        # A mapped batch's retry or clear, at the try's first entry: inputs another map index paid
-        # for are taken from it, not paid again (paying.map_indexes).
-        if first_entry and take_across_map_indexes(
-            self.ledger, self.book, self.items, self.context, self.log
-        ):
-            self.save()
+        if first_entry:  # a mapped batch's retry or clear: what other map indexes paid is theirs
+            changed |= take_across_map_indexes(self.ledger, self.book, self.items, self.context, self.log)
+        if changed or (first_entry and self.ledger.by_inputs is not None):
+            self.save()  # a mapped batch shares what it holds at every first entry
 
     def reconcile(
         self, manifest: dict[int, ManifestLine], *, fresh: bool, whole: Callable[[ManifestLine], bool]

@@ -145,9 +145,9 @@ class ItemPayer:
         from airflow_provider_magi.ledger import LOOK_UP, SUBMIT, decide, is_cleared_since_delivery
 
         clears = clear_number(context)
-        decision = decide(
-            ledger.read(), fingerprint, source_fingerprint, regenerate=regenerate, clear_number=clears
-        )
+        own = ledger.read()
+        decision = decide(own, fingerprint, source_fingerprint, regenerate=regenerate, clear_number=clears)
+        settled = self._settled(ledger, context)
         if ledger.found_in:
             self.log.info(
                 "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
@@ -155,8 +155,9 @@ class ItemPayer:
         if decision.action == SUBMIT and not (
             decision.record and regenerate and is_cleared_since_delivery(decision.record, clears)
         ):
-            decision = self._from_another_map_index(ledger, context, fingerprint) or decision
+            decision = self._from_another_map_index(ledger, context, fingerprint, settled) or decision
         if decision.action == SUBMIT:
+            self._release(ledger, own, keep=None)
             if decision.record is not None:
                 self.log.warning("Not reusing the recorded submit: %s. Submitting afresh.", decision.reason)
             return Found(None)
@@ -164,17 +165,18 @@ class ItemPayer:
         if decision.action == LOOK_UP:
             return Found(self.look_up_intent(ledger, decision.record, context))
         prediction_id = str(decision.record.prediction_id)
-        if self._mapped_retry(ledger, context) and ledger.claimed_by_another(prediction_id):
-            # A duplicate in a reordered mapped list took it this round: take another of these
+        if ledger.by_inputs is not None and ledger.claimed_by_another(prediction_id, settled):
+            # Another map index holds it now (a reordered mapped list): take another of these
             # inputs' predictions, or pay (two map indexes never deliver one prediction).
-            self.log.info("Ledger: prediction %s went to another map index this round.", prediction_id)
-            other = self._from_another_map_index(ledger, context, fingerprint)
+            self.log.info("Ledger: prediction %s is held by another map index now.", prediction_id)
+            other = self._from_another_map_index(ledger, context, fingerprint, settled)
             if other is None:
                 return Found(None)
             decision = other
             prediction_id = str(decision.record.prediction_id) if decision.record else prediction_id
-        elif self._mapped_retry(ledger, context):
+        elif ledger.by_inputs is not None:
             ledger.write_claim(prediction_id)
+        self._release(ledger, own, keep=prediction_id)
         status, final = self._status(prediction_id)
         if status == STATUS_NOT_FOUND or status in FAILED_STATUSES:
             self.log.warning(
@@ -196,22 +198,40 @@ class ItemPayer:
         return prediction.status, prediction if prediction.is_terminal else None
 
     @staticmethod
+    def _settled(ledger: Ledger, context: Context) -> set[int] | None:
+        """A mapped task's map indexes whose claims say what they hold (paying.map_indexes)."""
+        if ledger.by_inputs is None:
+            return None
+        from airflow_provider_magi.paying.map_indexes import SETTLED_STATES, sibling_states
+
+        states = sibling_states(context)
+        return None if states is None else {k for k, state in states.items() if state in SETTLED_STATES}
+
+    @staticmethod
+    def _release(ledger: Ledger, own: LedgerRecord | None, *, keep: str | None) -> None:
+        """This map index moves off its record's prediction: another may take it."""
+        if own is not None and own.prediction_id and own.prediction_id != keep:
+            ledger.release_claim(own.prediction_id)
+
+    @staticmethod
     def _mapped_retry(ledger: Ledger, context: Context) -> bool:
         """A retry or clear of a mapped task (its first try pays for every map index's inputs,
         duplicates included, as asked)."""
         return ledger.by_inputs is not None and getattr(context["ti"], "try_number", 1) > 1
 
-    def _from_another_map_index(self, ledger: Ledger, context: Context, fingerprint: str) -> Decision | None:
+    def _from_another_map_index(
+        self, ledger: Ledger, context: Context, fingerprint: str, settled: set[int] | None
+    ) -> Decision | None:
         """A retry or clear of a mapped task: these inputs may have been paid for under another
         map index of this task and run (the mapped list came back in another order). Each
-        duplicate of the inputs has its own prediction; one another map index took this round
-        is left to it."""
+        duplicate of the inputs has its own prediction; one another settled map index holds is
+        left to it (see :meth:`Ledger.claimed_by_another`)."""
         from airflow_provider_magi.ledger import REATTACH, Decision
 
         if not self._mapped_retry(ledger, context):
             return None
         for found in ledger.read_by_inputs(fingerprint):
-            if found.prediction_id is None or ledger.claimed_by_another(found.prediction_id):
+            if found.prediction_id is None or ledger.claimed_by_another(found.prediction_id, settled):
                 continue
             ledger.write_claim(found.prediction_id)
             ledger.write_paid(found, found.prediction_id)  # this map index's own record from now on
@@ -300,8 +320,8 @@ class ItemPayer:
         wave = send_wave(self.hook, self.model, [(0, inputs)], journal, webhook_url=webhook_url)
         outcome = wave.outcomes[0]
         if outcome.kind == PAID and outcome.prediction is not None:
-            if self._mapped_retry(ledger, context):
-                ledger.write_claim(outcome.prediction.id)  # this round's, for this map index
+            if ledger.by_inputs is not None:
+                ledger.write_claim(outcome.prediction.id)  # held by this map index
             return outcome.prediction.id
         assert outcome.error is not None
         if outcome.kind == UNCERTAIN:

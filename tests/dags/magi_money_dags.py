@@ -213,6 +213,44 @@ class ReorderedIntoANewDuplicate(ReorderedAfterTryOne):
         return [NEW_Z[self.money_shape]] * 2
 
 
+class MapIndexZeroEndsBeforePaying(_TryAware):
+    """Map index 0's try 1 ends before it pays anything (its budget spent, its worker lost);
+    the others' first tries pay and succeed. The list never changes."""
+
+    def execute(self, context: Any) -> Any:
+        ti = context["ti"]
+        if ti.try_number == 1 and ti.map_index == 0:
+            raise RuntimeError("map index 0's try 1 ends before paying")
+        return super().execute(context)
+
+
+class FlippedBackInOneRound(_TryAware):
+    """[X, Y] for try 1, [Y, X] for try 2, [X, Y] again for try 3: the upstream XCom changes
+    between tries of one round (no clear raises clear_number in between)."""
+
+    money_shape: str  # set by operator_class
+
+    def execute(self, context: Any) -> Any:
+        result = super().execute(context)
+        ti = context["ti"]
+        if ti.try_number in (1, 2):
+            key = f"{ti.dag_id}/{ti.run_id}/{ti.try_number}"
+            _ENDED[key] = _ENDED.get(key, 0) + 1
+            if _ENDED[key] == 2:  # the last of this try's map indexes: the list flips
+                from airflow.sdk.bases.xcom import BaseXCom
+
+                x, y = X_AND_Y[self.money_shape]
+                BaseXCom.set(
+                    key="return_value",
+                    value=[y, x] if ti.try_number == 1 else [x, y],
+                    dag_id=ti.dag_id,
+                    task_id="make_list",
+                    run_id=ti.run_id,
+                )
+            raise RuntimeError(f"try {ti.try_number} ends here (its work is done and paid)")
+        return result
+
+
 _CLASSES: dict[tuple[str, str], type[Any]] = {}
 
 
@@ -374,6 +412,34 @@ def _mapped_as_in_the_issue(shape: str) -> None:
 for_each_shape("mapped_reordered_issue", _mapped_as_in_the_issue)
 
 NEW_Z = {shape: _unit(shape, "new Z") for shape in SHAPES}
+
+
+def _mapped_over(mixin: type[Any], make: Callable[[str], list[Any]], **retry: Any) -> Callable[[str], None]:
+    def build(shape: str) -> None:
+        @task
+        def make_list() -> list[Any]:
+            return make(shape)
+
+        fixed: dict[str, Any] = {} if shape == "video" else {"destination": OUTPUT_DIR}
+        operator_class(shape, mixin).partial(
+            task_id="paying", deferrable=False, **fixed, **(retry or RETRY), **FAST
+        ).expand(**{MAPPED_ARGUMENT[shape]: make_list()})
+
+    return build
+
+
+for_each_shape(
+    "mapped_plain_retry", _mapped_over(MapIndexZeroEndsBeforePaying, lambda shape: [X_AND_Y[shape][0]] * 2)
+)
+for_each_shape(
+    "mapped_flipped_back",
+    _mapped_over(
+        FlippedBackInOneRound,
+        lambda shape: list(X_AND_Y[shape]),
+        retries=2,
+        retry_delay=timedelta(seconds=0),
+    ),
+)
 
 
 def _mapped_into_a_new_duplicate(shape: str) -> None:
