@@ -147,7 +147,10 @@ class ItemPayer:
         clears = clear_number(context)
         own = ledger.read()
         decision = decide(own, fingerprint, source_fingerprint, regenerate=regenerate, clear_number=clears)
-        settled = self._settled(ledger, context)
+        # Which map indexes' claims count: read only when a claim can matter (a record to keep, or
+        # a retry that may take another map index's).
+        needed = own is not None or self._mapped_retry(ledger, context)
+        settled = self._settled(ledger, context) if needed else None
         if ledger.found_in:
             self.log.info(
                 "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
