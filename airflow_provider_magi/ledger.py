@@ -29,7 +29,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -453,19 +453,29 @@ class Ledger:
         except Exception as error:
             log.warning("The ledger's record by inputs was not written: %s", error)
 
-    def claimed_by_another(self, prediction_id: str, settled: Collection[int] | None = None) -> bool:
+    def claimed_by_another(
+        self,
+        prediction_id: str,
+        holds: Callable[[int, bool], bool] | None = None,
+        *,
+        by_anyone: bool = False,
+    ) -> bool:
         """Whether another map index holds ``prediction_id``: two map indexes of one mapped list
-        never deliver one prediction. A claim counts when its map index is ``settled`` (running,
-        deferred or succeeded since: it holds what it claimed; one that has not run since gives
-        it up when it does); with ``settled`` unknown, every claim of this round counts."""
+        never deliver one prediction. ``holds(map_index, waiting)`` says whether the claimant holds
+        it for real (Airflow's state of it; ``waiting``: it deferred with it) or only on paper (it
+        gives it up at its next first entry); unknown, every claim of this round counts, and with
+        ``by_anyone`` every claim at all (the re-read after writing one's own)."""
         claimant = self._claimant(prediction_id)
         if claimant is None or claimant[0] == self.identity.map_index:
             return False
-        if settled is not None:
-            return claimant[0] in settled
-        return claimant[1] == self.identity.run_clears
+        map_index, clears, waiting = claimant
+        if by_anyone:
+            return True
+        if holds is not None:
+            return holds(map_index, waiting)
+        return clears == self.identity.run_clears
 
-    def _claimant(self, prediction_id: str) -> tuple[int, int | None] | None:
+    def _claimant(self, prediction_id: str) -> tuple[int, int | None, bool] | None:
         if self.by_inputs is None:
             return None
         text = self.by_inputs.read(_claim_name(prediction_id))
@@ -473,7 +483,7 @@ class Ledger:
             return None
         try:
             claim = json.loads(text)
-            return int(claim["map_index"]), claim.get("clears")
+            return int(claim["map_index"]), claim.get("clears"), claim.get("waiting") is True
         except (ValueError, TypeError, KeyError):
             return None  # unreadable: the records by inputs still hold the ids
 
@@ -488,18 +498,28 @@ class Ledger:
         except Exception as error:
             log.warning("The ledger's claim of %s was not released: %s", prediction_id, error)
 
-    def write_claim(self, prediction_id: str) -> None:
-        """Take ``prediction_id`` for this map index in this round (best effort)."""
+    def write_claim(self, prediction_id: str, *, strict: bool = False, waiting: bool = False) -> None:
+        """Hold ``prediction_id`` for this map index (``waiting``: the task defers with it). Best
+        effort, unless ``strict`` (a prediction taken from another map index: unclaimed, it could
+        be delivered twice)."""
         if self.by_inputs is None:
             return
         claim = {
             "map_index": self.identity.map_index,
             "clears": self.identity.run_clears,
+            "waiting": waiting,
             "at": _utc_text(self._now()),  # its write time, for ledger_prune
         }
         try:
             self.by_inputs.write(_claim_name(prediction_id), json.dumps(claim))
         except Exception as error:
+            if strict:
+                raise MagiLedgerError(
+                    f"Prediction {prediction_id} was taken from another map index, but claiming it at "
+                    f"{self.by_inputs.where(_claim_name(prediction_id))} failed: {type(error).__name__}: "
+                    f"{error}. The task stops before delivering it, so it is not delivered twice.",
+                    prediction_id=prediction_id,
+                ) from error
             log.warning("The ledger's claim of %s was not written: %s", prediction_id, error)
 
     def forget(self, name: str | None = None) -> None:

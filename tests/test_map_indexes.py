@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -74,8 +75,14 @@ class Run:
         return {"ti": ti}
 
     def run(
-        self, map_index: int, inputs: list[str], *, pays: list[str] = (), then: str = "success"
-    ) -> list[str | None]:  # type: ignore[assignment]
+        self,
+        map_index: int,
+        inputs: list[str],
+        *,
+        pays: Sequence[str] = (),
+        then: str = "success",
+        defers: bool = False,
+    ) -> list[str | None]:
         """One try of one map index, as the operator runs it: match (and, from try 2, what other
         map indexes paid), then pay for the items still without a prediction with ``pays``'s ids.
         Returns each item's prediction."""
@@ -92,6 +99,8 @@ class Run:
             )
             payer.book.settle_wave(wave, dict(zip(unpaid, pays, strict=False)), set(), {})
             payer.save()
+        if defers:
+            payer.before_deferring()
         self.states[map_index] = then
         return [
             None if (e := payer.book.entry_for(item.index, item.fingerprint)) is None else e.prediction_id

@@ -149,10 +149,13 @@ def test_a_claim_is_another_map_index_s_only_in_this_round() -> None:
     assert not ledger(1, 2).claimed_by_another("p0")  # a later clear: stale
 
 
-def test_a_claim_counts_while_its_map_index_is_settled_and_is_released_only_by_it() -> None:
-    """With Airflow's states known, a claim is its map index's while that map index has run
-    since (running, deferred, succeeded); one up for retry gives it up when it runs. A map index
-    that moves off a prediction releases its claim; another's claim it leaves alone."""
+def test_a_claim_counts_while_its_map_index_holds_it_for_real_and_is_released_only_by_it() -> None:
+    """With Airflow's states known, a claim is its map index's while that map index holds it for
+    real (running, succeeded, or scheduled to resume with a deferral it waits on); up for retry,
+    or scheduled for a retry, it holds it only on paper. A map index that moves off a prediction
+    releases its claim; another's claim it leaves alone."""
+    from airflow_provider_magi.paying.map_indexes import holds_for_real
+
     shared = Store()
 
     def ledger(map_index: int) -> Ledger:
@@ -160,13 +163,19 @@ def test_a_claim_counts_while_its_map_index_is_settled_and_is_released_only_by_i
             Store(), TaskIdentity("d", "t", "r", map_index=map_index, run_clears=0), by_inputs=shared
         )
 
+    def state(of_1: str) -> Any:
+        return lambda map_index, waiting: holds_for_real(of_1 if map_index == 1 else "none", waiting)
+
     ledger(1).write_claim("p1")
-    assert ledger(0).claimed_by_another("p1", settled={0, 1})  # map index 1 succeeded: it holds p1
-    assert not ledger(0).claimed_by_another("p1", settled={0})  # up for retry: on paper only
+    assert ledger(0).claimed_by_another("p1", state("success"))
+    assert not ledger(0).claimed_by_another("p1", state("up_for_retry"))
+    assert not ledger(0).claimed_by_another("p1", state("scheduled"))  # a retry on its way
+    ledger(1).write_claim("p1", waiting=True)
+    assert ledger(0).claimed_by_another("p1", state("scheduled"))  # a resume on its way
     ledger(0).release_claim("p1")  # not map index 0's to release
-    assert ledger(0).claimed_by_another("p1", settled={1})
+    assert ledger(0).claimed_by_another("p1", state("success"))
     ledger(1).release_claim("p1")
-    assert not ledger(0).claimed_by_another("p1", settled={1})
+    assert not ledger(0).claimed_by_another("p1", state("success"))
 
 
 def test_a_catalogue_id_in_another_case_is_refused_not_passed_unchecked() -> None:

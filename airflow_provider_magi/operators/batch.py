@@ -212,6 +212,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 return self._finish(timed_out=True)
             if self.deferrable:
                 self._write(force=True)
+                self._payer.before_deferring()
                 left = None if deadline is None else max(0.0, deadline - time.time()) + 60
                 self.defer(
                     trigger=MagiBatchTrigger(

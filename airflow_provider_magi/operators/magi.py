@@ -232,6 +232,7 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
             self.log,
             attach_to_single_candidate=self.attach_to_single_candidate,
             settle_wait=self._settle_wait,
+            waiting=bool(self.deferrable),
         )
 
     def _resume(self, ledger: Ledger, context: Context) -> str | None:

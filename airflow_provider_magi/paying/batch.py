@@ -94,13 +94,20 @@ class BatchPayer:
         self.book: BatchBook = read_book(ledger)
         self.context = context
 
-    def save(self) -> None:
-        """The book, and a mapped batch's share of it with its other map indexes."""
+    def before_deferring(self) -> None:
+        """Scheduled or queued to resume, a mapped batch still holds what it paid (map_indexes)."""
+        from airflow_provider_magi.paying.map_indexes import publish
+
+        publish(self.ledger, self.book, len(self.items), waiting=True)
+
+    def save(self, *, strict: bool = False) -> None:
+        """The book, and a mapped batch's share of it with its other map indexes (``strict``: see
+        :func:`~airflow_provider_magi.paying.map_indexes.publish`)."""
         from airflow_provider_magi.batch_ledger import write_book
         from airflow_provider_magi.paying.map_indexes import publish
 
         write_book(self.ledger, self.book)
-        publish(self.ledger, self.book, len(self.items))
+        publish(self.ledger, self.book, len(self.items), strict=strict)
 
     def created_after(self, running: list[ManifestLine]) -> datetime:
         """The oldest running wave's start, less a margin for clocks: the running predictions'
@@ -120,7 +127,6 @@ class BatchPayer:
         never dropped or overwritten, so an item that comes back is not paid for again.
         """
         from airflow_provider_magi.batch_ledger import short
-        from airflow_provider_magi.paying.map_indexes import take_across_map_indexes
 
         old = self.book.entries
         matched: dict[int, int] = {}  # item index -> old index
@@ -144,10 +150,22 @@ class BatchPayer:
             if moved:
                 self.log.info("Batch: inputs moved since the last try (now: was): %s.", moved)
             self.book.entries = entries
-        if first_entry:  # a mapped batch's retry or clear: what other map indexes paid is theirs
-            changed |= take_across_map_indexes(self.ledger, self.book, self.items, self.context, self.log)
         if changed or (first_entry and self.ledger.by_inputs is not None):
-            self.save()  # a mapped batch shares what it holds at every first entry
+            self.save()  # a mapped batch shares what it holds and released at every first entry
+        if first_entry:
+            self._take_across_map_indexes()
+
+    def _take_across_map_indexes(self) -> None:
+        """Inputs another map index paid for are taken, shared strictly, then checked (map_indexes)."""
+        from airflow_provider_magi.paying.map_indexes import give_up_conflicts, take_across_map_indexes
+
+        before = dict(self.book.entries)
+        read = take_across_map_indexes(self.ledger, self.book, self.items, self.context, self.log)
+        if read is None or self.book.entries == before:
+            return
+        self.save(strict=True)
+        if give_up_conflicts(self.ledger, self.book, self.items, read, self.log):
+            self.save(strict=True)
 
     def reconcile(
         self, manifest: dict[int, ManifestLine], *, fresh: bool, whole: Callable[[ManifestLine], bool]

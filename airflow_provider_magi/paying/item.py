@@ -113,6 +113,8 @@ class ItemPayer:
 
     :param settle_wait: Waits the given seconds before an intent is looked up (an operator that
         defers waits in the triggerer, holding no worker slot).
+    :param waiting: The task defers with its prediction: scheduled or queued to resume, it still
+        holds it (a mapped task's claims say so; paying.map_indexes).
     """
 
     def __init__(
@@ -123,12 +125,14 @@ class ItemPayer:
         *,
         attach_to_single_candidate: bool,
         settle_wait: Callable[[float], None],
+        waiting: bool = False,
     ) -> None:
         self.hook = hook
         self.model = model
         self.log = log
         self.attach_to_single_candidate = attach_to_single_candidate
         self.settle_wait = settle_wait
+        self.waiting = waiting
 
     # ------------------------------------------------------------ before paying
 
@@ -150,7 +154,7 @@ class ItemPayer:
         # Which map indexes' claims count: read only when a claim can matter (a record to keep, or
         # a retry that may take another map index's).
         needed = own is not None or self._mapped_retry(ledger, context)
-        settled = self._settled(ledger, context) if needed else None
+        holds = self._holds(ledger, context) if needed else None
         if ledger.found_in:
             self.log.info(
                 "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
@@ -158,7 +162,7 @@ class ItemPayer:
         if decision.action == SUBMIT and not (
             decision.record and regenerate and is_cleared_since_delivery(decision.record, clears)
         ):
-            decision = self._from_another_map_index(ledger, context, fingerprint, settled) or decision
+            decision = self._from_another_map_index(ledger, context, fingerprint, holds) or decision
         if decision.action == SUBMIT:
             self._release(ledger, own, keep=None)
             if decision.record is not None:
@@ -168,17 +172,17 @@ class ItemPayer:
         if decision.action == LOOK_UP:
             return Found(self.look_up_intent(ledger, decision.record, context))
         prediction_id = str(decision.record.prediction_id)
-        if ledger.by_inputs is not None and ledger.claimed_by_another(prediction_id, settled):
+        if ledger.by_inputs is not None and ledger.claimed_by_another(prediction_id, holds):
             # Another map index holds it now (a reordered mapped list): take another of these
             # inputs' predictions, or pay (two map indexes never deliver one prediction).
             self.log.info("Ledger: prediction %s is held by another map index now.", prediction_id)
-            other = self._from_another_map_index(ledger, context, fingerprint, settled)
+            other = self._from_another_map_index(ledger, context, fingerprint, holds)
             if other is None:
                 return Found(None)
             decision = other
             prediction_id = str(decision.record.prediction_id) if decision.record else prediction_id
         elif ledger.by_inputs is not None:
-            ledger.write_claim(prediction_id)
+            ledger.write_claim(prediction_id, waiting=self.waiting)
         self._release(ledger, own, keep=prediction_id)
         status, final = self._status(prediction_id)
         if status == STATUS_NOT_FOUND or status in FAILED_STATUSES:
@@ -201,14 +205,16 @@ class ItemPayer:
         return prediction.status, prediction if prediction.is_terminal else None
 
     @staticmethod
-    def _settled(ledger: Ledger, context: Context) -> set[int] | None:
-        """A mapped task's map indexes whose claims say what they hold (paying.map_indexes)."""
+    def _holds(ledger: Ledger, context: Context) -> Callable[[int, bool], bool] | None:
+        """Whether a claimant holds its claim for real, by Airflow's state of it (paying.map_indexes)."""
         if ledger.by_inputs is None:
             return None
-        from airflow_provider_magi.paying.map_indexes import SETTLED_STATES, sibling_states
+        from airflow_provider_magi.paying.map_indexes import holds_for_real, sibling_states
 
         states = sibling_states(context)
-        return None if states is None else {k for k, state in states.items() if state in SETTLED_STATES}
+        if states is None:
+            return None
+        return lambda map_index, waiting: holds_for_real(states.get(map_index, "none"), waiting)
 
     @staticmethod
     def _release(ledger: Ledger, own: LedgerRecord | None, *, keep: str | None) -> None:
@@ -223,20 +229,22 @@ class ItemPayer:
         return ledger.by_inputs is not None and getattr(context["ti"], "try_number", 1) > 1
 
     def _from_another_map_index(
-        self, ledger: Ledger, context: Context, fingerprint: str, settled: set[int] | None
+        self, ledger: Ledger, context: Context, fingerprint: str, holds: Callable[[int, bool], bool] | None
     ) -> Decision | None:
         """A retry or clear of a mapped task: these inputs may have been paid for under another
         map index of this task and run (the mapped list came back in another order). Each
-        duplicate of the inputs has its own prediction; one another settled map index holds is
+        duplicate of the inputs has its own prediction; one another map index holds for real is
         left to it (see :meth:`Ledger.claimed_by_another`)."""
         from airflow_provider_magi.ledger import REATTACH, Decision
 
         if not self._mapped_retry(ledger, context):
             return None
         for found in ledger.read_by_inputs(fingerprint):
-            if found.prediction_id is None or ledger.claimed_by_another(found.prediction_id, settled):
+            if found.prediction_id is None or ledger.claimed_by_another(found.prediction_id, holds):
                 continue
-            ledger.write_claim(found.prediction_id)
+            ledger.write_claim(found.prediction_id, strict=True, waiting=self.waiting)  # before delivering
+            if ledger.claimed_by_another(found.prediction_id, by_anyone=True):
+                continue  # another map index claimed it since: the later claim is theirs
             ledger.write_paid(found, found.prediction_id)  # this map index's own record from now on
             return Decision(
                 REATTACH,
@@ -324,7 +332,7 @@ class ItemPayer:
         outcome = wave.outcomes[0]
         if outcome.kind == PAID and outcome.prediction is not None:
             if ledger.by_inputs is not None:
-                ledger.write_claim(outcome.prediction.id)  # held by this map index
+                ledger.write_claim(outcome.prediction.id, waiting=self.waiting)  # held by this map index
             return outcome.prediction.id
         assert outcome.error is not None
         if outcome.kind == UNCERTAIN:

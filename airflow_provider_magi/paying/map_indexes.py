@@ -8,23 +8,26 @@ its first entry and with every book write). A share says which predictions its m
 **holds** (the entries of its current items) and which it **released** (entries for inputs it no
 longer has, kept past its last item).
 
-At the first entry of a retry or clear, a map index reads every other share and Airflow's states
-of the other map indexes:
+At the first entry of a retry or clear a map index first shares what it released, then reads
+every other share and Airflow's states of the other map indexes:
 
-- A prediction another map index holds is that map index's when it is *settled*: running,
-  deferred or succeeded in this try of its own (its share says what it holds now). A map index
-  that has not run since (up for retry, queued, failed) holds it only on paper: when it runs, it
-  finds that a settled map index took it and gives it up.
-- So a map index keeps what its own book holds for its inputs, unless a settled map index holds
-  it too; and for an input without a prediction it takes one paid for these inputs that no
-  settled map index holds (a released one first). Only then is the input paid for.
+- A prediction another map index holds stays that map index's unless that map index holds it
+  only *on paper*: it is up for retry, cleared (no state), removed, skipped or upstream-failed,
+  or scheduled or queued for a retry, so it passes a first entry before it could deliver
+  anything, and there it finds that a map index took it and gives it up. Any other state keeps
+  it: running, deferred, scheduled or queued to resume after a deferral (its share says it
+  deferred: a resume has no first entry), up for reschedule, succeeded, failed.
+- So a map index gives up what another map index holds for real, and takes for an input without
+  a prediction one paid for these inputs that is released or held only on paper (a released one
+  first). Only then is the input paid for.
+- It then shares what it took (a share that cannot be written stops the task before anything is
+  delivered) and reads the shares again: a prediction it holds that another map index's share,
+  written since, holds too is given up. Of two map indexes deciding at once, the later writer
+  always sees the earlier one, so both may give a prediction up (and pay again), never both keep it.
 
 Nothing but the shares is written (no record per prediction): a retry of 1,000 paid items writes
-its share once. When Airflow's states cannot be read, every holder counts as settled: a reordered
-list may then pay again, but no prediction is ever delivered twice.
-
-Known limit: a map index reads the shares, then writes its own; two map indexes deciding in the
-same instant (both running, neither shared yet) can both take one released prediction.
+its share once or twice. When Airflow's states cannot be read, every holder counts for real: a
+reordered list may then pay again, but no prediction is ever delivered twice.
 """
 
 from __future__ import annotations
@@ -44,8 +47,23 @@ if TYPE_CHECKING:
     from airflow_provider_magi.ledger import Ledger
 
 SHARE_VERSION = 2
-# The states of a map index whose share says what it holds in its current try.
-SETTLED_STATES = frozenset({"running", "deferred", "success", "up_for_reschedule"})
+# The states in which a map index holds its predictions only on paper: it passes a first entry
+# (where it gives up what another map index took) before it could deliver anything. Airflow's
+# state None (a cleared task instance) is listed as "none".
+ON_PAPER_STATES = frozenset({"up_for_retry", "none", "removed", "skipped", "upstream_failed"})
+# On the way to a worker: a retry (on paper) or a resume after a deferral (for real: it delivers
+# without a first entry). The holder's share or claim says whether it is waiting on a trigger.
+ON_THE_WAY_STATES = frozenset({"scheduled", "queued"})
+
+
+def holds_for_real(state: str, waiting: bool) -> bool:
+    """Whether a map index in ``state`` holds what its share or claim lists (``waiting``: it
+    deferred with it), or only on paper."""
+    if state in ON_PAPER_STATES:
+        return False
+    if state in ON_THE_WAY_STATES:
+        return waiting
+    return True  # running, deferred, up for reschedule, succeeded, failed, restarting
 
 
 def share_name(map_index: int) -> str:
@@ -63,6 +81,8 @@ class Share:
     items: int
     run_started: str | None
     run_clears: int | None
+    text: str  # as read: a share written since reads differently
+    waiting: bool = False  # its map index deferred with what it holds
 
     def held(self) -> set[str]:
         return {
@@ -70,9 +90,12 @@ class Share:
         }
 
 
-def publish(ledger: Ledger, book: BatchBook, items: int) -> None:
-    """This map index's book where every map index reads it (best effort: the book in the task's
-    own store is the truth; a missing share can only mean paying again after a reorder)."""
+def publish(
+    ledger: Ledger, book: BatchBook, items: int, *, strict: bool = False, waiting: bool = False
+) -> None:
+    """This map index's book where every map index reads it. Best effort, unless ``strict``: once
+    a map index took or gave up a prediction, a share that was not written could let another map
+    index deliver it too, so the error stops the task before anything is delivered."""
     shared = ledger.by_inputs
     if shared is None:
         return
@@ -84,6 +107,7 @@ def publish(ledger: Ledger, book: BatchBook, items: int) -> None:
             "run_started": identity.run_started,
             "run_clears": identity.run_clears,
             "items": items,
+            "waiting": waiting,
             "book": json.loads(book.to_json()),
         },
         separators=(",", ":"),
@@ -91,6 +115,13 @@ def publish(ledger: Ledger, book: BatchBook, items: int) -> None:
     try:
         shared.write(share_name(identity.map_index), text)
     except Exception as error:
+        if strict:
+            raise MagiLedgerError(
+                f"The batch took or gave up predictions of other map indexes, but sharing that at "
+                f"{shared.where(share_name(identity.map_index))} failed: {type(error).__name__}: {error}. "
+                "The task stops before delivering anything, so no prediction is delivered twice; a "
+                "retry decides again."
+            ) from error
         from airflow_provider_magi.ledger import log
 
         log.warning("The batch's book was not shared with the other map indexes: %s", error)
@@ -138,9 +169,8 @@ def _parse(map_index: int, text: str, where: str) -> Share:
         items, clears = raw["items"], raw.get("run_clears")
         if not isinstance(items, int) or isinstance(items, bool) or items < 0:
             raise ValueError("its item count is not a count")
-        return Share(
-            map_index, book, items, raw.get("run_started"), clears if isinstance(clears, int) else None
-        )
+        clears = clears if isinstance(clears, int) and not isinstance(clears, bool) else None
+        return Share(map_index, book, items, raw.get("run_started"), clears, text, raw.get("waiting") is True)
     except (TypeError, ValueError, KeyError, RecursionError, MagiLedgerError) as error:
         raise MagiLedgerError(
             f"Another map index's batch record at {where} cannot be read ({error}), so what the map "
@@ -149,7 +179,7 @@ def _parse(map_index: int, text: str, where: str) -> Share:
         ) from None
 
 
-def sibling_states(context: Context) -> dict[int, str | None] | None:
+def sibling_states(context: Context) -> dict[int, str] | None:
     """Airflow's state of every map index of this task in this run (None: the API did not say)."""
     ti = context["ti"]
     try:
@@ -158,11 +188,11 @@ def sibling_states(context: Context) -> dict[int, str | None] | None:
     except Exception:
         return None
     prefix = f"{ti.task_id}_"
-    states: dict[int, str | None] = {}
+    states: dict[int, str] = {}
     for key, state in by_key.items():
         number = key[len(prefix) :] if key.startswith(prefix) else ""
         if number.isdigit():
-            states[int(number)] = None if state is None else str(getattr(state, "value", state))
+            states[int(number)] = "none" if state is None else str(getattr(state, "value", state))
     return states
 
 
@@ -172,34 +202,34 @@ def takes_across(ledger: Ledger, context: Context) -> bool:
     return ledger.by_inputs is not None and getattr(context["ti"], "try_number", 1) > 1
 
 
+def held_for_real(shares: list[Share], states: dict[int, str] | None) -> dict[str, int]:
+    """The predictions other map indexes hold for real, and which map index holds each."""
+    real = [s for s in shares if states is None or holds_for_real(states.get(s.map_index, "none"), s.waiting)]
+    return {pid: share.map_index for share in real for pid in share.held()}
+
+
 def take_across_map_indexes(
     ledger: Ledger, book: BatchBook, items: list[BatchItem], context: Context, log: Any
-) -> bool:
-    """At a mapped retry's first entry: give up what a settled map index holds, and take for each
-    input without a prediction one paid for these inputs that no settled map index holds.
-    Returns whether the book changed (the caller saves and shares it)."""
+) -> tuple[list[Share], list[int] | None] | None:
+    """At a mapped retry's first entry (after this map index shared what it released): give up
+    what another map index holds for real, and take for each input without a prediction one paid
+    for these inputs that is released or held only on paper. Returns the shares as read (None:
+    not a mapped retry) and the map indexes read; the caller shares the book strictly, then calls
+    :func:`give_up_conflicts`."""
     if not takes_across(ledger, context):
-        return False
+        return None
     states = sibling_states(context)
-    shares = read_shares(ledger, None if states is None else states.keys())
-    settled = {s.map_index for s in shares if states is None or states.get(s.map_index) in SETTLED_STATES}
-    kept_by = {pid: s.map_index for s in shares if s.map_index in settled for pid in s.held()}
-    changed = False
+    indexes = None if states is None else sorted(states)
+    shares = read_shares(ledger, indexes)
+    kept_by = held_for_real(shares, states)
     wanted: list[BatchItem] = []
     for item in items:
         entry = book.entry_for(item.index, item.fingerprint)
         if entry is None:
             wanted.append(item)
         elif entry.prediction_id in kept_by:
-            log.info(
-                "Batch: input %d's prediction %s is held by map index %d now; not delivered twice.",
-                item.index,
-                entry.prediction_id,
-                kept_by[entry.prediction_id],
-            )
-            book.entries[_spare_slot(book, items)] = book.entries.pop(item.index)
+            _give_up(book, items, item, f"is held by map index {kept_by[entry.prediction_id]}", log)
             wanted.append(item)
-            changed = True
     mine = book.known_ids()
     for item in wanted:
         found = _takeable(shares, short(item.fingerprint), mine | set(kept_by))
@@ -210,7 +240,6 @@ def take_across_map_indexes(
         wave = book.add_wave(share.book.waves[entry.wave])
         book.entries[item.index] = BatchEntry(entry.fingerprint, wave, entry.prediction_id)
         mine.add(entry.prediction_id)
-        changed = True
         log.info(
             "Batch: input %d takes prediction %s, paid for these inputs under map index %d of this "
             "task and run (the mapped list came back in another order); not paid again.",
@@ -218,12 +247,43 @@ def take_across_map_indexes(
             entry.prediction_id,
             share.map_index,
         )
+    return shares, indexes
+
+
+def give_up_conflicts(
+    ledger: Ledger,
+    book: BatchBook,
+    items: list[BatchItem],
+    read: tuple[list[Share], list[int] | None],
+    log: Any,
+) -> bool:
+    """After sharing: a prediction this map index holds that a share written since holds too is
+    given up (the later writer always sees the earlier). Returns whether the book changed."""
+    shares, indexes = read
+    before = {share.map_index: share.text for share in shares}
+    since = [s for s in read_shares(ledger, indexes) if s.text != before.get(s.map_index)]
+    theirs = {pid: share.map_index for share in since for pid in share.held()}
+    changed = False
+    for item in items:
+        entry = book.entry_for(item.index, item.fingerprint)
+        if entry is not None and entry.prediction_id in theirs:
+            _give_up(
+                book, items, item, f"was taken by map index {theirs[entry.prediction_id]} meanwhile", log
+            )
+            changed = True
     return changed
 
 
+def _give_up(book: BatchBook, items: list[BatchItem], item: BatchItem, why: str, log: Any) -> None:
+    """The item's prediction goes to another map index: kept past the last item (released)."""
+    entry = book.entries.pop(item.index)
+    book.entries[_spare_slot(book, items)] = entry
+    log.info("Batch: input %d's prediction %s %s; not delivered twice.", item.index, entry.prediction_id, why)
+
+
 def _takeable(shares: list[Share], fingerprint: str, taken: set[str]) -> tuple[Share, BatchEntry] | None:
-    """A paid entry for these inputs nobody settled holds: a released one first, then one held
-    only on paper by a map index that has not run since (it gives it up when it does)."""
+    """A paid entry for these inputs that no map index holds for real: a released one first, then
+    one held only on paper (its map index gives it up at its next first entry)."""
     found: list[tuple[int, int, Share, BatchEntry]] = []
     for share in shares:
         for slot, entry in share.book.entries.items():
