@@ -53,9 +53,12 @@ class Run:
         self.states: dict[int, str] = {index: "scheduled" for index in range(count)}
         self.tries = dict.fromkeys(range(count), 0)
         self.states_known = True
+        self.clears = 0  # the run's clear_number
 
     def ledger(self, map_index: int) -> Ledger:
-        identity = TaskIdentity("d", "t", "r", map_index=map_index, run_started=self.started, run_clears=0)
+        identity = TaskIdentity(
+            "d", "t", "r", map_index=map_index, run_started=self.started, run_clears=self.clears
+        )
         return Ledger(self.own[map_index], identity, by_inputs=self.shared)
 
     def context(self, map_index: int) -> Any:

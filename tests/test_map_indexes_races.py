@@ -286,3 +286,49 @@ def test_video_a_mapped_first_try_asks_airflow_for_no_states() -> None:
     payer = ItemPayer(Hook(), "m", LOG, attach_to_single_candidate=False, settle_wait=lambda _: None)
     assert payer.find_paid(t0.ledger, context, X, None, regenerate=False).prediction_id is None
     assert calls == []
+
+
+class DeleteHookedStore(Store):
+    """The shared store, with something that happens just before one record is deleted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_delete: dict[str, Callable[[], None]] = {}
+
+    def delete(self, name: str) -> None:
+        hook = self.before_delete.pop(name, None)
+        if hook is not None:
+            hook()
+        super().delete(name)
+
+
+def test_video_a_swap_decided_at_once_takes_at_least_once_and_never_twice() -> None:
+    """Mapped single videos [X, Y] paid, cleared as [Y, X], both running at once: map index 1
+    decides in full while map index 0 is releasing its claim. Each releases before it looks at the
+    others, so map index 0, the later, takes map index 1's released p1; map index 1, which still
+    saw p0 held by a running map index, pays again (was: both paid again, releasing after)."""
+    shared = DeleteHookedStore()
+    states: dict[int, str] = {0: "none", 1: "none"}
+    t0, t1 = Task(Store(), shared, states, 0), Task(Store(), shared, states, 1)
+    t0.try_number = t1.try_number = 1
+    t0.paid(X, "p0")
+    t1.paid(Y, "p1")
+    states.update({0: "running", 1: "running"})
+    got: dict[int, str | None] = {}
+    shared.before_delete["claim-p0"] = lambda: got.setdefault(1, t1.find(X))
+    got[0] = t0.find(Y)
+    assert got == {0: "p1", 1: None}
+
+
+def test_a_deferral_of_an_earlier_round_holds_nothing_after_a_clear() -> None:
+    """A deferrable batch's share says it waited on its trigger, then the run finished and was
+    cleared (clear_number raised): scheduled again, it is on its way to a first entry, not to a
+    resume, so its prediction may be taken (in a full-stack run this paid again one in two)."""
+    run = Run(2)
+    run.run(0, [X], pays=["p0"], defers=True)
+    run.run(1, [Y], pays=["p1"])
+    again = Run(2)
+    again.own, again.shared, again.tries = run.own, run.shared, run.tries
+    again.clears = 1
+    again.states = {0: "scheduled", 1: "none"}
+    assert again.run(1, [X]) == ["p0"]

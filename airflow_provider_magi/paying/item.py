@@ -159,12 +159,13 @@ class ItemPayer:
             self.log.info(
                 "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
             )
-        if decision.action == SUBMIT and not (
-            decision.record and regenerate and is_cleared_since_delivery(decision.record, clears)
-        ):
-            decision = self._from_another_map_index(ledger, context, fingerprint, holds) or decision
         if decision.action == SUBMIT:
+            # Released first: a map index deciding at the same time may take it (of two that
+            # release before they read, at least one sees the other's release).
             self._release(ledger, own, keep=None)
+            if not (decision.record and regenerate and is_cleared_since_delivery(decision.record, clears)):
+                decision = self._from_another_map_index(ledger, context, fingerprint, holds) or decision
+        if decision.action == SUBMIT:
             if decision.record is not None:
                 self.log.warning("Not reusing the recorded submit: %s. Submitting afresh.", decision.reason)
             return Found(None)

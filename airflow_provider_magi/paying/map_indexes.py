@@ -202,10 +202,15 @@ def takes_across(ledger: Ledger, context: Context) -> bool:
     return ledger.by_inputs is not None and getattr(context["ti"], "try_number", 1) > 1
 
 
-def held_for_real(shares: list[Share], states: dict[int, str] | None) -> dict[str, int]:
-    """The predictions other map indexes hold for real, and which map index holds each."""
-    real = [s for s in shares if states is None or holds_for_real(states.get(s.map_index, "none"), s.waiting)]
-    return {pid: share.map_index for share in real for pid in share.held()}
+def held_for_real(shares: list[Share], states: dict[int, str] | None, clears: int | None) -> dict[str, int]:
+    """The predictions other map indexes hold for real, and which map index holds each (a share
+    waits on a trigger only in the round its deferral began in: a clear ends it)."""
+
+    def real(share: Share) -> bool:
+        waiting = share.waiting and share.run_clears == clears
+        return states is None or holds_for_real(states.get(share.map_index, "none"), waiting)
+
+    return {pid: share.map_index for share in shares if real(share) for pid in share.held()}
 
 
 def take_across_map_indexes(
@@ -221,7 +226,7 @@ def take_across_map_indexes(
     states = sibling_states(context)
     indexes = None if states is None else sorted(states)
     shares = read_shares(ledger, indexes)
-    kept_by = held_for_real(shares, states)
+    kept_by = held_for_real(shares, states, ledger.identity.run_clears)
     wanted: list[BatchItem] = []
     for item in items:
         entry = book.entry_for(item.index, item.fingerprint)

@@ -135,6 +135,60 @@ def test_a_manual_clear_reuses_the_paid_video(stack: AirflowStack, scenario: dic
     scenario["result"] = "ok"
 
 
+def test_a_mapped_list_reordered_by_a_clear_is_delivered_once_and_paid_again_at_most_once(
+    stack: AirflowStack, scenario: dict
+) -> None:
+    """[X, Y] paid (single videos and one-item batches), then a clear of the whole run brings
+    the list back as [Y, X], the map indexes running at once on the workers: each map index
+    delivers a prediction of its own new input, never another's, and of the two map indexes of a
+    shape at least one takes the other's (each releases before it looks), so at most one is paid
+    again per shape, whatever the timing."""
+    import json as json_
+
+    from tests.integration.dags.magi_it_dags import REORDERED_X, REORDERED_Y
+
+    dag_id = "magi_it_mapped_reordered"
+    before = submits(stack)
+    run_id = stack.trigger(dag_id)
+    assert stack.wait_for_run(dag_id, run_id, timeout=300) == "success"
+    assert submits(stack) - before == 4
+    stack.rest(
+        "POST",
+        f"/dags/{dag_id}/clearTaskInstances",
+        json={
+            "dag_run_id": run_id,
+            "task_ids": ["make_prompts"],
+            "include_downstream": True,
+            "dry_run": False,
+            "only_failed": False,
+        },
+    )
+
+    def ran_again() -> bool:
+        found = states(stack, dag_id, run_id)
+        return len(found) == 6 and all(state == "success" and tries == 2 for _, _, state, tries in found)
+
+    stack.wait_until(ran_again, 300, "the cleared run to finish again")
+    prompts = {
+        r["prediction_id"]: r["json"]["prompt"]
+        for r in stack.server_requests()
+        if r["route"] == "submit" and r["status"] == 200 and r["prediction_id"] and r["json"]
+    }
+    videos = [stack.xcom(dag_id, run_id, "videos", map_index=i)["prediction_id"] for i in (0, 1)]
+    batches = []
+    for i in (0, 1):
+        manifest = stack.xcom(dag_id, run_id, "batches", map_index=i)["manifest_path"]
+        (line,) = [json_.loads(one) for one in Path(manifest).read_text().splitlines()]
+        assert line["status"] == "completed" and Path(line["paths"][0]).stat().st_size > 0
+        batches.append(line["prediction_id"])
+    assert [prompts[p] for p in videos] == [REORDERED_Y, REORDERED_X]
+    assert [prompts[p] for p in batches] == [f"batch {REORDERED_Y}", f"batch {REORDERED_X}"]
+    assert len(set(videos)) == 2 and len(set(batches)) == 2  # never one prediction twice
+    paid_again = submits(stack) - before - 4
+    assert paid_again <= 2, paid_again  # at most one per shape
+    scenario["result"] = f"ok, paid again: {paid_again} of 4"
+
+
 def test_mapped_batch_under_rate_limits_and_5xx(stack: AirflowStack, scenario: dict) -> None:
     from tests.integration.dags.magi_it_dags import BATCH
 

@@ -6,8 +6,9 @@ import os
 import signal
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
+from airflow_provider_magi.operators.batch import MagiBatchOperator
 from airflow_provider_magi.operators.download import MagiDownloadOutputsOperator
 from airflow_provider_magi.operators.magi import MagiGenerateVideoOperator
 
@@ -96,4 +97,27 @@ with _dag("magi_it_killed_before_ledger_write"):
 with _dag("magi_it_cleared"):
     MagiGenerateVideoOperator(
         task_id="generate", prompt="a cleared take [[duration: 1]]", deferrable=True, **FAST
+    )
+
+# A mapped list that a clear brings back in another order, map indexes running in parallel on
+# the Celery workers: single videos and one-item batches, each mapped over [X, Y], then [Y, X].
+REORDERED_X, REORDERED_Y = "reordered X [[duration: 2]]", "reordered Y [[duration: 2]]"
+
+with _dag("magi_it_mapped_reordered"):
+
+    @task
+    def make_prompts() -> list[str]:
+        from airflow.sdk import get_current_context
+
+        first = get_current_context()["ti"].try_number == 1
+        return [REORDERED_X, REORDERED_Y] if first else [REORDERED_Y, REORDERED_X]
+
+    @task
+    def make_inputs(prompts: list[str]) -> list[list[dict[str, str]]]:
+        return [[{"prompt": f"batch {prompt}"}] for prompt in prompts]
+
+    prompts = make_prompts()
+    MagiGenerateVideoOperator.partial(task_id="videos", deferrable=True, **FAST).expand(prompt=prompts)
+    MagiBatchOperator.partial(task_id="batches", deferrable=True, destination=OUTPUT_DIR, **FAST).expand(
+        inputs=make_inputs(prompts)
     )
