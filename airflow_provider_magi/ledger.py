@@ -476,16 +476,25 @@ class Ledger:
         return clears == self.identity.run_clears
 
     def _claimant(self, prediction_id: str) -> tuple[int, int | None, bool] | None:
-        if self.by_inputs is None:
-            return None
-        text = self.by_inputs.read(_claim_name(prediction_id))
-        if text is None:
+        claim = self.claim(prediction_id)
+        if claim is None:
             return None
         try:
-            claim = json.loads(text)
             return int(claim["map_index"]), claim.get("clears"), claim.get("waiting") is True
         except (ValueError, TypeError, KeyError):
             return None  # unreadable: the records by inputs still hold the ids
+
+    def claim(self, prediction_id: str) -> dict[str, Any] | None:
+        """The claim of ``prediction_id`` as written (``map_index``, ``clears``, ``waiting``,
+        ``at``), or None."""
+        if self.by_inputs is None:
+            return None
+        text = self.by_inputs.read(_claim_name(prediction_id))
+        try:
+            claim = None if text is None else json.loads(text)
+        except ValueError:
+            return None
+        return claim if isinstance(claim, dict) else None
 
     def release_claim(self, prediction_id: str) -> None:
         """This map index no longer holds ``prediction_id`` (its inputs moved): another may take

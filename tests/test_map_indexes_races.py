@@ -332,3 +332,53 @@ def test_a_deferral_of_an_earlier_round_holds_nothing_after_a_clear() -> None:
     again.clears = 1
     again.states = {0: "scheduled", 1: "none"}
     assert again.run(1, [X]) == ["p0"]
+
+
+def test_a_clear_s_swap_waits_for_a_holder_deciding_now_and_pays_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """[X, Y] paid, a clear brings [Y, X], both map indexes running at once. Map index 0 finds
+    p1 (Y) held by map index 1, running with a share from before this round: it is deciding right
+    now, so map index 0 waits for its release instead of paying (map index 1 decides during that
+    wait: it releases p1 and takes p0). Nothing is paid again (was: one of the two paid again)."""
+    import airflow_provider_magi.paying.map_indexes as map_indexes
+
+    run = Run(2)
+    run.run(0, [X], pays=["p0"])
+    run.run(1, [Y], pays=["p1"])
+    cleared = Run(2, started="2099-01-01T00:00:00.000Z")  # the clear restarted the run
+    cleared.own, cleared.shared, cleared.tries, cleared.clears = run.own, run.shared, run.tries, 1
+    cleared.states = {0: "running", 1: "running"}
+    got: dict[int, list[str | None]] = {}
+    monkeypatch.setattr(map_indexes.time, "sleep", lambda _: got.setdefault(1, cleared.run(1, [X])))
+    got[0] = cleared.run(0, [Y])
+    assert got == {0: ["p1"], 1: ["p0"]}
+
+
+def test_video_a_clear_s_swap_waits_for_a_holder_deciding_now_and_pays_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mapped single videos [X, Y] paid, a clear brings [Y, X], both running at once: map index 0
+    finds p1 claimed by map index 1, running with a claim from before this round, and waits for
+    its release (map index 1 decides meanwhile, releasing p1 and taking p0). Nothing is paid again."""
+    import airflow_provider_magi.paying.map_indexes as map_indexes
+
+    shared, own0, own1 = Store(), Store(), Store()
+    states: dict[int, str] = {0: "none", 1: "none"}
+    t0, t1 = Task(own0, shared, states, 0), Task(own1, shared, states, 1)
+    t0.paid(X, "p0")
+    t1.paid(Y, "p1")
+    cleared = {}
+    for index, own in ((0, own0), (1, own1)):
+        task = Task(own, shared, states, index)
+        identity = TaskIdentity(
+            "d", "t", "r", map_index=index, run_started="2099-01-01T00:00:00.000Z", run_clears=1
+        )
+        task.ledger = Ledger(own, identity, by_inputs=shared)
+        task.try_number = 1
+        cleared[index] = task
+    states.update({0: "running", 1: "running"})
+    got: dict[int, str | None] = {}
+    monkeypatch.setattr(map_indexes.time, "sleep", lambda _: got.setdefault(1, cleared[1].find(X)))
+    got[0] = cleared[0].find(Y)
+    assert got == {0: "p1", 1: "p0"}

@@ -235,12 +235,46 @@ class ItemPayer:
         """A retry or clear of a mapped task: these inputs may have been paid for under another
         map index of this task and run (the mapped list came back in another order). Each
         duplicate of the inputs has its own prediction; one another map index holds for real is
-        left to it (see :meth:`Ledger.claimed_by_another`)."""
-        from airflow_provider_magi.ledger import REATTACH, Decision
-
+        left to it (see :meth:`Ledger.claimed_by_another`), unless that map index is deciding right
+        now: then its release is waited for a moment (paying.map_indexes)."""
         if not self._mapped_retry(ledger, context):
             return None
-        for found in ledger.read_by_inputs(fingerprint):
+        records = ledger.read_by_inputs(fingerprint)
+        taken = self._take_one(ledger, records, holds)
+        if taken is not None or holds is None:
+            return taken
+        from airflow_provider_magi.paying.map_indexes import is_deciding, sibling_states, wait_for_release
+
+        states = sibling_states(context) or {}
+        claims = {r.prediction_id: ledger.claim(r.prediction_id) for r in records if r.prediction_id}
+        started = ledger.identity.run_started
+
+        def claimant(claim: dict[str, Any]) -> int:
+            index = claim.get("map_index")
+            return index if isinstance(index, int) else -1
+
+        deciding = {
+            pid: claim
+            for pid, claim in claims.items()
+            if claim and is_deciding(states.get(claimant(claim), "none"), claim.get("at"), started)
+        }
+        if not deciding:
+            return None
+        self.log.info(
+            "Ledger: map index(es) %s hold predictions of these inputs and are deciding now; waiting up "
+            "to a few seconds for what they release.",
+            sorted({claimant(claim) for claim in deciding.values()}),
+        )
+        if not wait_for_release(lambda: any(ledger.claim(pid) != claim for pid, claim in deciding.items())):
+            return None
+        return self._take_one(ledger, ledger.read_by_inputs(fingerprint), self._holds(ledger, context))
+
+    def _take_one(
+        self, ledger: Ledger, records: list[LedgerRecord], holds: Callable[[int, bool], bool] | None
+    ) -> Decision | None:
+        from airflow_provider_magi.ledger import REATTACH, Decision
+
+        for found in records:
             if found.prediction_id is None or ledger.claimed_by_another(found.prediction_id, holds):
                 continue
             ledger.write_claim(found.prediction_id, strict=True, waiting=self.waiting)  # before delivering

@@ -33,7 +33,8 @@ reordered list may then pay again, but no prediction is ever delivered twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,28 @@ ON_PAPER_STATES = frozenset({"up_for_retry", "none", "removed", "skipped", "upst
 # On the way to a worker: a retry (on paper) or a resume after a deferral (for real: it delivers
 # without a first entry). The holder's share or claim says whether it is waiting on a trigger.
 ON_THE_WAY_STATES = frozenset({"scheduled", "queued"})
+
+
+# A running map index whose record predates this round of the run (the run's start: a clear
+# restarts it) is deciding right now, at its first entry: what it releases is a moment away. A map
+# index that wants what it holds waits this long for it at most, then pays (the safe side).
+RELEASE_WAIT_SECONDS = 10.0
+RELEASE_POLL_SECONDS = 0.5
+
+
+def is_deciding(state: str, written_at: str | None, run_started: str | None) -> bool:
+    """Whether a holder in ``state`` whose record was written at ``written_at`` is deciding now."""
+    return state == "running" and None not in (written_at, run_started) and str(written_at) < str(run_started)
+
+
+def wait_for_release(changed: Callable[[], bool]) -> bool:
+    """Poll ``changed`` until it says the deciding holders wrote (True) or the wait is over."""
+    deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(RELEASE_POLL_SECONDS)
+        if changed():
+            return True
+    return False
 
 
 def holds_for_real(state: str, waiting: bool) -> bool:
@@ -83,6 +106,7 @@ class Share:
     run_clears: int | None
     text: str  # as read: a share written since reads differently
     waiting: bool = False  # its map index deferred with what it holds
+    at: str | None = None  # when it was written
 
     def held(self) -> set[str]:
         return {
@@ -170,7 +194,10 @@ def _parse(map_index: int, text: str, where: str) -> Share:
         if not isinstance(items, int) or isinstance(items, bool) or items < 0:
             raise ValueError("its item count is not a count")
         clears = clears if isinstance(clears, int) and not isinstance(clears, bool) else None
-        return Share(map_index, book, items, raw.get("run_started"), clears, text, raw.get("waiting") is True)
+        at = raw.get("at") if isinstance(raw.get("at"), str) else None
+        return Share(
+            map_index, book, items, raw.get("run_started"), clears, text, raw.get("waiting") is True, at
+        )
     except (TypeError, ValueError, KeyError, RecursionError, MagiLedgerError) as error:
         raise MagiLedgerError(
             f"Another map index's batch record at {where} cannot be read ({error}), so what the map "
@@ -218,14 +245,55 @@ def take_across_map_indexes(
 ) -> tuple[list[Share], list[int] | None] | None:
     """At a mapped retry's first entry (after this map index shared what it released): give up
     what another map index holds for real, and take for each input without a prediction one paid
-    for these inputs that is released or held only on paper. Returns the shares as read (None:
-    not a mapped retry) and the map indexes read; the caller shares the book strictly, then calls
-    :func:`give_up_conflicts`."""
+    for these inputs that is released or held only on paper; when a holder of what it wants is
+    deciding right now, wait a moment for its release and look again. Returns the shares as read
+    (None: not a mapped retry) and the map indexes read; the caller shares the book strictly,
+    then calls :func:`give_up_conflicts`."""
     if not takes_across(ledger, context):
         return None
     states = sibling_states(context)
     indexes = None if states is None else sorted(states)
     shares = read_shares(ledger, indexes)
+    wanted = _decide(ledger, book, items, shares, states, log)
+    started = ledger.identity.run_started
+    fingerprints = {short(item.fingerprint) for item in wanted}
+    deciding = [
+        share
+        for share in shares
+        if states is not None
+        and is_deciding(states.get(share.map_index, "none"), share.at, started)
+        and any(e.fingerprint in fingerprints for s, e in share.book.entries.items() if s < share.items)
+    ]
+    if deciding:
+        log.info(
+            "Batch: map index(es) %s hold what inputs %s need and are deciding now; waiting up to %.0fs "
+            "for what they release.",
+            [share.map_index for share in deciding],
+            [item.index for item in wanted],
+            RELEASE_WAIT_SECONDS,
+        )
+        if wait_for_release(lambda: _any_rewritten(ledger, deciding)):
+            states = sibling_states(context)
+            shares = read_shares(ledger, indexes)
+            _decide(ledger, book, items, shares, states, log)
+    return shares, indexes
+
+
+def _any_rewritten(ledger: Ledger, shares: list[Share]) -> bool:
+    shared = ledger.by_inputs
+    return shared is not None and any(shared.read(share_name(s.map_index)) != s.text for s in shares)
+
+
+def _decide(
+    ledger: Ledger,
+    book: BatchBook,
+    items: list[BatchItem],
+    shares: list[Share],
+    states: dict[int, str] | None,
+    log: Any,
+) -> list[BatchItem]:
+    """Give up what another map index holds for real; take what is free. Returns the inputs
+    still without a prediction."""
     kept_by = held_for_real(shares, states, ledger.identity.run_clears)
     wanted: list[BatchItem] = []
     for item in items:
@@ -236,9 +304,11 @@ def take_across_map_indexes(
             _give_up(book, items, item, f"is held by map index {kept_by[entry.prediction_id]}", log)
             wanted.append(item)
     mine = book.known_ids()
+    unpaid = []
     for item in wanted:
         found = _takeable(shares, short(item.fingerprint), mine | set(kept_by))
         if found is None:
+            unpaid.append(item)
             continue
         share, entry = found
         assert entry.prediction_id is not None
@@ -252,7 +322,7 @@ def take_across_map_indexes(
             entry.prediction_id,
             share.map_index,
         )
-    return shares, indexes
+    return unpaid
 
 
 def give_up_conflicts(
