@@ -471,8 +471,8 @@ class Ledger:
         map_index, clears, waiting = claimant
         if by_anyone:
             return True
-        if holds is not None:  # a deferral waits in the round it began in: a clear ends it
-            return holds(map_index, waiting and clears == self.identity.run_clears)
+        if holds is not None:
+            return holds(map_index, waiting)
         return clears == self.identity.run_clears
 
     def _claimant(self, prediction_id: str) -> tuple[int, int | None, bool] | None:

@@ -149,6 +149,8 @@ def _batch_end(
     tmp_path: Path, lines: list[Any], *, carry: dict[str, Any] | None = None, timed_out: bool = False
 ) -> str:
     """The error a batch ends with, from its manifest lines (no server: the end is pure)."""
+    from types import SimpleNamespace
+
     from airflow_provider_magi.exceptions import MagiError
     from airflow_provider_magi.operators.batch import MagiBatchOperator
 
@@ -158,6 +160,7 @@ def _batch_end(
     operator._manifest_path = tmp_path / "manifest.jsonl"
     for step in ("_write", "_report_progress", "_emit_asset_events"):
         setattr(operator, step, lambda *args, **kwargs: None)
+    operator._payer = SimpleNamespace(waiting=lambda waiting: None)  # type: ignore[assignment]
     with pytest.raises(MagiError) as raised:
         operator._finish(timed_out=timed_out)
     return str(raised.value)

@@ -103,7 +103,7 @@ class Run:
             payer.book.settle_wave(wave, dict(zip(unpaid, pays, strict=False)), set(), {})
             payer.save()
         if defers:
-            payer.before_deferring()
+            payer.waiting(True)
         self.states[map_index] = then
         return [
             None if (e := payer.book.entry_for(item.index, item.fingerprint)) is None else e.prediction_id

@@ -320,18 +320,18 @@ def test_video_a_swap_decided_at_once_takes_at_least_once_and_never_twice() -> N
     assert got == {0: "p1", 1: None}
 
 
-def test_a_deferral_of_an_earlier_round_holds_nothing_after_a_clear() -> None:
-    """A deferrable batch's share says it waited on its trigger, then the run finished and was
-    cleared (clear_number raised): scheduled again, it is on its way to a first entry, not to a
-    resume, so its prediction may be taken (in a full-stack run this paid again one in two)."""
+def test_a_deferral_that_finished_holds_nothing_once_scheduled_again() -> None:
+    """A deferrable batch's share said it waited on its trigger; it then finished (its share now
+    says it waits on nothing), and a clear schedules it again: on its way to a first entry, not
+    to a resume, so its prediction may be taken (in a full-stack run a stale flag paid again)."""
     run = Run(2)
     run.run(0, [X], pays=["p0"], defers=True)
+    ledger = run.ledger(0)
+    items = [BatchItem(0, {"prompt": "x"}, X)]
+    BatchPayer(None, "m", LOG, ledger, items, run.context(0)).waiting(False)  # as _finish does
     run.run(1, [Y], pays=["p1"])
-    again = Run(2)
-    again.own, again.shared, again.tries = run.own, run.shared, run.tries
-    again.clears = 1
-    again.states = {0: "scheduled", 1: "none"}
-    assert again.run(1, [X]) == ["p0"]
+    run.states = {0: "scheduled", 1: "none"}
+    assert run.run(1, [X]) == ["p0"]
 
 
 def test_a_clear_s_swap_waits_for_a_holder_deciding_now_and_pays_nothing(

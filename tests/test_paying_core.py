@@ -172,8 +172,9 @@ def test_a_claim_counts_while_its_map_index_holds_it_for_real_and_is_released_on
     assert not ledger(0).claimed_by_another("p1", state("scheduled"))  # a retry on its way
     ledger(1).write_claim("p1", waiting=True)
     assert ledger(0).claimed_by_another("p1", state("scheduled"))  # a resume on its way
-    cleared = Ledger(Store(), TaskIdentity("d", "t", "r", map_index=0, run_clears=1), by_inputs=shared)
-    assert not cleared.claimed_by_another("p1", state("scheduled"))  # a clear ended that deferral
+    ledger(1).write_claim("p1")  # delivered: it waits on no trigger any more
+    assert not ledger(0).claimed_by_another("p1", state("scheduled"))  # scheduled again: a retry or clear
+    ledger(1).write_claim("p1", waiting=True)
     ledger(0).release_claim("p1")  # not map index 0's to release
     assert ledger(0).claimed_by_another("p1", state("success"))
     ledger(1).release_claim("p1")

@@ -212,7 +212,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
                 return self._finish(timed_out=True)
             if self.deferrable:
                 self._write(force=True)
-                self._payer.before_deferring()
+                self._payer.waiting(True)
                 left = None if deadline is None else max(0.0, deadline - time.time()) + 60
                 self.defer(
                     trigger=MagiBatchTrigger(
@@ -325,6 +325,7 @@ class MagiBatchOperator(MagiTaskMixin, BaseOperator):
         reason = str(self._carry.get("deadline_reason") or DEADLINE_TIMEOUT)
         close_lines(self._lines.values(), self.hook, self.log, timed_out=timed_out, deadline_reason=reason)
         self._write(force=True)
+        self._payer.waiting(False)  # a mapped batch's share: it waits on no trigger any more
         result = summary(self._lines.values(), str(self._manifest_path))
         self._report_progress(final=True)
         log_failures(self._lines.values(), self._manifest_path, self.log)

@@ -338,6 +338,8 @@ class MagiGenerateVideoOperator(MagiTaskMixin, BaseOperator):
 
         if record is not None and record.prediction_id == prediction_id and not record.delivered:
             ledger.write_delivered(record, clear_number(context))
+        if ledger.by_inputs is not None:  # a mapped task: it waits on no trigger any more
+            ledger.write_claim(prediction_id)
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
         """Add what was asked for, so downstream tasks and asset events can say what a video is."""

@@ -94,11 +94,12 @@ class BatchPayer:
         self.book: BatchBook = read_book(ledger)
         self.context = context
 
-    def before_deferring(self) -> None:
-        """Scheduled or queued to resume, a mapped batch still holds what it paid (map_indexes)."""
+    def waiting(self, waiting: bool) -> None:
+        """Deferring, a mapped batch still holds what it paid while scheduled or queued to resume;
+        finished, it waits on no trigger any more (map_indexes)."""
         from airflow_provider_magi.paying.map_indexes import publish
 
-        publish(self.ledger, self.book, len(self.items), waiting=True)
+        publish(self.ledger, self.book, len(self.items), waiting=waiting)
 
     def save(self, *, strict: bool = False) -> None:
         """The book, and a mapped batch's share of it with its other map indexes (``strict``: see

@@ -9,19 +9,22 @@ through :func:`~airflow_provider_magi.paying.send.send_wave`, after the spend vi
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_magi.api import FAILED_STATUSES, Prediction
-from airflow_provider_magi.exceptions import MagiRejectedError, MagiSubmitUncertainError
+from airflow_provider_magi.exceptions import MagiLedgerError, MagiRejectedError, MagiSubmitUncertainError
 from airflow_provider_magi.paying.send import PAID, UNCERTAIN, Wave, send_wave
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_magi.ledger import Decision, Ledger, LedgerRecord
+
+log = logging.getLogger(__name__)
 
 # XCom key of the predictions an uncertain submit may have started (see MagiSubmitUncertainError).
 XCOM_CANDIDATES = "prediction_candidates"
@@ -79,10 +82,11 @@ class RecordJournal:
     """A wave of one on the item's own ledger record: intent, each resend, then the id (and a
     copy under the inputs' fingerprint, so a reordered mapped list finds it) or no record."""
 
-    def __init__(self, ledger: Ledger, fingerprint: str, model: str) -> None:
+    def __init__(self, ledger: Ledger, fingerprint: str, model: str, *, waiting: bool = False) -> None:
         self.ledger = ledger
         self.fingerprint = fingerprint
         self.model = model
+        self.waiting = waiting
         self.record: LedgerRecord | None = None
 
     def intend(self, keys: Sequence[Hashable]) -> None:
@@ -102,9 +106,17 @@ class RecordJournal:
                 self.ledger.forget()
 
     def paid(self, prediction_id: str) -> None:
-        """The id goes into the ledger before anything else (XCom, logs) can fail or be killed."""
+        """The id goes into the ledger before anything else (XCom, logs) can fail or be killed. A
+        mapped task claims it, then lists it by inputs for its other map indexes: a prediction
+        whose claim could not be written is not listed, so no other map index can take it."""
         assert self.record is not None
         self.record = self.ledger.write_paid(self.record, prediction_id)
+        if self.ledger.by_inputs is not None:
+            try:
+                self.ledger.write_claim(prediction_id, strict=True, waiting=self.waiting)
+            except MagiLedgerError as error:
+                log.warning("%s Not shared with the other map indexes.", error)
+                return
         self.ledger.write_by_inputs(self.record)
 
 
@@ -182,8 +194,8 @@ class ItemPayer:
                 return Found(None)
             decision = other
             prediction_id = str(decision.record.prediction_id) if decision.record else prediction_id
-        elif ledger.by_inputs is not None:
-            ledger.write_claim(prediction_id, waiting=self.waiting)
+        elif ledger.by_inputs is not None:  # strict: unclaimed, it could be taken while delivered
+            ledger.write_claim(prediction_id, strict=True, waiting=self.waiting)
         self._release(ledger, own, keep=prediction_id)
         status, final = self._status(prediction_id)
         if status == STATUS_NOT_FOUND or status in FAILED_STATUSES:
@@ -207,15 +219,18 @@ class ItemPayer:
 
     @staticmethod
     def _holds(ledger: Ledger, context: Context) -> Callable[[int, bool], bool] | None:
-        """Whether a claimant holds its claim for real, by Airflow's state of it (paying.map_indexes)."""
+        """Whether a claimant holds its claim for real, by Airflow's state of it read after the
+        claim (paying.map_indexes): a state read before could predate the claim. Unknown states:
+        every claimant holds for real."""
         if ledger.by_inputs is None:
             return None
         from airflow_provider_magi.paying.map_indexes import holds_for_real, sibling_states
 
-        states = sibling_states(context)
-        if states is None:
-            return None
-        return lambda map_index, waiting: holds_for_real(states.get(map_index, "none"), waiting)
+        def holds(map_index: int, waiting: bool) -> bool:
+            states = sibling_states(context)
+            return states is None or holds_for_real(states.get(map_index, "none"), waiting)
+
+        return holds
 
     @staticmethod
     def _release(ledger: Ledger, own: LedgerRecord | None, *, keep: str | None) -> None:
@@ -362,12 +377,10 @@ class ItemPayer:
         self.hook.check_spending(
             self.model, count=count, paid=paid, log=self.log, prices=prices, own_prices=own_prices
         )
-        journal = RecordJournal(ledger, fingerprint, self.model)
+        journal = RecordJournal(ledger, fingerprint, self.model, waiting=self.waiting)
         wave = send_wave(self.hook, self.model, [(0, inputs)], journal, webhook_url=webhook_url)
         outcome = wave.outcomes[0]
         if outcome.kind == PAID and outcome.prediction is not None:
-            if ledger.by_inputs is not None:
-                ledger.write_claim(outcome.prediction.id, waiting=self.waiting)  # held by this map index
             return outcome.prediction.id
         assert outcome.error is not None
         if outcome.kind == UNCERTAIN:

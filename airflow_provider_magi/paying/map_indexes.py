@@ -229,13 +229,11 @@ def takes_across(ledger: Ledger, context: Context) -> bool:
     return ledger.by_inputs is not None and getattr(context["ti"], "try_number", 1) > 1
 
 
-def held_for_real(shares: list[Share], states: dict[int, str] | None, clears: int | None) -> dict[str, int]:
-    """The predictions other map indexes hold for real, and which map index holds each (a share
-    waits on a trigger only in the round its deferral began in: a clear ends it)."""
+def held_for_real(shares: list[Share], states: dict[int, str] | None) -> dict[str, int]:
+    """The predictions other map indexes hold for real, and which map index holds each."""
 
     def real(share: Share) -> bool:
-        waiting = share.waiting and share.run_clears == clears
-        return states is None or holds_for_real(states.get(share.map_index, "none"), waiting)
+        return states is None or holds_for_real(states.get(share.map_index, "none"), share.waiting)
 
     return {pid: share.map_index for share in shares if real(share) for pid in share.held()}
 
@@ -251,9 +249,12 @@ def take_across_map_indexes(
     then calls :func:`give_up_conflicts`."""
     if not takes_across(ledger, context):
         return None
-    states = sibling_states(context)
-    indexes = None if states is None else sorted(states)
+    listed = sibling_states(context)
+    indexes = None if listed is None else sorted(listed)
     shares = read_shares(ledger, indexes)
+    # Judged by states read after the shares: a holder that shared since the first read is seen
+    # running, never by a snapshot from before its share.
+    states = sibling_states(context)
     wanted = _decide(ledger, book, items, shares, states, log)
     started = ledger.identity.run_started
     fingerprints = {short(item.fingerprint) for item in wanted}
@@ -273,9 +274,8 @@ def take_across_map_indexes(
             RELEASE_WAIT_SECONDS,
         )
         if wait_for_release(lambda: _any_rewritten(ledger, deciding)):
-            states = sibling_states(context)
             shares = read_shares(ledger, indexes)
-            _decide(ledger, book, items, shares, states, log)
+            _decide(ledger, book, items, shares, sibling_states(context), log)
     return shares, indexes
 
 
@@ -294,7 +294,7 @@ def _decide(
 ) -> list[BatchItem]:
     """Give up what another map index holds for real; take what is free. Returns the inputs
     still without a prediction."""
-    kept_by = held_for_real(shares, states, ledger.identity.run_clears)
+    kept_by = held_for_real(shares, states)
     wanted: list[BatchItem] = []
     for item in items:
         entry = book.entry_for(item.index, item.fingerprint)
