@@ -9,14 +9,16 @@ its first entry and with every book write). A share says which predictions its m
 longer has, kept past its last item).
 
 At the first entry of a retry or clear a map index first shares what it released, then reads
-every other share and Airflow's states of the other map indexes:
+every other share, and then Airflow's states of the other map indexes (read after the shares, so
+a holder that shared since an earlier read is seen running):
 
 - A prediction another map index holds stays that map index's unless that map index holds it
   only *on paper*: it is up for retry, cleared (no state), removed, skipped or upstream-failed,
   or scheduled or queued for a retry, so it passes a first entry before it could deliver
   anything, and there it finds that a map index took it and gives it up. Any other state keeps
   it: running, deferred, scheduled or queued to resume after a deferral (its share says it
-  deferred: a resume has no first entry), up for reschedule, succeeded, failed.
+  deferred: a resume has no first entry; the flag ends when the task finishes), up for
+  reschedule, succeeded, failed.
 - So a map index gives up what another map index holds for real, and takes for an input without
   a prediction one paid for these inputs that is released or held only on paper (a released one
   first). Only then is the input paid for.
@@ -24,6 +26,13 @@ every other share and Airflow's states of the other map indexes:
   delivered) and reads the shares again: a prediction it holds that another map index's share,
   written since, holds too is given up. Of two map indexes deciding at once, the later writer
   always sees the earlier one, so both may give a prediction up (and pay again), never both keep it.
+- A holder that is running under a share from before the run's start (a clear restarted the run)
+  is deciding right now: its release is waited for, up to :data:`RELEASE_WAIT_SECONDS`. The share
+  is stamped on WaveSpeed's clock and the run's start on Airflow's, so a skew can only cost a wait
+  or a payment, never a second delivery.
+
+A mapped single video or long video follows the same rules with a claim per prediction
+(``claim-<id>``, :mod:`airflow_provider_magi.paying.item`).
 
 Nothing but the shares is written (no record per prediction): a retry of 1,000 paid items writes
 its share once or twice. When Airflow's states cannot be read, every holder counts for real: a
