@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_magi.ledger import Decision, Ledger, LedgerRecord
+    from airflow_provider_magi.paying.map_indexes import Holders
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,8 @@ class ItemPayer:
                 return Found(None)
             decision = other
             prediction_id = str(decision.record.prediction_id) if decision.record else prediction_id
-        elif ledger.by_inputs is not None:  # strict: unclaimed, it could be taken while delivered
+        elif ledger.by_inputs is not None and not self._claimed_as(ledger, prediction_id):
+            # Strict: unclaimed, it could be taken while this map index delivers it.
             ledger.write_claim(prediction_id, strict=True, waiting=self.waiting)
         self._release(ledger, own, keep=prediction_id)
         status, final = self._status(prediction_id)
@@ -218,19 +220,20 @@ class ItemPayer:
         return prediction.status, prediction if prediction.is_terminal else None
 
     @staticmethod
-    def _holds(ledger: Ledger, context: Context) -> Callable[[int, bool], bool] | None:
-        """Whether a claimant holds its claim for real, by Airflow's state of it read after the
-        claim (paying.map_indexes): a state read before could predate the claim. Unknown states:
-        every claimant holds for real."""
-        if ledger.by_inputs is None:
-            return None
-        from airflow_provider_magi.paying.map_indexes import holds_for_real, sibling_states
+    def _holds(ledger: Ledger, context: Context) -> Holders | None:
+        """Who holds a claim for real (paying.map_indexes); None for a task that is not mapped."""
+        from airflow_provider_magi.paying.map_indexes import Holders
 
-        def holds(map_index: int, waiting: bool) -> bool:
-            states = sibling_states(context)
-            return states is None or holds_for_real(states.get(map_index, "none"), waiting)
+        return None if ledger.by_inputs is None else Holders(context)
 
-        return holds
+    def _claimed_as(self, ledger: Ledger, prediction_id: str) -> bool:
+        """The claim already names this map index, waiting as this task does: nothing to write."""
+        claim = ledger.claim(prediction_id)
+        return bool(
+            claim
+            and claim.get("map_index") == ledger.identity.map_index
+            and (claim.get("waiting") is True) == self.waiting
+        )
 
     @staticmethod
     def _release(ledger: Ledger, own: LedgerRecord | None, *, keep: str | None) -> None:
@@ -245,7 +248,7 @@ class ItemPayer:
         return ledger.by_inputs is not None and getattr(context["ti"], "try_number", 1) > 1
 
     def _from_another_map_index(
-        self, ledger: Ledger, context: Context, fingerprint: str, holds: Callable[[int, bool], bool] | None
+        self, ledger: Ledger, context: Context, fingerprint: str, holds: Holders | None
     ) -> Decision | None:
         """A retry or clear of a mapped task: these inputs may have been paid for under another
         map index of this task and run (the mapped list came back in another order). Each
@@ -285,13 +288,24 @@ class ItemPayer:
         return self._take_one(ledger, ledger.read_by_inputs(fingerprint), self._holds(ledger, context))
 
     def _take_one(
-        self, ledger: Ledger, records: list[LedgerRecord], holds: Callable[[int, bool], bool] | None
+        self, ledger: Ledger, records: list[LedgerRecord], holds: Holders | None
     ) -> Decision | None:
         from airflow_provider_magi.ledger import REATTACH, Decision
 
+        # Every candidate's claim as read first, then one read of Airflow's states judges them all
+        # (a state read before a claim could predate it).
+        mine = ledger.identity.map_index
+        claims = {r.prediction_id: ledger.claim(r.prediction_id) for r in records if r.prediction_id}
+        others = {pid: c for pid, c in claims.items() if c is not None and c.get("map_index") != mine}
+        judge = holds.now() if holds is not None and others else None
         for found in records:
-            if found.prediction_id is None or ledger.claimed_by_another(found.prediction_id, holds):
+            if found.prediction_id is None:
                 continue
+            claim = others.get(found.prediction_id)
+            if claim is not None:
+                index = claim.get("map_index")
+                if judge is None or not isinstance(index, int) or judge(index, claim.get("waiting") is True):
+                    continue  # another map index holds it for real
             ledger.write_claim(found.prediction_id, strict=True, waiting=self.waiting)  # before delivering
             if ledger.claimed_by_another(found.prediction_id, by_anyone=True):
                 continue  # another map index claimed it since: the later claim is theirs

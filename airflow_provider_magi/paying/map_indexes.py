@@ -88,6 +88,22 @@ def wait_for_release(changed: Callable[[], bool]) -> bool:
     return False
 
 
+class Holders:
+    """Whether another map index holds a claim for real, by Airflow's state of it: called, with
+    the states as they are at the call (read after the claim it judges); :meth:`now` judges many
+    claims by one read. Unknown states: every claimant holds for real."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def now(self) -> Callable[[int, bool], bool]:
+        states = sibling_states(self.context)
+        return lambda index, waiting: states is None or holds_for_real(states.get(index, "none"), waiting)
+
+    def __call__(self, map_index: int, waiting: bool) -> bool:
+        return self.now()(map_index, waiting)
+
+
 def holds_for_real(state: str, waiting: bool) -> bool:
     """Whether a map index in ``state`` holds what its share or claim lists (``waiting``: it
     deferred with it), or only on paper."""
