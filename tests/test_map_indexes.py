@@ -2,7 +2,7 @@
 
 The money suite runs reordered mapped lists end to end on every Airflow minor; these cases pin
 the rules one at a time on in-memory stores, with Airflow's states of the map indexes as a run
-would show them: every order the map indexes can run in, a prediction a settled map index holds,
+would show them: every order the map indexes can run in, a prediction a map index holds for real,
 a list flipped back within one round, a list that grew or shrank, an id learned from the
 manifest, an unreadable share, a deleted run's share, and the writes a retry costs."""
 
@@ -165,7 +165,7 @@ def test_the_first_try_never_takes_another_map_index_s_prediction() -> None:
     assert run.run(0, [X]) == [None]
 
 
-def test_a_plain_retry_never_takes_what_a_settled_map_index_delivered() -> None:
+def test_a_plain_retry_never_takes_what_another_map_index_delivered() -> None:
     """[[X], [X]], never reordered: map index 0's try 1 ends before paying (its budget was spent,
     a worker was lost), map index 1's try 1 pays p1 and succeeds. Map index 0's retry pays for an
     X of its own (found by an attacker's read: it took p1, delivered twice)."""
@@ -176,7 +176,7 @@ def test_a_plain_retry_never_takes_what_a_settled_map_index_delivered() -> None:
 
 
 def test_a_new_input_listed_twice_is_paid_once_per_map_index() -> None:
-    """[X, Y] back as [Z, Z]: the first to run pays for Z and is settled (running, then
+    """[X, Y] back as [Z, Z]: the first to run pays for Z and holds it for real (running, then
     succeeded); the second pays for a Z of its own."""
     run = Run(2)
     first_tries(run, [X, Y])
@@ -218,7 +218,7 @@ def test_a_list_that_shrank_reads_every_share_airflow_lists(known: bool) -> None
     run.run(3, [X], pays=["p3"], then="up_for_retry")
     run.states[3] = "removed"  # the list shrank to two
     run.states_known = known
-    assert run.run(0, [X]) == (["p3"] if known else [None])  # unknown states: every holder settled
+    assert run.run(0, [X]) == (["p3"] if known else [None])  # unknown states: every holder holds for real
 
 
 def test_an_id_learned_from_the_manifest_is_held_before_another_map_index_reads_it() -> None:
