@@ -222,6 +222,27 @@ def _corrupt(where: str, why: str) -> MagiLedgerError:
     )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Which map index holds a prediction (``claim-<id>``): ``waiting``, it deferred with it;
+    ``at``, when the claim was written. ``map_index`` is None when the record does not say."""
+
+    map_index: int | None
+    clears: int | None
+    waiting: bool
+    at: str | None
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> Claim:
+        index, clears, at = raw.get("map_index"), raw.get("clears"), raw.get("at")
+        return cls(
+            index if isinstance(index, int) and not isinstance(index, bool) else None,
+            clears if isinstance(clears, int) and not isinstance(clears, bool) else None,
+            raw.get("waiting") is True,
+            at if isinstance(at, str) else None,
+        )
+
+
 class Stamped(Protocol):
     """A record stamped with its run's start and clear_number (see TaskIdentity)."""
 
@@ -465,42 +486,31 @@ class Ledger:
         it for real (Airflow's state of it; ``waiting``: it deferred with it) or only on paper (it
         gives it up at its next first entry); unknown, every claim of this round counts, and with
         ``by_anyone`` every claim at all (the re-read after writing one's own)."""
-        claimant = self._claimant(prediction_id)
-        if claimant is None or claimant[0] == self.identity.map_index:
-            return False
-        map_index, clears, waiting = claimant
+        claim = self.claim(prediction_id)
+        if claim is None or claim.map_index in (None, self.identity.map_index):
+            return False  # unclaimed, this map index's own, or unreadable (the ids are by inputs)
         if by_anyone:
             return True
         if holds is not None:
-            return holds(map_index, waiting)
-        return clears == self.identity.run_clears
+            return holds(claim.map_index, claim.waiting)
+        return claim.clears == self.identity.run_clears
 
-    def _claimant(self, prediction_id: str) -> tuple[int, int | None, bool] | None:
-        claim = self.claim(prediction_id)
-        if claim is None:
-            return None
-        try:
-            return int(claim["map_index"]), claim.get("clears"), claim.get("waiting") is True
-        except (ValueError, TypeError, KeyError):
-            return None  # unreadable: the records by inputs still hold the ids
-
-    def claim(self, prediction_id: str) -> dict[str, Any] | None:
-        """The claim of ``prediction_id`` as written (``map_index``, ``clears``, ``waiting``,
-        ``at``), or None."""
+    def claim(self, prediction_id: str) -> Claim | None:
+        """The claim of ``prediction_id`` as written, or None (none, or not JSON)."""
         if self.by_inputs is None:
             return None
         text = self.by_inputs.read(_claim_name(prediction_id))
         try:
-            claim = None if text is None else json.loads(text)
+            raw = None if text is None else json.loads(text)
         except ValueError:
             return None
-        return claim if isinstance(claim, dict) else None
+        return Claim.of(raw) if isinstance(raw, dict) else None
 
     def release_claim(self, prediction_id: str) -> None:
         """This map index no longer holds ``prediction_id`` (its inputs moved): another may take
         it. Only its own claim is released (best effort)."""
-        claimant = self._claimant(prediction_id)
-        if self.by_inputs is None or claimant is None or claimant[0] != self.identity.map_index:
+        claim = self.claim(prediction_id)
+        if self.by_inputs is None or claim is None or claim.map_index != self.identity.map_index:
             return
         try:
             self.by_inputs.delete(_claim_name(prediction_id))

@@ -22,7 +22,7 @@ from airflow_provider_magi.paying.send import PAID, UNCERTAIN, Wave, send_wave
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_magi.ledger import Decision, Ledger, LedgerRecord
+    from airflow_provider_magi.ledger import Claim, Decision, Ledger, LedgerRecord
     from airflow_provider_magi.paying.map_indexes import Holders
 
 log = logging.getLogger(__name__)
@@ -164,10 +164,7 @@ class ItemPayer:
         clears = clear_number(context)
         own = ledger.read()
         decision = decide(own, fingerprint, source_fingerprint, regenerate=regenerate, clear_number=clears)
-        # Which map indexes' claims count: read only when a claim can matter (a record to keep, or
-        # a retry that may take another map index's).
-        needed = own is not None or self._mapped_retry(ledger, context)
-        holds = self._holds(ledger, context) if needed else None
+        holds = self._holds(ledger, context)  # reads Airflow's states only when a claim is judged
         if ledger.found_in:
             self.log.info(
                 "Ledger: the record was found at %s (an earlier try wrote it there).", ledger.found_in
@@ -229,10 +226,10 @@ class ItemPayer:
     def _claimed_as(self, ledger: Ledger, prediction_id: str) -> bool:
         """The claim already names this map index, waiting as this task does: nothing to write."""
         claim = ledger.claim(prediction_id)
-        return bool(
-            claim
-            and claim.get("map_index") == ledger.identity.map_index
-            and (claim.get("waiting") is True) == self.waiting
+        return (
+            claim is not None
+            and claim.map_index == ledger.identity.map_index
+            and claim.waiting == self.waiting
         )
 
     @staticmethod
@@ -258,54 +255,57 @@ class ItemPayer:
         if not self._mapped_retry(ledger, context):
             return None
         records = ledger.read_by_inputs(fingerprint)
-        taken = self._take_one(ledger, records, holds)
+        claims = self._claims(ledger, records)
+        taken = self._take_one(ledger, records, claims, holds)
         if taken is not None or holds is None:
             return taken
         from airflow_provider_magi.paying.map_indexes import is_deciding, sibling_states, wait_for_release
 
         states = sibling_states(context) or {}
-        claims = {r.prediction_id: ledger.claim(r.prediction_id) for r in records if r.prediction_id}
         started = ledger.identity.run_started
-
-        def claimant(claim: dict[str, Any]) -> int:
-            index = claim.get("map_index")
-            return index if isinstance(index, int) else -1
-
         deciding = {
             pid: claim
             for pid, claim in claims.items()
-            if claim and is_deciding(states.get(claimant(claim), "none"), claim.get("at"), started)
+            if claim.map_index is not None
+            and is_deciding(states.get(claim.map_index, "none"), claim.at, started)
         }
         if not deciding:
             return None
         self.log.info(
             "Ledger: map index(es) %s hold predictions of these inputs and are deciding now; waiting up "
             "to a few seconds for what they release.",
-            sorted({claimant(claim) for claim in deciding.values()}),
+            sorted({claim.map_index for claim in deciding.values() if claim.map_index is not None}),
         )
         if not wait_for_release(lambda: any(ledger.claim(pid) != claim for pid, claim in deciding.items())):
             return None
-        return self._take_one(ledger, ledger.read_by_inputs(fingerprint), self._holds(ledger, context))
+        records = ledger.read_by_inputs(fingerprint)
+        return self._take_one(ledger, records, self._claims(ledger, records), holds)
+
+    @staticmethod
+    def _claims(ledger: Ledger, records: list[LedgerRecord]) -> dict[str, Claim]:
+        """The claims of these records' predictions, as read now."""
+        claims = {r.prediction_id: ledger.claim(r.prediction_id) for r in records if r.prediction_id}
+        return {pid: claim for pid, claim in claims.items() if claim is not None}
 
     def _take_one(
-        self, ledger: Ledger, records: list[LedgerRecord], holds: Holders | None
+        self, ledger: Ledger, records: list[LedgerRecord], claims: dict[str, Claim], holds: Holders | None
     ) -> Decision | None:
+        """The first of these records' predictions no other map index holds for real, claimed
+        for this map index. ``claims`` were read before this call's one read of Airflow's states
+        (a state read before a claim could predate it)."""
         from airflow_provider_magi.ledger import REATTACH, Decision
 
-        # Every candidate's claim as read first, then one read of Airflow's states judges them all
-        # (a state read before a claim could predate it).
         mine = ledger.identity.map_index
-        claims = {r.prediction_id: ledger.claim(r.prediction_id) for r in records if r.prediction_id}
-        others = {pid: c for pid, c in claims.items() if c is not None and c.get("map_index") != mine}
+        others = {pid: claim for pid, claim in claims.items() if claim.map_index != mine}
         judge = holds.now() if holds is not None and others else None
         for found in records:
             if found.prediction_id is None:
                 continue
             claim = others.get(found.prediction_id)
-            if claim is not None:
-                index = claim.get("map_index")
-                if judge is None or not isinstance(index, int) or judge(index, claim.get("waiting") is True):
-                    continue  # another map index holds it for real
+            if claim is not None and (
+                judge is None or claim.map_index is None or judge(claim.map_index, claim.waiting)
+            ):
+                continue  # another map index holds it for real (or its claim does not say who)
             ledger.write_claim(found.prediction_id, strict=True, waiting=self.waiting)  # before delivering
             if ledger.claimed_by_another(found.prediction_id, by_anyone=True):
                 continue  # another map index claimed it since: the later claim is theirs
